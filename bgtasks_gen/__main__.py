@@ -1,0 +1,3 @@
+from bgtasks_gen.cli import main
+
+main()

@@ -1,0 +1,436 @@
+"""`add-task` and `remove-task`: grow or shrink a scaffolded project one task at a time.
+
+Snippets are rendered with plain jinja2 (never copier: this is the command users run
+most, so it stays light). Where each part goes is found structurally (patch/outline.py:
+the standard library's `ast`, or libcst for syntax newer than the interpreter), never by
+appending to the end of a file; every part is a top-level definition or one entry of a
+schedule/registration literal, inserted as whole lines, so removing it is the exact
+inverse of adding it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from bgtasks_gen.errors import BadInput, ConflictError
+from bgtasks_gen.patch import schedule
+from bgtasks_gen.patch.definitions import (
+    add_definitions,
+    definition_code,
+    definition_names,
+    remove_definitions,
+)
+from bgtasks_gen.patch.outline import SourceSyntaxError, Statement, check_syntax
+from bgtasks_gen.plan import Plan, check_python, patched, read_existing
+from bgtasks_gen.render import templates_dir
+from bgtasks_gen.runners import get_runner
+from bgtasks_gen.runners.base import RunnerSpec
+from bgtasks_gen.schedules import arq_cron_kwargs, celery_schedule
+from bgtasks_gen.state import STATE_FILE, digest, read_state, render_state
+from bgtasks_gen.task_request import TaskRequest, build_request, parse_arg, parse_cron
+
+
+@dataclass(frozen=True)
+class Project:
+    """A scaffolded project as its state file describes it."""
+
+    root: Path
+    state: Mapping[str, object]
+    spec: RunnerSpec
+    layout: Mapping[str, object]
+
+    def package_file(self, dotted: str, name: str) -> str:
+        source = str(self.layout.get("source_root", "."))
+        folder = Path(source, *dotted.split("."))
+        return (folder / name).as_posix()
+
+    @property
+    def tasks_file(self) -> str:
+        return self.package_file(str(self.layout["tasks_module"]), self.spec.tasks_file)
+
+    @property
+    def router_file(self) -> str:
+        return self.package_file(str(self.layout["routes_module"]), f"{self.spec.router_file}.py")
+
+    @property
+    def test_file(self) -> str:
+        return f"{self.layout.get('tests_dir', 'tests')}/{self.spec.test_file}"
+
+    @property
+    def worker_file(self) -> str | None:
+        if self.spec.worker_file is None:
+            return None
+        return self.package_file(str(self.layout["tasks_module"]), self.spec.worker_file)
+
+    @property
+    def tasks(self) -> dict[str, dict[str, object]]:
+        tasks = self.state.get("tasks", {})
+        return {k: dict(v) for k, v in tasks.items()} if isinstance(tasks, dict) else {}
+
+
+def load_project(root: Path) -> Project:
+    if not root.is_dir():
+        raise BadInput(f"{root} is not a project folder", "pass the folder of your project")
+    state = read_state(root)
+    if not state:
+        raise BadInput(
+            f"{root} has no {STATE_FILE}: no task runner was set up here by bgtasks",
+            f"run `bgtasks init {root} --runner celery` (or arq, builtin) first",
+        )
+    spec = get_runner(str(state["runner"]))
+    layout = state.get("layout", {})
+    if not isinstance(layout, dict) or "tasks_module" not in layout:
+        raise BadInput(
+            f"{root / STATE_FILE} has no [layout] table with tasks_module",
+            f"restore it from version control, or run `bgtasks init {root}` again",
+        )
+    return Project(root.resolve(), state, spec, layout)
+
+
+def _snippet_context(project: Project, request: TaskRequest) -> dict[str, object]:
+    words = request.name.split("_")
+    scheduled = bool(request.cron or request.every)
+    return {
+        "name": request.name,
+        "args": request.args,
+        "path": "-".join(words),
+        "model": "".join(w.capitalize() for w in words) + "Request",
+        "retries": request.retries,
+        "timeout": request.timeout,
+        "cron": request.cron,
+        "every": request.every,
+        "route": request.route,
+        "tasks_module": project.layout["tasks_module"],
+        "routes_module": project.layout["routes_module"],
+        "pydantic_v1": bool(project.layout.get("pydantic_v1", False)),
+        "legacy_typing": bool(project.layout.get("legacy_typing", False)),
+        "cron_kwargs": arq_cron_kwargs(request) if scheduled else [],
+        "beat_schedule": celery_schedule(request) if scheduled else "",
+    }
+
+
+def render_snippets(project: Project, request: TaskRequest) -> dict[str, str]:
+    """{part: code} for the parts this task has: task, route, test, schedule."""
+    import jinja2
+
+    folder = templates_dir() / "_snippets" / project.spec.name
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(folder)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    context = _snippet_context(project, request)
+    parts = ["task", "test"] + (["route"] if request.route else [])
+    if request.cron or request.every:
+        parts.append("schedule")
+    if (folder / "register.py.jinja").exists():
+        parts.append("register")
+    return {part: env.get_template(f"{part}.py.jinja").render(context) for part in parts}
+
+
+def request_from_state(name: str, options: Mapping[str, object]) -> TaskRequest:
+    args = options.get("args", [])
+    cron = str(options.get("cron") or "") or None
+    every = int(str(options.get("every") or 0)) or None
+    return TaskRequest(
+        name=name,
+        args=tuple(parse_arg(str(a)) for a in args) if isinstance(args, list) else (),
+        cron=parse_cron(cron) if cron else None,
+        every=every,
+        retries=int(str(options.get("retries", 3))),
+        timeout=int(str(options.get("timeout", 300))),
+        route=bool(options.get("route", True)),
+    )
+
+
+def _is_route(statement: Statement) -> bool:
+    return statement.kind == "def" and any(d.startswith("router.") for d in statement.decorators)
+
+
+def _is_task(statement: Statement) -> bool:
+    return statement.kind == "def" and not (statement.name or "_").startswith("_")
+
+
+# part -> (which file, where to insert)
+PartFile = Callable[[Project], str | None]
+PLACES: dict[str, tuple[PartFile, Callable[[Statement], bool] | None]] = {
+    "task": (lambda p: p.tasks_file, _is_task),
+    "route": (lambda p: p.router_file, _is_route),
+    "test": (lambda p: p.test_file, None),
+}
+
+
+class _Edits:
+    """The files a command edits, read once, changed in memory."""
+
+    def __init__(self, project: Project, files: Mapping[str, str] | None = None) -> None:
+        self.project = project
+        self.files = files  # in-memory files to edit instead of the disk (init's replay)
+        self.old: dict[str, str] = {}
+        self.new: dict[str, str] = {}
+        self.checked: set[str] = set()  # files changed only by whole-definition splices
+
+    def get(self, rel: str) -> str:
+        if rel not in self.new:
+            if self.files is not None:
+                text = self.files.get(rel)
+            else:
+                text = read_existing(self.project.root, rel)
+            if text is None:
+                raise BadInput(
+                    f"{rel} is missing: add-task edits the files `bgtasks init` generated",
+                    f"restore it, or run `bgtasks init --runner {self.project.spec.name}` again",
+                )
+            try:
+                check_syntax(text)
+            except SourceSyntaxError as exc:
+                raise BadInput(
+                    f"{rel}:{exc.line}:{exc.column}: syntax error, cannot be parsed",
+                    "fix it first; nothing was written",
+                ) from exc
+            self.old[rel] = self.new[rel] = text
+        return self.new[rel]
+
+    def set(self, rel: str, text: str) -> None:
+        self.new[rel] = text
+        self.checked.discard(rel)
+
+    def splice(self, rel: str, text: str) -> None:
+        """A whole top-level definition (a parsed snippet) went in or out at a statement
+        boundary of a module that parsed: the result parses too, so it is not parsed
+        again (at 500 tasks a parse of the four grown modules costs about 0.15 s)."""
+        known = rel in self.checked or rel not in self.new or self.new[rel] == self.old[rel]
+        self.new[rel] = text
+        if known:
+            self.checked.add(rel)
+
+    def plan(self, state_text: str) -> Plan:
+        plan = Plan(self.project.root)
+        for rel in sorted(self.new):
+            plan.changes.append(patched(self.project.root, rel, self.old[rel], self.new[rel]))
+        old_state = read_existing(self.project.root, STATE_FILE) or ""
+        plan.changes.append(patched(self.project.root, STATE_FILE, old_state, state_text))
+        check_python([c for c in plan.changes if c.path not in self.checked])
+        return plan
+
+
+def _state_text(project: Project, tasks: dict[str, dict[str, object]]) -> str:
+    files = project.state.get("files", {})
+    runners = project.state.get("runners", [project.spec.name])
+    return render_state(
+        [str(r) for r in runners] if isinstance(runners, list) else [project.spec.name],
+        {k: v for k, v in project.layout.items()},
+        {k: str(v) for k, v in files.items()} if isinstance(files, dict) else {},
+        tasks,
+    )
+
+
+def _task_hash(project: Project, edits: _Edits, name: str) -> str:
+    """Hash of the task function as the tasks module has it now (newlines as written)."""
+    code = definition_code(edits.get(project.tasks_file), [name])
+    return digest((code or "").replace("\r\n", "\n"))
+
+
+def _snippet_hash(snippet: str, name: str) -> str:
+    """The same hash, from the snippet just inserted: add_definitions copies its lines
+    verbatim, so there is no need to parse the grown module again."""
+    return digest((definition_code(snippet, [name]) or "").replace("\r\n", "\n"))
+
+
+def _remove_parts(project: Project, edits: _Edits, name: str, snippets: Mapping[str, str]) -> None:
+    for part, (where, _) in PLACES.items():
+        if part in snippets:
+            rel = where(project)
+            assert rel is not None
+            names = set(definition_names(snippets[part]))
+            edits.splice(rel, remove_definitions(edits.get(rel), names))
+    worker = project.worker_file
+    if worker and ("schedule" in snippets or "register" in snippets):
+        text = edits.get(worker)
+        if "schedule" in snippets:
+            text = schedule.remove_entry(text, project.spec.schedule_kind or "", name)
+        if "register" in snippets:
+            text = schedule.remove_entry(text, "register", name)
+        edits.set(worker, text)
+
+
+def _add_parts(
+    project: Project,
+    edits: _Edits,
+    name: str,
+    snippets: Mapping[str, str],
+    entries: list[tuple[str, dict[str, str]]] | None = None,
+) -> None:
+    """Insert a task's definitions and its worker entries (`entries`: several tasks'
+    worker entries at once, in order, for a replay)."""
+    for part, (where, after) in PLACES.items():
+        if part in snippets:
+            rel = where(project)
+            assert rel is not None
+            edits.splice(rel, add_definitions(edits.get(rel), snippets[part], after))
+    worker = project.worker_file
+    pending = entries if entries is not None else [(name, dict(snippets))]
+    if worker and any("schedule" in s or "register" in s for _, s in pending):
+        text = edits.get(worker)
+        for part, kind in (("register", "register"), ("schedule", project.spec.schedule_kind)):
+            wanted = [(task, parts[part]) for task, parts in pending if part in parts]
+            if wanted and kind:
+                text = schedule.add_entries(text, kind, wanted)
+        edits.set(worker, text)
+
+
+def _parts_identical(project: Project, edits: _Edits, snippets: Mapping[str, str]) -> bool:
+    for part, (where, _) in PLACES.items():
+        if part in snippets:
+            rel = where(project)
+            assert rel is not None
+            names = definition_names(snippets[part])
+            if definition_code(edits.get(rel), names) != definition_code(snippets[part], names):
+                return False
+    return True
+
+
+def _refuse_for_runner(
+    spec: RunnerSpec, request: TaskRequest, retries: int | None, timeout: int | None
+) -> None:
+    if spec.schedule_kind is None and (request.cron or request.every):
+        raise BadInput(
+            f"the {spec.name} runner cannot schedule tasks: BackgroundTasks only run after "
+            "a request, in the web process",
+            "drop --cron/--every, or use a queue with a scheduler (--runner celery or arq)",
+        )
+    if spec.max_timeout is not None and request.timeout > spec.max_timeout:
+        raise BadInput(
+            f"--timeout {request.timeout} is above the {spec.name} scaffold's limit of "
+            f"{spec.max_timeout} s per task",
+            "raise TASK_SOFT_TIME_LIMIT and TASK_TIME_LIMIT in celery_app.py first (the "
+            "broker's redelivery timeouts are sized from them)",
+        )
+    if spec.name == "builtin" and (retries is not None or timeout is not None):
+        raise BadInput(
+            "BackgroundTasks never retry a task and have no time limit",
+            "drop --retries/--timeout, or use --runner celery or arq for them",
+        )
+
+
+def plan_add_task(
+    root: Path,
+    name: str,
+    *,
+    args: list[str],
+    cron: str | None = None,
+    every: int | None = None,
+    retries: int | None = None,
+    timeout: int | None = None,
+    route: bool = True,
+    force: bool = False,
+) -> Plan:
+    request = build_request(
+        name,
+        args,
+        cron,
+        every,
+        3 if retries is None else retries,
+        300 if timeout is None else timeout,
+        route,
+    )
+    project = load_project(root)
+    _refuse_for_runner(project.spec, request, retries, timeout)
+    edits = _Edits(project)
+    snippets = render_snippets(project, request)
+    tasks = project.tasks
+    if name in tasks:
+        recorded = {k: v for k, v in tasks[name].items() if k not in ("hash", "runner", "order")}
+        if recorded == request.options():
+            if _parts_identical(project, edits, snippets):
+                return edits.plan(_state_text(project, tasks))
+        if not force:
+            raise ConflictError(
+                f"task {name!r} was already added with other options or has been edited",
+                "nothing was written; pass --force to replace it, or remove-task it first",
+            )
+        old = render_snippets(project, request_from_state(name, tasks[name]))
+        _remove_parts(project, edits, name, old)
+    else:
+        _refuse_taken(project, edits, name, snippets)
+    _add_parts(project, edits, name, snippets)
+    tasks[name] = {
+        **request.options(),
+        "runner": project.spec.name,
+        "order": max((int(str(t.get("order", 0))) for t in tasks.values()), default=0) + 1,
+        "hash": _snippet_hash(snippets["task"], name),
+    }
+    plan = edits.plan(_state_text(project, tasks))
+    if route:
+        plan.notes.append(f"route: POST {_route_url(project, request)}")
+    return plan
+
+
+def _route_url(project: Project, request: TaskRequest) -> str:
+    router = read_existing(project.root, project.router_file) or ""
+    prefix = re.search(r'prefix="([^"]*)"', router)
+    return f"{prefix.group(1) if prefix else ''}/{'-'.join(request.name.split('_'))}"
+
+
+def _refuse_taken(project: Project, edits: _Edits, name: str, snippets: Mapping[str, str]) -> None:
+    for part, (where, _) in PLACES.items():
+        if part not in snippets:
+            continue
+        rel = where(project)
+        assert rel is not None
+        taken = set(definition_names(snippets[part])) & set(definition_names(edits.get(rel)))
+        if taken:
+            raise BadInput(
+                f"{', '.join(sorted(taken))} already defined in {rel}",
+                "pick another task name; bgtasks never replaces code it did not add",
+            )
+
+
+def replay_tasks(project: Project, files: Mapping[str, str]) -> dict[str, str]:
+    """The freshly rendered files with every task add-task added put back in, so that
+    `init` run again compares like with like (and later, `update` merges like with like)."""
+    edits = _Edits(project, files)
+    added = [
+        (name, render_snippets(project, request_from_state(name, options)))
+        for name, options in sorted(project.tasks.items(), key=_added_order)
+        if options.get("runner", project.spec.name) == project.spec.name
+    ]
+    # one splice per file for all tasks: the same text as adding them one by one
+    batched: dict[str, str] = {}
+    for _, snippets in added:
+        for part, code in snippets.items():
+            if part in PLACES:
+                batched[part] = batched.get(part, "") + code + "\n\n"
+    _add_parts(project, edits, "", batched, entries=added)
+    return {**files, **edits.new}
+
+
+def _added_order(item: tuple[str, dict[str, object]]) -> int:
+    return int(str(item[1].get("order", 0)))
+
+
+def plan_remove_task(root: Path, name: str, *, force: bool = False) -> Plan:
+    project = load_project(root)
+    tasks = project.tasks
+    if name not in tasks:
+        known = ", ".join(sorted(tasks)) or "none"
+        raise BadInput(
+            f"task {name!r} was not added by `bgtasks add-task` (added tasks: {known})",
+            "remove-task only removes what add-task added; edit your own code by hand",
+        )
+    request = request_from_state(name, tasks[name])
+    edits = _Edits(project)
+    snippets = render_snippets(project, request)
+    current = _task_hash(project, edits, name)
+    if current != tasks[name].get("hash") and not force:
+        raise ConflictError(
+            f"the body of task {name!r} changed since add-task wrote it",
+            "nothing was written; pass --force to remove it anyway (your edits go too)",
+        )
+    _remove_parts(project, edits, name, snippets)
+    del tasks[name]
+    return edits.plan(_state_text(project, tasks))

@@ -1,0 +1,414 @@
+"""The `bgtasks` command. Thin: parse options, call the engine, report, exit.
+
+Heavy modules (libcst, jinja2, copier) are imported inside the commands that need them,
+so `bgtasks --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+
+from bgtasks_gen import __version__
+from bgtasks_gen.errors import BgtasksError, ExitCode
+
+if TYPE_CHECKING:
+    from bgtasks_gen.plan import Plan
+
+EXIT_CODES = (
+    "Exit codes: 0 done or nothing to do; 1 a conflict stopped the run, or --check found "
+    "changes; 2 bad input (no project, layout not found, invalid option)."
+)
+
+app = typer.Typer(
+    name="bgtasks",
+    help=(
+        "Scaffold production-grade background tasks (Celery, ARQ or FastAPI's own "
+        "BackgroundTasks) into an existing FastAPI project. Your settings class and app "
+        "are edited in place, never overwritten; --dry-run shows the diff first."
+    ),
+    epilog=EXIT_CODES,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"bgtasks {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """bgtasks: background tasks for FastAPI projects."""
+
+
+DryRun = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Show what would change (status per file and unified diffs); write nothing.",
+    ),
+]
+Check = Annotated[
+    bool,
+    typer.Option(
+        "--check", help="Write nothing; exit 1 if anything would change, 0 if up to date (for CI)."
+    ),
+]
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force", help="Replace files that exist with other content (reported as 'overwrite')."
+    ),
+]
+Json = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="Print a machine-readable summary on stdout instead of the rich report."
+    ),
+]
+
+
+def _fail(error: BgtasksError, as_json: bool) -> NoReturn:
+    from bgtasks_gen.report import show_error
+
+    show_error(error, as_json=as_json)
+    raise typer.Exit(int(error.exit_code))
+
+
+def _finish(plan: Plan, *, dry_run: bool, check: bool, as_json: bool) -> NoReturn:
+    """Report a plan, write it unless told not to, and exit with the documented code."""
+    from bgtasks_gen.apply import apply
+    from bgtasks_gen.errors import ConflictError
+    from bgtasks_gen.report import out, plan_json, show_plan
+
+    mode = "check" if check else "dry-run" if dry_run else "apply"
+    written = False
+    if plan.conflicts and not (dry_run or check):
+        paths = ", ".join(c.path for c in plan.conflicts)
+        if as_json:
+            plan_json(plan, mode=mode, written=False)
+        else:
+            show_plan(plan, dry_run=False, diff=False, written=False)
+        error = ConflictError(
+            f"{len(plan.conflicts)} conflict(s): {paths}",
+            "nothing was written; look at them with --dry-run, then move them aside or "
+            "re-run with --force to replace them",
+        )
+        _fail(error, as_json)
+    if not (dry_run or check) and plan.writes:
+        try:
+            apply(plan)
+        except BgtasksError as error:
+            _fail(error, as_json)
+        except KeyboardInterrupt:
+            _fail(BgtasksError("interrupted", "every file was restored as it was"), as_json)
+        written = True
+    if as_json:
+        plan_json(plan, mode=mode, written=written)
+    else:
+        show_plan(plan, dry_run=dry_run or check, diff=dry_run, written=written)
+    if check and not plan.nothing_to_do:
+        if not as_json:
+            out.print("[yellow]check failed[/yellow]: the project is not up to date")
+        raise typer.Exit(int(ExitCode.CHANGES))
+    raise typer.Exit(int(ExitCode.OK))
+
+
+def _locked(
+    project: Path, build: Callable[[], Plan], *, dry_run: bool, check: bool, as_json: bool
+) -> NoReturn:
+    """Plan and apply under the project lock; any user-facing error exits through _fail."""
+    from bgtasks_gen.apply import project_lock
+
+    try:
+        with project_lock(project):
+            _finish(build(), dry_run=dry_run, check=check, as_json=as_json)
+    except BgtasksError as error:
+        _fail(error, as_json)
+
+
+@app.command(epilog=EXIT_CODES)
+def init(
+    project: Annotated[Path, typer.Argument(help="The FastAPI project folder.")] = Path("."),
+    runner: Annotated[
+        str,
+        typer.Option("--runner", "-r", help="celery, arq or builtin (FastAPI BackgroundTasks)."),
+    ] = "celery",
+    broker: Annotated[str, typer.Option(help="Celery broker: redis or rabbitmq.")] = "redis",
+    settings_module: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the Settings class is, as MODULE[:CLASS] (default: found automatically)."
+        ),
+    ] = None,
+    app_module: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the FastAPI app is, as MODULE[:APP] "
+            "(default: [tool.fastapi] entrypoint, or found automatically)."
+        ),
+    ] = None,
+    no_deps: Annotated[
+        bool,
+        typer.Option(
+            "--no-deps", help="Leave the project's dependency list (pyproject/requirements) alone."
+        ),
+    ] = False,
+    dry_run: DryRun = False,
+    check: Check = False,
+    force: Force = False,
+    as_json: Json = False,
+) -> None:
+    """Add a task runner to the project: tasks, a router to queue them, settings fields.
+
+    Generated files go into a tasks package beside your app and a router beside your
+    existing routers; your Settings class gets the fields the code reads (existing
+    fields are reused, never duplicated) and your app includes the router. The same
+    keys as --settings-module/--app-module can be set under [tool.bgtasks] in
+    pyproject.toml (settings-module, app-module, tasks-module).
+
+    Example: bgtasks init . --runner celery --dry-run
+    """
+    from bgtasks_gen.discover import Overrides
+    from bgtasks_gen.scaffold import plan_init
+
+    overrides = Overrides(settings_module=settings_module, app_module=app_module)
+    _locked(
+        project,
+        lambda: plan_init(
+            project, runner, broker=broker, overrides=overrides, force=force, with_deps=not no_deps
+        ),
+        dry_run=dry_run,
+        check=check,
+        as_json=as_json,
+    )
+
+
+Project = Annotated[Path, typer.Option("--project", "-p", help="The scaffolded project folder.")]
+
+
+@app.command("add-task", epilog=EXIT_CODES)
+def add_task(
+    name: Annotated[str, typer.Argument(help="The task's name: a lower_case identifier.")],
+    project: Project = Path("."),
+    arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--arg",
+            help="NAME:TYPE, repeatable; TYPE is int, float, str, bool, list[T] or "
+            "dict[str, T]. Becomes the task's signature and the route's body model.",
+        ),
+    ] = None,
+    cron: Annotated[
+        str | None,
+        typer.Option(help='Run on a schedule, "MIN HOUR DOM MON DOW" in UTC, e.g. "0 9 * * 1-5".'),
+    ] = None,
+    every: Annotated[int | None, typer.Option(help="Run every N seconds.")] = None,
+    retries: Annotated[
+        int | None, typer.Option(help="Retries on transient errors (default 3).")
+    ] = None,
+    timeout: Annotated[
+        int | None, typer.Option(help="Time limit in seconds (default 300).")
+    ] = None,
+    no_route: Annotated[
+        bool, typer.Option("--no-route", help="Do not add a route that queues the task.")
+    ] = False,
+    dry_run: DryRun = False,
+    check: Check = False,
+    force: Force = False,
+    as_json: Json = False,
+) -> None:
+    """Add one task to a scaffolded project: the function, a route that queues it, an
+    optional schedule and a test, each inserted beside its siblings (never appended as
+    text). The same command again is a no-op; other options are a conflict (--force).
+
+    Example: bgtasks add-task resize_image --arg image_id:int --arg width:int
+    """
+    from bgtasks_gen.addtask import plan_add_task
+
+    _locked(
+        project,
+        lambda: plan_add_task(
+            project,
+            name,
+            args=arg or [],
+            cron=cron,
+            every=every,
+            retries=retries,
+            timeout=timeout,
+            route=not no_route,
+            force=force,
+        ),
+        dry_run=dry_run,
+        check=check,
+        as_json=as_json,
+    )
+
+
+@app.command("remove-task", epilog=EXIT_CODES)
+def remove_task(
+    name: Annotated[str, typer.Argument(help="A task added by `bgtasks add-task`.")],
+    project: Project = Path("."),
+    dry_run: DryRun = False,
+    check: Check = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Remove it even if its body was edited since.")
+    ] = False,
+    as_json: Json = False,
+) -> None:
+    """Remove exactly what add-task added for NAME: function, route, schedule entry,
+    registration and test. Refused if the task's body was edited since (unless --force)."""
+    from bgtasks_gen.addtask import plan_remove_task
+
+    _locked(
+        project,
+        lambda: plan_remove_task(project, name, force=force),
+        dry_run=dry_run,
+        check=check,
+        as_json=as_json,
+    )
+
+
+@app.command(epilog=EXIT_CODES)
+def update(
+    project: Project = Path("."),
+    conflicts: Annotated[
+        str,
+        typer.Option(
+            help="What to do where your edits and the new templates overlap: 'refuse' "
+            "(write nothing, list them) or 'markers' (write git-style conflict markers)."
+        ),
+    ] = "refuse",
+    dry_run: DryRun = False,
+    check: Check = False,
+    as_json: Json = False,
+) -> None:
+    """Take template improvements without losing your edits: each generated file is
+    merged three ways (what bgtasks generated last time, your file, the new render);
+    the settings fields and the router include are re-applied if they went missing."""
+    from bgtasks_gen.errors import BadInput
+    from bgtasks_gen.scaffold import plan_update
+
+    if conflicts not in ("refuse", "markers"):
+        _fail(BadInput(f"--conflicts {conflicts!r}", "use --conflicts refuse or markers"), as_json)
+    _locked(
+        project,
+        lambda: plan_update(project, markers=conflicts == "markers"),
+        dry_run=dry_run,
+        check=check,
+        as_json=as_json,
+    )
+
+
+@app.command("check")
+def check_command(project: Project = Path("."), as_json: Json = False) -> None:
+    """For CI: exit 0 when the scaffold is wired and current, 1 with a report otherwise
+    (router not included, settings field missing, schedule naming a missing task,
+    generated file missing, scaffold behind the installed templates)."""
+    import json
+
+    from bgtasks_gen.check import check_project
+
+    findings = check_project(project)
+    if as_json:
+        typer.echo(
+            json.dumps({"ok": not findings, "findings": [f.as_dict() for f in findings]}, indent=2)
+        )
+    else:
+        from rich.markup import escape
+
+        from bgtasks_gen.report import out
+
+        for finding in findings:
+            out.print(
+                f"[red]✗[/red] {escape(finding.problem)}  [dim]({escape(finding.where)})[/dim]"
+            )
+            out.print(f"    [dim]fix:[/dim] {escape(finding.fix)}")
+        if not findings:
+            out.print("[green]✓[/green] the scaffold is wired and current")
+    raise typer.Exit(int(ExitCode.CHANGES if findings else ExitCode.OK))
+
+
+@app.command("list")
+def list_command(project: Project = Path("."), as_json: Json = False) -> None:
+    """The project's tasks, read from its code (hand-written ones included): route,
+    schedule, retries, time limit, and whether init, add-task or you wrote it."""
+    import json
+
+    from bgtasks_gen.addtask import load_project
+    from bgtasks_gen.inventory import list_tasks
+
+    try:
+        tasks = list_tasks(load_project(project))
+    except BgtasksError as error:
+        _fail(error, as_json)
+    if as_json:
+        typer.echo(json.dumps([t.as_dict() for t in tasks], indent=2))
+        return
+    from rich.table import Table
+
+    from bgtasks_gen.report import out
+
+    table = Table(title=f"Tasks in {project}")
+    for column in ("task", "route", "schedule", "retries", "timeout", "added by"):
+        table.add_column(column)
+    for task in tasks:
+        table.add_row(
+            task.name, task.route, task.schedule, task.retries, task.timeout, task.added_by
+        )
+    out.print(table)
+
+
+@app.command()
+def runners(as_json: Json = False) -> None:
+    """Which runner to choose: the task selection guide, with each runner's caveats."""
+    import json
+
+    from bgtasks_gen.runners import available_runners
+
+    specs = available_runners()
+    if as_json:
+        rows = [
+            {
+                "runner": s.name,
+                "summary": s.summary,
+                "use_when": s.use_when,
+                "caveats": list(s.caveats),
+            }
+            for s in specs
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    from bgtasks_gen.report import out
+
+    table = Table(title="Task selection guide", show_lines=True)
+    table.add_column("Use case")
+    table.add_column("Runner", style="bold")
+    table.add_column("What it is")
+    table.add_column("Caveats")
+    for spec in specs:
+        table.add_row(
+            spec.use_when, spec.name, spec.summary, "\n".join(f"- {c}" for c in spec.caveats)
+        )
+    out.print(table)
+
+
+def main() -> None:
+    app()

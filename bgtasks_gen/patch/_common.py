@@ -1,0 +1,136 @@
+"""Small helpers shared by the patch modules."""
+
+from __future__ import annotations
+
+import sys
+
+import libcst as cst
+from libcst.helpers import get_full_name_for_node
+
+
+def _import_sort_key(name: str) -> tuple[int, str]:
+    """isort/ruff "order by type": CONSTANTS, then Classes, then functions."""
+    kind = 0 if name.isupper() and len(name) > 1 else 1 if name[:1].isupper() else 2
+    return kind, name.lower()
+
+
+def _from_module(statement: cst.BaseStatement) -> tuple[cst.ImportFrom | None, str | None]:
+    if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1:
+        small = statement.body[0]
+        if isinstance(small, cst.ImportFrom) and not small.relative and small.module is not None:
+            return small, get_full_name_for_node(small.module)
+        if isinstance(small, cst.Import):
+            return None, get_full_name_for_node(small.names[0].name)
+    return None, None
+
+
+def _alias_of(alias: cst.ImportAlias) -> tuple[str, str | None]:
+    name = get_full_name_for_node(alias.name) or ""
+    asname = None
+    if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
+        asname = alias.asname.name.value
+    return name, asname
+
+
+def add_import(
+    module: cst.Module,
+    from_module: str,
+    name: str,
+    alias: str | None = None,
+    first_party: frozenset[str] = frozenset(),
+) -> cst.Module:
+    """Add `from from_module import name [as alias]` unless present, where isort would put it.
+
+    Merges into an existing `from from_module import ...`; otherwise the new line goes
+    into its isort section (standard library, third party, `first_party`), sorted.
+    """
+    body = list(module.body)
+    imports: list[tuple[int, cst.ImportFrom | None, str]] = []
+    for position, statement in enumerate(body):
+        node, dotted = _from_module(statement)
+        if dotted is not None:
+            imports.append((position, node, dotted))
+    for position, node, dotted in imports:
+        if node is None or dotted != from_module or isinstance(node.names, cst.ImportStar):
+            continue
+        present = [_alias_of(a) for a in node.names]
+        if (name, alias) in present:
+            return module
+        if alias is None and not node.lpar:
+            names = list(node.names)
+            index = sum(_import_sort_key(n) < _import_sort_key(name) for n, _ in present)
+            new_alias = cst.ImportAlias(name=cst.Name(name))
+            if index == len(names):
+                names[-1] = names[-1].with_changes(
+                    comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+                )
+            else:
+                new_alias = new_alias.with_changes(
+                    comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+                )
+            names.insert(index, new_alias)
+            line = body[position]
+            assert isinstance(line, cst.SimpleStatementLine)
+            body[position] = line.with_changes(body=[node.with_changes(names=names)])
+            return module.with_changes(body=body)
+
+    text = f"from {from_module} import {name}" + (f" as {alias}" if alias else "") + "\n"
+    statement = cst.parse_statement(text)
+    assert isinstance(statement, cst.SimpleStatementLine)
+    group = import_group(from_module, first_party)
+    same = [(p, d) for p, _, d in imports if import_group(d, first_party) == group]
+    lower = [p for p, _, d in imports if import_group(d, first_party) < group]
+    higher = [p for p, _, d in imports if import_group(d, first_party) > group]
+    blank = [cst.EmptyLine(indent=False)]
+    if same:
+        # isort: by module; for one module, `from m import a, b` before `... as alias`
+        before = [
+            p
+            for p, d in same
+            if d.lower() < from_module.lower()
+            or (d.lower() == from_module.lower() and alias is not None)
+        ]
+        if before:
+            body.insert(before[-1] + 1, statement)
+        else:
+            _insert_before(body, same[0][0], statement, [])
+    elif lower:
+        body.insert(lower[-1] + 1, statement.with_changes(leading_lines=blank))
+    elif higher:
+        _insert_before(body, higher[0], statement, blank)
+    else:
+        # no imports at all: after a module docstring, else at the very top
+        has_docstring = module.get_docstring() is not None
+        body.insert(
+            1 if has_docstring else 0,
+            statement.with_changes(leading_lines=blank if has_docstring else []),
+        )
+    return module.with_changes(body=body)
+
+
+def _insert_before(
+    body: list[cst.SimpleStatementLine | cst.BaseCompoundStatement],
+    position: int,
+    statement: cst.SimpleStatementLine,
+    displaced_leading: list[cst.EmptyLine],
+) -> None:
+    """Put `statement` where `position` is; it takes over that line's leading blank lines."""
+    displaced = body[position]
+    assert isinstance(displaced, cst.SimpleStatementLine)
+    body[position] = displaced.with_changes(leading_lines=displaced_leading)
+    body.insert(position, statement.with_changes(leading_lines=displaced.leading_lines))
+
+
+def import_group(dotted: str, first_party: frozenset[str]) -> int:
+    """isort's sections: 0 future and standard library, 1 third party, 2 first party."""
+    top = dotted.split(".")[0]
+    if top == "__future__" or top in sys.stdlib_module_names:
+        return 0
+    return 2 if top in first_party else 1
+
+
+def top_level_function(module: cst.Module, name: str) -> cst.FunctionDef | None:
+    for statement in module.body:
+        if isinstance(statement, cst.FunctionDef) and statement.name.value == name:
+            return statement
+    return None

@@ -1,0 +1,113 @@
+"""Pure data: what a command would do to each file. Computing it writes nothing."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from bgtasks_gen.errors import BgtasksError
+from bgtasks_gen.patch.outline import SourceSyntaxError, check_syntax
+
+MARKERS_NOTE = "conflict markers"
+
+
+class Action(StrEnum):
+    CREATE = "create"
+    PATCH = "patch"  # an existing file edited in place (the user's settings, app, ...)
+    IDENTICAL = "identical"  # already as bgtasks would write it
+    CONFLICT = "conflict"  # exists with other content; replaced only with --force
+    OVERWRITE = "overwrite"  # a conflict the user allowed with --force
+    KEPT = "kept"  # a file the user owns (Procfile, compose.yaml) exists: never replaced
+
+
+@dataclass(frozen=True)
+class FileChange:
+    path: str  # relative to the project root, POSIX separators
+    action: Action
+    old: str | None  # None when the file does not exist yet
+    new: str
+    note: str = ""
+
+    @property
+    def writes(self) -> bool:
+        return self.action in (Action.CREATE, Action.PATCH, Action.OVERWRITE)
+
+    def diff(self) -> str:
+        old = (self.old or "").splitlines(keepends=True)
+        new = self.new.splitlines(keepends=True)
+        before = f"a/{self.path}" if self.old is not None else "/dev/null"
+        return "".join(difflib.unified_diff(old, new, before, f"b/{self.path}"))
+
+
+@dataclass
+class Plan:
+    root: Path
+    changes: list[FileChange] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # things the user should know
+    next_steps: list[str] = field(default_factory=list)
+
+    @property
+    def conflicts(self) -> list[FileChange]:
+        return [c for c in self.changes if c.action is Action.CONFLICT]
+
+    @property
+    def writes(self) -> list[FileChange]:
+        return [c for c in self.changes if c.writes]
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not self.writes and not self.conflicts
+
+
+def read_existing(root: Path, rel: str) -> str | None:
+    path = root / rel
+    if not path.is_file():
+        return None
+    # newline="" keeps CRLF as it is, so an unchanged file compares equal
+    with path.open(encoding="utf-8", newline="") as handle:
+        return handle.read()
+
+
+def generated(root: Path, rel: str, new: str, *, force: bool, note: str = "") -> FileChange:
+    """A file bgtasks owns: created, identical, or a conflict with what is on disk."""
+    old = read_existing(root, rel)
+    if old is None:
+        return FileChange(rel, Action.CREATE, None, new, note)
+    if old == new:
+        return FileChange(rel, Action.IDENTICAL, old, new, note)
+    action = Action.OVERWRITE if force else Action.CONFLICT
+    return FileChange(rel, action, old, new, note or "exists with other content")
+
+
+def user_owned(root: Path, rel: str, new: str) -> FileChange:
+    """A run file bgtasks writes once; afterwards it is the user's, even with --force."""
+    old = read_existing(root, rel)
+    if old is None:
+        return FileChange(rel, Action.CREATE, None, new)
+    if old == new:
+        return FileChange(rel, Action.IDENTICAL, old, new)
+    return FileChange(
+        rel, Action.KEPT, old, new, "yours: see --dry-run for what bgtasks would write"
+    )
+
+
+def patched(root: Path, rel: str, old: str, new: str, note: str = "") -> FileChange:
+    """A file of the user's that bgtasks edits in place."""
+    action = Action.IDENTICAL if old == new else Action.PATCH
+    return FileChange(rel, action, old, new, note)
+
+
+def check_python(changes: list[FileChange]) -> None:
+    """Every .py file bgtasks would write must parse; a failure here is a bgtasks bug."""
+    for change in changes:
+        # conflict markers, asked for with `update --conflicts markers`, never parse
+        if change.writes and change.path.endswith(".py") and MARKERS_NOTE not in change.note:
+            try:
+                check_syntax(change.new)
+            except SourceSyntaxError as exc:
+                raise BgtasksError(
+                    f"bgtasks produced code that does not parse in {change.path}: {exc.message}",
+                    "nothing was written; please report this as a bug",
+                ) from exc

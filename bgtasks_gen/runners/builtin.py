@@ -1,0 +1,34 @@
+"""FastAPI's own BackgroundTasks: no broker, no worker, no durability."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from bgtasks_gen.runners.base import RunnerSpec
+from bgtasks_gen.runners.fields import SMTP_FIELDS
+
+
+def _next_steps(ctx: Mapping[str, object]) -> list[str]:
+    return [
+        f"uvicorn {ctx['app_target']} --reload",
+        f"pytest {ctx['tests_dir']}/test_bgtasks_builtin.py",
+    ]
+
+
+SPEC = RunnerSpec(
+    name="builtin",
+    summary="FastAPI BackgroundTasks: runs after the response, in the web process",
+    use_when="Simple, quick tasks",
+    caveats=(
+        "not durable: tasks are lost when the process stops or is redeployed",
+        "never retried; tasks of one request run one after another",
+        "no status, progress or cancel: use celery or arq when you need them",
+    ),
+    settings_fields=SMTP_FIELDS,
+    router_file="notifications",
+    dependencies=("fastapi>=0.110", "pydantic-settings>=2.0", "email-validator>=2.0"),
+    next_steps=_next_steps,
+    tasks_file="notifications.py",
+    scaffold_tasks=("process_notification",),
+    test_file="test_bgtasks_builtin.py",
+)

@@ -1,0 +1,22 @@
+"""Settings fields more than one runner reads."""
+
+from bgtasks_gen.runners.base import SettingsField
+
+SMTP_FIELDS = (
+    SettingsField(
+        "smtp_host", "str", '"localhost"', ("EMAIL_HOST", "MAIL_SERVER"), "Email (background tasks)"
+    ),
+    SettingsField("smtp_port", "int", "587", ("EMAIL_PORT", "MAIL_PORT")),
+    SettingsField("smtp_user", "str", '""', ("SMTP_USERNAME", "EMAIL_HOST_USER", "MAIL_USERNAME")),
+    SettingsField(
+        "smtp_password", "SecretStr", 'SecretStr("")', ("EMAIL_HOST_PASSWORD", "MAIL_PASSWORD")
+    ),
+    SettingsField("smtp_starttls", "bool", "True", ("SMTP_TLS", "EMAIL_USE_TLS", "MAIL_STARTTLS")),
+    SettingsField("smtp_timeout", "float", "10.0", ("EMAIL_TIMEOUT",)),
+    SettingsField(
+        "email_from",
+        "str",
+        '"noreply@example.com"',
+        ("EMAILS_FROM_EMAIL", "DEFAULT_FROM_EMAIL", "MAIL_FROM"),
+    ),
+)

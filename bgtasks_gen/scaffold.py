@@ -1,0 +1,393 @@
+"""`init`: discover the project, render the runner's templates, patch, and plan it all."""
+
+from __future__ import annotations
+
+import keyword
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from bgtasks_gen.deps import plan_dependencies
+from bgtasks_gen.discover import Overrides, ProjectLayout, discover
+from bgtasks_gen.errors import BadInput, DiscoveryError
+from bgtasks_gen.patch.app_router import include_router
+from bgtasks_gen.patch.settings_fields import NewField, add_settings_fields
+from bgtasks_gen.plan import (
+    MARKERS_NOTE,
+    Action,
+    FileChange,
+    Plan,
+    check_python,
+    generated,
+    patched,
+    read_existing,
+    user_owned,
+)
+from bgtasks_gen.render import render_runner
+from bgtasks_gen.runners import get_runner
+from bgtasks_gen.runners.base import RunnerSpec, SettingsField
+from bgtasks_gen.state import STATE_FILE, digest, read_state, render_state
+
+FIELDS_HEADER = "Background tasks (added by bgtasks)"
+BOM = "\ufeff"
+BASE_DIR = ".bgtasks/base"  # pristine copies of generated files: the base of `update` merges
+
+
+@dataclass(frozen=True)
+class FieldChoice:
+    key: str
+    name: str  # attribute name the generated code reads
+    added: bool  # False when the class already had it (or an alias of it)
+
+
+def choose_fields(spec: RunnerSpec, layout: ProjectLayout) -> list[FieldChoice]:
+    """Spell each field in the project's style; reuse a field it already has, never twice."""
+    existing = {name.lower(): name for name in layout.settings.fields}
+    choices = []
+    for field in spec.settings_fields:
+        styled = field.key.upper() if layout.settings.upper_case else field.key
+        found = next(
+            (existing[c.lower()] for c in (field.key, *field.aliases) if c.lower() in existing),
+            None,
+        )
+        choices.append(FieldChoice(field.key, found or styled, found is None))
+    return choices
+
+
+def app_target(layout: ProjectLayout) -> str:
+    app = layout.app
+    target = (
+        f"{app.module}:{app.factory} --factory" if app.factory else f"{app.module}:{app.app_var}"
+    )
+    if layout.source_root != layout.root:
+        target += f" --app-dir {layout.source_root.relative_to(layout.root).as_posix()}"
+    return target
+
+
+def template_context(
+    spec: RunnerSpec, layout: ProjectLayout, fields: list[FieldChoice], broker: str
+) -> dict[str, object]:
+    return {
+        "runner": spec.name,
+        "broker": broker,
+        "package": layout.package,
+        "tasks_module": layout.tasks_module,
+        "routes_module": layout.routes_module,
+        "settings_import": layout.settings.import_line,
+        "settings_expr": layout.settings.expression,
+        "app_import": layout.app.import_line,
+        "app_expr": layout.app.expression,
+        "legacy_typing": layout.legacy_typing,
+        "field_names": {choice.key: choice.name for choice in fields},
+        "app_target": app_target(layout),
+        **spec.extra_context,
+    }
+
+
+def _output_path(layout: ProjectLayout, rendered: str) -> str:
+    """Map a rendered path (tasks/..., routes/..., tests/...) into the project."""
+    top, _, rest = rendered.partition("/")
+    folders = {
+        "tasks": layout.module_path(layout.tasks_module),
+        "routes": layout.module_path(layout.routes_module),
+        "tests": Path(layout.tests_dir),
+    }
+    if top not in folders or not rest:
+        raise BadInput(f"template produced an unexpected file {rendered}", "report this as a bug")
+    return (folders[top] / rest).as_posix()
+
+
+def _package_inits(layout: ProjectLayout, files: Mapping[str, str]) -> dict[str, str]:
+    """Empty __init__.py for each new package folder between the source root and a file."""
+    inits = {}
+    source = layout.source_root.relative_to(layout.root)
+    for rel in files:
+        if not rel.endswith(".py") or rel.startswith(f"{layout.tests_dir}/"):
+            continue
+        folder = Path(rel).parent
+        while folder != source and folder != Path("."):
+            init = (folder / "__init__.py").as_posix()
+            if init not in files and not (layout.root / init).exists():
+                inits[init] = ""
+            folder = folder.parent
+    return inits
+
+
+def _refuse_existing_runner(spec: RunnerSpec, layout: ProjectLayout, owned: set[str]) -> None:
+    for runner, where in layout.existing_runners:
+        other = "arq" if runner == "celery" else "celery"
+        if runner == spec.name and where.partition(":")[0] not in owned:
+            raise DiscoveryError(
+                f"this project already has a {runner} setup at {where}",
+                "bgtasks adds a runner only to projects that do not have it yet; keep yours, "
+                f"or add the other one (--runner {other})",
+            )
+
+
+def plan_init(
+    root: Path,
+    runner: str,
+    *,
+    broker: str = "redis",
+    overrides: Overrides | None = None,
+    force: bool = False,
+    with_deps: bool = True,
+    merge: str | None = None,
+) -> Plan:
+    """Plan `init` (merge None) or `update` (merge "refuse" or "markers": generated files
+    are merged three ways with the user's edits instead of compared)."""
+    spec = get_runner(runner)
+    if broker not in ("redis", "rabbitmq"):
+        raise BadInput(f"unknown broker {broker!r}", "choose redis or rabbitmq")
+    if broker != "redis" and spec.name != "celery":
+        raise BadInput(f"--broker {broker} only applies to the celery runner")
+    layout = discover(root, overrides)
+    root = layout.root
+    state = read_state(root)
+    state_files = state.get("files", {})
+    owned = set(state_files) if isinstance(state_files, dict) else set()
+    _refuse_existing_runner(spec, layout, owned)
+    if layout.settings.pydantic_v1 and spec.name != "builtin":
+        raise BadInput(
+            f"the {spec.name} runner's generated API needs pydantic 2, and this project "
+            f"uses pydantic 1 ({layout.settings.found_by})",
+            "move to pydantic 2 and pydantic-settings first, or use --runner builtin",
+        )
+    for dotted in (layout.tasks_module, layout.routes_module):
+        if not all(
+            part.isidentifier() and not keyword.iskeyword(part) for part in dotted.split(".")
+        ):
+            raise BadInput(f"{dotted!r} is not a valid dotted module name")
+
+    fields = choose_fields(spec, layout)
+    context = template_context(spec, layout, fields, broker)
+    context_extra = {"tests_dir": layout.tests_dir}
+    plan = Plan(root)
+
+    # 1. the generated files
+    rendered = render_runner(context)
+    run_files = {path[4:]: text for path, text in rendered.items() if path.startswith("run/")}
+    files = {
+        _output_path(layout, path): text
+        for path, text in rendered.items()
+        if not path.startswith("run/")
+    }
+    files.update(_package_inits(layout, files))
+    pristine = dict(files)
+    if state.get("tasks") and str(state.get("runner")) == spec.name:
+        from bgtasks_gen.addtask import load_project, replay_tasks
+
+        files = replay_tasks(load_project(root), files)
+    if merge is None:
+        for rel in sorted(files):
+            plan.changes.append(generated(root, rel, files[rel], force=force))
+    else:
+        plan.changes.extend(_merged(root, state, files, merge == "markers"))
+    for rel in sorted(run_files):
+        plan.changes.append(user_owned(root, rel, run_files[rel]))
+    for rel in sorted(pristine):
+        base = f"{BASE_DIR}/{rel}.base"
+        if merge is None:
+            plan.changes.append(generated(root, base, pristine[rel], force=force))
+        else:
+            plan.changes.append(patched(root, base, read_existing(root, base) or "", pristine[rel]))
+
+    # 2. the user's settings class and app, edited in place (possibly the same file)
+    edits: dict[str, str] = {}
+    originals: dict[str, str] = {}
+
+    def edit(path: Path) -> tuple[str, str]:
+        rel = path.relative_to(root).as_posix()
+        if rel not in edits:
+            existing = read_existing(root, rel)
+            assert existing is not None  # discovery just parsed it
+            originals[rel] = existing
+            # libcst drops a UTF-8 byte order mark: patch without it, put it back below
+            edits[rel] = existing.removeprefix(BOM)
+        return rel, edits[rel]
+
+    by_key = {f.key: f for f in spec.settings_fields}
+    new_fields = [_new_field(by_key[c.key], c.name, broker) for c in fields if c.added]
+    rel, text = edit(layout.settings.path)
+    ours = _fields_under_header(text)
+    edits[rel] = add_settings_fields(
+        text, layout.settings.class_name, new_fields, FIELDS_HEADER, frozenset({layout.package})
+    )
+    reused = [c for c in fields if not c.added and c.name not in ours]
+    if reused:
+        plan.notes.append(f"reused existing settings field(s): {', '.join(c.name for c in reused)}")
+
+    router_module = f"{layout.routes_module}.{spec.router_file}"
+    rel, text = edit(layout.app.path)
+    edits[rel] = include_router(
+        text,
+        app_var=layout.app.app_var,
+        factory=layout.app.factory,
+        import_module=router_module,
+        alias=f"{spec.router_file}_router",
+        first_party=frozenset({layout.package}),
+    )
+    if spec.lifespan_module:
+        from bgtasks_gen.patch.lifespan import add_lifespan
+
+        edits[rel] = add_lifespan(
+            edits[rel],
+            app_name_hint=layout.app.app_var,
+            import_module=f"{layout.tasks_module}.{spec.lifespan_module}",
+        )
+    for rel, new in edits.items():
+        old = originals[rel]
+        if old.startswith(BOM):
+            new = BOM + new
+        plan.changes.append(patched(root, rel, old, new))
+
+    # 3. the runner's packages in the project's dependency list
+    if with_deps:
+        deps = plan_dependencies(root, list(spec.dependencies_for(broker)))
+        if deps.path is not None:
+            plan.changes.append(patched(root, deps.path, deps.old, deps.new))
+        plan.notes.extend(deps.notes)
+        plan.next_steps.extend(deps.next_steps)
+
+    # 4. the state file: everything later commands need to know
+    runners = [r for r in _list(state.get("runners")) if r != spec.name] + [spec.name]
+    all_files = {k: v for k, v in owned_hashes(state).items()}
+    all_files.update({rel: digest(text) for rel, text in pristine.items()})
+    state_layout = {
+        "tasks_module": layout.tasks_module,
+        "routes_module": layout.routes_module,
+        "settings": f"{layout.settings.module}:{layout.settings.class_name}",
+        "app": f"{layout.app.module}:{layout.app.factory or layout.app.app_var}",
+        "tests_dir": layout.tests_dir,
+        "source_root": layout.source_root.relative_to(root).as_posix(),
+        "pydantic_v1": layout.settings.pydantic_v1,
+        "legacy_typing": layout.legacy_typing,
+        "broker": broker,
+    }
+    tasks = state.get("tasks")
+    state_text = render_state(
+        runners, state_layout, all_files, tasks if isinstance(tasks, dict) else None
+    )
+    old_state = read_existing(root, STATE_FILE)
+    if old_state is not None and _same_state(old_state, state_text):
+        state_text = old_state
+    plan.changes.append(patched(root, STATE_FILE, old_state or "", state_text))
+    if old_state is None:
+        plan.changes[-1] = generated(root, STATE_FILE, state_text, force=force)
+
+    check_python(plan.changes)
+    plan.next_steps.extend(spec.next_steps({**context, **context_extra}))
+    plan.notes.extend(
+        f"settings: {layout.settings.found_by}; app: {layout.app.found_by}".split("; ")
+    )
+    return plan
+
+
+def plan_update(root: Path, *, markers: bool = False, force: bool = False) -> Plan:
+    """`update`: render again with the installed templates, merge with the user's files."""
+    from bgtasks_gen.addtask import load_project
+
+    project = load_project(root)
+    return plan_init(
+        project.root,
+        project.spec.name,
+        broker=str(project.layout.get("broker") or "redis"),
+        overrides=Overrides(
+            settings_module=str(project.layout.get("settings") or "") or None,
+            app_module=str(project.layout.get("app") or "") or None,
+        ),
+        force=force,
+        with_deps=False,
+        merge="markers" if markers else "refuse",
+    )
+
+
+def _merged(
+    root: Path, state: Mapping[str, object], files: Mapping[str, str], markers: bool
+) -> list[FileChange]:
+    """Three-way merge of each generated file: base = what bgtasks generated last time
+    (kept under .bgtasks/base, with the added tasks replayed), ours = the file as it is,
+    theirs = the new render."""
+    from bgtasks_gen.addtask import load_project, replay_tasks
+    from bgtasks_gen.merge import merge3
+
+    bases = {rel: read_existing(root, f"{BASE_DIR}/{rel}.base") for rel in files}
+    known = {rel: text for rel, text in bases.items() if text is not None}
+    if state.get("tasks"):
+        known = {
+            rel: text
+            for rel, text in replay_tasks(load_project(root), known).items()
+            if rel in known
+        }
+    changes = []
+    for rel in sorted(files):
+        ours = read_existing(root, rel)
+        theirs = files[rel]
+        if ours is None:
+            if rel in owned_hashes(state):
+                # generated once, deleted since: the user's choice stands
+                changes.append(
+                    FileChange(rel, Action.IDENTICAL, None, "", "deleted by you; kept so")
+                )
+            else:
+                changes.append(FileChange(rel, Action.CREATE, None, theirs))
+            continue
+        base = known.get(rel)
+        if base is None:
+            action = Action.IDENTICAL if ours == theirs else Action.CONFLICT
+            changes.append(
+                FileChange(
+                    rel,
+                    action,
+                    ours,
+                    theirs,
+                    "" if ours == theirs else "no base copy to merge from",
+                )
+            )
+            continue
+        result = merge3(base, ours, theirs, markers=markers)
+        if result.clean or markers:
+            lines = ", ".join(str(n) for n in result.conflicts)
+            note = f"{MARKERS_NOTE} near line(s) {lines}" if result.conflicts else ""
+            changes.append(patched(root, rel, ours, result.text, note))
+        else:
+            lines = ", ".join(str(n) for n in result.conflicts)
+            changes.append(
+                FileChange(
+                    rel,
+                    Action.CONFLICT,
+                    ours,
+                    theirs,
+                    f"your edits and the new version overlap near line(s) {lines}",
+                )
+            )
+    return changes
+
+
+def _fields_under_header(source: str) -> set[str]:
+    """Fields an earlier run added (below bgtasks' header comment): not "reused"."""
+    _, found, below = source.partition(f"# {FIELDS_HEADER}")
+    return set(re.findall(r"^\s+(\w+)\s*:", below, flags=re.MULTILINE)) if found else set()
+
+
+def _new_field(field: SettingsField, name: str, broker: str) -> NewField:
+    return NewField(name=name, annotation=field.annotation, default=field.default_for(broker))
+
+
+def _list(value: object) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def owned_hashes(state: Mapping[str, object]) -> dict[str, str]:
+    files = state.get("files", {})
+    return {k: v for k, v in files.items() if isinstance(v, str)} if isinstance(files, dict) else {}
+
+
+def _same_state(old: str, new: str) -> bool:
+    """Equal but for the bgtasks version line: a re-run with a newer bgtasks changes nothing."""
+
+    def strip(text: str) -> list[str]:
+        return [line for line in text.splitlines() if not line.startswith("version = ")]
+
+    return strip(old) == strip(new)
