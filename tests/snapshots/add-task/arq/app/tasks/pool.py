@@ -1,0 +1,161 @@
+"""The web app's one arq Redis pool, and the `TaskQueue` dependency that hands it out.
+
+The pool is opened once by `lifespan` (wired into the app's `FastAPI(lifespan=...)`),
+kept on `app.state` and closed on shutdown. Never open a pool per request: each opens
+its own connections, so 200 concurrent requests would open (and leak) 200 of them.
+The pool is bounded too: a request waits briefly for a free connection instead of
+opening one more.
+"""
+
+import contextlib
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Annotated, Any
+
+from arq.connections import ArqRedis
+from fastapi import Depends, FastAPI, HTTPException, Request
+from redis.asyncio import BlockingConnectionPool
+from redis.exceptions import RedisError
+
+from app.core.config import settings
+from app.tasks.serialization import deserialize, serialize
+
+logger = logging.getLogger(__name__)
+
+# Most Redis connections the web process opens. Each enqueue holds one for a few round
+# trips, so a small pool serves hundreds of concurrent requests.
+MAX_CONNECTIONS = 20
+# Seconds a request waits for a free connection, then for Redis itself, before failing
+# with 503 instead of hanging.
+POOL_TIMEOUT = 5
+SOCKET_TIMEOUT = 5.0
+
+# the attribute of app.state that holds the pool
+STATE_KEY = "arq_pool"
+_HANDLERS_FLAG = "bgtasks_runs_event_handlers"
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
+
+
+def create_queue() -> ArqRedis:
+    """An ArqRedis client on a bounded connection pool, with the JSON serializers."""
+    connections = BlockingConnectionPool.from_url(
+        str(settings.REDIS_URL),
+        max_connections=MAX_CONNECTIONS,
+        timeout=POOL_TIMEOUT,
+        socket_connect_timeout=SOCKET_TIMEOUT,
+        socket_timeout=SOCKET_TIMEOUT,
+    )
+    return ArqRedis(connections, job_serializer=serialize, job_deserializer=deserialize)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Open the pool on `app.state` at startup; close it and its connections at exit."""
+    queue = create_queue()
+    try:
+        await queue.ping()
+    except RedisError:
+        # Start anyway: the rest of the app works, task endpoints answer 503 meanwhile.
+        logger.warning("Redis is not reachable; task endpoints answer 503 until it is")
+    setattr(app.state, STATE_KEY, queue)
+    _warn_if_event_handlers_skipped(app)
+    try:
+        yield
+    finally:
+        delattr(app.state, STATE_KEY)
+        await queue.aclose(close_connection_pool=True)
+
+
+def _warn_if_event_handlers_skipped(app: FastAPI) -> None:
+    handlers = len(app.router.on_startup) + len(app.router.on_shutdown)
+    if handlers and not getattr(app.state, _HANDLERS_FLAG, False):
+        logger.warning(
+            "%d on_event startup/shutdown handler(s) are not run: FastAPI skips them "
+            "once the app has a lifespan (an included router's own handlers still run "
+            "through that router). To run them: lifespan=combine_lifespans("
+            "on_event_handlers, lifespan) from %s.",
+            handlers,
+            __name__,
+        )
+
+
+@asynccontextmanager
+async def on_event_handlers(app: FastAPI) -> AsyncIterator[None]:
+    """Run the app's `@app.on_event("startup")` / `("shutdown")` handlers.
+
+    FastAPI runs them only while `FastAPI(lifespan=...)` is unset; once a lifespan is
+    set they are silently skipped. Put this first in `combine_lifespans(...)` to run
+    them as FastAPI did without a lifespan: in registration order, startup before the
+    other lifespans, shutdown after them.
+    """
+    setattr(app.state, _HANDLERS_FLAG, True)
+    for handler in app.router.on_startup:
+        result = handler()
+        if inspect.isawaitable(result):
+            await result
+    try:
+        yield
+    finally:
+        for handler in app.router.on_shutdown:
+            result = handler()
+            if inspect.isawaitable(result):
+                await result
+
+
+def combine_lifespans(*lifespans: Callable[[FastAPI], Any]) -> Lifespan:
+    """One lifespan that enters `lifespans` in order and exits them in reverse.
+
+    Accepts what `FastAPI(lifespan=...)` accepts: `@asynccontextmanager` functions and
+    bare async (or sync) generator functions. State mappings they yield are merged.
+    """
+
+    @asynccontextmanager
+    async def combined(app: FastAPI) -> AsyncIterator[Any]:
+        state: dict[str, Any] = {}
+        async with AsyncExitStack() as stack:
+            for item in lifespans:
+                if inspect.isasyncgenfunction(item):
+                    context = asynccontextmanager(item)(app)
+                    value = await stack.enter_async_context(context)
+                elif inspect.isgeneratorfunction(item):
+                    value = stack.enter_context(contextlib.contextmanager(item)(app))
+                else:
+                    value = await stack.enter_async_context(item(app))
+                if isinstance(value, Mapping):
+                    state.update(value)
+            yield state or None
+
+    return combined
+
+
+async def get_task_queue(request: Request) -> ArqRedis:
+    """FastAPI dependency: the pool the lifespan opened for this app.
+
+    async on purpose: FastAPI runs a plain `def` dependency in its threadpool, a hop
+    that cost a fifth of the enqueue endpoints' throughput under load.
+    """
+    queue = getattr(request.app.state, STATE_KEY, None)
+    if not isinstance(queue, ArqRedis):
+        logger.error(
+            "no arq pool on app.state: %s.lifespan is not running (is it passed to "
+            "FastAPI(lifespan=...)? in tests, use TestClient inside a `with` block)",
+            __name__,
+        )
+        raise HTTPException(status_code=503, detail="task queue unavailable")
+    return queue
+
+
+TaskQueue = Annotated[ArqRedis, Depends(get_task_queue)]
+
+
+@contextlib.contextmanager
+def queue_errors_as_503() -> Iterator[None]:
+    """Turn a Redis outage into 503 for the client (and one log line), not a 500."""
+    try:
+        yield
+    except RedisError as exc:
+        logger.warning("task queue unavailable: %s", type(exc).__name__)
+        raise HTTPException(status_code=503, detail="task queue unavailable") from None

@@ -1,0 +1,156 @@
+"""The Celery application: broker, result backend, reliability settings, beat schedule.
+
+Start a worker with `celery -A app.tasks.celery_app worker --loglevel=info`
+and the scheduler with `celery -A app.tasks.celery_app beat --loglevel=info`.
+"""
+
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery, Task
+from celery.exceptions import Ignore
+from celery.schedules import crontab
+from celery.utils.log import get_task_logger
+from redis.exceptions import RedisError
+
+from app.core.config import settings
+from app.tasks import registry
+
+logger = get_task_logger(__name__)
+
+# str(): a reused settings field may be a pydantic URL type.
+BROKER_URL = str(settings.CELERY_BROKER_URL)
+RESULT_BACKEND_URL = str(settings.CELERY_RESULT_BACKEND)
+
+# Time limits apply to every task. The soft limit raises SoftTimeLimitExceeded inside
+# the task so it can clean up; the hard limit kills the pool process.
+TASK_SOFT_TIME_LIMIT = 5 * 60
+TASK_TIME_LIMIT = 6 * 60
+# Exponential retry backoff never waits longer than this between two attempts.
+RETRY_BACKOFF_MAX = 10 * 60
+# A task whose pool process died (OOM kill, segfault) is sent again after this delay.
+WORKER_LOST_RETRY_DELAY = 5
+# Results (and the ids the API issued) are kept this long.
+RESULT_EXPIRES = 24 * 60 * 60
+
+# Redis hands an unacknowledged message to another worker after visibility_timeout.
+# It must outlast the longest run (the hard limit, with a 2x margin) and the longest
+# retry countdown (a retried task waits unacknowledged in the worker until its ETA),
+# or a task still running or waiting would be delivered twice.
+VISIBILITY_TIMEOUT = 2 * TASK_TIME_LIMIT + RETRY_BACKOFF_MAX
+
+# Bounded socket timeouts: without them a publish to a broker that vanished without
+# closing the TCP connection waits forever (and so does the HTTP request behind it).
+SOCKET_TIMEOUT = 5
+
+
+class CancellableTask(Task):
+    """Base task that honours the API's cancel flag before it runs.
+
+    revoke() only reaches workers that are running when it is sent, and they forget it
+    on restart; the flag lives in Redis, so a task cancelled while no worker was up is
+    still skipped when a worker picks it up later.
+    """
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        try:
+            cancelled = registry.cancel_requested(task_id)
+        except RedisError:
+            # The revoke() broadcast still applies; do not fail the task over this.
+            logger.warning("could not read the cancel flag of task %s", task_id)
+            return
+        if cancelled:
+            stop_cancelled(self)
+
+
+def stop_cancelled(task: Task) -> None:
+    """Record REVOKED for the current task and stop it without running (more of) it."""
+    logger.info("task %s[%s] cancelled", task.name, task.request.id)
+    task.backend.mark_as_revoked(
+        task.request.id, reason="cancelled", request=task.request
+    )
+    # Ignore: the worker acknowledges the message and stores nothing over REVOKED.
+    raise Ignore()
+
+
+celery_app = Celery(
+    "app",
+    broker=BROKER_URL,
+    # Redis for results with either broker: PROGRESS and REVOKED need a real backend.
+    backend=RESULT_BACKEND_URL,
+    include=["app.tasks.tasks"],
+    task_cls=CancellableTask,
+)
+
+celery_app.conf.update(
+    # JSON only, in both directions: pickle would let anyone who can write to the
+    # broker or the result backend run code in the worker or the API.
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_accept_content=["json"],
+    timezone="UTC",
+    enable_utc=True,
+    task_track_started=True,
+    task_soft_time_limit=TASK_SOFT_TIME_LIMIT,
+    task_time_limit=TASK_TIME_LIMIT,
+    result_expires=RESULT_EXPIRES,
+    # Acknowledge after the task ran, so a crash mid-task hands it to another worker...
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    # ...and count a lost worker as a retry, bounded by each task's max_retries, so a
+    # task that kills its own process is not requeued forever. New in celery 5.7:
+    # celery 5.6 (the version that installs beside arq) ignores it.
+    task_retry_on_worker_lost=True,
+    # A redelivered message whose task already succeeded is not run again.
+    worker_deduplicate_successful_tasks=True,
+    # Take one message at a time: long tasks do not hold others hostage.
+    worker_prefetch_multiplier=1,
+    # On a lost broker connection, stop running tasks whose messages the broker will
+    # redeliver anyway, rather than run them twice.
+    worker_cancel_long_running_tasks_on_connection_loss=True,
+    broker_connection_retry_on_startup=True,
+    broker_connection_timeout=SOCKET_TIMEOUT,
+    broker_transport_options={
+        "visibility_timeout": VISIBILITY_TIMEOUT,
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": SOCKET_TIMEOUT,
+    },
+    # A publish to an unreachable broker is retried 3 times within about 2 seconds
+    # (each connection attempt bounded by SOCKET_TIMEOUT), then fails: the API says 503.
+    task_publish_retry=True,
+    task_publish_retry_policy={
+        "max_retries": 3,
+        "interval_start": 0.2,
+        "interval_step": 0.5,
+        "interval_max": 1.0,
+    },
+    redis_socket_timeout=SOCKET_TIMEOUT,
+    redis_socket_connect_timeout=SOCKET_TIMEOUT,
+    beat_schedule={
+        "cleanup-expired-tokens": {
+            "task": "app.tasks.tasks.cleanup_expired_tokens",
+            "schedule": timedelta(hours=1),
+            # A run that could not start within the hour is dropped, not piled up.
+            "options": {"expires": 50 * 60},
+        },
+        "send-daily-reports": {
+            "task": "app.tasks.tasks.send_daily_reports",
+            # beat needs a schedule object: a plain dict here crashes `celery beat`.
+            "schedule": crontab(hour=9, minute=0),
+            "options": {"expires": 60 * 60},
+        },
+        "nightly_report": {
+            "task": "app.tasks.tasks.nightly_report",
+            "schedule": crontab(
+                minute="0",
+                hour="6",
+                day_of_week="1-5",
+            ),
+        },
+        "heartbeat": {
+            "task": "app.tasks.tasks.heartbeat",
+            "schedule": timedelta(seconds=30),
+        },
+    },
+)

@@ -1,0 +1,279 @@
+"""HTTP API for the arq jobs: enqueue, status, abort (added by bgtasks).
+
+Idempotency: send an `Idempotency-Key` header (1-64 characters of A-Z a-z 0-9 _ . -)
+to enqueue a job at most once. The job id is then `<function>:<key>`. While that job
+exists (queued, running, or finished with its result still kept: 10 minutes for emails,
+an hour for the others) the same request answers 200 with the existing job's id and
+status and `"duplicate": true`, instead of 202 and a new job. Without the header, every
+request enqueues a new job.
+
+Every endpoint runs `authorize_task_access` below: fill it in before exposing them.
+"""
+
+import asyncio
+import logging
+import time
+from typing import Annotated, Any
+
+from arq.connections import ArqRedis
+from arq.jobs import DeserializationError, Job, JobStatus, SerializationError
+from fastapi import (
+    APIRouter,
+    Depends,
+    Header,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+)
+from pydantic import BaseModel, EmailStr, Field, FiniteFloat
+
+from app.tasks.arq_tasks import progress_key
+from app.tasks.pool import TaskQueue, queue_errors_as_503
+from app.tasks.serialization import error_kind
+
+logger = logging.getLogger(__name__)
+
+# Per client address per minute, so /send-email cannot be used as an open relay.
+EMAILS_PER_MINUTE = 20
+ABORT_POLL_SECONDS = 0.2
+
+
+async def authorize_task_access(request: Request) -> None:
+    """Auth hook run before every endpoint of this router. Fill it in.
+
+    Raise HTTPException(status_code=401) or (403) to refuse: check a bearer token,
+    or call your app's current-user dependency and its permissions. Status and abort
+    must not be open to everyone. As generated it lets every request through (and logs
+    nothing about the caller's credentials).
+    """
+    return None
+
+
+async def limit_email_rate(request: Request, queue: TaskQueue) -> None:
+    """At most EMAILS_PER_MINUTE emails per client address per minute (429 beyond).
+
+    Behind a reverse proxy every request may share the proxy's address: key on the
+    authenticated user instead.
+    """
+    client = request.client.host if request.client else "unknown"
+    key = f"bgtasks:email-rate:{client}:{int(time.time() // 60)}"
+    with queue_errors_as_503():
+        async with queue.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, 60)
+            count, _ = await pipe.execute()
+    if int(count) > EMAILS_PER_MINUTE:
+        raise HTTPException(status_code=429, detail="too many emails, try again later")
+
+
+router = APIRouter(
+    prefix="/arq-tasks",
+    tags=["arq-tasks"],
+    dependencies=[Depends(authorize_task_access)],
+)
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+    ),
+]
+JobId = Annotated[
+    str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+]
+
+
+class EmailRequest(BaseModel):
+    to: EmailStr
+    subject: str = Field(min_length=1, max_length=200, pattern=r"^[^\r\n]*$")
+    body: str = Field(min_length=1, max_length=20_000)
+
+
+class ProcessDataRequest(BaseModel):
+    data_id: int = Field(ge=1, le=2**53)
+    values: list[FiniteFloat] = Field(min_length=1, max_length=10_000)
+
+
+class LongRunningRequest(BaseModel):
+    steps: int = Field(default=100, ge=1, le=1000)
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: str
+    duplicate: bool = False
+
+
+class JobStatusResponse(BaseModel):
+    job_id: str
+    status: str  # deferred | queued | in_progress | complete
+    success: bool | None = None
+    result: Any = None  # only when the job succeeded
+    error: str | None = None  # aborted | timed_out | failed, never the raw exception
+    tries: int | None = None
+    progress: str | None = None  # "<done>/<total>" while a long job runs
+
+
+class AbortResponse(BaseModel):
+    job_id: str
+    aborted: bool
+    status: str
+
+
+def _job(queue: ArqRedis, job_id: str) -> Job:
+    return Job(
+        job_id,
+        queue,
+        _queue_name=queue.default_queue_name,
+        _deserializer=queue.job_deserializer,
+    )
+
+
+async def _enqueue(
+    queue: ArqRedis,
+    response: Response,
+    function: str,
+    idempotency_key: str | None,
+    **kwargs: Any,
+) -> JobAccepted:
+    job_id = f"{function}:{idempotency_key}" if idempotency_key else None
+    with queue_errors_as_503():
+        job = await queue.enqueue_job(function, _job_id=job_id, **kwargs)
+        if job is not None:
+            return JobAccepted(job_id=job.job_id, status=JobStatus.queued.value)
+        if job_id is None:  # arq picked a random id: cannot collide, never trust that
+            raise HTTPException(status_code=503, detail="task queue unavailable")
+        # None: a job with this id exists already. Answer with it; enqueue nothing.
+        existing = _job(queue, job_id)
+        state = await existing.status()
+    response.status_code = 200
+    return JobAccepted(job_id=job_id, status=state.value, duplicate=True)
+
+
+@router.post(
+    "/send-email",
+    status_code=202,
+    dependencies=[Depends(limit_email_rate)],
+)
+async def queue_send_email(
+    payload: EmailRequest,
+    queue: TaskQueue,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> JobAccepted:
+    return await _enqueue(
+        queue,
+        response,
+        "send_email",
+        idempotency_key,
+        to=str(payload.to),
+        subject=payload.subject,
+        body=payload.body,
+    )
+
+
+@router.post("/process-data", status_code=202)
+async def queue_process_data(
+    payload: ProcessDataRequest,
+    queue: TaskQueue,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> JobAccepted:
+    return await _enqueue(
+        queue,
+        response,
+        "process_data",
+        idempotency_key,
+        data_id=payload.data_id,
+        values=payload.values,
+    )
+
+
+@router.post("/long-running", status_code=202)
+async def queue_long_running(
+    payload: LongRunningRequest,
+    queue: TaskQueue,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> JobAccepted:
+    return await _enqueue(
+        queue, response, "long_running_task", idempotency_key, steps=payload.steps
+    )
+
+
+@router.get("/status/{job_id}")
+async def get_job_status(job_id: JobId, queue: TaskQueue) -> JobStatusResponse:
+    """The job's state; its result once it succeeded; 404 for an unknown id."""
+    job = _job(queue, job_id)
+    with queue_errors_as_503():
+        state = await job.status()
+        if state == JobStatus.not_found:
+            raise HTTPException(status_code=404, detail="job not found")
+        answer = JobStatusResponse(job_id=job_id, status=state.value)
+        if state == JobStatus.complete:
+            try:
+                info = await job.result_info()
+            except DeserializationError:
+                logger.warning("job %s: stored result is not valid JSON", job_id)
+                answer.success, answer.error = False, "failed"
+                return answer
+            if info is not None:  # None: the result expired a moment ago
+                answer.tries = info.job_try
+                answer.success = info.success
+                if info.success:
+                    answer.result = info.result
+                else:
+                    answer.error = error_kind(info.result)
+        elif state == JobStatus.in_progress:
+            progress = await queue.get(progress_key(job_id))
+            answer.progress = progress.decode() if progress else None
+    return answer
+
+
+@router.post("/abort/{job_id}")
+async def abort_job(
+    job_id: JobId,
+    queue: TaskQueue,
+    response: Response,
+    wait: Annotated[float, Query(ge=0, le=30)] = 5.0,
+) -> AbortResponse:
+    """Abort a queued or running job, waiting up to `wait` seconds for the outcome.
+
+    200 with `"aborted": true` once the job stopped, or `false` when it had finished
+    first; 202 when it has not stopped yet (the abort stays requested: a queued job is
+    dropped when a worker reaches it).
+    """
+    job = _job(queue, job_id)
+    with queue_errors_as_503():
+        state = await job.status()
+        if state == JobStatus.not_found:
+            raise HTTPException(status_code=404, detail="job not found")
+        if state != JobStatus.complete:
+            try:
+                await job.abort(timeout=wait, poll_delay=ABORT_POLL_SECONDS)
+            except (SerializationError, asyncio.TimeoutError, TimeoutError):  # noqa: UP041
+                # With JSON results abort() raises SerializationError even when the job
+                # was aborted, and a timeout only means the worker has not reacted yet
+                # (asyncio's TimeoutError differs from the builtin before Python 3.11).
+                # The stored result below says what really happened.
+                pass
+            state = await job.status()
+        aborted = False
+        if state == JobStatus.complete:
+            try:
+                info = await job.result_info()
+            except DeserializationError:
+                info = None
+            aborted = (
+                info is not None
+                and not info.success
+                and error_kind(info.result) == "aborted"
+            )
+    if state != JobStatus.complete:
+        response.status_code = 202
+    return AbortResponse(job_id=job_id, aborted=aborted, status=state.value)

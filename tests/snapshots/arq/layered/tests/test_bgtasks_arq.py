@@ -1,0 +1,340 @@
+"""Tests for the arq jobs and their HTTP API (added by bgtasks).
+
+They need the Redis server named by the REDIS_URL setting: without
+one they are skipped, or fail when CI=true. Jobs go to a private queue, run by a
+burst-mode arq Worker inside the test, so a real worker on the same Redis never sees
+them (and they never run its jobs). No pytest plugin needed: async code runs through
+asyncio.run.
+"""
+
+import asyncio
+import os
+import pickle
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from email import message_from_bytes
+from email.message import Message
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiosmtplib
+import pytest
+from arq import Retry
+from arq.connections import RedisSettings, create_pool
+from arq.constants import abort_jobs_ss
+from arq.cron import CronJob
+from arq.worker import FailedJobs, Function, Worker
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app.core.config import settings
+from app.tasks import arq_tasks
+from app.tasks.arq_tasks import (
+    SEND_EMAIL_MAX_TRIES,
+    daily_cleanup,
+    send_email,
+)
+from app.tasks.arq_worker import WorkerSettings
+from app.tasks.pool import STATE_KEY
+from app.tasks.serialization import deserialize, serialize
+
+CONFIG = settings
+
+
+def _ping(url: str) -> bool:
+    async def ping() -> bool:
+        client = Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            return bool(await client.ping())
+        except (RedisError, OSError):
+            return False
+        finally:
+            await client.aclose()
+
+    return asyncio.run(ping())
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> str:
+    url = str(CONFIG.REDIS_URL)
+    if not _ping(url):
+        where = f"{urlsplit(url).hostname}:{urlsplit(url).port or 6379}"
+        reason = f"no Redis at {where} (REDIS_URL setting)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"Redis is required in CI: {reason}")
+        pytest.skip(reason)
+    return url
+
+
+@pytest.fixture
+def queue_name(redis_url: str) -> Iterator[str]:
+    """A queue of this test's own: no job of another test (or of a real worker)."""
+    name = f"bgtasks-test:{uuid.uuid4().hex}"
+    yield name
+
+    async def drop() -> None:
+        client = Redis.from_url(redis_url)
+        try:
+            await client.delete(name)
+        finally:
+            await client.aclose()
+
+    asyncio.run(drop())
+
+
+@pytest.fixture
+def client(queue_name: str) -> Iterator[TestClient]:
+    from app.main import app
+
+    application: FastAPI = app
+    # inside `with`, so the app's lifespan opens (and then closes) its arq pool
+    with TestClient(application) as test_client:
+        getattr(application.state, STATE_KEY).default_queue_name = queue_name
+        yield test_client
+
+
+async def drain_queue(redis_url: str, queue_name: str) -> Worker:
+    """Run the jobs queued so far with a burst-mode worker built from WorkerSettings."""
+    pool = await create_pool(
+        RedisSettings.from_dsn(redis_url),
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        default_queue_name=queue_name,
+    )
+    worker = Worker(
+        WorkerSettings.functions,
+        redis_pool=pool,
+        queue_name=queue_name,
+        burst=True,
+        poll_delay=0,
+        handle_signals=False,
+        allow_abort_jobs=True,
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+    )
+    try:
+        await worker.run_check()
+    finally:
+        await worker.close()
+    return worker
+
+
+class SmtpSink:
+    """Just enough of an SMTP server (no TLS, no auth) to receive messages."""
+
+    def __init__(self, rcpt_reply: str = "250 OK") -> None:
+        self.messages: list[Message] = []
+        self.port = 0
+        self.rcpt_reply = rcpt_reply
+
+    async def session(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        async def reply(line: str) -> None:
+            writer.write(line.encode() + b"\r\n")
+            await writer.drain()
+
+        await reply("220 localhost test sink")
+        while line := await reader.readline():
+            verb = line.decode(errors="replace").strip().split(" ")[0].upper()
+            if verb == "DATA":
+                await reply("354 end data with <CR><LF>.<CR><LF>")
+                lines = []
+                while (data := await reader.readline()) not in (b".\r\n", b""):
+                    lines.append(data[1:] if data.startswith(b".") else data)
+                self.messages.append(message_from_bytes(b"".join(lines)))
+                await reply("250 OK")
+            elif verb == "QUIT":
+                await reply("221 bye")
+                break
+            elif verb == "RCPT":
+                await reply(self.rcpt_reply)
+            elif verb in ("EHLO", "HELO", "MAIL", "RSET", "NOOP"):
+                await reply("250 OK")
+            else:
+                await reply("502 not implemented")
+        writer.close()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator["SmtpSink"]:
+        server = await asyncio.start_server(self.session, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        try:
+            yield self
+        finally:
+            server.close()
+            await server.wait_closed()
+
+
+def status_of(client: TestClient, job_id: str) -> dict[str, Any]:
+    response = client.get(f"/arq-tasks/status/{job_id}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_worker_settings_register_function_objects() -> None:
+    functions = {f.name: f for f in WorkerSettings.functions}
+    assert {"send_email", "process_data", "long_running_task"} <= set(functions)
+    assert functions["send_email"].coroutine is arq_tasks.send_email
+    assert all(isinstance(f, Function) and f.timeout_s for f in functions.values())
+    assert all(isinstance(job, CronJob) for job in WorkerSettings.cron_jobs)
+    assert WorkerSettings.allow_abort_jobs
+    assert WorkerSettings.job_serializer is serialize
+    assert WorkerSettings.job_deserializer is deserialize
+
+
+def test_serializer_is_json_and_refuses_pickle() -> None:
+    record = {"a": [1, 2], "r": ValueError("secret@example.com")}
+    stored = {"a": [1, 2], "r": {"__error__": "ValueError"}}
+    assert deserialize(serialize(record)) == stored
+    with pytest.raises(ValueError):
+        deserialize(pickle.dumps({"f": "send_email"}))
+
+
+def use_smtp(monkeypatch: pytest.MonkeyPatch, port: int) -> None:
+    monkeypatch.setattr(CONFIG, "SMTP_HOST", "127.0.0.1")
+    monkeypatch.setattr(CONFIG, "SMTP_PORT", port)
+    monkeypatch.setattr(CONFIG, "SMTP_USER", "")
+    monkeypatch.setattr(CONFIG, "SMTP_STARTTLS", False)
+    monkeypatch.setattr(CONFIG, "SMTP_TIMEOUT", 5.0)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_send_email_retries_transient_errors_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    args = ("user@example.com", "Hi", "Hello")
+    use_smtp(monkeypatch, closed_port())  # connection refused: worth a retry
+    with pytest.raises(Retry):
+        asyncio.run(send_email({"job_id": "t", "job_try": 1}, *args))
+    # the last try raises the real error, so the job's result records a failure
+    last_try = {"job_id": "t", "job_try": SEND_EMAIL_MAX_TRIES}
+    with pytest.raises(aiosmtplib.SMTPConnectError):
+        asyncio.run(send_email(last_try, *args))
+
+    async def refused() -> None:  # 550: permanent, never retried
+        async with SmtpSink(rcpt_reply="550 no such user").running() as sink:
+            use_smtp(monkeypatch, sink.port)
+            await send_email({"job_id": "t", "job_try": 1}, *args)
+
+    with pytest.raises(aiosmtplib.SMTPRecipientsRefused):
+        asyncio.run(refused())
+
+
+def test_send_email_job_delivers(
+    client: TestClient, redis_url: str, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    response = client.post(
+        "/arq-tasks/send-email",
+        json={"to": "user@example.com", "subject": "Welcome", "body": "Hello!"},
+    )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    assert status_of(client, job_id)["status"] == "queued"
+
+    async def deliver() -> list[Message]:
+        async with SmtpSink().running() as sink:
+            use_smtp(monkeypatch, sink.port)
+            await drain_queue(redis_url, queue_name)
+            return sink.messages
+
+    messages = asyncio.run(deliver())
+    assert [m["Subject"] for m in messages] == ["Welcome"]
+    assert messages[0]["To"] == "user@example.com"
+    body = status_of(client, job_id)
+    assert body["status"] == "complete" and body["success"] is True
+    assert body["result"] == {"status": "sent"}
+
+
+def test_process_data_job_result(
+    client: TestClient, redis_url: str, queue_name: str
+) -> None:
+    response = client.post(
+        "/arq-tasks/process-data", json={"data_id": 7, "values": [1, 2, 3.5]}
+    )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    asyncio.run(drain_queue(redis_url, queue_name))
+    body = status_of(client, job_id)
+    assert body["status"] == "complete" and body["success"] is True
+    assert body["result"]["total"] == 6.5 and body["result"]["count"] == 3
+
+
+def test_unknown_job_is_404(client: TestClient) -> None:
+    assert client.get(f"/arq-tasks/status/{uuid.uuid4().hex}").status_code == 404
+    assert client.post(f"/arq-tasks/abort/{uuid.uuid4().hex}").status_code == 404
+
+
+def test_idempotency_key_enqueues_once(
+    client: TestClient, redis_url: str, queue_name: str
+) -> None:
+    key = uuid.uuid4().hex
+    payload = {"data_id": 1, "values": [1]}
+    headers = {"Idempotency-Key": key}
+    first = client.post("/arq-tasks/process-data", json=payload, headers=headers)
+    second = client.post("/arq-tasks/process-data", json=payload, headers=headers)
+    assert first.status_code == 202 and second.status_code == 200
+    assert first.json()["duplicate"] is False and second.json()["duplicate"] is True
+    assert first.json()["job_id"] == second.json()["job_id"] == f"process_data:{key}"
+    assert asyncio.run(drain_queue(redis_url, queue_name)).jobs_complete == 1
+
+
+def test_abort_queued_job(client: TestClient, redis_url: str, queue_name: str) -> None:
+    response = client.post("/arq-tasks/long-running", json={"steps": 50})
+    job_id = response.json()["job_id"]
+    # no worker runs yet: the abort is recorded, the job has not stopped
+    pending = client.post(f"/arq-tasks/abort/{job_id}", params={"wait": 0})
+    assert pending.status_code == 202
+    assert pending.json() == {"job_id": job_id, "aborted": False, "status": "queued"}
+
+    # the worker drops the job instead of running it; arq counts that as a failure
+    with pytest.raises(FailedJobs):
+        asyncio.run(drain_queue(redis_url, queue_name))
+    body = status_of(client, job_id)
+    assert body["status"] == "complete" and body["error"] == "aborted"
+    assert body["result"] is None
+    done = client.post(f"/arq-tasks/abort/{job_id}")
+    assert done.json() == {"job_id": job_id, "aborted": True, "status": "complete"}
+
+
+def test_daily_cleanup_drops_stale_abort_requests(redis_url: str) -> None:
+    stale, fresh = f"test-stale-{uuid.uuid4().hex}", f"test-fresh-{uuid.uuid4().hex}"
+    now_ms = int(time.time() * 1000)
+
+    async def scenario() -> tuple[dict[str, int], list[bytes]]:
+        redis = Redis.from_url(redis_url)
+        try:
+            await redis.zadd(abort_jobs_ss, {stale: now_ms - 2 * 86_400_000})
+            await redis.zadd(abort_jobs_ss, {fresh: now_ms})
+            result = await daily_cleanup({"redis": redis})
+            left = await redis.zrange(abort_jobs_ss, 0, -1)
+            await redis.zrem(abort_jobs_ss, fresh)
+            return result, left
+        finally:
+            await redis.aclose()
+
+    result, left = asyncio.run(scenario())
+    assert result["abort_requests_removed"] >= 1
+    assert stale.encode() not in left and fresh.encode() in left
+
+
+def test_inputs_are_bounded(client: TestClient) -> None:
+    bad_email = {"to": "not-an-address", "subject": "s", "body": "b"}
+    assert client.post("/arq-tasks/send-email", json=bad_email).status_code == 422
+    injected = {"to": "a@example.com", "subject": "a\r\nBcc: x", "body": "b"}
+    assert client.post("/arq-tasks/send-email", json=injected).status_code == 422
+    assert client.post("/arq-tasks/long-running", json={"steps": 0}).status_code == 422
+    too_many = {"data_id": 1, "values": [0] * 10_001}
+    assert client.post("/arq-tasks/process-data", json=too_many).status_code == 422

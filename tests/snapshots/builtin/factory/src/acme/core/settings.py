@@ -1,0 +1,27 @@
+from functools import lru_cache
+
+from pydantic import SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from acme.core.base_settings import AppSettings, RedisSettings
+
+
+class Settings(AppSettings, RedisSettings):
+    """Everything the service reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="", env_file=".env")
+
+    smtp_host: str = "localhost"  # already here: bgtasks must reuse it
+
+    # Background tasks (added by bgtasks)
+    smtp_port: int = 587
+    smtp_user: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_starttls: bool = True
+    smtp_timeout: float = 10.0
+    email_from: str = "noreply@example.com"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,224 @@
+"""Queue Celery tasks, read their status, cancel them.
+
+Celery's client API blocks (publishing, reading the result backend, revoke), so every
+endpoint here is a plain `def`: FastAPI runs it in its threadpool, never on the event
+loop.
+
+Cancel is `DELETE /tasks/cancel/{task_id}`:
+- queued (PENDING) or waiting to retry (RETRY): revoked without terminate; it never
+  runs. Answers 200 with state REVOKED.
+- running (STARTED, PROGRESS): a cancel flag is set. A task that checks it between
+  steps (long_running) stops at its next check and ends REVOKED; any other finishes
+  the run it is in but is never retried or re-run. Answers 202 with the state now.
+- finished (SUCCESS, FAILURE, REVOKED): nothing to do. Answers 409 with that state.
+"""
+
+import contextlib
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
+
+from celery import states
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from kombu.exceptions import OperationalError
+from pydantic import BaseModel, EmailStr, Field, ValidationError
+from redis.exceptions import RedisError
+
+from app.tasks import registry
+from app.tasks import tasks as celery_tasks
+from app.tasks.celery_app import RESULT_EXPIRES, celery_app
+
+logger = logging.getLogger(__name__)
+
+# Per client address (behind a proxy: the proxy's, unless uvicorn runs with
+# --proxy-headers). An open email endpoint is a spam relay.
+EMAIL_RATE_LIMIT = 20
+EMAIL_RATE_WINDOW_SECONDS = 60
+
+TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+
+
+def require_task_access(request: Request) -> None:
+    """Decide who may queue, inspect and cancel tasks; raise HTTPException to refuse.
+
+    Every route of this router depends on it. As generated it lets every request
+    through: replace the body with your project's check (your current-user dependency,
+    an API key header, ...) before these routes are reachable from outside.
+    """
+    return None
+
+
+def limit_email_rate(request: Request) -> None:
+    """Refuse more than EMAIL_RATE_LIMIT emails per client and window (429)."""
+    client = request.client.host if request.client else "unknown"
+    with _service_errors():
+        count = registry.hit(f"email:{client}", EMAIL_RATE_WINDOW_SECONDS)
+    if count > EMAIL_RATE_LIMIT:
+        raise HTTPException(status_code=429, detail="Too many emails, try again later")
+
+
+router = APIRouter(
+    prefix="/tasks",
+    tags=["tasks"],
+    dependencies=[Depends(require_task_access)],
+)
+
+
+class EmailRequest(BaseModel):
+    to: EmailStr
+    # One line: a header must not carry CR/LF.
+    subject: str = Field(min_length=1, max_length=200, pattern=r"^[^\r\n]+$")
+    body: str = Field(min_length=1, max_length=10_000)
+
+
+class QueuedTask(BaseModel):
+    task_id: str
+    state: str
+    status_url: str
+
+
+class Progress(BaseModel):
+    current: int
+    total: int
+    percent: int
+
+
+class TaskStatus(BaseModel):
+    task_id: str
+    state: str
+    progress: Progress | None = None
+    result: Any = None
+    # FAILURE only: the exception's type name; messages and tracebacks stay private.
+    error: str | None = None
+
+
+class CancelResult(BaseModel):
+    task_id: str
+    state: str
+    action: Literal["revoked", "cancel_requested", "none"]
+
+
+@contextlib.contextmanager
+def _service_errors() -> Iterator[None]:
+    """Turn an unreachable broker or Redis into a 503 without echoing the error."""
+    try:
+        yield
+    except (OperationalError, RedisError, OSError):
+        logger.exception("task queue unavailable")
+        raise HTTPException(
+            status_code=503, detail="Task queue unavailable, try again later"
+        ) from None
+
+
+def _enqueue(
+    request: Request, task: Any, kwargs: dict[str, Any], **options: Any
+) -> QueuedTask:
+    task_id = str(uuid.uuid4())
+    with _service_errors():
+        # Recorded before publishing, so a status call can never race the record.
+        registry.remember(task_id, ttl=RESULT_EXPIRES)
+        try:
+            task.apply_async(kwargs=kwargs, task_id=task_id, **options)
+        except Exception:
+            registry.forget(task_id)
+            raise
+    return QueuedTask(
+        task_id=task_id,
+        state=states.PENDING,
+        status_url=request.url_for("bgtasks_task_status", task_id=task_id).path,
+    )
+
+
+def _check_issued(task_id: str) -> None:
+    # Celery answers PENDING for any id, even one it never saw; ours are recorded.
+    if not registry.was_issued(task_id):
+        raise HTTPException(status_code=404, detail="Unknown task id")
+
+
+def _error_name(result: object) -> str:
+    if isinstance(result, BaseException):
+        return type(result).__name__
+    if isinstance(result, dict) and isinstance(result.get("exc_type"), str):
+        return str(result["exc_type"])
+    return "Error"
+
+
+def _status(task_id: str, meta: dict[str, Any]) -> TaskStatus:
+    state = str(meta.get("status", states.PENDING))
+    result = meta.get("result")
+    status = TaskStatus(task_id=task_id, state=state)
+    if state == "PROGRESS":
+        with contextlib.suppress(ValidationError):
+            status.progress = Progress.model_validate(result)
+    elif state == states.SUCCESS:
+        status.result = result
+    elif state == states.FAILURE:
+        status.error = _error_name(result)
+    return status
+
+
+@router.post(
+    "/send-email",
+    status_code=202,
+    name="bgtasks_send_email",
+    dependencies=[Depends(limit_email_rate)],
+)
+def queue_send_email(payload: EmailRequest, request: Request) -> QueuedTask:
+    """Queue an email; poll status_url for the outcome."""
+    # send_email ignores results by default; keep this one so its status can be read.
+    return _enqueue(
+        request,
+        celery_tasks.send_email,
+        {"to": str(payload.to), "subject": payload.subject, "body": payload.body},
+        ignore_result=False,
+    )
+
+
+@router.post("/process-order/{order_id}", status_code=202, name="bgtasks_process_order")
+def queue_process_order(
+    order_id: Annotated[int, Path(ge=1, le=2**63 - 1)], request: Request
+) -> QueuedTask:
+    return _enqueue(request, celery_tasks.process_order, {"order_id": order_id})
+
+
+@router.post("/long-running", status_code=202, name="bgtasks_long_running")
+def queue_long_running(
+    request: Request,
+    steps: Annotated[int, Query(ge=1, le=celery_tasks.MAX_STEPS)] = 100,
+) -> QueuedTask:
+    """Queue a task that reports PROGRESS (current, total, percent) while it runs."""
+    return _enqueue(request, celery_tasks.long_running, {"steps": steps})
+
+
+@router.get("/status/{task_id}", name="bgtasks_task_status")
+def task_status(task_id: TaskId) -> TaskStatus:
+    """PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE or REVOKED; 404: unknown."""
+    with _service_errors():
+        _check_issued(task_id)
+        # One read of the stored meta: state and result come from the same snapshot.
+        meta = celery_app.backend.get_task_meta(task_id)
+    return _status(task_id, meta)
+
+
+@router.delete("/cancel/{task_id}", name="bgtasks_cancel_task")
+def cancel_task(task_id: TaskId, response: Response) -> CancelResult:
+    """Cancel a queued task (revoke) or ask a running one to stop (cancel flag)."""
+    with _service_errors():
+        _check_issued(task_id)
+        # The flag goes first: a worker that picks the task up after this point skips
+        # it, even one that was not running when revoke() was broadcast.
+        registry.request_cancel(task_id, ttl=RESULT_EXPIRES)
+        state = celery_app.backend.get_task_meta(task_id, cache=False).get("status")
+        if state in states.READY_STATES:
+            response.status_code = 409
+            return CancelResult(task_id=task_id, state=str(state), action="none")
+        if state in (states.PENDING, states.RECEIVED, states.RETRY):
+            # No terminate: that would kill whatever the worker process runs by then.
+            celery_app.control.revoke(task_id)
+            # Not started when the flag was set, so it can never run: say so now
+            # rather than leave PENDING until a worker discards the message.
+            celery_app.backend.mark_as_revoked(task_id, reason="cancelled")
+            return CancelResult(task_id=task_id, state=states.REVOKED, action="revoked")
+    response.status_code = 202
+    return CancelResult(task_id=task_id, state=str(state), action="cancel_requested")

@@ -1,0 +1,159 @@
+"""Celery tasks.
+
+Every task may run more than once (acks_late redelivers it after a crash), so keep
+them idempotent. Retries cover transient errors only: a retry does not fix a bad
+address, a refused login or a bug, it only delays the failure report.
+"""
+
+import smtplib
+import time
+from typing import Any
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.utils.log import get_task_logger
+
+from app.tasks import mailer, registry
+from app.tasks.celery_app import (
+    RETRY_BACKOFF_MAX,
+    WORKER_LOST_RETRY_DELAY,
+    celery_app,
+    stop_cancelled,
+)
+
+logger = get_task_logger(__name__)
+
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (ConnectionError, TimeoutError)
+TRANSIENT_EMAIL_ERRORS: tuple[type[Exception], ...] = (
+    *TRANSIENT_ERRORS,
+    smtplib.SMTPServerDisconnected,
+    mailer.TransientEmailError,
+)
+
+MAX_STEPS = 1000
+# long_running writes its progress (and reads its cancel flag) at most this often:
+# one backend write per step would flood Redis for fast steps.
+CHECKPOINT_SECONDS = 0.5
+# How long one step of the demonstration work takes.
+STEP_SECONDS = 0.1
+ORDER_SECONDS = 0.5
+
+
+# Results are ignored by default (callers that only fire and forget should not fill
+# the backend); the API queues it with ignore_result=False to offer a status, and the
+# stored result never contains the address.
+@celery_app.task(
+    bind=True,
+    autoretry_for=TRANSIENT_EMAIL_ERRORS,
+    retry_backoff=5,  # seconds before the first retry, doubled each time
+    retry_backoff_max=RETRY_BACKOFF_MAX,
+    retry_jitter=True,
+    max_retries=5,
+    default_retry_delay=WORKER_LOST_RETRY_DELAY,
+    ignore_result=True,
+)
+def send_email(self: Task, to: str, subject: str, body: str) -> dict[str, Any]:
+    """Send one email through the configured SMTP server."""
+    mailer.send(to, subject, body)
+    attempts = self.request.retries + 1
+    # The recipient is personal data: log the task id, not the address.
+    logger.info("email of task %s sent after %d attempt(s)", self.request.id, attempts)
+    return {"sent": True, "attempts": attempts}
+
+
+@celery_app.task(
+    bind=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=10,
+    retry_backoff_max=RETRY_BACKOFF_MAX,
+    retry_jitter=True,
+    max_retries=5,
+    default_retry_delay=WORKER_LOST_RETRY_DELAY,
+)
+def process_order(self: Task, order_id: int) -> dict[str, Any]:
+    """Process one order; connection and timeout errors are retried with backoff."""
+    logger.info("processing order %d (attempt %d)", order_id, self.request.retries + 1)
+    # Stand-in for the real work: call your order service here. It must be safe to
+    # run twice for the same order (see the module docstring).
+    time.sleep(ORDER_SECONDS)
+    return {"order_id": order_id, "status": "processed"}
+
+
+@celery_app.task(max_retries=3, default_retry_delay=WORKER_LOST_RETRY_DELAY)
+def cleanup_expired_tokens() -> dict[str, int]:
+    """Hourly (celery beat): delete expired tokens."""
+    deleted = delete_expired_tokens()
+    logger.info("cleanup_expired_tokens: %d token(s) deleted", deleted)
+    return {"deleted": deleted}
+
+
+def delete_expired_tokens() -> int:
+    """Delete expired tokens from your token store; return how many were deleted.
+
+    bgtasks cannot know where your tokens live (a SQL table, Redis keys, ...): until
+    this function is wired to that store it deletes nothing, and says so.
+    """
+    logger.warning(
+        "cleanup_expired_tokens: no token store is wired in %s; nothing deleted",
+        __name__,
+    )
+    return 0
+
+
+@celery_app.task(max_retries=3, default_retry_delay=WORKER_LOST_RETRY_DELAY)
+def send_daily_reports() -> dict[str, int]:
+    """Daily at 09:00 UTC (celery beat): build and send the daily reports."""
+    sent = build_and_send_reports()
+    logger.info("send_daily_reports: %d report(s) sent", sent)
+    return {"sent": sent}
+
+
+def build_and_send_reports() -> int:
+    """Build today's reports and send them (e.g. send_email.delay); return a count.
+
+    bgtasks cannot know what your reports contain: until this function is written it
+    sends nothing, and says so.
+    """
+    logger.warning(
+        "send_daily_reports: no report is defined in %s; nothing sent", __name__
+    )
+    return 0
+
+
+def _report_progress(task: Task, done: int, total: int) -> None:
+    task.update_state(
+        state="PROGRESS",
+        meta={"current": done, "total": total, "percent": done * 100 // total},
+    )
+
+
+@celery_app.task(bind=True, max_retries=2, default_retry_delay=WORKER_LOST_RETRY_DELAY)
+def long_running(self: Task, steps: int) -> dict[str, Any]:
+    """Work through `steps` steps, reporting PROGRESS; stops early when cancelled."""
+    if not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be between 1 and {MAX_STEPS}")
+    done = 0
+    last_checkpoint = float("-inf")
+    try:
+        for step in range(1, steps + 1):
+            now = time.monotonic()
+            if now - last_checkpoint >= CHECKPOINT_SECONDS:
+                last_checkpoint = now
+                # Cooperative cancel: stop between steps, never in the middle of one.
+                if registry.cancel_requested(self.request.id):
+                    stop_cancelled(self)
+                _report_progress(self, done, steps)
+            # Stand-in for one unit of real work.
+            time.sleep(STEP_SECONDS)
+            done = step
+    except SoftTimeLimitExceeded:
+        # The hard limit follows shortly: release what the step holds, then fail
+        # visibly (FAILURE, SoftTimeLimitExceeded) instead of looking successful.
+        logger.warning(
+            "long_running %s hit its soft time limit after %d/%d steps",
+            self.request.id,
+            done,
+            steps,
+        )
+        raise
+    return {"status": "completed", "steps": steps}
