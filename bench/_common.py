@@ -1,0 +1,52 @@
+"""Shared helpers for the benchmarks: timing whole processes and printing tables."""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+BGTASKS = [sys.executable, "-m", "bgtasks_gen"]
+
+
+def timed(
+    cmd: list[str], cwd: Path | None = None, setup: Callable[[], None] | None = None, runs: int = 7
+) -> list[float]:
+    """Wall-clock seconds of `cmd` over `runs` runs (setup() before each, untimed)."""
+    times = []
+    for _ in range(runs):
+        if setup:
+            setup()
+        start = time.perf_counter()
+        result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+        times.append(time.perf_counter() - start)
+        if result.returncode not in (0, 1):
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
+    return times
+
+
+def fresh_copy(example: str, dest: Path) -> Callable[[], None]:
+    def setup() -> None:
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(EXAMPLES / example, dest)
+
+    return setup
+
+
+def row(label: str, times: list[float]) -> str:
+    ms = [t * 1000 for t in times]
+    return f"| {label} | {statistics.median(ms):.0f} | {min(ms):.0f} | {max(ms):.0f} |"
+
+
+def table(title: str, rows: list[str], first: str = "command") -> None:
+    print(f"\n### {title}\n")
+    print(f"| {first} | median ms | min ms | max ms |")
+    print("| --- | --- | --- | --- |")
+    for line in rows:
+        print(line)
