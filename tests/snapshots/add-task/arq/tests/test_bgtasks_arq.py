@@ -24,8 +24,9 @@ import aiosmtplib
 import pytest
 from arq import Retry
 from arq.connections import RedisSettings, create_pool
-from arq.constants import abort_jobs_ss
+from arq.constants import abort_jobs_ss, job_key_prefix
 from arq.cron import CronJob
+from arq.jobs import JobStatus
 from arq.worker import FailedJobs, Function, Worker
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -40,7 +41,7 @@ from app.tasks.arq_tasks import (
     send_email,
 )
 from app.tasks.arq_worker import WorkerSettings
-from app.tasks.pool import STATE_KEY
+from app.tasks.pool import STATE_KEY, create_queue
 from app.tasks.serialization import deserialize, serialize
 
 CONFIG = settings
@@ -289,6 +290,53 @@ def test_idempotency_key_enqueues_once(
     assert first.json()["duplicate"] is False and second.json()["duplicate"] is True
     assert first.json()["job_id"] == second.json()["job_id"] == f"process_data:{key}"
     assert asyncio.run(drain_queue(redis_url, queue_name)).jobs_complete == 1
+
+
+def test_queue_client_stores_jobs_as_arq_does(redis_url: str, queue_name: str) -> None:
+    """The API's one-round-trip enqueue writes what arq's own enqueue_job writes."""
+    suffix = uuid.uuid4().hex
+
+    async def scenario() -> dict[str, Any]:
+        ours = create_queue()
+        ours.default_queue_name = queue_name
+        arqs = await create_pool(
+            RedisSettings.from_dsn(redis_url),
+            job_serializer=serialize,
+            job_deserializer=deserialize,
+            default_queue_name=queue_name,
+        )
+        ids = (f"ours-{suffix}", f"arq-{suffix}")
+        try:
+            kwargs: dict[str, Any] = {"data_id": 7, "values": [1.5], "_defer_by": 30}
+            mine = await ours.enqueue_job("process_data", _job_id=ids[0], **kwargs)
+            theirs = await arqs.enqueue_job("process_data", _job_id=ids[1], **kwargs)
+            assert mine is not None and theirs is not None
+            return {
+                "duplicate": await ours.enqueue_job("process_data", _job_id=ids[0]),
+                "infos": [await mine.info(), await theirs.info()],
+                "ttls": [await ours.pttl(job_key_prefix + job_id) for job_id in ids],
+                "status": await mine.status(),
+            }
+        finally:
+            await ours.delete(*(job_key_prefix + job_id for job_id in ids))
+            await ours.aclose(close_connection_pool=True)
+            await arqs.aclose(close_connection_pool=True)
+
+    outcome = asyncio.run(scenario())
+    assert outcome["duplicate"] is None
+    assert outcome["status"] == JobStatus.deferred
+    mine, theirs = outcome["infos"]
+    assert mine is not None and theirs is not None
+    assert (mine.function, mine.args, mine.kwargs, mine.job_try) == (
+        theirs.function,
+        theirs.args,
+        theirs.kwargs,
+        theirs.job_try,
+    )
+    assert mine.kwargs == {"data_id": 7, "values": [1.5]}
+    # due in 30 s, kept a day past that: both within a few seconds of arq's own
+    assert abs(mine.score - theirs.score) < 5_000
+    assert abs(outcome["ttls"][0] - outcome["ttls"][1]) < 5_000
 
 
 def test_abort_queued_job(client: TestClient, redis_url: str, queue_name: str) -> None:
