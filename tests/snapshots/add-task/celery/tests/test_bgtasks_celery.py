@@ -35,6 +35,7 @@ from app.tasks.celery_app import (
     RETRY_BACKOFF_MAX,
     TASK_SOFT_TIME_LIMIT,
     TASK_TIME_LIMIT,
+    ResultBackend,
     celery_app,
 )
 
@@ -378,6 +379,13 @@ def test_process_order_succeeds_with_the_order_id(
     response = _cancel(client, api, task_id)
     assert response.status_code == 409
     assert response.json()["state"] == states.SUCCESS
+
+
+def test_async_result_get_works_without_the_subscribe_on_publish(worker: Any) -> None:
+    # ResultBackend drops Celery's SUBSCRIBE per publish; get() subscribes by itself.
+    assert isinstance(celery_app.backend, ResultBackend)
+    result = celery_tasks.process_order.apply_async(kwargs={"order_id": 77})
+    assert result.get(timeout=WAIT_SECONDS)["order_id"] == 77
 
 
 def test_long_running_reports_rising_progress(
