@@ -1,0 +1,198 @@
+"""What one enqueue costs, piece by piece: the cause behind the load benchmark's ratios.
+
+For each queue runner, the `layered` example is scaffolded into a temporary folder and
+a script runs in the runner's own environment (.venvs/<runner>) against a private
+redis-server, one call at a time (no concurrency, so no GIL or pool contention):
+
+- celery: the API's issued-id record (one Redis SET), `apply_async` as the generated
+  app configures it (its result backend skips Celery's per-publish SUBSCRIBE), the
+  same with Celery's stock Redis backend, and the construction of one `redis.Redis`
+  client object, which kombu's Redis transport does on every publish;
+- arq: arq's own `enqueue_job` (WATCH, EXISTS, MULTI/EXEC) against the generated
+  `QueueClient.enqueue_job` (one Lua script call).
+
+Each figure is microseconds per call, the median of several batches (min and max
+beside it). Compare them with the no-op request time bench/load.py implies
+(1e6 / its no-op req/s).
+
+    bash .ci/setup-venvs          # the runner environments, once
+    .venv/bin/python bench/publish.py [--runner celery] [--batches 5] [--calls 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import EXAMPLES, REPO
+
+CELERY_PROBE = """
+import json, sys, time, uuid
+import redis
+from celery.backends.redis import RedisBackend
+from app.tasks import registry, tasks
+from app.tasks.celery_app import RESULT_EXPIRES, ResultBackend, celery_app
+
+batches, calls = int(sys.argv[1]), int(sys.argv[2])
+pool = redis.ConnectionPool.from_url(str(celery_app.conf.broker_url))
+
+def per_call(fn):
+    fn()
+    figures = []
+    for _ in range(batches):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        figures.append((time.perf_counter() - start) / calls * 1e6)
+    return figures
+
+def publish():
+    tasks.process_order.apply_async(kwargs={"order_id": 1})
+
+out = {
+    "issued-id SET (registry.remember)": per_call(
+        lambda: registry.remember(str(uuid.uuid4()), ttl=RESULT_EXPIRES)
+    ),
+    "apply_async, generated ResultBackend": per_call(publish),
+    "redis.Redis() construction (kombu: once per publish)": per_call(
+        lambda: redis.Redis(connection_pool=pool)
+    ),
+}
+# Celery's stock backend: it subscribes to every published task's result channel.
+celery_app.backend_cls = None
+celery_app._backend_cache = None
+celery_app._local.__dict__.pop("backend", None)
+assert type(celery_app.backend) is RedisBackend, type(celery_app.backend)
+out["apply_async, Celery's stock RedisBackend"] = per_call(publish)
+print(json.dumps(out))
+"""
+
+ARQ_PROBE = """
+import asyncio, json, sys, time
+from arq.connections import ArqRedis
+from app.tasks.pool import create_queue
+
+batches, calls = int(sys.argv[1]), int(sys.argv[2])
+
+async def main():
+    ours = create_queue()
+    stock = ArqRedis(
+        connection_pool=ours.connection_pool,
+        job_serializer=ours.job_serializer,
+        job_deserializer=ours.job_deserializer,
+    )
+
+    async def per_call(queue):
+        await queue.enqueue_job("process_data", data_id=1, values=[1.0])
+        figures = []
+        for _ in range(batches):
+            start = time.perf_counter()
+            for _ in range(calls):
+                await queue.enqueue_job("process_data", data_id=1, values=[1.0])
+            figures.append((time.perf_counter() - start) / calls * 1e6)
+        return figures
+
+    out = {
+        "arq's enqueue_job (3 round trips)": await per_call(stock),
+        "generated QueueClient.enqueue_job (1 Lua call)": await per_call(ours),
+    }
+    await ours.aclose(close_connection_pool=True)
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+PROBES = {"celery": CELERY_PROBE, "arq": ARQ_PROBE}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listening on port {port} after {timeout}s")
+
+
+def probe(runner: str, batches: int, calls: int, workdir: Path) -> dict[str, list[float]]:
+    python = REPO / ".venvs" / runner / "bin" / "python"
+    if not python.exists():
+        raise SystemExit(f"missing {python}: run `bash .ci/setup-venvs` first")
+    project = workdir / runner
+    shutil.copytree(EXAMPLES / "layered", project)
+    subprocess.run(
+        [sys.executable, "-m", "bgtasks_gen", "init", str(project), "--runner", runner],
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+    )
+    port = free_port()
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_port(port)
+        env = {
+            **os.environ,
+            "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+            "CELERY_BROKER_URL": f"redis://127.0.0.1:{port}/0",
+            "CELERY_RESULT_BACKEND": f"redis://127.0.0.1:{port}/1",
+            "PYTHONPATH": str(project),
+        }
+        result = subprocess.run(
+            [str(python), "-c", PROBES[runner], str(batches), str(calls)],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if result.returncode != 0:
+            raise SystemExit(f"{runner} probe failed:\n{result.stderr}")
+        figures: dict[str, list[float]] = json.loads(result.stdout.splitlines()[-1])
+        return figures
+    finally:
+        redis.terminate()
+        redis.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batches", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--runner", choices=sorted(PROBES), action="append")
+    args = parser.parse_args()
+    print(
+        f"\n### One call at a time, microseconds per call: median of {args.batches} "
+        f"batches of {args.calls} (min-max)\n"
+    )
+    print("| runner | call | us per call |")
+    print("| --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as tmp:
+        for runner in args.runner or sorted(PROBES):
+            for label, figures in probe(runner, args.batches, args.calls, Path(tmp)).items():
+                figures.sort()
+                median = figures[len(figures) // 2]
+                print(f"| {runner} | {label} | {median:.0f} ({figures[0]:.0f}-{figures[-1]:.0f}) |")
+
+
+if __name__ == "__main__":
+    main()
