@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,19 @@ def test_a_5000_line_settings_module(example) -> None:  # type: ignore[no-untype
     assert is_subsequence(text.splitlines(), patched.splitlines())
     assert patched.count("SMTP_HOST") == 1
     assert patched.index("FIELD_4999") < patched.index("SMTP_HOST")
+
+
+def test_current_folder_deleted_under_the_shell(example, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    project: Path = example("layered")
+    before = tree_hashes(project)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    home = Path.cwd()
+    os.chdir(gone)
+    try:
+        gone.rmdir()
+        code, output = invoke("init", str(project), "--runner", "celery")
+    finally:
+        os.chdir(home)
+    assert code == 2 and "current folder no longer exists" in output, output
+    assert tree_hashes(project) == before
