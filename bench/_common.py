@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -50,3 +51,20 @@ def table(title: str, rows: list[str], first: str = "command") -> None:
     print("| --- | --- | --- | --- |")
     for line in rows:
         print(line)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listening on port {port} after {timeout}s")

@@ -23,7 +23,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import time
 from pathlib import Path
 
 import httpx
+from _common import free_port, wait_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,23 +55,6 @@ def noop_sync() -> dict[str, str]:
 async def noop_async() -> dict[str, str]:
     return {{"status": "ok"}}
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listening on port {port} after {timeout}s")
 
 
 def connected_clients(port: int) -> int:

@@ -25,21 +25,19 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _common import EXAMPLES, REPO
+from _common import EXAMPLES, REPO, free_port, wait_port
 
 CELERY_PROBE = """
 import json, sys, time, uuid
 import redis
 from celery.backends.redis import RedisBackend
 from app.tasks import registry, tasks
-from app.tasks.celery_app import RESULT_EXPIRES, ResultBackend, celery_app
+from app.tasks.celery_app import RESULT_EXPIRES, celery_app
 
 batches, calls = int(sys.argv[1]), int(sys.argv[2])
 pool = redis.ConnectionPool.from_url(str(celery_app.conf.broker_url))
@@ -111,23 +109,6 @@ asyncio.run(main())
 """
 
 PROBES = {"celery": CELERY_PROBE, "arq": ARQ_PROBE}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listening on port {port} after {timeout}s")
 
 
 def probe(runner: str, batches: int, calls: int, workdir: Path) -> dict[str, list[float]]:
