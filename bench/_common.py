@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,3 +71,45 @@ def wait_port(port: int, timeout: float = 30) -> None:
         except OSError:
             time.sleep(0.1)
     raise SystemExit(f"nothing listening on port {port} after {timeout}s")
+
+
+def scaffold_runner(runner: str, workdir: Path) -> tuple[Path, Path]:
+    """The `layered` example scaffolded with `runner` under workdir: (its Python, project)."""
+    python = REPO / ".venvs" / runner / "bin" / "python"
+    if not python.exists():
+        raise SystemExit(f"missing {python}: run `bash .ci/setup-venvs` first")
+    project = workdir / runner
+    shutil.copytree(EXAMPLES / "layered", project)
+    subprocess.run(
+        [*BGTASKS, "init", str(project), "--runner", runner],
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+    )
+    return python, project
+
+
+@contextlib.contextmanager
+def private_redis(project: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """A redis-server of its own on a free port: (port, environment for the project)."""
+    port = free_port()
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_port(port)
+        yield (
+            port,
+            {
+                **os.environ,
+                "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+                "CELERY_BROKER_URL": f"redis://127.0.0.1:{port}/0",
+                "CELERY_RESULT_BACKEND": f"redis://127.0.0.1:{port}/1",
+                "PYTHONPATH": str(project),
+            },
+        )
+    finally:
+        os.killpg(redis.pid, signal.SIGTERM)
+        redis.wait(timeout=20)

@@ -25,13 +25,12 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from _common import free_port, wait_port
+from _common import free_port, private_redis, scaffold_runner, wait_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -161,30 +160,23 @@ def percentile(values: list[float], fraction: float) -> float:
 def bench_runner(
     runner: str, seconds: float, concurrency: int, repeats: int, workdir: Path
 ) -> list[str]:
-    python = REPO / ".venvs" / runner / "bin" / "python"
-    if not python.exists():
-        raise SystemExit(f"missing {python}: run `bash .ci/setup-venvs` first")
-    project = workdir / runner
-    shutil.copytree(REPO / "examples" / "layered", project)
-    subprocess.run(
-        [sys.executable, "-m", "bgtasks_gen", "init", str(project), "--runner", runner],
-        check=True,
-        capture_output=True,
-    )
+    python, project = scaffold_runner(runner, workdir)
     (project / "bench_app.py").write_text(NOOP_MODULE.format(app_module="app.main", app_name="app"))
-    redis_port, web_port = free_port(), free_port()
-    redis = subprocess.Popen(
-        ["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    env = {
-        **os.environ,
-        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "CELERY_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "CELERY_RESULT_BACKEND": f"redis://127.0.0.1:{redis_port}/1",
-        "PYTHONPATH": str(project),
-    }
+    with private_redis(project) as (redis_port, env):
+        return _measure_app(runner, python, project, redis_port, env, seconds, concurrency, repeats)
+
+
+def _measure_app(
+    runner: str,
+    python: Path,
+    project: Path,
+    redis_port: int,
+    env: dict[str, str],
+    seconds: float,
+    concurrency: int,
+    repeats: int,
+) -> list[str]:
+    web_port = free_port()
     web = subprocess.Popen(
         [
             str(python),
@@ -203,7 +195,6 @@ def bench_runner(
     )
     rows = []
     try:
-        wait_port(redis_port)
         wait_port(web_port)
         base = f"http://127.0.0.1:{web_port}"
         path, body, style = TARGETS[runner]
@@ -230,9 +221,8 @@ def bench_runner(
                 f"{before} -> {after} |"
             )
     finally:
-        for proc in (web, redis):
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
+        os.killpg(web.pid, signal.SIGTERM)
+        web.wait(timeout=20)
     return rows
 
 

@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from _common import EXAMPLES, REPO, free_port, wait_port
+from _common import private_redis, scaffold_runner
 
 CELERY_PROBE = """
 import json, sys, time, uuid
@@ -112,32 +109,8 @@ PROBES = {"celery": CELERY_PROBE, "arq": ARQ_PROBE}
 
 
 def probe(runner: str, batches: int, calls: int, workdir: Path) -> dict[str, list[float]]:
-    python = REPO / ".venvs" / runner / "bin" / "python"
-    if not python.exists():
-        raise SystemExit(f"missing {python}: run `bash .ci/setup-venvs` first")
-    project = workdir / runner
-    shutil.copytree(EXAMPLES / "layered", project)
-    subprocess.run(
-        [sys.executable, "-m", "bgtasks_gen", "init", str(project), "--runner", runner],
-        check=True,
-        capture_output=True,
-        cwd=REPO,
-    )
-    port = free_port()
-    redis = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        wait_port(port)
-        env = {
-            **os.environ,
-            "REDIS_URL": f"redis://127.0.0.1:{port}/0",
-            "CELERY_BROKER_URL": f"redis://127.0.0.1:{port}/0",
-            "CELERY_RESULT_BACKEND": f"redis://127.0.0.1:{port}/1",
-            "PYTHONPATH": str(project),
-        }
+    python, project = scaffold_runner(runner, workdir)
+    with private_redis(project) as (_port, env):
         result = subprocess.run(
             [str(python), "-c", PROBES[runner], str(batches), str(calls)],
             cwd=project,
@@ -150,9 +123,6 @@ def probe(runner: str, batches: int, calls: int, workdir: Path) -> dict[str, lis
             raise SystemExit(f"{runner} probe failed:\n{result.stderr}")
         figures: dict[str, list[float]] = json.loads(result.stdout.splitlines()[-1])
         return figures
-    finally:
-        redis.terminate()
-        redis.wait(10)
 
 
 def main() -> None:
