@@ -447,17 +447,21 @@ def test_added_every_2_seconds_task_is_run_by_beat(stack: Stack) -> None:
         )
 
 
-def test_generated_project_tests_pass(stack: Stack, redis_url: str) -> None:
-    env = {**stack.env, "CELERY_BROKER_URL": f"{redis_url}/4"}
-    env["CELERY_RESULT_BACKEND"] = f"{redis_url}/5"
-    env["CI"] = "true"  # a skipped test fails instead: the broker is there
+def _generated_tests_pass(stack: Stack, env: dict[str, str]) -> None:
+    # CI=true: a skipped test fails instead, since the broker is there
     output = _run(
         [str(stack.python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
         stack.project,
-        env,
+        {**env, "CI": "true"},
         timeout=150,
     )
     assert " passed" in output and "skipped" not in output, output
+
+
+def test_generated_project_tests_pass(stack: Stack, redis_url: str) -> None:
+    env = {**stack.env, "CELERY_BROKER_URL": f"{redis_url}/4"}
+    env["CELERY_RESULT_BACKEND"] = f"{redis_url}/5"
+    _generated_tests_pass(stack, env)
 
 
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
@@ -522,11 +526,6 @@ def test_rabbitmq_broker_email_and_order(rabbit_stack: Stack) -> None:
 
 
 def test_rabbitmq_generated_project_tests_pass(rabbit_stack: Stack, redis_url: str) -> None:
-    env = {**rabbit_stack.env, "CELERY_RESULT_BACKEND": f"{redis_url}/6", "CI": "true"}
-    output = _run(
-        [str(rabbit_stack.python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
-        rabbit_stack.project,
-        env,
-        timeout=150,
+    _generated_tests_pass(
+        rabbit_stack, {**rabbit_stack.env, "CELERY_RESULT_BACKEND": f"{redis_url}/6"}
     )
-    assert " passed" in output and "skipped" not in output, output
