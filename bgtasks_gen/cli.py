@@ -6,7 +6,6 @@ so `bgtasks --help` stays fast.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -137,23 +136,10 @@ def _locked(
     from bgtasks_gen.apply import project_lock
 
     try:
-        _require_working_directory()
         with project_lock(project):
             _finish(build(), dry_run=dry_run, check=check, as_json=as_json)
     except BgtasksError as error:
         _fail(error, as_json)
-
-
-def _require_working_directory() -> None:
-    # Rendering (copier) resolves the current folder; one deleted under the shell would
-    # otherwise end in a traceback.
-    try:
-        os.getcwd()
-    except FileNotFoundError:
-        raise BgtasksError(
-            "the current folder no longer exists",
-            "cd into an existing folder (the project, for one) and run the command again",
-        ) from None
 
 
 @app.command(epilog=EXIT_CODES)

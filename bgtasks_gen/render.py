@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Mapping
 from importlib import resources
@@ -34,6 +35,7 @@ def render_runner(context: Mapping[str, object]) -> dict[str, str]:
     """
     import copier
 
+    _require_working_directory()
     with tempfile.TemporaryDirectory(prefix="bgtasks-render-") as tmp:
         copier.run_copy(
             str(templates_dir()),
@@ -50,3 +52,15 @@ def render_runner(context: Mapping[str, object]) -> dict[str, str]:
             if path.is_file() and path.name != ANSWERS_FILE:
                 files[path.relative_to(out).as_posix()] = path.read_text(encoding="utf-8")
         return files
+
+
+def _require_working_directory() -> None:
+    # copier resolves the current folder; one deleted under the shell would otherwise
+    # end in a traceback from deep inside it.
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise BgtasksError(
+            "the current folder no longer exists",
+            "cd into an existing folder (the project, for one) and run the command again",
+        ) from None

@@ -99,15 +99,22 @@ def test_a_5000_line_settings_module(example) -> None:  # type: ignore[no-untype
 
 def test_current_folder_deleted_under_the_shell(example, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     project: Path = example("layered")
-    before = tree_hashes(project)
+    fresh = example("factory")
+    assert invoke("init", str(project), "--runner", "celery")[0] == 0
+    before = {path: tree_hashes(path) for path in (project, fresh)}
     gone = tmp_path / "gone"
     gone.mkdir()
     home = Path.cwd()
     os.chdir(gone)
     try:
         gone.rmdir()
-        code, output = invoke("init", str(project), "--runner", "celery")
+        # init: bad input (2); check reports every problem as a finding (1)
+        outcomes = [
+            (2, invoke("init", str(fresh), "--runner", "celery")),
+            (1, invoke("check", "--project", str(project))),
+        ]
     finally:
         os.chdir(home)
-    assert code == 2 and "current folder no longer exists" in output, output
-    assert tree_hashes(project) == before
+    for expected, (code, output) in outcomes:
+        assert code == expected and "current folder no longer exists" in output, output
+    assert {path: tree_hashes(path) for path in (project, fresh)} == before
