@@ -1,8 +1,11 @@
 """Add the runner's packages to the project's dependency list, keeping its formatting.
 
-Three places are understood: PEP 621 `[project] dependencies` (uv, hatch, pdm, setuptools),
-poetry's `[tool.poetry.dependencies]` table, and `requirements.txt`. The edit is textual
-and minimal (new lines inserted where the list ends), so comments and order survive.
+Understood: PEP 621 `[project] dependencies` (uv, hatch, pdm, setuptools), poetry's
+`[tool.poetry.dependencies]` table, `requirements.in`/`requirements.txt`, and a
+`requirements/` folder (base.txt first). The first found, walking from the app's source
+folder up to the project root, is the one edited. The edit is textual and minimal (new
+lines inserted where the list ends, in the file's own newline style), so comments and
+order survive.
 """
 
 from __future__ import annotations
@@ -45,25 +48,50 @@ class DependencyEdit:
     next_steps: list[str] = field(default_factory=list)
 
 
-def _declared(root: Path) -> tuple[str | None, str, list[str]]:
-    """(file, text, requirement strings) of the first dependency list found."""
-    pyproject = root / "pyproject.toml"
+REQUIREMENTS_FOLDER_FILES = ("base.txt", "common.txt", "main.txt", "prod.txt", "production.txt")
+
+
+def _read(path: Path) -> str:
+    # newline="" keeps CRLF as it is, so the edit can write it back the same way
+    with path.open(encoding="utf-8", newline="") as handle:
+        return handle.read()
+
+
+def _requirements_lines(text: str) -> list[str]:
+    lines = [line.split("#")[0].strip() for line in text.splitlines()]
+    return [line for line in lines if line and not line.startswith("-")]
+
+
+def _declared_in(folder: Path) -> tuple[Path | None, str, str, list[str]]:
+    """(file, kind, text, requirement strings) of the dependency list in one folder."""
+    pyproject = folder / "pyproject.toml"
     if pyproject.is_file():
-        text = pyproject.read_text(encoding="utf-8")
+        text = _read(pyproject)
         data = tomllib.loads(text)
         project = data.get("project", {})
         if isinstance(project, dict) and isinstance(project.get("dependencies"), list):
-            return "pyproject.toml", text, [str(d) for d in project["dependencies"]]
+            return pyproject, "pep621", text, [str(d) for d in project["dependencies"]]
         poetry = data.get("tool", {}).get("poetry", {}).get("dependencies")
         if isinstance(poetry, dict):
-            return "pyproject.toml:poetry", text, [str(k) for k in poetry if k != "python"]
-    for name in ("requirements.in", "requirements.txt"):
-        path = root / name
+            return pyproject, "poetry", text, [str(k) for k in poetry if k != "python"]
+    candidates = [folder / "requirements.in", folder / "requirements.txt"]
+    candidates += [folder / "requirements" / name for name in REQUIREMENTS_FOLDER_FILES]
+    for path in candidates:
         if path.is_file():
-            text = path.read_text(encoding="utf-8")
-            lines = [line.split("#")[0].strip() for line in text.splitlines()]
-            return name, text, [line for line in lines if line and not line.startswith("-")]
-    return None, "", []
+            text = _read(path)
+            return path, "requirements", text, _requirements_lines(text)
+    return None, "", "", []
+
+
+def _declared(root: Path, start: Path | None = None) -> tuple[Path | None, str, str, list[str]]:
+    """The first dependency list from `start` (the app's source folder) up to `root`."""
+    folder = (start or root).resolve()
+    root = root.resolve()
+    while True:
+        found = _declared_in(folder)
+        if found[0] is not None or folder == root or root not in folder.parents:
+            return found
+        folder = folder.parent
 
 
 def choose_requirements(wanted: list[str], existing: list[str]) -> tuple[list[str], list[str]]:
@@ -79,6 +107,18 @@ def choose_requirements(wanted: list[str], existing: list[str]) -> tuple[list[st
         if name == "celery" and "arq" in names:
             requirement = CELERY_BESIDE_ARQ
             notes.append(WHY_CELERY_56)
+        elif name == "celery" and "redis" in names and _caps_redis_below_6(names["redis"]):
+            requirement = CELERY_BESIDE_ARQ
+            notes.append(
+                f"the project pins {names['redis']}: celery 5.7 needs redis-py >= 6.4, so "
+                f"bgtasks adds {CELERY_BESIDE_ARQ} (celery 5.6.3 accepts redis-py 5)"
+            )
+        if name == "pydantic-settings" and _pins_pydantic_1(names.get("pydantic", "")):
+            notes.append(
+                f"the project pins {names['pydantic']}: pydantic-settings 2 needs pydantic 2, "
+                "so it is not added (pydantic 1 has BaseSettings built in)"
+            )
+            continue
         if name == "arq" and "celery" in names and not _pins_celery_56(names["celery"]):
             raise BadInput(
                 "arq cannot be installed beside celery 5.7 in one environment: celery 5.7 "
@@ -90,6 +130,14 @@ def choose_requirements(wanted: list[str], existing: list[str]) -> tuple[list[st
             continue  # already declared: left as the project has it
         chosen.append(requirement)
     return chosen, notes
+
+
+def _caps_redis_below_6(requirement: str) -> bool:
+    return bool(re.search(r"<\s*6(\.0)*\b|==\s*[2-5]\.|~=\s*[2-5]\.", requirement))
+
+
+def _pins_pydantic_1(requirement: str) -> bool:
+    return bool(re.search(r"<\s*2(\.0)*\b|==\s*1\.|~=\s*1\.|\^\s*1\.", requirement))
 
 
 def _pins_celery_56(requirement: str) -> bool:
@@ -115,6 +163,7 @@ def _pep621(text: str, additions: list[str]) -> str:
             + ", ".join([existing, *items] if existing else items)
             + text[close:]
         )
+    newline = "\r\n" if "\r\n" in text else "\n"
     lines = body.split("\n")
     indents = [ln[: len(ln) - len(ln.lstrip())] for ln in lines if ln.strip()]
     indent = indents[0] if indents else "    "
@@ -125,7 +174,8 @@ def _pep621(text: str, additions: list[str]) -> str:
         kept = code.rstrip()
         lines[last] = kept + "," + code[len(kept) :] + hash_ + comment
     position = (last + 1) if last is not None else 1
-    lines[position:position] = [f"{indent}{item}," for item in items]
+    ending = "\r" if newline == "\r\n" else ""
+    lines[position:position] = [f"{indent}{item},{ending}" for item in items]
     return text[: match.end()] + "\n".join(lines) + text[close:]
 
 
@@ -182,24 +232,37 @@ def _requirements_txt(text: str, additions: list[str]) -> str:
     return text + newline.join(additions) + newline
 
 
-def plan_dependencies(root: Path, wanted: list[str]) -> DependencyEdit:
-    where, text, existing = _declared(root)
+def plan_dependencies(
+    root: Path, wanted: list[str], start: Path | None = None, *, uses_uvicorn: bool = False
+) -> DependencyEdit:
+    where, kind, text, existing = _declared(root, start)
+    if uses_uvicorn and not _declares_uvicorn(existing):
+        wanted = [*wanted, "uvicorn>=0.30"]
     additions, notes = choose_requirements(wanted, existing)
     if where is None:
         return DependencyEdit(
             None, "", "", [], notes + [f"no dependency list found: install {' '.join(additions)}"]
         )
+    rel = where.relative_to(root.resolve()).as_posix()
     if not additions:
-        path = where.partition(":")[0]
-        return DependencyEdit(path, text, text, [], notes)
-    if where == "pyproject.toml":
+        return DependencyEdit(rel, text, text, [], notes)
+    if kind == "pep621":
         new = _pep621(text, additions)
-    elif where == "pyproject.toml:poetry":
+    elif kind == "poetry":
         new = _poetry(text, additions)
     else:
         new = _requirements_txt(text, additions)
-    edit = DependencyEdit(where.partition(":")[0], text, new, additions, notes)
+    edit = DependencyEdit(rel, text, new, additions, notes)
     for lock, command in LOCK_COMMANDS.items():
-        if (root / lock).is_file():
+        if (where.parent / lock).is_file():
             edit.next_steps.append(f"{command}  # {lock} is stale after the dependency edit")
     return edit
+
+
+def _declares_uvicorn(existing: list[str]) -> bool:
+    """uvicorn itself, or fastapi[standard], which brings it."""
+    for requirement in existing:
+        name = requirement_name(requirement)
+        if name == "uvicorn" or (name == "fastapi" and "standard" in requirement):
+            return True
+    return False

@@ -1,23 +1,31 @@
-"""A static index of the user's Python modules, read with libcst and never imported.
+"""A static index of the user's Python modules: read, never imported.
 
 Each module is parsed at most once, lazily, and summarised into the few facts discovery
-needs: imports, classes (bases and annotated fields), module-level calls, functions that
-build or return objects, and `include_router` calls.
+needs: imports, classes (bases, annotated fields, settings config), calls whose result is
+bound or returned, what each top-level function returns, `include_router` and `mount`
+calls. The standard library's `ast` does the parsing (ten times faster than libcst);
+a module whose syntax is newer than the running interpreter is first lowered by libcst
+into an equivalent the interpreter reads (see `_lower_syntax`).
+
+Which modules get parsed is discovery's choice: `ModuleIndex.scan_imports` reads a
+file's imports with a regular expression, so following an app's import closure through
+thousands of files costs a file read each, not a parse.
 """
 
 from __future__ import annotations
 
 import ast
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import libcst as cst
-from libcst.helpers import get_full_name_for_node
-from libcst.metadata import MetadataWrapper, PositionProvider
+from typing import TYPE_CHECKING
 
 from bgtasks_gen.errors import BadInput
 from bgtasks_gen.patch.outline import dotted_name, parse_ast
+
+if TYPE_CHECKING:
+    import libcst as cst
 
 # folders that never hold the project's own application code
 SKIPPED_DIRS = frozenset(
@@ -47,13 +55,19 @@ SKIPPED_DIRS = frozenset(
     }
 )
 
+# settings config keys whose literal values matter for environment variable names
+CONFIG_KEYS = ("env_prefix", "case_sensitive", "env_nested_delimiter")
+
 
 @dataclass
 class ClassInfo:
     name: str
-    bases: list[str]  # resolved dotted names ("pydantic_settings.BaseSettings", "pkg.mod.Cls")
+    bases: list[str]  # dotted names as written ("BaseSettings", "base.AppSettings")
     fields: list[str]  # annotated names in the class body, in order
     line: int
+    # field -> (annotation source, default source or None when the field is required)
+    field_types: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    config: dict[str, object] = field(default_factory=dict)  # CONFIG_KEYS found literally
 
 
 @dataclass
@@ -61,24 +75,57 @@ class CallSite:
     """`target = callee(...)`, or `return callee(...)` (target None), in a module or function."""
 
     target: str | None
-    callee: str  # resolved dotted name
+    callee: str  # dotted name as written
     keywords: tuple[str, ...]
     function: str | None  # enclosing top-level function, None at module level
     line: int
+    first_arg: str | None = None  # the first positional argument: a dotted name or a string
 
 
 @dataclass
+class FunctionInfo:
+    name: str
+    line: int
+    required_params: int  # parameters without a default
+    returned_names: set[str] = field(default_factory=set)  # `return x`
+    returns_other_call: bool = False  # `return something()` with a callee no name resolves
+    referenced: set[str] = field(default_factory=set)  # every Name loaded in the body
+    return_annotation: str | None = None
+
+
+@dataclass(frozen=True)
+class Include:
+    """`receiver.include_router(first, **keywords)` in a module or function."""
+
+    function: str | None
+    receiver: str
+    first: str  # the router as written
+    keywords: tuple[tuple[str, str], ...]  # (name, source) of each keyword argument
+    line: int
+
+
+@dataclass(eq=False)  # one object per file: compared and hashed by identity
 class ModuleInfo:
     name: str  # dotted
     path: Path
     source: str
     imports: dict[str, str] = field(default_factory=dict)  # local name -> dotted target
-    classes: dict[str, ClassInfo] = field(default_factory=dict)
+    classes: dict[str, ClassInfo] = field(default_factory=dict)  # the last definition wins
     calls: list[CallSite] = field(default_factory=list)
-    functions: set[str] = field(default_factory=set)
-    # (scope function or None, receiver name, first argument as written)
-    router_includes: list[tuple[str | None, str, str]] = field(default_factory=list)
+    functions: dict[str, FunctionInfo] = field(default_factory=dict)
+    includes: list[Include] = field(default_factory=list)
+    # (scope function or None, receiver, mounted object as written)
+    mounts: list[tuple[str | None, str, str]] = field(default_factory=list)
     uses_on_event: bool = False
+    relative_imports: bool = False  # the module imports its own package relatively
+
+    @property
+    def router_includes(self) -> list[tuple[str | None, str, str]]:
+        return [(i.function, i.receiver, i.first) for i in self.includes]
+
+    @property
+    def package(self) -> str:
+        return self.name if self.path.name == "__init__.py" else self.name.rpartition(".")[0]
 
     def resolve(self, dotted: str) -> str:
         """Turn a name as written in this module into a fully qualified dotted name."""
@@ -87,6 +134,8 @@ class ModuleInfo:
             target = self.imports[head]
             return f"{target}.{rest}" if rest else target
         if head in self.classes or head in self.functions:
+            return f"{self.name}.{dotted}"
+        if any(c.target == head and c.function is None for c in self.calls):
             return f"{self.name}.{dotted}"
         return dotted
 
@@ -109,6 +158,8 @@ def read_source(path: Path) -> str:
 
 def parse_source(source: str, path: Path) -> cst.Module:
     """Parse with libcst: it accepts syntax newer than the running interpreter's."""
+    import libcst as cst
+
     try:
         return cst.parse_module(source)
     except cst.ParserSyntaxError as exc:
@@ -118,32 +169,131 @@ def parse_source(source: str, path: Path) -> cst.Module:
         ) from exc
 
 
-def _summarise_ast(info: ModuleInfo, tree: ast.Module) -> None:
-    """What _Summariser finds, from the standard library's ast: ten times faster than a
-    libcst parse with positions, which matters for 5,000-line settings modules."""
-    is_init = info.path.name == "__init__.py"
-    package = info.name if is_init else info.name.rpartition(".")[0]
-    for statement in ast.walk(tree):
-        if isinstance(statement, ast.Import):
-            for alias in statement.names:
+def _lower_syntax(source: str, path: Path) -> ast.Module:
+    """An `ast` of a module written in syntax newer than this interpreter.
+
+    libcst parses every Python version; the few constructs the running `ast` may not know
+    are rewritten into older equivalents that keep every line where it was (`except A, B:`
+    gains parentheses, PEP 695 type parameters are dropped, `type X = Y` becomes an
+    assignment). A top-level statement that still does not parse is blanked out, lines
+    kept, so the rest of the module is still read.
+    """
+    import libcst as cst
+
+    module = parse_source(source, path)
+
+    class Lower(cst.CSTTransformer):
+        def leave_ExceptHandler(
+            self, original_node: cst.ExceptHandler, updated_node: cst.ExceptHandler
+        ) -> cst.ExceptHandler:
+            kind = updated_node.type
+            if isinstance(kind, cst.Tuple) and not kind.lpar:
+                return updated_node.with_changes(
+                    type=kind.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+                )
+            return updated_node
+
+        def leave_FunctionDef(
+            self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef
+        ) -> cst.FunctionDef:
+            return updated_node.with_changes(type_parameters=None)
+
+        def leave_ClassDef(
+            self, original_node: cst.ClassDef, updated_node: cst.ClassDef
+        ) -> cst.ClassDef:
+            return updated_node.with_changes(type_parameters=None)
+
+        def leave_TypeAlias(
+            self, original_node: cst.TypeAlias, updated_node: cst.TypeAlias
+        ) -> cst.Assign:
+            return cst.Assign(
+                targets=[cst.AssignTarget(target=updated_node.name)], value=updated_node.value
+            )
+
+    lowered = module.visit(Lower())
+    tree = parse_ast(lowered.code)
+    if tree is not None:
+        return tree
+    parts = [lowered.code_for_node(statement) for statement in lowered.body]
+    kept = [part if parse_ast(part) is not None else "\n" * part.count("\n") for part in parts]
+    header = lowered.code[: len(lowered.code) - len("".join(parts)) - len(lowered.footer)]
+    return parse_ast(header + "".join(kept)) or ast.Module(body=[], type_ignores=[])
+
+
+def _literal(node: ast.expr | None) -> object:
+    try:
+        return ast.literal_eval(node) if node is not None else None
+    except ValueError:
+        return None
+
+
+def _class_config(statement: ast.ClassDef) -> dict[str, object]:
+    """env_prefix & co. from `model_config = SettingsConfigDict(...)`/`{...}` or `class Config`."""
+    found: dict[str, object] = {}
+    for item in statement.body:
+        value: ast.expr | None = None
+        if isinstance(item, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "model_config" for t in item.targets
+        ):
+            value = item.value
+        elif (
+            isinstance(item, ast.AnnAssign)
+            and isinstance(item.target, ast.Name)
+            and item.target.id == "model_config"
+        ):
+            value = item.value
+        if isinstance(value, ast.Call):
+            for keyword in value.keywords:
+                if keyword.arg in CONFIG_KEYS:
+                    found[keyword.arg] = _literal(keyword.value)
+        elif isinstance(value, ast.Dict):
+            for key, entry in zip(value.keys, value.values, strict=True):
+                name = _literal(key)
+                if isinstance(name, str) and name in CONFIG_KEYS:
+                    found[name] = _literal(entry)
+        if isinstance(item, ast.ClassDef) and item.name == "Config":  # pydantic 1
+            for inner in item.body:
+                if isinstance(inner, ast.Assign):
+                    for target in inner.targets:
+                        if isinstance(target, ast.Name) and target.id in CONFIG_KEYS:
+                            found[target.id] = _literal(inner.value)
+    return found
+
+
+def _summarise(info: ModuleInfo, tree: ast.Module) -> None:
+    package = info.package
+    source = info.source
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
                 if alias.asname:
                     info.imports[alias.asname] = alias.name
                 else:
                     head = alias.name.split(".")[0]
                     info.imports.setdefault(head, head)
-        elif isinstance(statement, ast.ImportFrom):
-            base = statement.module or ""
-            if statement.level:
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                info.relative_imports = True
                 parent = package
-                for _ in range(statement.level - 1):
+                for _ in range(node.level - 1):
                     parent = parent.rpartition(".")[0]
                 base = f"{parent}.{base}" if base else parent
-            for alias in statement.names:
+            for alias in node.names:
                 if alias.name != "*":
                     local = alias.asname or alias.name
                     info.imports[local] = f"{base}.{alias.name}" if base else alias.name
 
-    def calls_in(body: list[ast.stmt], function: str | None) -> None:
+    def first_arg(call: ast.Call) -> str | None:
+        if not call.args:
+            return None
+        value = call.args[0]
+        if isinstance(value, ast.Constant) and isinstance(value.value, str):
+            return value.value
+        return dotted_name(value) or None
+
+    def calls_in(body: list[ast.stmt], function: FunctionInfo | None) -> None:
+        name = function.name if function else None
         for statement in body:
             value: ast.expr | None = None
             target: str | None = None
@@ -154,10 +304,26 @@ def _summarise_ast(info: ModuleInfo, tree: ast.Module) -> None:
                 target, value = statement.target.id, statement.value
             elif isinstance(statement, ast.Return):
                 value = statement.value
+                if function is not None:
+                    if isinstance(value, ast.Name):
+                        function.returned_names.add(value.id)
+                    elif isinstance(value, ast.Call) and not dotted_name(value.func):
+                        function.returns_other_call = True
+            elif isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Call):
+                value = statement.value  # a bare call: `uvicorn.run("pkg.main:app")`
+            if isinstance(value, ast.Await):
+                value = value.value
             if isinstance(value, ast.Call) and dotted_name(value.func):
                 keywords = tuple(k.arg for k in value.keywords if k.arg)
                 info.calls.append(
-                    CallSite(target, dotted_name(value.func), keywords, function, statement.lineno)
+                    CallSite(
+                        target,
+                        dotted_name(value.func),
+                        keywords,
+                        name,
+                        statement.lineno,
+                        first_arg(value),
+                    )
                 )
 
     def includes_in(node: ast.AST, function: str | None) -> None:
@@ -165,138 +331,71 @@ def _summarise_ast(info: ModuleInfo, tree: ast.Module) -> None:
             if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Attribute):
                 continue
             receiver = call.func.value
-            if call.func.attr == "include_router" and call.args and isinstance(receiver, ast.Name):
-                info.router_includes.append((function, receiver.id, dotted_name(call.args[0])))
-            elif call.func.attr == "on_event":
+            if not isinstance(receiver, ast.Name):
+                if call.func.attr == "on_event":
+                    info.uses_on_event = True
+                continue
+            if call.func.attr == "include_router" and call.args:
+                keywords = tuple(
+                    (k.arg, ast.get_source_segment(source, k.value) or "")
+                    for k in call.keywords
+                    if k.arg
+                )
+                info.includes.append(
+                    Include(function, receiver.id, dotted_name(call.args[0]), keywords, call.lineno)
+                )
+            elif call.func.attr == "mount" and len(call.args) >= 2:
+                info.mounts.append((function, receiver.id, dotted_name(call.args[1])))
+            elif call.func.attr in ("on_event", "add_event_handler"):
                 info.uses_on_event = True
 
     for statement in tree.body:
         if isinstance(statement, ast.ClassDef):
-            fields = [
-                s.target.id
-                for s in statement.body
-                if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)
-            ]
+            fields: list[str] = []
+            types: dict[str, tuple[str, str | None]] = {}
+            for item in statement.body:
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    fields.append(item.target.id)
+                    annotation = ast.get_source_segment(source, item.annotation) or ""
+                    default = ast.get_source_segment(source, item.value) if item.value else None
+                    types[item.target.id] = (annotation, default)
             bases = [dotted_name(b) for b in statement.bases]
             info.classes[statement.name] = ClassInfo(
-                statement.name, bases, fields, statement.lineno
+                statement.name,
+                bases,
+                fields,
+                statement.lineno,
+                types,
+                _class_config(statement),
             )
             includes_in(statement, None)
         elif isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef):
-            info.functions.add(statement.name)
-            # assignments and returns anywhere in the function, as the libcst summariser
+            arguments = statement.args
+            positional = arguments.posonlyargs + arguments.args
+            required = len(positional) - len(arguments.defaults)
+            required += sum(d is None for d in arguments.kw_defaults)
+            function = FunctionInfo(
+                statement.name,
+                statement.lineno,
+                required,
+                return_annotation=dotted_name(statement.returns) if statement.returns else None,
+            )
             nested = [n for n in ast.walk(statement) if isinstance(n, ast.stmt)]
-            calls_in(nested[1:], statement.name)
+            calls_in(nested[1:], function)
+            function.referenced = {n.id for n in ast.walk(statement) if isinstance(n, ast.Name)}
+            info.functions[statement.name] = function
             includes_in(statement, statement.name)
         else:
             calls_in([n for n in ast.walk(statement) if isinstance(n, ast.stmt)], None)
             includes_in(statement, None)
 
 
-class _Summariser(cst.CSTVisitor):
-    METADATA_DEPENDENCIES = (PositionProvider,)
-
-    def __init__(self, info: ModuleInfo) -> None:
-        self.info = info
-        self.function_depth = 0
-        self.current_function: str | None = None
-        self.class_depth = 0
-
-    # imports ---------------------------------------------------------------------------
-    def _package(self) -> str:
-        is_init = self.info.path.name == "__init__.py"
-        return self.info.name if is_init else self.info.name.rpartition(".")[0]
-
-    def visit_Import(self, node: cst.Import) -> None:
-        for alias in node.names:
-            dotted = get_full_name_for_node(alias.name) or ""
-            if alias.asname is not None:
-                local = get_full_name_for_node(alias.asname.name) or dotted
-                self.info.imports[local] = dotted
-            else:
-                head = dotted.split(".")[0]
-                self.info.imports.setdefault(head, head)
-
-    def visit_ImportFrom(self, node: cst.ImportFrom) -> None:
-        base = get_full_name_for_node(node.module) if node.module else ""
-        if node.relative:
-            package = self._package()
-            for _ in range(len(node.relative) - 1):
-                package = package.rpartition(".")[0]
-            base = f"{package}.{base}" if base else package
-        if isinstance(node.names, cst.ImportStar):
-            return
-        for alias in node.names:
-            name = get_full_name_for_node(alias.name) or ""
-            local = name
-            if alias.asname is not None:
-                local = get_full_name_for_node(alias.asname.name) or name
-            self.info.imports[local] = f"{base}.{name}" if base else name
-
-    # classes -----------------------------------------------------------------------------
-    def visit_ClassDef(self, node: cst.ClassDef) -> None:
-        self.class_depth += 1
-        if self.class_depth > 1 or self.function_depth:
-            return
-        bases = [get_full_name_for_node(arg.value) or "" for arg in node.bases]
-        fields: list[str] = []
-        body = node.body.body if isinstance(node.body, cst.IndentedBlock) else ()
-        for statement in body:
-            if isinstance(statement, cst.SimpleStatementLine):
-                for small in statement.body:
-                    if isinstance(small, cst.AnnAssign) and isinstance(small.target, cst.Name):
-                        fields.append(small.target.value)
-        line = self.get_metadata(PositionProvider, node).start.line
-        self.info.classes[node.name.value] = ClassInfo(node.name.value, bases, fields, line)
-
-    def leave_ClassDef(self, original_node: cst.ClassDef) -> None:
-        self.class_depth -= 1
-
-    # functions ---------------------------------------------------------------------------
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
-        if self.function_depth == 0 and self.class_depth == 0:
-            self.info.functions.add(node.name.value)
-            self.current_function = node.name.value
-        self.function_depth += 1
-
-    def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
-        self.function_depth -= 1
-        if self.function_depth == 0:
-            self.current_function = None
-
-    # calls -------------------------------------------------------------------------------
-    def _record_call(
-        self, target: str | None, value: cst.BaseExpression, node: cst.CSTNode
-    ) -> None:
-        if not isinstance(value, cst.Call) or self.class_depth:
-            return
-        callee = get_full_name_for_node(value.func)
-        if not callee:
-            return
-        keywords = tuple(arg.keyword.value for arg in value.args if arg.keyword is not None)
-        line = self.get_metadata(PositionProvider, node).start.line
-        self.info.calls.append(CallSite(target, callee, keywords, self.current_function, line))
-
-    def visit_Assign(self, node: cst.Assign) -> None:
-        if len(node.targets) == 1 and isinstance(node.targets[0].target, cst.Name):
-            self._record_call(node.targets[0].target.value, node.value, node)
-
-    def visit_AnnAssign(self, node: cst.AnnAssign) -> None:
-        if isinstance(node.target, cst.Name) and node.value is not None:
-            self._record_call(node.target.value, node.value, node)
-
-    def visit_Return(self, node: cst.Return) -> None:
-        if node.value is not None:
-            self._record_call(None, node.value, node)
-
-    def visit_Call(self, node: cst.Call) -> None:
-        func = node.func
-        if isinstance(func, cst.Attribute) and isinstance(func.value, cst.Name):
-            if func.attr.value == "include_router" and node.args:
-                first = get_full_name_for_node(node.args[0].value) or ""
-                self.info.router_includes.append((self.current_function, func.value.value, first))
-            elif func.attr.value == "on_event":
-                self.info.uses_on_event = True
+# `import a.b`, `import a as b, c`, `from .x import (y, z)`: enough to follow imports
+_IMPORT = re.compile(
+    r"^[ \t]*(?:from[ \t]+(\.*[\w.]*)[ \t]+import[ \t]+(\([^)]*\)|[^\n#;]+)"
+    r"|import[ \t]+([^\n#;]+))",
+    re.MULTILINE,
+)
 
 
 class ModuleIndex:
@@ -306,6 +405,8 @@ class ModuleIndex:
         self.root = root
         self._files: list[Path] | None = None
         self._cache: dict[Path, ModuleInfo] = {}
+        self._texts: dict[Path, str] = {}
+        self._names: dict[Path, str] = {}
         self.source_roots = self._source_roots(root)
 
     def _source_roots(self, root: Path) -> list[Path]:
@@ -315,13 +416,10 @@ class ModuleIndex:
         if (root / "src").is_dir():
             roots.insert(0, root / "src")
         for path in self.python_files():
-            folder = path.parent
-            if not (folder / "__init__.py").exists():
-                continue
-            while (folder.parent / "__init__.py").exists() and folder.parent != root:
-                folder = folder.parent
-            if folder.parent not in roots:
-                roots.append(folder.parent)
+            name = self.module_name(path)
+            top = path.parents[name.count(".") + (1 if path.name == "__init__.py" else 0)]
+            if top not in roots:
+                roots.append(top)
         return roots
 
     def python_files(self) -> list[Path]:
@@ -334,48 +432,125 @@ class ModuleIndex:
             self._files = found
         return self._files
 
+    def text(self, path: Path) -> str:
+        """A file's text for cheap searches (undecodable bytes replaced); "" if unreadable."""
+        if path not in self._texts:
+            try:
+                self._texts[path] = path.read_bytes().decode("utf-8", "replace")
+            except OSError:
+                self._texts[path] = ""
+        return self._texts[path]
+
+    def grep(self, pattern: re.Pattern[str]) -> list[Path]:
+        return [path for path in self.python_files() if pattern.search(self.text(path))]
+
     def module_name(self, path: Path) -> str:
-        """The dotted name a file is imported as: walk up while folders are packages."""
-        parts = [path.stem] if path.name != "__init__.py" else []
+        """The dotted name a file is imported as.
+
+        Walk up through packages; a folder without `__init__.py` still belongs to the name
+        when a package encloses it (`api/__init__.py` + `api/src/main.py` is
+        `api.src.main`: a namespace portion inside a package). Without any package, a
+        module in a plain folder directly under the project root is `folder.module`.
+        """
+        if path in self._names:
+            return self._names[path]
+        folders = []
         folder = path.parent
-        while (folder / "__init__.py").exists() and folder != self.root:
-            parts.insert(0, folder.name)
+        while folder != self.root and self.root in folder.parents:
+            folders.append(folder)
             folder = folder.parent
-        in_package = (path.parent / "__init__.py").exists()
-        if not in_package and folder.parent == self.root and folder.name != "src":
-            # a namespace package (no __init__.py) directly under the project root
-            parts.insert(0, folder.name)
-        return ".".join(parts)
+        # the outermost folder that is a package decides where the dotted name starts
+        packages = [i for i, f in enumerate(folders) if (f / "__init__.py").exists()]
+        parts = [path.stem] if path.name != "__init__.py" else []
+        if packages:
+            parts = [f.name for f in reversed(folders[: packages[-1] + 1])] + parts
+        elif len(folders) == 1 and folders[0].name != "src":
+            parts.insert(0, folders[0].name)
+        name = ".".join(parts)
+        self._names[path] = name
+        return name
 
     def find(self, dotted: str) -> Path | None:
         """The file for a dotted module name, or None when it is not the project's."""
+        if not dotted:
+            return None
         rel = Path(*dotted.split("."))
         for source_root in self.source_roots:
             for candidate in (
                 source_root / rel.with_suffix(".py"),
                 source_root / rel / "__init__.py",
             ):
-                if candidate.is_file():
-                    return candidate
+                if candidate.is_file() and self.module_name(candidate.absolute()) == dotted:
+                    return candidate.absolute()
         return None
 
     def load(self, path: Path) -> ModuleInfo:
-        path = path.resolve()
+        # absolute, not resolved: a symlinked folder inside the project keeps its name
+        path = path.absolute()
         if path not in self._cache:
             source = read_source(path)
             info = ModuleInfo(self.module_name(path), path, source)
             tree = parse_ast(source)
-            if tree is not None:
-                _summarise_ast(info, tree)
-            else:  # syntax newer than this interpreter (or an error libcst will report)
-                module = parse_source(source, path)
-                MetadataWrapper(module, unsafe_skip_copy=True).visit(_Summariser(info))
+            if tree is None:  # syntax newer than this interpreter (or a real error)
+                tree = _lower_syntax(source, path)
+            _summarise(info, tree)
             self._cache[path] = info
         return self._cache[path]
 
     def load_module(self, dotted: str) -> ModuleInfo | None:
         path = self.find(dotted)
         return self.load(path) if path else None
+
+    def scan_imports(self, path: Path) -> set[str]:
+        """Project modules a file imports, read with a regular expression (no parse)."""
+        name = self.module_name(path)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found: set[str] = set()
+        for match in _IMPORT.finditer(self.text(path)):
+            source, names, plain = match.groups()
+            targets: list[str] = []
+            if plain is not None:
+                targets = [part.split(" as ")[0].strip() for part in plain.split(",")]
+            elif source is not None:
+                level = len(source) - len(source.lstrip("."))
+                base = source.lstrip(".")
+                if level:
+                    parent = package
+                    for _ in range(level - 1):
+                        parent = parent.rpartition(".")[0]
+                    base = f"{parent}.{base}" if base else parent
+                targets = [base]
+                listed = names.strip("()").replace("\n", " ")
+                for item in listed.split(","):
+                    item = item.split(" as ")[0].strip()
+                    if item.isidentifier():
+                        targets.append(f"{base}.{item}" if base else item)
+            for target in targets:
+                while target:
+                    if self.find(target):
+                        found.add(target)
+                        break
+                    target = target.rpartition(".")[0]
+        return found
+
+    def closure(self, start: list[str], limit: int = 5000) -> set[str]:
+        """Every project module reachable by imports from the `start` modules."""
+        seen: set[str] = set()
+        queue = [m for m in start if self.find(m)]
+        while queue and len(seen) < limit:
+            module = queue.pop()
+            if module in seen:
+                continue
+            seen.add(module)
+            path = self.find(module)
+            if path is None:
+                continue
+            # importing a.b.c runs a/__init__.py and a/b/__init__.py first
+            parent = module.rpartition(".")[0]
+            if parent and parent not in seen and self.find(parent):
+                queue.append(parent)
+            queue.extend(m for m in self.scan_imports(path) if m not in seen)
+        return seen
 
     def locate(self, qualified: str) -> tuple[ModuleInfo, str] | None:
         """Find where `pkg.mod.Name` is defined, following re-exports between modules."""

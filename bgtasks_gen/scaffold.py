@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bgtasks_gen.deps import plan_dependencies
-from bgtasks_gen.discover import Overrides, ProjectLayout, discover
+from bgtasks_gen.discover import Overrides, ProjectLayout, discover, present_runners
 from bgtasks_gen.errors import BadInput, DiscoveryError
 from bgtasks_gen.patch.app_router import include_router
 from bgtasks_gen.patch.settings_fields import NewField, add_settings_fields
@@ -39,25 +39,77 @@ class FieldChoice:
     key: str
     name: str  # attribute name the generated code reads
     added: bool  # False when the class already had it (or an alias of it)
+    note: str = ""  # why an existing field of that name was not reused
+
+
+# annotations an existing field may have for the generated code to read it as the value
+SERVING_TYPES = {
+    "str": (
+        "str",
+        "SecretStr",
+        "AnyUrl",
+        "RedisDsn",
+        "AmqpDsn",
+        "AnyHttpUrl",
+        "HttpUrl",
+        "EmailStr",
+        "NameEmail",
+        "Url",
+        "MultiHostUrl",
+    ),
+    "SecretStr": ("str", "SecretStr"),
+    "int": ("int", "PositiveInt", "NonNegativeInt", "conint"),
+    "float": ("float", "int", "PositiveFloat", "PositiveInt", "NonNegativeFloat"),
+    "bool": ("bool", "StrictBool"),
+}
+
+
+def can_serve(field: SettingsField, existing: tuple[str, str | None] | None) -> str:
+    """ "" when an existing field (annotation, default) can stand for `field`; else why not."""
+    if existing is None:
+        return ""  # declared in a way discovery cannot read (a base outside the project)
+    annotation, default = existing
+    bare = annotation.replace(" ", "")
+    optional = "None" in bare.split("|") or bare.startswith(("Optional[", "typing.Optional["))
+    if (optional or default == "None") and not field.optional:
+        return f"it is `{annotation}` with default {default}: None is not a usable value"
+    types = [t for t in re.split(r"[^\w.]+", bare) if t and t not in ("None", "Optional")]
+    accepted = SERVING_TYPES.get(field.annotation, (field.annotation,))
+    if not types or not all(t.rpartition(".")[2] in accepted for t in types):
+        return f"its type `{annotation}` is not the {field.annotation} the generated code reads"
+    return ""
 
 
 def choose_fields(spec: RunnerSpec, layout: ProjectLayout) -> list[FieldChoice]:
-    """Spell each field in the project's style; reuse a field it already has, never twice."""
-    existing = {name.lower(): name for name in layout.settings.fields}
+    """Spell each field in the project's style; reuse a field it already has when it can
+    serve (type and default), never add one twice."""
+    settings = layout.settings
+    existing = {name.lower(): name for name in settings.fields}
     choices = []
     for field in spec.settings_fields:
-        styled = field.key.upper() if layout.settings.upper_case else field.key
+        styled = field.key.upper() if settings.upper_case else field.key
         found = next(
             (existing[c.lower()] for c in (field.key, *field.aliases) if c.lower() in existing),
             None,
         )
-        choices.append(FieldChoice(field.key, found or styled, found is None))
+        if found is None:
+            choices.append(FieldChoice(field.key, styled, True))
+            continue
+        why_not = can_serve(field, settings.field_types.get(found))
+        if not why_not:
+            choices.append(FieldChoice(field.key, found, False))
+            continue
+        own = field.key if field.key.startswith(f"{spec.name}_") else f"{spec.name}_{field.key}"
+        own = own.upper() if settings.upper_case else own
+        choices.append(
+            FieldChoice(field.key, own, True, f"{found} not reused ({why_not}): added {own}")
+        )
     return choices
 
 
 def app_target(layout: ProjectLayout) -> str:
     app = layout.app
-    target = (
+    target = app.served or (
         f"{app.module}:{app.factory} --factory" if app.factory else f"{app.module}:{app.app_var}"
     )
     if layout.source_root != layout.root:
@@ -80,7 +132,9 @@ def template_context(
         "app_expr": layout.app.expression,
         "legacy_typing": layout.legacy_typing,
         "field_names": {choice.key: choice.name for choice in fields},
+        "env_names": {choice.key: layout.settings.env_name(choice.name) for choice in fields},
         "app_target": app_target(layout),
+        "own_settings": _own_settings(spec, layout, fields, broker),
         **spec.extra_context,
     }
 
@@ -114,15 +168,36 @@ def _package_inits(layout: ProjectLayout, files: Mapping[str, str]) -> dict[str,
     return inits
 
 
-def _refuse_existing_runner(spec: RunnerSpec, layout: ProjectLayout, owned: set[str]) -> None:
-    for runner, where in layout.existing_runners:
-        other = "arq" if runner == "celery" else "celery"
+def _refuse_existing_runner(
+    spec: RunnerSpec, runners: list[tuple[str, str]], owned: set[str]
+) -> None:
+    present = {runner for runner, where in runners if where.partition(":")[0] not in owned}
+    for runner, where in runners:
         if runner == spec.name and where.partition(":")[0] not in owned:
+            # suggest only a runner this project would accept
+            others = [r for r in ("celery", "arq", "builtin") if r not in present | {runner}]
             raise DiscoveryError(
                 f"this project already has a {runner} setup at {where}",
                 "bgtasks adds a runner only to projects that do not have it yet; keep yours, "
-                f"or add the other one (--runner {other})",
+                f"or add another one (--runner {others[0]})",
             )
+
+
+def _own_settings(
+    spec: RunnerSpec, layout: ProjectLayout, fields: list[FieldChoice], broker: str
+) -> list[dict[str, str]]:
+    """The fields of the settings class bgtasks generates for a project without one."""
+    if not layout.settings.generated:
+        return []
+    by_key = {f.key: f for f in spec.settings_fields}
+    return [
+        {
+            "name": c.name,
+            "annotation": by_key[c.key].annotation,
+            "default": by_key[c.key].default_for(broker),
+        }
+        for c in fields
+    ]
 
 
 def plan_init(
@@ -142,18 +217,33 @@ def plan_init(
         raise BadInput(f"unknown broker {broker!r}", "choose redis or rabbitmq")
     if broker != "redis" and spec.name != "celery":
         raise BadInput(f"--broker {broker} only applies to the celery runner")
-    layout = discover(root, overrides)
-    root = layout.root
-    state = read_state(root)
+    # runners already there are the first thing to say: before any settings or app question
+    present, others = present_runners(root)
+    state = read_state(root.resolve())
     state_files = state.get("files", {})
     owned = set(state_files) if isinstance(state_files, dict) else set()
-    _refuse_existing_runner(spec, layout, owned)
+    _refuse_existing_runner(spec, present, owned)
+    layout = discover(root, overrides)
+    root = layout.root
     if layout.settings.pydantic_v1 and spec.name != "builtin":
         raise BadInput(
             f"the {spec.name} runner's generated API needs pydantic 2, and this project "
             f"uses pydantic 1 ({layout.settings.found_by})",
             "move to pydantic 2 and pydantic-settings first, or use --runner builtin",
         )
+    if spec.lifespan_module and layout.app.mounted_in:
+        raise DiscoveryError(
+            f"the {spec.name} router would go on {layout.app.module}:{layout.app.app_var}, a "
+            f"sub-app that {layout.app.mounted_in} mounts, but its Redis pool lives in the "
+            "app's lifespan and Starlette never runs a mounted sub-app's lifespan",
+            f"include it on the main app instead: --app-module {layout.app.mounted_in}",
+        )
+    plan_notes = list(layout.notes)
+    plan_notes += [
+        f"{system} is already here ({where}): bgtasks adds {spec.name} beside it, it does not "
+        "move your tasks"
+        for system, where in others
+    ]
     for dotted in (layout.tasks_module, layout.routes_module):
         if not all(
             part.isidentifier() and not keyword.iskeyword(part) for part in dotted.split(".")
@@ -209,14 +299,17 @@ def plan_init(
 
     by_key = {f.key: f for f in spec.settings_fields}
     new_fields = [_new_field(by_key[c.key], c.name, broker) for c in fields if c.added]
-    rel, text = edit(layout.settings.path)
-    ours = _fields_under_header(text)
-    edits[rel] = add_settings_fields(
-        text, layout.settings.class_name, new_fields, FIELDS_HEADER, frozenset({layout.package})
-    )
-    reused = [c for c in fields if not c.added and c.name not in ours]
-    if reused:
-        plan.notes.append(f"reused existing settings field(s): {', '.join(c.name for c in reused)}")
+    plan.notes.extend(c.note for c in fields if c.note)
+    if not layout.settings.generated:
+        rel, text = edit(layout.settings.path)
+        ours = _fields_under_header(text)
+        edits[rel] = add_settings_fields(
+            text, layout.settings.class_name, new_fields, FIELDS_HEADER, layout.first_party
+        )
+        reused = [c for c in fields if not c.added and c.name not in ours]
+        if reused:
+            names = ", ".join(c.name for c in reused)
+            plan.notes.append(f"reused existing settings field(s): {names}")
 
     router_module = f"{layout.routes_module}.{spec.router_file}"
     rel, text = edit(layout.app.path)
@@ -224,17 +317,24 @@ def plan_init(
         text,
         app_var=layout.app.app_var,
         factory=layout.app.factory,
-        import_module=router_module,
+        import_module=_import_from(layout, layout.app.module, router_module),
         alias=f"{spec.router_file}_router",
-        first_party=frozenset({layout.package}),
+        first_party=layout.first_party,
+        keywords=layout.app.include_keywords,
     )
     if spec.lifespan_module:
         from bgtasks_gen.patch.lifespan import add_lifespan
 
+        created = layout.app.created_path or layout.app.path
+        rel, text = edit(created)
         edits[rel] = add_lifespan(
-            edits[rel],
-            app_name_hint=layout.app.app_var,
-            import_module=f"{layout.tasks_module}.{spec.lifespan_module}",
+            text,
+            app_name_hint=layout.app.created_var or layout.app.app_var,
+            import_module=_import_from(
+                layout,
+                layout.app.created_module or layout.app.module,
+                f"{layout.tasks_module}.{spec.lifespan_module}",
+            ),
         )
     for rel, new in edits.items():
         old = originals[rel]
@@ -244,7 +344,11 @@ def plan_init(
 
     # 3. the runner's packages in the project's dependency list
     if with_deps:
-        deps = plan_dependencies(root, list(spec.dependencies_for(broker)))
+        wanted = list(spec.dependencies_for(broker))
+        if layout.settings.generated and not any("pydantic-settings" in w for w in wanted):
+            wanted.append("pydantic-settings>=2.0")
+        uses_uvicorn = any("uvicorn " in text for text in run_files.values())
+        deps = plan_dependencies(root, wanted, layout.source_root, uses_uvicorn=uses_uvicorn)
         if deps.path is not None:
             plan.changes.append(patched(root, deps.path, deps.old, deps.new))
         plan.notes.extend(deps.notes)
@@ -278,10 +382,24 @@ def plan_init(
 
     check_python(plan.changes)
     plan.next_steps.extend(spec.next_steps({**context, **context_extra}))
-    plan.notes.extend(
-        f"settings: {layout.settings.found_by}; app: {layout.app.found_by}".split("; ")
-    )
+    plan.notes.extend(plan_notes)
+    plan.notes.append(f"settings: {layout.settings.found_by}")
+    plan.notes.append(f"app: {layout.app.served}, {layout.app.found_by}")
     return plan
+
+
+def _import_from(layout: ProjectLayout, importer: str, target: str) -> str:
+    """`target` as `importer` should spell it: relative when the importer's module imports
+    its own package relatively and both live in one top-level package."""
+    if not layout.relative_imports or importer.split(".")[0] != target.split(".")[0]:
+        return target
+    package = importer.rpartition(".")[0].split(".")
+    parts = target.split(".")
+    common = 0
+    while common < min(len(package), len(parts) - 1) and package[common] == parts[common]:
+        common += 1
+    dots = "." * (len(package) - common + 1)
+    return dots + ".".join(parts[common:])
 
 
 def plan_update(root: Path, *, markers: bool = False, force: bool = False) -> Plan:

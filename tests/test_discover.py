@@ -143,10 +143,15 @@ def test_ambiguous_settings_name_the_override(tmp_path: Path) -> None:
     assert layout.settings.class_name == "B"
 
 
-def test_no_settings_class_says_where_it_looked(tmp_path: Path) -> None:
+def test_no_settings_class_gets_a_generated_one(tmp_path: Path) -> None:
     write_tree(tmp_path, {"main.py": "from fastapi import FastAPI\n\napp = FastAPI()\n"})
+    layout = discover(tmp_path)
+    assert layout.settings.generated
+    assert layout.settings.import_line == "from tasks.settings import task_settings"
+    assert any("no pydantic BaseSettings class" in note for note in layout.notes)
+    # but an override that names nothing is still an error
     with pytest.raises(DiscoveryError, match="no pydantic BaseSettings subclass") as caught:
-        discover(tmp_path)
+        discover(tmp_path, Overrides(settings_module="main"))
     assert "--settings-module" in caught.value.hint
 
 
@@ -186,8 +191,9 @@ def test_two_apps_need_an_override(tmp_path: Path) -> None:
             "svc/admin.py": "from fastapi import FastAPI\n\nadmin = FastAPI()\n",
         },
     )
-    with pytest.raises(DiscoveryError, match="more than one FastAPI"):
+    with pytest.raises(DiscoveryError, match="cannot tell which FastAPI app") as caught:
         discover(tmp_path)
+    assert "svc.public:public" in caught.value.message and "--app-module" in caught.value.hint
     assert discover(tmp_path, Overrides(app_module="svc.admin:admin")).app.app_var == "admin"
     (tmp_path / "pyproject.toml").write_text('[tool.bgtasks]\napp-module = "svc.public"\n')
     assert discover(tmp_path).app.app_var == "public"

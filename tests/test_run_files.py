@@ -23,7 +23,8 @@ def test_run_files_are_valid_and_never_overwritten(runner: str, example) -> None
     result = cli.invoke(app, ["init", str(project), "--runner", runner])
     assert result.exit_code == 0, result.output
     procfile = (project / "Procfile").read_text()
-    assert procfile.startswith("web: uvicorn acme.server:create_app --factory --app-dir src")
+    # the module-level `app = create_app()` is what is served, not a second app from --factory
+    assert procfile.startswith("web: uvicorn acme.server:app --app-dir src")
     assert "\nworker: " in procfile
     compose = yaml.safe_load((project / "compose.yaml").read_text())
     assert {"web", "worker"} <= set(compose["services"])

@@ -15,10 +15,13 @@ def _import_sort_key(name: str) -> tuple[int, str]:
 
 
 def _from_module(statement: cst.BaseStatement) -> tuple[cst.ImportFrom | None, str | None]:
+    """The module a one-import line imports from, relative ones with their dots."""
     if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1:
         small = statement.body[0]
-        if isinstance(small, cst.ImportFrom) and not small.relative and small.module is not None:
-            return small, get_full_name_for_node(small.module)
+        if isinstance(small, cst.ImportFrom) and (small.relative or small.module is not None):
+            dots = "." * len(small.relative)
+            name = get_full_name_for_node(small.module) if small.module is not None else ""
+            return small, f"{dots}{name}"
         if isinstance(small, cst.Import):
             return None, get_full_name_for_node(small.names[0].name)
     return None, None
@@ -56,22 +59,11 @@ def add_import(
         present = [_alias_of(a) for a in node.names]
         if (name, alias) in present:
             return module
-        if alias is None and not node.lpar:
-            names = list(node.names)
-            index = sum(_import_sort_key(n) < _import_sort_key(name) for n, _ in present)
-            new_alias = cst.ImportAlias(name=cst.Name(name))
-            if index == len(names):
-                names[-1] = names[-1].with_changes(
-                    comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
-                )
-            else:
-                new_alias = new_alias.with_changes(
-                    comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
-                )
-            names.insert(index, new_alias)
+        if alias is None:
             line = body[position]
             assert isinstance(line, cst.SimpleStatementLine)
-            body[position] = line.with_changes(body=[node.with_changes(names=names)])
+            merged = node.with_changes(names=_insert_name(node, name, present))
+            body[position] = line.with_changes(body=[merged])
             return module.with_changes(body=body)
 
     text = f"from {from_module} import {name}" + (f" as {alias}" if alias else "") + "\n"
@@ -108,6 +100,30 @@ def add_import(
     return module.with_changes(body=body)
 
 
+def _insert_name(
+    node: cst.ImportFrom, name: str, present: list[tuple[str, str | None]]
+) -> list[cst.ImportAlias]:
+    """The import's names with `name` in sorted place, in the statement's own layout:
+    `a, b` on one line, or one name a line inside parentheses (trailing comma kept)."""
+    assert not isinstance(node.names, cst.ImportStar)
+    names = list(node.names)
+    index = sum(_import_sort_key(n) < _import_sort_key(name) for n, _ in present)
+    inner: cst.Comma = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+    if node.lpar is not None and len(names) > 1 and isinstance(names[0].comma, cst.Comma):
+        inner = names[0].comma
+    elif node.lpar is not None:
+        inner = cst.Comma(whitespace_after=node.lpar.whitespace_after)
+    new = cst.ImportAlias(name=cst.Name(name))
+    if index == len(names):
+        # the new last name takes over the old last one's ending (trailing comma or none)
+        new = new.with_changes(comma=names[-1].comma)
+        names[-1] = names[-1].with_changes(comma=inner)
+    else:
+        new = new.with_changes(comma=inner)
+    names.insert(index, new)
+    return names
+
+
 def _insert_before(
     body: list[cst.SimpleStatementLine | cst.BaseCompoundStatement],
     position: int,
@@ -122,7 +138,10 @@ def _insert_before(
 
 
 def import_group(dotted: str, first_party: frozenset[str]) -> int:
-    """isort's sections: 0 future and standard library, 1 third party, 2 first party."""
+    """isort's sections: 0 future and standard library, 1 third party, 2 first party,
+    3 local folder (relative imports)."""
+    if dotted.startswith("."):
+        return 3
     top = dotted.split(".")[0]
     if top == "__future__" or top in sys.stdlib_module_names:
         return 0

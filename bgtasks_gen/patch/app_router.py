@@ -52,11 +52,15 @@ def include_router(
     import_module: str,
     alias: str,
     first_party: frozenset[str] = frozenset(),
+    keywords: tuple[tuple[str, str], ...] = (),
 ) -> str:
     """Add `from import_module import router as alias` and `app_var.include_router(alias)`.
 
     The new include goes right after the last existing include (so before a catch-all
     `mount("/")` that usually follows them), or right after the app is created.
+    `keywords` (name, source) are passed as the project's own includes pass them
+    (`prefix=settings.API_V1_STR`, `dependencies=[Depends(current_user)]`).
+    `import_module` may be relative (`.api.tasks`).
     """
     module = cst.parse_module(source)
     scope: cst.Module | cst.FunctionDef = module
@@ -93,7 +97,8 @@ def include_router(
                 f"cannot find where `{app_var}` is created in {factory or 'the module'}",
                 "pass --app-module MODULE:APP naming where the app is created",
             )
-        statement = cst.parse_statement(f"{app_var}.include_router({alias})\n")
+        arguments = "".join(f", {name}={value}" for name, value in keywords)
+        statement = cst.parse_statement(f"{app_var}.include_router({alias}{arguments})\n")
         assert isinstance(statement, cst.SimpleStatementLine)
         if last_include is None:
             statement = statement.with_changes(leading_lines=[cst.EmptyLine(indent=False)])
@@ -105,5 +110,6 @@ def include_router(
             module = module.with_changes(
                 body=[new_function if s is scope else s for s in module.body]
             )
-    first_party = first_party | {import_module.split(".")[0]}
+    if not import_module.startswith("."):
+        first_party = first_party | {import_module.split(".")[0]}
     return add_import(module, import_module, "router", alias, first_party).code

@@ -53,10 +53,9 @@ def add_settings_fields(
 ) -> str:
     """Return `source` with each missing field added to `class_name`; unchanged if none is."""
     module = cst.parse_module(source)
-    target = next(
-        (s for s in module.body if isinstance(s, cst.ClassDef) and s.name.value == class_name),
-        None,
-    )
+    # a name defined twice in one module: the last definition is the one in force
+    defined = [s for s in module.body if isinstance(s, cst.ClassDef) and s.name.value == class_name]
+    target = defined[-1] if defined else None
     if target is None or not isinstance(target.body, cst.IndentedBlock):
         raise PatchError(
             f"class {class_name} is not defined at the top level of the settings module",

@@ -21,6 +21,9 @@ class SettingsField:
     aliases: tuple[str, ...] = ()
     comment: str = ""  # a short group header written above the first field of a group
     broker_defaults: Mapping[str, str] = field(default_factory=dict)  # by --broker
+    # an existing field that may be None can stand for this one (a missing SMTP user
+    # means "no login"); a None broker URL cannot
+    optional: bool = False
 
     def default_for(self, broker: str) -> str:
         return self.broker_defaults.get(broker, self.default)

@@ -7,9 +7,19 @@ SMTP_FIELDS = (
         "smtp_host", "str", '"localhost"', ("EMAIL_HOST", "MAIL_SERVER"), "Email (background tasks)"
     ),
     SettingsField("smtp_port", "int", "587", ("EMAIL_PORT", "MAIL_PORT")),
-    SettingsField("smtp_user", "str", '""', ("SMTP_USERNAME", "EMAIL_HOST_USER", "MAIL_USERNAME")),
     SettingsField(
-        "smtp_password", "SecretStr", 'SecretStr("")', ("EMAIL_HOST_PASSWORD", "MAIL_PASSWORD")
+        "smtp_user",
+        "str",
+        '""',
+        ("SMTP_USERNAME", "EMAIL_HOST_USER", "MAIL_USERNAME"),
+        optional=True,
+    ),
+    SettingsField(
+        "smtp_password",
+        "SecretStr",
+        'SecretStr("")',
+        ("EMAIL_HOST_PASSWORD", "MAIL_PASSWORD"),
+        optional=True,
     ),
     SettingsField("smtp_starttls", "bool", "True", ("SMTP_TLS", "EMAIL_USE_TLS", "MAIL_STARTTLS")),
     SettingsField("smtp_timeout", "float", "10.0", ("EMAIL_TIMEOUT",)),

@@ -15,11 +15,12 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.mark.parametrize(
-    ("example", "target"),
-    [("layered", "app.main:app"), ("factory", "acme.server:app")],
+    ("example", "target", "prefix"),
+    # the factory example includes its router with prefix="/api": so is the new one
+    [("layered", "app.main:app", ""), ("factory", "acme.server:app", "/api")],
 )
 def test_email_queued_over_http_reaches_the_smtp_sink(
-    example: str, target: str, tmp_path: Path
+    example: str, target: str, prefix: str, tmp_path: Path
 ) -> None:
     project = scaffold(example, tmp_path, "--runner", "builtin")
     with smtp_sink() as sink:
@@ -35,7 +36,7 @@ def test_email_queued_over_http_reaches_the_smtp_sink(
         )
         with running(server):
             response = httpx.post(
-                f"{base}/notifications/send-email",
+                f"{base}{prefix}/notifications/send-email",
                 json={"to": "ada@example.com", "subject": "Welcome", "body": "Thanks!"},
                 timeout=10,
             )
@@ -47,7 +48,7 @@ def test_email_queued_over_http_reaches_the_smtp_sink(
             assert message["Subject"] == "Welcome"
 
             response = httpx.post(
-                f"{base}/notifications/process",
+                f"{base}{prefix}/notifications/process",
                 json={"user_id": 3, "message": "Order shipped", "email": "bob@example.com"},
                 timeout=10,
             )
@@ -56,7 +57,7 @@ def test_email_queued_over_http_reaches_the_smtp_sink(
             assert sink.messages[1]["To"] == "bob@example.com"
 
             invalid = httpx.post(
-                f"{base}/notifications/send-email",
+                f"{base}{prefix}/notifications/send-email",
                 json={"to": "nope", "subject": "x", "body": "x"},
                 timeout=10,
             )

@@ -1,0 +1,193 @@
+"""`init` on each real-world project shape, for every runner: the right app, settings class
+and folders are chosen, existing files only gain lines, no new package hides a module,
+every import the change adds resolves inside the project, and a second run changes
+nothing."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import invoke, is_subsequence, write_tree
+from tests.realworld.shapes import SHAPES, Shape
+
+CASES = [(shape, runner) for shape in SHAPES for runner in shape.runners]
+IDS = [f"{shape.name}-{runner}" for shape, runner in CASES]
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): p.read_text(encoding="utf-8")
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def _import_lines(source: str) -> set[int]:
+    """Line numbers that belong to import statements (joined blocks may change there)."""
+    lines: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            lines.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+    return lines
+
+
+def _lines_of_fastapi_call(source: str) -> set[int]:
+    lines: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "FastAPI":
+            lines.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+    return lines
+
+
+def _module_file(root: Path, roots: list[Path], dotted: str) -> Path | None:
+    rel = Path(*dotted.split("."))
+    for base in roots:
+        for candidate in (base / rel.with_suffix(".py"), base / rel / "__init__.py", base / rel):
+            if candidate.exists():
+                return candidate
+    return None
+
+
+def _added_imports(old: str | None, new: str, path: Path) -> list[tuple[str, int]]:
+    """(absolute module, level) of imports in `new` that `old` does not have."""
+
+    def imports(source: str) -> set[tuple[str, int]]:
+        found = set()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom):
+                found.add((node.module or "", node.level))
+            elif isinstance(node, ast.Import):
+                found.update((alias.name, 0) for alias in node.names)
+        return found
+
+    return sorted(imports(new) - (imports(old) if old is not None else set()))
+
+
+def _scaffold(shape: Shape, runner: str, tmp_path: Path) -> tuple[Path, dict, dict, dict]:
+    project = write_tree(tmp_path / "project", shape.files)
+    before = _tree(project)
+    code, output = invoke("init", str(project), "--runner", runner, "--json")
+    assert code == 0, output
+    return project, before, _tree(project), json.loads(output)
+
+
+@pytest.mark.parametrize(("shape", "runner"), CASES, ids=IDS)
+def test_init_on_a_real_world_shape(shape: Shape, runner: str, tmp_path: Path) -> None:
+    project, before, after, report = _scaffold(shape, runner, tmp_path)
+    notes = "\n".join(report["notes"])
+    for expected in shape.notes:
+        assert expected in notes, notes
+
+    # the decisions, read from the state file every later command builds on
+    state = (project / ".bgtasks.toml").read_text()
+    assert f'tasks_module = "{shape.tasks_module}"' in state
+    assert f'routes_module = "{shape.routes_module}"' in state
+    if shape.settings_class:
+        assert f'settings = "{shape.settings_class}"' in state
+    else:
+        assert f'settings = "{shape.tasks_module}.settings:TaskSettings"' in state
+    include_file = next(
+        rel
+        for rel in after
+        if rel.endswith(".py")
+        and "include_router(" in after[rel]
+        and rel.removesuffix(".py")
+        .removesuffix("/__init__")
+        .replace("/", ".")
+        .endswith(shape.include_module)
+    )
+    assert "_router" in after[include_file] and after[include_file] != before[include_file]
+    if (project / "Procfile").exists() and "Procfile" not in before:
+        assert f"uvicorn {shape.served}" in (project / "Procfile").read_text()
+
+    # existing files only gain lines (import blocks may be joined)
+    for rel, old in before.items():
+        new = after[rel]
+        if new == old or not rel.endswith(".py"):
+            continue
+        skipped = _import_lines(old)
+        if runner == "arq" and _lines_of_fastapi_call(old):
+            # arq's pool runs in the app's lifespan: the FastAPI(...) call gains lifespan=
+            skipped |= _lines_of_fastapi_call(old)
+            assert "lifespan=" in new
+        kept = [line for n, line in enumerate(old.splitlines(), 1) if n not in skipped]
+        assert is_subsequence(kept, new.splitlines()), f"{rel} lost or changed lines"
+
+    # no new package or module hides one that was there
+    for rel in set(after) - set(before):
+        path = Path(rel)
+        if path.name == "__init__.py":
+            assert f"{path.parent.as_posix()}.py" not in before, f"{rel} shadows a module"
+        elif path.suffix == ".py":
+            assert not any(b.startswith(f"{path.with_suffix('').as_posix()}/") for b in before), (
+                f"{rel} is shadowed by a package"
+            )
+
+    # every import the change adds resolves inside the project (or is a library)
+    roots = [project / shape.source_root] if shape.source_root else [project]
+    first_party = {p.name.removesuffix(".py") for p in roots[0].iterdir()}
+    for rel, new in after.items():
+        if not rel.endswith(".py") or before.get(rel) == new or rel.startswith(".bgtasks/"):
+            continue
+        for module, level in _added_imports(before.get(rel), new, project / rel):
+            if level:
+                package = (project / rel).parents[level - 1]
+                target = package / Path(*module.split(".")) if module else package
+                assert target.with_suffix(".py").exists() or (target / "__init__.py").exists(), (
+                    f"{rel}: relative import {'.' * level}{module} does not resolve"
+                )
+            elif module.split(".")[0] in first_party:
+                assert _module_file(project, roots, module), f"{rel}: {module} does not resolve"
+
+    if shape.env_names and (project / "compose.yaml").exists():
+        compose = yaml.safe_load((project / "compose.yaml").read_text())
+        environment = compose["services"]["web"]["environment"]
+        for key, name in shape.env_names.items():
+            if (key == "redis_url") == (runner == "arq"):
+                assert name in environment, environment
+
+    # a second run is nothing to do
+    code, output = invoke("init", str(project), "--runner", runner, "--json")
+    assert code == 0, output
+    assert json.loads(output)["nothing_to_do"], output
+
+
+def test_arq_on_a_mounted_sub_app_is_refused_with_a_hint_that_works(tmp_path: Path) -> None:
+    shape = next(s for s in SHAPES if s.name == "mounted-api-sub-app")
+    project = write_tree(tmp_path / "project", shape.files)
+    before = _tree(project)
+    code, output = invoke("init", str(project), "--runner", "arq")
+    assert code == 2 and "never runs a mounted sub-app's lifespan" in output
+    assert _tree(project) == before
+    # the hint's override puts the router (and the pool's lifespan) on the served app
+    code, output = invoke("init", str(project), "--runner", "arq", "--app-module", "shop.main:app")
+    assert code == 0, output
+    main = (project / "shop/main.py").read_text()
+    assert "app.include_router(arq_tasks_router)" in main and "lifespan=" in main
+
+
+def test_app_override_selects_by_name_in_a_module_with_two_apps(tmp_path: Path) -> None:
+    project = write_tree(
+        tmp_path / "project",
+        {
+            "svc/__init__.py": "",
+            "svc/config.py": "from pydantic_settings import BaseSettings\n\n\n"
+            "class S(BaseSettings):\n    x: int = 1\n\n\ns = S()\n",
+            "svc/apps.py": "from fastapi import FastAPI\n\npublic = FastAPI()\n"
+            "internal = FastAPI()\n",
+        },
+    )
+    code, output = invoke("init", str(project), "--runner", "builtin", "--dry-run")
+    assert code == 2 and "cannot tell which FastAPI app" in output
+    code, output = invoke(
+        "init", str(project), "--runner", "builtin", "--app-module", "svc.apps:internal"
+    )
+    assert code == 0, output
+    text = (project / "svc/apps.py").read_text()
+    assert "internal.include_router(notifications_router)" in text
+    assert "public.include_router" not in text
