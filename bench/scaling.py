@@ -2,7 +2,9 @@
 
 - `add-task` on projects that already have 10, 100 and 500 tasks (arq runner, layered
   example): whole-process time of adding one more;
-- `init` on a settings module of 100, 1,000 and 5,000 lines.
+- `init` on a settings module of 100, 1,000 and 5,000 lines;
+- `init --dry-run` on a synthetic project of 2,000 Python files, 20 of them in syntax
+  newer than the interpreter (Python 3.14's `except A, B:`), the app importing a tenth.
 Each figure is the median of several runs (min and max beside it); growth is the ratio
 between consecutive sizes, measured in the same run.
 
@@ -41,6 +43,52 @@ def settings_of(lines: int) -> str:
         '"""Settings."""\n\nfrom pydantic_settings import BaseSettings\n\n\n'
         "class Settings(BaseSettings):\n" + "\n".join(fields) + "\n\n\nsettings = Settings()\n"
     )
+
+
+def big_project(dest: Path, files: int = 2000, newer: int = 20) -> Path:
+    """The layered example plus `files` modules in 40 packages: routers, services and
+    models importing each other, the way a large service grows."""
+    shutil.copytree(EXAMPLES / "layered", dest)
+    domain = dest / "app" / "domain"
+    domain.mkdir()
+    (domain / "__init__.py").write_text("")
+    packages = 40
+    per = files // packages
+    for p in range(packages):
+        folder = domain / f"area_{p:02d}"
+        folder.mkdir()
+        (folder / "__init__.py").write_text("")
+        for m in range(per):
+            index = p * per + m
+            body = [
+                "import logging",
+                f"from app.domain.area_{p:02d} import module_{(m + 1) % per:03d} as sibling",
+                "from app.core.config import settings",
+                "",
+                "logger = logging.getLogger(__name__)",
+                "",
+                "",
+                f"class Model{index}:",
+                "    name: str = 'x'",
+                "",
+                "    def parquet_path(self) -> str:",
+                "        return f'{settings.DATABASE_URL}/{self.name}.parquet'",
+                "",
+                "",
+                "def load() -> object:",
+                "    try:",
+                "        return sibling",
+                "    except " + ("KeyError, ValueError:" if index < newer else "(KeyError, ValueError):"),
+                "        return None",
+            ]
+            (folder / f"module_{m:03d}.py").write_text("\n".join(body) + "\n")
+    main = dest / "app" / "main.py"
+    imports = "".join(
+        f"from app.domain.area_{p:02d} import module_000 as area_{p:02d}  # noqa: F401\n"
+        for p in range(0, packages, 4)
+    )
+    main.write_text(imports + main.read_text())
+    return dest
 
 
 def growth(medians: list[float], sizes: list[int]) -> str:
@@ -98,6 +146,15 @@ def main() -> None:
             rows.append(row(f"init, settings module of {lines} lines", times))
         table(f"init ({args.runner} runner)", rows)
         print(f"\ngrowth: {growth(medians, sizes)}")
+
+        big = big_project(Path(tmp) / "big")
+        count = sum(1 for _ in big.rglob("*.py"))
+        cmd = [*BGTASKS, "init", str(big), "--runner", args.runner, "--dry-run"]
+        times = timed(cmd, runs=args.runs)
+        table(
+            f"init --dry-run on a large project ({args.runner} runner)",
+            [row(f"{count} Python files, 20 in Python 3.14 syntax", times)],
+        )
 
 
 if __name__ == "__main__":

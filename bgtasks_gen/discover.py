@@ -7,6 +7,7 @@ from bgtasks_gen.discovery import (
     SettingsLayout,
     discover,
     present_runners,
+    project_index,
 )
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "SettingsLayout",
     "discover",
     "present_runners",
+    "project_index",
 ]

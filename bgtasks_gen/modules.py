@@ -407,6 +407,9 @@ class ModuleIndex:
         self._cache: dict[Path, ModuleInfo] = {}
         self._texts: dict[Path, str] = {}
         self._names: dict[Path, str] = {}
+        self._found: dict[str, Path | None] = {}
+        self._walked: set[str] = set()  # folders os.walk listed
+        self._packages: set[str] = set()  # of those, the ones with an __init__.py
         self.source_roots = self._source_roots(root)
 
     def _source_roots(self, root: Path) -> list[Path]:
@@ -428,9 +431,19 @@ class ModuleIndex:
             found: list[Path] = []
             for folder, dirs, files in os.walk(self.root):
                 dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS and not d.startswith("."))
-                found.extend(Path(folder) / f for f in sorted(files) if f.endswith(".py"))
+                self._walked.add(folder)
+                if "__init__.py" in files:
+                    self._packages.add(folder)
+                here = Path(folder)
+                found.extend(here / f for f in sorted(files) if f.endswith(".py"))
             self._files = found
         return self._files
+
+    def is_package(self, folder: str) -> bool:
+        """Whether a folder has an __init__.py: from the walk when it was walked (no stat)."""
+        if folder in self._walked:
+            return folder in self._packages
+        return os.path.exists(os.path.join(folder, "__init__.py"))
 
     def text(self, path: Path) -> str:
         """A file's text for cheap searches (undecodable bytes replaced); "" if unreadable."""
@@ -441,8 +454,14 @@ class ModuleIndex:
                 self._texts[path] = ""
         return self._texts[path]
 
-    def grep(self, pattern: re.Pattern[str]) -> list[Path]:
-        return [path for path in self.python_files() if pattern.search(self.text(path))]
+    def grep(self, pattern: re.Pattern[str], needle: str = "") -> list[Path]:
+        """Files whose text matches; `needle`, a substring every match contains, skips
+        the regular expression for most files."""
+        return [
+            path
+            for path in self.python_files()
+            if needle in self.text(path) and pattern.search(self.text(path))
+        ]
 
     def module_name(self, path: Path) -> str:
         """The dotted name a file is imported as.
@@ -454,18 +473,18 @@ class ModuleIndex:
         """
         if path in self._names:
             return self._names[path]
-        folders = []
-        folder = path.parent
-        while folder != self.root and self.root in folder.parents:
-            folders.append(folder)
-            folder = folder.parent
+        # plain strings: this runs for every file of a large project
+        root, parent = str(self.root), os.path.dirname(str(path))
+        rel = parent[len(root) + 1 :].split(os.sep) if parent.startswith(root + os.sep) else []
+        # innermost first, the project root itself excluded
+        folders = [os.path.join(root, *rel[:i]) for i in range(len(rel), 0, -1)]
         # the outermost folder that is a package decides where the dotted name starts
-        packages = [i for i, f in enumerate(folders) if (f / "__init__.py").exists()]
+        packages = [i for i, f in enumerate(folders) if self.is_package(f)]
         parts = [path.stem] if path.name != "__init__.py" else []
         if packages:
-            parts = [f.name for f in reversed(folders[: packages[-1] + 1])] + parts
-        elif len(folders) == 1 and folders[0].name != "src":
-            parts.insert(0, folders[0].name)
+            parts = [os.path.basename(f) for f in reversed(folders[: packages[-1] + 1])] + parts
+        elif len(folders) == 1 and rel[0] != "src":
+            parts.insert(0, rel[0])
         name = ".".join(parts)
         self._names[path] = name
         return name
@@ -474,15 +493,18 @@ class ModuleIndex:
         """The file for a dotted module name, or None when it is not the project's."""
         if not dotted:
             return None
-        rel = Path(*dotted.split("."))
-        for source_root in self.source_roots:
-            for candidate in (
-                source_root / rel.with_suffix(".py"),
-                source_root / rel / "__init__.py",
-            ):
-                if candidate.is_file() and self.module_name(candidate.absolute()) == dotted:
-                    return candidate.absolute()
-        return None
+        if dotted not in self._found:
+            self._found[dotted] = None
+            rel = Path(*dotted.split("."))
+            for source_root in self.source_roots:
+                for candidate in (
+                    source_root / rel.with_suffix(".py"),
+                    source_root / rel / "__init__.py",
+                ):
+                    if candidate.is_file() and self.module_name(candidate.absolute()) == dotted:
+                        self._found[dotted] = candidate.absolute()
+                        return self._found[dotted]
+        return self._found[dotted]
 
     def load(self, path: Path) -> ModuleInfo:
         # absolute, not resolved: a symlinked folder inside the project keeps its name

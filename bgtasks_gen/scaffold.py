@@ -9,7 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bgtasks_gen.deps import plan_dependencies
-from bgtasks_gen.discover import Overrides, ProjectLayout, discover, present_runners
+from bgtasks_gen.discover import (
+    Overrides,
+    ProjectLayout,
+    discover,
+    present_runners,
+    project_index,
+)
 from bgtasks_gen.errors import BadInput, DiscoveryError
 from bgtasks_gen.patch.app_router import include_router
 from bgtasks_gen.patch.settings_fields import NewField, add_settings_fields
@@ -218,12 +224,13 @@ def plan_init(
     if broker != "redis" and spec.name != "celery":
         raise BadInput(f"--broker {broker} only applies to the celery runner")
     # runners already there are the first thing to say: before any settings or app question
-    present, others = present_runners(root)
+    index = project_index(root)
+    present, others = present_runners(root, index)
     state = read_state(root.resolve())
     state_files = state.get("files", {})
     owned = set(state_files) if isinstance(state_files, dict) else set()
     _refuse_existing_runner(spec, present, owned)
-    layout = discover(root, overrides)
+    layout = discover(root, overrides, index)
     root = layout.root
     if layout.settings.pydantic_v1 and spec.name != "builtin":
         raise BadInput(

@@ -30,6 +30,7 @@ __all__ = [
     "SettingsLayout",
     "discover",
     "present_runners",
+    "project_index",
 ]
 
 # top-level names a generated package must never take: the libraries the generated code
@@ -98,14 +99,23 @@ def _check_root(root: Path) -> Path:
     return root.resolve()
 
 
-def present_runners(root: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+def present_runners(
+    root: Path, index: ModuleIndex | None = None
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(runners bgtasks knows, other task systems) already in the project: asked first,
     so a project with its own Celery app hears that before anything about its settings."""
-    index = ModuleIndex(_check_root(root))
+    index = index or ModuleIndex(_check_root(root))
     return existing_runners(index), other_task_systems(index)
 
 
-def discover(root: Path, overrides: Overrides | None = None) -> ProjectLayout:
+def project_index(root: Path) -> ModuleIndex:
+    """The index of a project's modules, for one command: pass it to each question asked."""
+    return ModuleIndex(_check_root(root))
+
+
+def discover(
+    root: Path, overrides: Overrides | None = None, index: ModuleIndex | None = None
+) -> ProjectLayout:
     """Inspect the project at `root` and return where everything is; raise DiscoveryError."""
     root = _check_root(root)
     pyproject = _read_pyproject(root)
@@ -116,7 +126,7 @@ def discover(root: Path, overrides: Overrides | None = None) -> ProjectLayout:
         settings_module=given.settings_module or _str(config.get("settings-module")),
         app_module=given.app_module or _str(config.get("app-module")),
     )
-    index = ModuleIndex(root)
+    index = index or ModuleIndex(root)
     notes: list[str] = []
 
     apps = AppFinder(index)

@@ -88,7 +88,7 @@ class AppFinder:
 
     def objects(self) -> list[AppObject]:
         objects = []
-        for path in self.index.grep(FASTAPI_CALL):
+        for path in self.index.grep(FASTAPI_CALL, "FastAPI"):
             info = self.index.load(path)
             for call in info.calls:
                 if info.resolve(call.callee) not in FASTAPI_CLASSES:
@@ -114,7 +114,7 @@ class AppFinder:
         qualified = f"{info.name}.{factory}"
         pattern = re.compile(rf"\b{re.escape(factory)}\s*\(")
         found = []
-        for path in self.index.grep(pattern):
+        for path in self.index.grep(pattern, factory):
             other = self.index.load(path)
             for call in other.calls:
                 if (
@@ -129,7 +129,7 @@ class AppFinder:
         if self._includes is None:
             self._includes = [
                 (info, include)
-                for path in self.index.grep(INCLUDE_CALL)
+                for path in self.index.grep(INCLUDE_CALL, "include_router")
                 for info in [self.index.load(path)]
                 for include in info.includes
             ]

@@ -21,13 +21,13 @@ OTHER_IMPORT = re.compile(
 def existing_runners(index: ModuleIndex) -> list[tuple[str, str]]:
     """(runner, "path:line") of every Celery app and arq WorkerSettings in the project."""
     found = []
-    for path in index.grep(CELERY_CALL):
+    for path in index.grep(CELERY_CALL, "Celery"):
         info = index.load(path)
         rel = path.relative_to(index.root).as_posix()
         for call in info.calls:
             if info.resolve(call.callee) == "celery.Celery":
                 found.append(("celery", f"{rel}:{call.line}"))
-    for path in index.grep(ARQ_IMPORT):
+    for path in index.grep(ARQ_IMPORT, "arq"):
         info = index.load(path)
         rel = path.relative_to(index.root).as_posix()
         for cls in info.classes.values():
@@ -39,7 +39,7 @@ def existing_runners(index: ModuleIndex) -> list[tuple[str, str]]:
 def other_task_systems(index: ModuleIndex) -> list[tuple[str, str]]:
     """(system, first file importing it) for dramatiq, taskiq, rq, faststream, ..."""
     seen: dict[str, str] = {}
-    for path in index.python_files():
+    for path in index.grep(OTHER_IMPORT):
         for match in OTHER_IMPORT.finditer(index.text(path)):
             seen.setdefault(match.group(1), path.relative_to(index.root).as_posix())
     return sorted(seen.items())

@@ -105,7 +105,7 @@ def served_targets(root: Path, index: ModuleIndex) -> list[ServedTarget]:
                     module = found
                 where = f"{kind} {_instruction(line, kind)}".strip()
                 targets.append(ServedTarget(module, attr, factory, f"served by {where} ({rel})"))
-    for path in index.grep(re.compile(r"\buvicorn\b")):
+    for path in index.grep(re.compile(r"\buvicorn\b"), "uvicorn"):
         info = index.load(path)
         for call in info.calls:
             if info.resolve(call.callee) != "uvicorn.run" or call.first_arg is None:

@@ -269,14 +269,14 @@ class SettingsFinder:
         return not name or name in (accessor.name, class_name)
 
     def _users(self, accessor: Accessor) -> int:
-        pattern = re.compile(rf"\bimport\b[^\n]*\b{re.escape(accessor.name)}\b")
-        qualified = f"{accessor.info.name}.{accessor.name}"
-        count = 0
-        for path in self.index.grep(pattern):
-            info = self.index.load(path)
-            if qualified in info.imports.values():
-                count += 1
-        return count
+        """How many modules import the accessor by name: read from the text, not parsed
+        (in a large project every module may import `settings`)."""
+        module = re.escape(accessor.info.name)
+        name = re.escape(accessor.name)
+        pattern = re.compile(
+            rf"^\s*from\s+{module}\s+import\s+(\([^)]*|[^\n]*)\b{name}\b", re.MULTILINE
+        )
+        return len(self.index.grep(pattern, accessor.name))
 
     def _without_accessor(self, override: str | None, closure: set[str]) -> SettingsLayout | None:
         wanted_module, _, wanted_name = (override or "").partition(":")
