@@ -31,6 +31,7 @@ from bgtasks_gen.plan import (
     user_owned,
 )
 from bgtasks_gen.render import render_runner
+from bgtasks_gen.runfiles import build_value
 from bgtasks_gen.runners import get_runner
 from bgtasks_gen.runners.base import RunnerSpec, SettingsField
 from bgtasks_gen.state import STATE_FILE, digest, read_state, render_state
@@ -141,6 +142,7 @@ def template_context(
         "env_names": {choice.key: layout.settings.env_name(choice.name) for choice in fields},
         "app_target": app_target(layout),
         "own_settings": _own_settings(spec, layout, fields, broker),
+        "build": build_value(layout.root),
         **spec.extra_context,
     }
 
@@ -281,8 +283,8 @@ def plan_init(
             plan.changes.append(generated(root, rel, files[rel], force=force))
     else:
         plan.changes.extend(_merged(root, state, files, merge == "markers"))
-    for rel in sorted(run_files):
-        plan.changes.append(user_owned(root, rel, run_files[rel]))
+    first_time = spec.name not in _list(state.get("runners"))
+    plan.changes.extend(_run_file_changes(root, spec, run_files, first_time, plan_notes))
     for rel in sorted(pristine):
         base = f"{BASE_DIR}/{rel}.base"
         if merge is None:
@@ -393,6 +395,43 @@ def plan_init(
     plan.notes.append(f"settings: {layout.settings.found_by}")
     plan.notes.append(f"app: {layout.app.served}, {layout.app.found_by}")
     return plan
+
+
+def _run_file_changes(
+    root: Path,
+    spec: RunnerSpec,
+    run_files: Mapping[str, str],
+    first_time: bool,
+    notes: list[str],
+) -> list[FileChange]:
+    """Procfile and compose file: created once, then the user's. A project that has its
+    own gets the runner's processes and services added to it instead, on the first init
+    of that runner; after that, what is there is kept."""
+    from bgtasks_gen import runfiles
+
+    changes = []
+    for rel, text in sorted(run_files.items()):
+        target = rel
+        if rel == "compose.yaml":
+            target = runfiles.project_compose(root) or rel
+        old = read_existing(root, target)
+        if old is None or not first_time:
+            changes.append(user_owned(root, target, text))
+            continue
+        if rel == "compose.yaml":
+            merged = runfiles.merge_compose(old, text, spec.name)
+        else:
+            merged = runfiles.merge_procfile(old, text)
+        if merged.added:
+            notes.append(f"{target}: added {', '.join(merged.added)} beside your own")
+        notes.extend(merged.notes)
+        changes.append(patched(root, target, old, merged.text))
+    if "compose.yaml" in run_files and runfiles.dockerfile(root) is None:
+        notes.append(
+            "no Dockerfile in the project: the compose services' `build: .` needs one "
+            "(write one, or give them an `image:`)"
+        )
+    return changes
 
 
 def _import_from(layout: ProjectLayout, importer: str, target: str) -> str:

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from bgtasks_gen.cli import app
 from bgtasks_gen.runners import available_runners
+from tests.conftest import is_subsequence
 
 cli = CliRunner()
 
@@ -37,3 +38,66 @@ def test_run_files_are_valid_and_never_overwritten(runner: str, example) -> None
     assert result.exit_code == 0, result.output
     assert "kept" in result.output
     assert (project / "Procfile").read_text() == "web: my own command\n"
+
+
+OWN_COMPOSE = """# the shop's own stack: keep these comments
+services:
+    api:
+        build:
+            context: .
+            dockerfile: docker/Dockerfile
+        command: uvicorn app.main:app --host 0.0.0.0  # the web app
+        ports: ["8000:8000"]
+    cache:
+        image: redis:7.2-alpine
+
+volumes:
+    pgdata: {}
+"""
+
+
+def test_a_projects_own_compose_file_gains_the_services_instead_of_a_second_file(
+    example,  # type: ignore[no-untyped-def]
+) -> None:
+    project: Path = example("layered")
+    (project / "docker").mkdir()
+    (project / "docker/Dockerfile").write_text("FROM python:3.12\n")
+    (project / "docker-compose.yml").write_text(OWN_COMPOSE)
+    (project / "Procfile").write_text("web: gunicorn app.main:app\nrelease: alembic upgrade head\n")
+    result = cli.invoke(app, ["init", str(project), "--runner", "celery"])
+    assert result.exit_code == 0, result.output
+    assert not (project / "compose.yaml").exists()  # Compose would prefer it over theirs
+    text = (project / "docker-compose.yml").read_text()
+    assert is_subsequence(OWN_COMPOSE.splitlines(), text.splitlines())
+    compose = yaml.safe_load(text)
+    original = yaml.safe_load(OWN_COMPOSE)["services"]
+    assert all(compose["services"][name] == original[name] for name in original)
+    added = set(compose["services"]) - set(original)
+    assert {"worker", "beat", "flower"} <= added and "redis" not in added and "web" not in added
+    worker = compose["services"]["worker"]
+    assert worker["build"] == original["api"]["build"]  # the image the project builds
+    assert worker["environment"]["CELERY_BROKER_URL"] == "redis://cache:6379/0"
+    assert set(worker["depends_on"]) == {"cache"}
+    procfile = (project / "Procfile").read_text()
+    assert procfile.startswith("web: gunicorn app.main:app\nrelease: alembic upgrade head\n")
+    assert "\nworker: celery -A app.tasks.celery_app worker" in procfile
+    assert procfile.count("web:") == 1
+    assert "docker-compose.yml: added worker, beat, flower" in result.output
+    # again: nothing to do, and theirs is theirs from now on
+    again = cli.invoke(app, ["init", str(project), "--runner", "celery", "--check"])
+    assert again.exit_code == 0, again.output
+
+
+def test_the_dockerfile_is_found_where_it_is_or_its_absence_said(example) -> None:  # type: ignore[no-untyped-def]
+    project: Path = example("layered")
+    (project / "docker").mkdir()
+    (project / "docker/Dockerfile").write_text("FROM python:3.12\n")
+    assert cli.invoke(app, ["init", str(project), "--runner", "arq"]).exit_code == 0
+    compose = yaml.safe_load((project / "compose.yaml").read_text())
+    assert compose["services"]["worker"]["build"] == {
+        "context": ".",
+        "dockerfile": "docker/Dockerfile",
+    }
+    bare: Path = example("factory")
+    result = cli.invoke(app, ["init", str(bare), "--runner", "arq"])
+    assert result.exit_code == 0 and "no Dockerfile in the project" in result.output

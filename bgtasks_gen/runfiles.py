@@ -1,0 +1,205 @@
+"""Run files beside the project's own: its Dockerfile, compose file and Procfile.
+
+A project that already has a compose file must not get a second one (Compose prefers
+`compose.yaml`, so a plain `docker compose up` would then run bgtasks' stack instead of
+the project's): the runner's services are added to the project's file instead, as text
+inserted at the end of its `services:` block, so every comment and line it had stays.
+A project's own Procfile gains the missing processes the same way. `build:` names the
+project's Dockerfile wherever it is.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
+DOCKERFILES = ("Dockerfile", "docker/Dockerfile", "Dockerfile.prod", "deploy/Dockerfile")
+TOP_LEVEL_KEY = re.compile(r"^[A-Za-z_][\w-]*\s*:")
+
+
+@dataclass
+class Merged:
+    text: str
+    added: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def dockerfile(root: Path) -> str | None:
+    """The project's Dockerfile, relative to the root, or None."""
+    for name in DOCKERFILES:
+        if (root / name).is_file():
+            return name
+    found = sorted(p for p in root.glob("Dockerfile*") if p.is_file())
+    return found[0].name if found else None
+
+
+def build_value(root: Path) -> str:
+    """What `build:` says in a generated compose file: the project's Dockerfile."""
+    found = dockerfile(root)
+    if found in (None, "Dockerfile"):
+        return "."
+    return f"{{context: ., dockerfile: {found}}}"
+
+
+def project_compose(root: Path) -> str | None:
+    for name in COMPOSE_NAMES:
+        if (root / name).is_file():
+            return name
+    return None
+
+
+def _dump(data: dict[str, Any], indent: int) -> str:
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    text: str = yaml.dump(data, Dumper=Dumper, indent=indent, sort_keys=False, width=200)
+    return text
+
+
+def _services_block(lines: list[str]) -> tuple[int, int, int, int] | None:
+    """(line of `services:`, end of its block, child indent, nested step) or None."""
+    start = next((i for i, line in enumerate(lines) if re.match(r"^services\s*:", line)), None)
+    if start is None:
+        return None
+    end = len(lines)
+    indent = step = 0
+    for i in range(start + 1, len(lines)):
+        stripped = lines[i].strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if TOP_LEVEL_KEY.match(lines[i]):  # the next top-level key ends the block
+            end = i
+            break
+        width = len(lines[i]) - len(lines[i].lstrip(" "))
+        if not indent:
+            indent = width
+        elif not step and width > indent:
+            step = width - indent
+    while end > start + 1 and not lines[end - 1].strip():
+        end -= 1  # keep the blank lines before the next top-level key where they are
+    return start, end, indent or 2, step or 2
+
+
+def merge_compose(theirs: str, ours: str, runner: str) -> Merged:
+    """Add the services of `ours` that `theirs` lacks; reuse its Redis/RabbitMQ and app."""
+    import yaml
+
+    existing = yaml.safe_load(theirs) or {}
+    services = existing.get("services") or {}
+    wanted = (yaml.safe_load(ours) or {}).get("services") or {}
+    merged = Merged(theirs)
+    hosts: dict[str, str] = {}
+    for kind in ("redis", "rabbitmq"):
+        for name, service in services.items():  # the project's own broker, by its image
+            if isinstance(service, dict) and str(service.get("image", "")).startswith(kind):
+                hosts[kind] = name
+                break
+    app_service = next(
+        (
+            name
+            for name, service in services.items()
+            if isinstance(service, dict)
+            and re.search(r"\b(uvicorn|gunicorn|fastapi|hypercorn)\b", str(service.get("command")))
+        ),
+        next((n for n, s in services.items() if isinstance(s, dict) and "build" in s), None),
+    )
+    build = services.get(app_service, {}).get("build") if app_service else None
+    image = services.get(app_service, {}).get("image") if app_service else None
+    additions: dict[str, Any] = {}
+    for name, service in wanted.items():
+        if name in ("redis", "rabbitmq") and name in hosts:
+            continue  # the project's own broker serves
+        if name == "web" and app_service:
+            continue  # the project's own app service serves
+        new_name = name if name not in services else f"{runner}-{name}"
+        service = {key: value for key, value in service.items() if key != "volumes"}
+        if "build" in service and (build is not None or image is not None):
+            # the image the project already builds for its app, in the same place
+            service = {
+                ("image" if build is None else key): (
+                    (build if build is not None else image) if key == "build" else value
+                )
+                for key, value in service.items()
+            }
+        additions[new_name] = _rehost(service, hosts, services)
+    if not additions:
+        return merged
+    lines = theirs.splitlines(keepends=True)
+    newline = "\r\n" if "\r\n" in theirs else "\n"
+    block = _services_block(lines)
+    if block is None:
+        text = theirs.rstrip("\r\n") + newline + newline + "services:" + newline
+        lines = text.splitlines(keepends=True)
+        block = (len(lines) - 1, len(lines), 2, 2)
+    _, end, indent, step = block
+    if end and not lines[end - 1].endswith(("\n", "\r")):
+        lines[end - 1] += newline
+    dumped = _dump(additions, step)
+    header = f"{' ' * indent}# added by bgtasks ({runner})"
+    insert = [header + newline] + [
+        (" " * indent + line if line.strip() else line) + newline for line in dumped.splitlines()
+    ]
+    lines[end:end] = insert
+    merged.text = "".join(lines)
+    merged.added = list(additions)
+    after = yaml.safe_load(merged.text)["services"]
+    assert all(after[name] == services[name] for name in services)  # theirs unchanged
+    if app_service:
+        merged.notes.append(
+            f"the project's {app_service} service runs the app: give it the same "
+            "environment as the added services"
+        )
+    return merged
+
+
+def _rehost(
+    service: dict[str, Any], hosts: dict[str, str], theirs: dict[str, Any]
+) -> dict[str, Any]:
+    """Point URLs and depends_on at the project's own broker services (waiting for them to
+    be healthy only where they have a healthcheck: Compose refuses the condition otherwise)."""
+    result = dict(service)
+    env = result.get("environment")
+    if isinstance(env, dict):
+        result["environment"] = {
+            key: _replace_host(str(value), hosts) for key, value in env.items()
+        }
+    depends = result.get("depends_on")
+    if isinstance(depends, dict):
+        rewritten = {}
+        for name, condition in depends.items():
+            target = hosts.get(str(name), str(name))
+            own = theirs.get(target)
+            if isinstance(own, dict) and "healthcheck" not in own:
+                condition = {"condition": "service_started"}
+            rewritten[target] = condition
+        result["depends_on"] = rewritten
+    return result
+
+
+def _replace_host(value: str, hosts: dict[str, str]) -> str:
+    for kind, name in hosts.items():
+        value = re.sub(rf"(@|//){kind}:", rf"\g<1>{name}:", value)
+    return value
+
+
+def merge_procfile(theirs: str, ours: str) -> Merged:
+    """The project's Procfile with the processes it lacks appended (comments kept)."""
+    names = {m.group(1) for m in re.finditer(r"(?m)^([\w-]+)\s*:", theirs)}
+    newline = "\r\n" if "\r\n" in theirs else "\n"
+    merged = Merged(theirs)
+    extra = []
+    for line in ours.splitlines():
+        match = re.match(r"^([\w-]+)\s*:", line)
+        if match and match.group(1) not in names:
+            extra.append(line)
+            merged.added.append(match.group(1))
+    if extra:
+        text = theirs if theirs.endswith(("\n", "\r")) or not theirs else theirs + newline
+        merged.text = text + newline.join(extra) + newline
+    return merged
