@@ -82,3 +82,47 @@ def test_no_dependency_file_says_what_to_install(tmp_path: Path) -> None:
     edit = plan_dependencies(tmp_path, ["arq>=0.28,<0.29"])
     assert edit.path is None
     assert "arq>=0.28,<0.29" in edit.notes[-1]
+
+
+def test_a_redis_below_6_pin_gets_celery_5_6(tmp_path: Path) -> None:
+    write_tree(tmp_path, {"requirements.txt": "fastapi\nredis>=5,<6\n"})
+    edit = plan_dependencies(tmp_path, ["celery[redis]>=5.7,<5.8"])
+    assert edit.added == [CELERY_BESIDE_ARQ]
+    assert any("redis>=5,<6" in note for note in edit.notes)
+
+
+def test_a_pydantic_1_pin_gets_no_pydantic_settings_2(tmp_path: Path) -> None:
+    write_tree(tmp_path, {"requirements.txt": "fastapi<0.100\npydantic<2\n"})
+    edit = plan_dependencies(tmp_path, ["fastapi>=0.110", "pydantic-settings>=2.0"])
+    assert "pydantic-settings>=2.0" not in edit.new
+    assert any("pydantic 1 has BaseSettings built in" in note for note in edit.notes)
+
+
+def test_the_list_is_found_from_the_source_folder_up_and_in_a_requirements_folder(
+    tmp_path: Path,
+) -> None:
+    write_tree(
+        tmp_path,
+        {
+            "backend/requirements/base.txt": "fastapi\n",
+            "backend/requirements/dev.txt": "-r base.txt\npytest\n",
+            "backend/app/__init__.py": "",
+        },
+    )
+    edit = plan_dependencies(tmp_path, ["arq>=0.28,<0.29"], tmp_path / "backend" / "app")
+    assert edit.path == "backend/requirements/base.txt"
+    assert edit.new == "fastapi\narq>=0.28,<0.29\n"
+
+
+def test_uvicorn_is_added_when_a_run_file_uses_it(tmp_path: Path) -> None:
+    write_tree(tmp_path, {"requirements.txt": "fastapi\n"})
+    assert "uvicorn>=0.30" in plan_dependencies(tmp_path, ["arq"], uses_uvicorn=True).added
+    write_tree(tmp_path, {"requirements.txt": "fastapi[standard]\n"})
+    assert "uvicorn>=0.30" not in plan_dependencies(tmp_path, ["arq"], uses_uvicorn=True).added
+
+
+def test_a_crlf_pyproject_keeps_its_line_endings(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_bytes(PEP621.replace("\n", "\r\n").encode())
+    edit = plan_dependencies(tmp_path, ["arq>=0.28,<0.29"])
+    assert edit.new.count("\r\n") == edit.new.count("\n")  # every line ends in CRLF
+    assert tomllib.loads(edit.new)["project"]["dependencies"][-1] == "arq>=0.28,<0.29"
