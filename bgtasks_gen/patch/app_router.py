@@ -44,6 +44,19 @@ def _binds_app(statement: cst.BaseStatement, app_var: str) -> bool:
     )
 
 
+def _include_text(app_var: str, arguments: list[str], layout: str) -> str:
+    """The new include, laid out like the project's last one: one argument a line when
+    that one spreads over lines, on one line otherwise."""
+    lines = layout.strip("\n").split("\n")
+    code_lines = [line for line in lines if not line.lstrip().startswith("#")]
+    if len(code_lines) < 3 or not code_lines[0].rstrip().endswith("("):
+        return f"{app_var}.include_router({', '.join(arguments)})\n"
+    inner = code_lines[1][: len(code_lines[1]) - len(code_lines[1].lstrip())]
+    closing = code_lines[-1][: len(code_lines[-1]) - len(code_lines[-1].lstrip())]
+    body = "".join(f"{inner}{argument},\n" for argument in arguments)
+    return f"{app_var}.include_router(\n{body}{closing})\n"
+
+
 def include_router(
     source: str,
     *,
@@ -97,8 +110,9 @@ def include_router(
                 f"cannot find where `{app_var}` is created in {factory or 'the module'}",
                 "pass --app-module MODULE:APP naming where the app is created",
             )
-        arguments = "".join(f", {name}={value}" for name, value in keywords)
-        statement = cst.parse_statement(f"{app_var}.include_router({alias}{arguments})\n")
+        arguments = [alias, *(f"{name}={value}" for name, value in keywords)]
+        layout = module.code_for_node(body[last_include]) if last_include is not None else ""
+        statement = cst.parse_statement(_include_text(app_var, arguments, layout))
         assert isinstance(statement, cst.SimpleStatementLine)
         if last_include is None:
             statement = statement.with_changes(leading_lines=[cst.EmptyLine(indent=False)])

@@ -94,3 +94,66 @@ def test_python_314_syntax_is_accepted() -> None:
     result = include_router(source, app_var="app", factory=None, **ARGS)
     assert "except ValueError, TypeError:" in result
     assert "app.include_router(tasks_router)" in result
+
+
+FACTORY_MULTILINE = """from fastapi import Depends, FastAPI
+
+from .deps import current_user
+from .routes import users
+
+
+def create_app() -> FastAPI:
+    application = FastAPI()
+    application.include_router(
+        users.router,
+        prefix="/v1",
+        dependencies=[Depends(current_user)],
+    )
+    return application
+"""
+
+
+def test_keywords_relative_import_and_the_projects_multiline_layout() -> None:
+    after = include_router(
+        FACTORY_MULTILINE,
+        app_var="application",
+        factory="create_app",
+        import_module=".routes.tasks",
+        alias="tasks_router",
+        keywords=(("prefix", '"/v1"'), ("dependencies", "[Depends(current_user)]")),
+    )
+    assert after == FACTORY_MULTILINE.replace(
+        "from .routes import users\n",
+        "from .routes import users\nfrom .routes.tasks import router as tasks_router\n",
+    ).replace(
+        "    )\n    return application\n",
+        "    )\n    application.include_router(\n        tasks_router,\n"
+        '        prefix="/v1",\n        dependencies=[Depends(current_user)],\n    )\n'
+        "    return application\n",
+    )
+    assert (
+        include_router(
+            after,
+            app_var="application",
+            factory="create_app",
+            import_module=".routes.tasks",
+            alias="tasks_router",
+            keywords=(("prefix", '"/v1"'),),
+        )
+        == after
+    )  # a second run changes nothing
+
+
+def test_a_parenthesised_import_block_is_joined_not_repeated() -> None:
+    from bgtasks_gen.patch.settings_fields import NewField, add_settings_fields
+
+    source = (
+        "from pydantic import (\n    AnyUrl,\n    Field,\n)\n"
+        "from pydantic_settings import BaseSettings\n\n\n"
+        "class Settings(BaseSettings):\n    A: AnyUrl = Field(default='http://x')\n"
+    )
+    after = add_settings_fields(
+        source, "Settings", [NewField("P", "SecretStr", 'SecretStr("")')], "header"
+    )
+    assert after.startswith("from pydantic import (\n    AnyUrl,\n    Field,\n    SecretStr,\n)\n")
+    assert after.count("from pydantic import") == 1

@@ -191,3 +191,42 @@ def test_app_override_selects_by_name_in_a_module_with_two_apps(tmp_path: Path) 
     text = (project / "svc/apps.py").read_text()
     assert "internal.include_router(notifications_router)" in text
     assert "public.include_router" not in text
+
+
+def test_an_existing_runner_is_named_before_any_settings_question(tmp_path: Path) -> None:
+    # a Celery app and an arq worker, and no BaseSettings at all
+    project = write_tree(
+        tmp_path / "project",
+        {
+            "svc/__init__.py": "",
+            "svc/main.py": "from fastapi import FastAPI\n\napp = FastAPI()\n",
+            "svc/worker.py": "from celery import Celery\n\nqueue = Celery('svc')\n",
+            "svc/jobs.py": "from arq import cron\n\n\nclass WorkerSettings:\n    functions = []\n",
+            "svc/pipeline.py": "import dramatiq\n\n\n@dramatiq.actor\ndef step() -> None:\n"
+            "    pass\n",
+        },
+    )
+    before = _tree(project)
+    code, output = invoke("init", str(project), "--runner", "celery")
+    assert code == 2 and "already has a celery setup at svc/worker.py:3" in output
+    # the hint names a runner this project accepts (not arq: it has one too)
+    assert "--runner builtin" in output and "--runner arq" not in output
+    assert _tree(project) == before
+    code, output = invoke("init", str(project), "--runner", "builtin", "--json")
+    assert code == 0, output
+    notes = "\n".join(json.loads(output)["notes"])
+    assert "dramatiq is already here (svc/pipeline.py)" in notes
+    assert "parquet" not in notes
+
+
+def test_a_word_containing_arq_is_not_an_arq_setup(tmp_path: Path) -> None:
+    project = write_tree(
+        tmp_path / "project",
+        {
+            "svc/__init__.py": "",
+            "svc/main.py": "import parquet_tools\nfrom fastapi import FastAPI\n\napp = FastAPI()\n",
+            "svc/export.py": "class WorkerSettings:\n    target = 'data.parquet'  # arq? no\n",
+        },
+    )
+    code, output = invoke("init", str(project), "--runner", "arq", "--dry-run")
+    assert code == 0, output
