@@ -54,6 +54,7 @@ def big_project(dest: Path, files: int = 2000, newer: int = 20) -> Path:
     (domain / "__init__.py").write_text("")
     packages = 40
     per = files // packages
+    newer_syntax = "KeyError, ValueError:"  # Python 3.14: no parentheses needed
     for p in range(packages):
         folder = domain / f"area_{p:02d}"
         folder.mkdir()
@@ -78,7 +79,7 @@ def big_project(dest: Path, files: int = 2000, newer: int = 20) -> Path:
                 "def load() -> object:",
                 "    try:",
                 "        return sibling",
-                "    except " + ("KeyError, ValueError:" if index < newer else "(KeyError, ValueError):"),
+                "    except " + (newer_syntax if index < newer else "(KeyError, ValueError):"),
                 "        return None",
             ]
             (folder / f"module_{m:03d}.py").write_text("\n".join(body) + "\n")

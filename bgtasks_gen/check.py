@@ -12,6 +12,7 @@ from pathlib import Path
 import libcst as cst
 from libcst.helpers import get_full_name_for_node
 
+from bgtasks_gen import journal
 from bgtasks_gen.addtask import Project, load_project
 from bgtasks_gen.discover import Overrides, discover
 from bgtasks_gen.errors import BgtasksError
@@ -74,10 +75,14 @@ def _scheduled_names(project: Project) -> list[tuple[str, str]]:
 
 
 def check_project(root: Path) -> list[Finding]:
-    try:
-        project = load_project(root)
-    except BgtasksError as error:
-        return [Finding(error.message, str(root), error.hint)]
+    """The findings; raises BadInput when `root` is not a bgtasks project at all."""
+    if journal.pending(root):
+        # check never writes (CI, pre-commit, read-only checkouts): a half-written change
+        # is reported, and the first command that writes finishes or undoes it
+        return [
+            Finding(journal.UNFINISHED, journal.JOURNAL, f"{journal.FINISH_IT}, then check again")
+        ]
+    project = load_project(root)
     findings: list[Finding] = []
     for rel in owned_hashes(project.state):
         if not (project.root / rel).is_file():

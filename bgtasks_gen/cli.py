@@ -19,8 +19,10 @@ if TYPE_CHECKING:
     from bgtasks_gen.plan import Plan
 
 EXIT_CODES = (
-    "Exit codes: 0 done or nothing to do; 1 a conflict stopped the run, or --check found "
-    "changes; 2 bad input (no project, layout not found, invalid option)."
+    "Exit codes: 0 done or nothing to do; 1 a conflict stopped the run (a file changed "
+    "since bgtasks read it, too), --check found changes, or `check` found a problem; "
+    "2 bad input (no project, not a bgtasks project, layout not found, invalid option or "
+    ".bgtasks.toml); 3 writing failed or was interrupted, and every file was restored."
 )
 
 app = typer.Typer(
@@ -115,8 +117,6 @@ def _finish(plan: Plan, *, dry_run: bool, check: bool, as_json: bool) -> NoRetur
             apply(plan)
         except BgtasksError as error:
             _fail(error, as_json)
-        except KeyboardInterrupt:
-            _fail(BgtasksError("interrupted", "every file was restored as it was"), as_json)
         written = True
     if as_json:
         plan_json(plan, mode=mode, written=written)
@@ -137,9 +137,29 @@ def _locked(
 
     try:
         with project_lock(project):
+            _recover(project, read_only=dry_run or check)
             _finish(build(), dry_run=dry_run, check=check, as_json=as_json)
     except BgtasksError as error:
         _fail(error, as_json)
+
+
+def _recover(project: Path, *, read_only: bool = False) -> None:
+    """Before anything reads the project: finish or undo a write that a killed bgtasks
+    left half done, and say so on stderr (stdout may be --json). The caller holds the
+    project lock. --dry-run and --check promise to write nothing, so they refuse instead
+    (exit 1), as `check` reports it (check.py): planning on half-written files would lie."""
+    from bgtasks_gen.journal import recover, refuse_unfinished
+
+    if read_only:
+        refuse_unfinished(project)
+        return
+    summary = recover(project)
+    if summary:
+        from rich.markup import escape
+
+        from bgtasks_gen.report import err
+
+        err.print(escape(summary))
 
 
 @app.command(epilog=EXIT_CODES)
@@ -319,12 +339,16 @@ def update(
 def check_command(project: Project = Path("."), as_json: Json = False) -> None:
     """For CI: exit 0 when the scaffold is wired and current, 1 with a report otherwise
     (router not included, settings field missing, schedule naming a missing task,
-    generated file missing, scaffold behind the installed templates)."""
+    generated file missing, scaffold behind the installed templates, a write left half
+    done), 2 when the folder is not a bgtasks project. Never writes."""
     import json
 
     from bgtasks_gen.check import check_project
 
-    findings = check_project(project)
+    try:
+        findings = check_project(project)
+    except BgtasksError as error:  # not a bgtasks project at all: bad input, not a finding
+        _fail(error, as_json)
     if as_json:
         typer.echo(
             json.dumps({"ok": not findings, "findings": [f.as_dict() for f in findings]}, indent=2)
@@ -351,9 +375,12 @@ def list_command(project: Project = Path("."), as_json: Json = False) -> None:
     import json
 
     from bgtasks_gen.addtask import load_project
+    from bgtasks_gen.apply import project_lock
     from bgtasks_gen.inventory import list_tasks
 
     try:
+        with project_lock(project):
+            _recover(project)
         tasks = list_tasks(load_project(project))
     except BgtasksError as error:
         _fail(error, as_json)

@@ -7,8 +7,9 @@ from enum import IntEnum
 
 class ExitCode(IntEnum):
     OK = 0  # done, or nothing to do
-    CHANGES = 1  # a conflict stopped the run, or --check found changes
-    BAD_INPUT = 2  # no project, layout not found, invalid option
+    CHANGES = 1  # a conflict stopped the run, --check found changes, or `check` found problems
+    BAD_INPUT = 2  # no project, not a bgtasks project, layout not found, invalid option or state
+    WRITE_FAILED = 3  # writing failed or was interrupted; every file was restored
 
 
 class BgtasksError(Exception):
@@ -35,12 +36,14 @@ class PatchError(BadInput):
 
 
 class ConflictError(BgtasksError):
-    """Raised when a file exists with content bgtasks did not write (and no --force)."""
+    """Raised when a file exists with content bgtasks did not write (and no --force), or
+    when a file changed on disk between the moment bgtasks read it and the write."""
 
     exit_code = ExitCode.CHANGES
 
 
 class ApplyError(BgtasksError):
-    """Raised when writing failed; every file already replaced has been restored."""
+    """Raised when writing failed or was interrupted; every file already replaced has been
+    restored (or, if even that failed, the next bgtasks command restores it)."""
 
-    exit_code = ExitCode.CHANGES
+    exit_code = ExitCode.WRITE_FAILED

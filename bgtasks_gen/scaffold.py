@@ -34,11 +34,10 @@ from bgtasks_gen.render import render_runner
 from bgtasks_gen.runfiles import build_value
 from bgtasks_gen.runners import get_runner
 from bgtasks_gen.runners.base import RunnerSpec, SettingsField
-from bgtasks_gen.state import STATE_FILE, digest, read_state, render_state
+from bgtasks_gen.state import BASE_DIR, STATE_FILE, digest, read_state, render_state
 
 FIELDS_HEADER = "Background tasks (added by bgtasks)"
 BOM = "\ufeff"
-BASE_DIR = ".bgtasks/base"  # pristine copies of generated files: the base of `update` merges
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,7 @@ def test_check_reports_a_deleted_generated_file(project: Path) -> None:
 
 def test_check_without_a_scaffold(tmp_path: Path) -> None:
     code, output = invoke("check", "-p", str(tmp_path))
-    assert code == 1 and "bgtasks init" in output
+    assert code == 2 and "bgtasks init" in output
 
 
 @pytest.mark.parametrize(
