@@ -94,6 +94,33 @@ def _declared(root: Path, start: Path | None = None) -> tuple[Path | None, str, 
         folder = folder.parent
 
 
+def declared_requirements(root: Path, start: Path | None = None) -> list[str]:
+    """The requirement strings of the project's dependency list ([] when it has none)."""
+    return _declared(root, start)[3]
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def caps_below(requirement: str, version: str) -> bool:
+    """True when `requirement` rules out `version` and everything after it (an upper
+    bound or pin below it): `fastapi<0.110`, `fastapi==0.109.2`, `fastapi~=0.100.0`."""
+    wanted = _version(version)
+    for operator, bound in re.findall(r"(==|<=|<|~=|\^)\s*([\d.]+)", requirement):
+        limit = _version(bound)
+        if operator == "<" and limit <= wanted:
+            return True
+        if operator in ("<=", "==") and limit < wanted:
+            return True
+        if operator in ("~=", "^"):
+            # ~=0.100.0 allows 0.100.*, ^0.100 allows 0.100.*: below 0.112 both
+            head = limit[:-1] if operator == "~=" and len(limit) > 1 else limit[:2]
+            if head < wanted[: len(head)]:
+                return True
+    return False
+
+
 def choose_requirements(wanted: list[str], existing: list[str]) -> tuple[list[str], list[str]]:
     """The requirements to add given what the project has, and notes explaining choices.
 

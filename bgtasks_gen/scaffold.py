@@ -8,7 +8,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bgtasks_gen.deps import plan_dependencies
+from bgtasks_gen.deps import (
+    caps_below,
+    declared_requirements,
+    plan_dependencies,
+    requirement_name,
+)
 from bgtasks_gen.discover import (
     Overrides,
     ProjectLayout,
@@ -142,6 +147,7 @@ def template_context(
         "app_target": app_target(layout),
         "own_settings": _own_settings(spec, layout, fields, broker),
         "build": build_value(layout.root),
+        "router_lifespan": router_lifespans(layout),
         **spec.extra_context,
     }
 
@@ -330,9 +336,14 @@ def plan_init(
         first_party=layout.first_party,
         keywords=layout.app.include_keywords,
     )
-    if spec.lifespan_module:
+    if spec.lifespan_module and not context["router_lifespan"]:
+        # a FastAPI older than router lifespans: the app's own FastAPI(...) call is edited
         from bgtasks_gen.patch.lifespan import add_lifespan
 
+        plan_notes.append(
+            f"the project's FastAPI is pinned below {ROUTER_LIFESPANS} (no router "
+            "lifespans): the pool's lifespan is added to the app's FastAPI(...) call"
+        )
         created = layout.app.created_path or layout.app.path
         rel, text = edit(created)
         edits[rel] = add_lifespan(
@@ -394,6 +405,17 @@ def plan_init(
     plan.notes.append(f"settings: {layout.settings.found_by}")
     plan.notes.append(f"app: {layout.app.served}, {layout.app.found_by}")
     return plan
+
+
+ROUTER_LIFESPANS = "0.112.2"  # FastAPI merges included routers' lifespans since this
+
+
+def router_lifespans(layout: ProjectLayout) -> bool:
+    """Whether the project's FastAPI runs an included router's lifespan (unless it pins
+    a release older than that)."""
+    declared = declared_requirements(layout.root, layout.source_root)
+    fastapi = [r for r in declared if requirement_name(r) == "fastapi"]
+    return not any(caps_below(r, ROUTER_LIFESPANS) for r in fastapi)
 
 
 def _run_file_changes(

@@ -3,9 +3,8 @@ from fastapi import FastAPI
 from app.api.v1.routes import health, items
 from app.api.v1.routes.arq_tasks import router as arq_tasks_router
 from app.core.config import settings
-from app.tasks.pool import lifespan as bgtasks_lifespan
 
-app = FastAPI(title=settings.PROJECT_NAME, lifespan=bgtasks_lifespan)
+app = FastAPI(title=settings.PROJECT_NAME)
 
 app.include_router(health.router)
 app.include_router(items.router, prefix=settings.API_V1_PREFIX)

@@ -8,6 +8,8 @@ asyncio.run.
 """
 
 import asyncio
+import base64
+import logging
 import os
 import pickle
 import socket
@@ -37,6 +39,8 @@ from app.core.config import settings
 from app.tasks import arq_tasks
 from app.tasks.arq_tasks import (
     SEND_EMAIL_MAX_TRIES,
+    EmailNotSent,
+    build_message,
     daily_cleanup,
     send_email,
 )
@@ -45,6 +49,28 @@ from app.tasks.pool import STATE_KEY, create_queue
 from app.tasks.serialization import deserialize, serialize
 
 CONFIG = settings
+JSON = {"content-type": "application/json"}
+
+
+def _b_word(text: bytes) -> str:
+    """`text` as an RFC 2047 "b" (base64) encoded word."""
+    return f"=?utf-8?b?{base64.b64encode(text).decode()}?="
+
+
+# Encoded words that decode to CR LF and then headers (or a body) of their own: raw
+# CR/LF checks pass them, Python's email package before the CVE-2024-6923 fix writes
+# them out as real line breaks.
+SUBJECT_PROBES = (
+    "=?utf-8?q?Invoice=0D=0AReply-To:_attacker@evil.example=0D=0A=0D=0Abody?=",
+    _b_word(b"Hi\r\nBcc: victim@evil.example\r\n\r\nattacker body"),
+)
+# Valid addresses to an address parser: the encoded word sits in the local part (the
+# last one decodes to a second "@", and a To header naming another domain).
+RECIPIENT_PROBES = (
+    "=?utf-8?q?ada=0D=0ABcc=3A_victim=40evil.example?=@example.com",
+    _b_word(b"ada\r\nBcc: victim@evil.example") + "@example.com",
+    "=?utf-8?q?victim=40evil.example?=@example.com",
+)
 
 
 def _ping(url: str) -> bool:
@@ -230,8 +256,11 @@ def test_send_email_retries_transient_errors_only(
             use_smtp(monkeypatch, sink.port)
             await send_email({"job_id": "t", "job_try": 1}, *args)
 
-    with pytest.raises(aiosmtplib.SMTPRecipientsRefused):
+    # the error names the reply code only: arq logs it, the server's text may
+    # quote the address
+    with pytest.raises(EmailNotSent) as refusal:
         asyncio.run(refused())
+    assert "user@example.com" not in str(refusal.value)
 
 
 def test_send_email_job_delivers(
@@ -257,6 +286,86 @@ def test_send_email_job_delivers(
     body = status_of(client, job_id)
     assert body["status"] == "complete" and body["success"] is True
     assert body["result"] == {"status": "sent"}
+
+
+def test_the_worker_log_names_the_job_not_its_arguments(
+    client: TestClient,
+    redis_url: str,
+    queue_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    payload = {"to": "private.person@example.com", "subject": "Hi", "body": "Secret"}
+    response = client.post("/arq-tasks/send-email", json=payload)
+    assert response.status_code == 202, response.text
+
+    async def deliver() -> list[Message]:
+        async with SmtpSink().running() as sink:
+            use_smtp(monkeypatch, sink.port)
+            await drain_queue(redis_url, queue_name)
+            return sink.messages
+
+    with caplog.at_level(logging.INFO, logger="arq"):
+        messages = asyncio.run(deliver())
+    assert len(messages) == 1
+    assert "send_email(<arguments hidden>)" in caplog.text
+    assert "private.person" not in caplog.text and "Secret" not in caplog.text
+
+
+def test_encoded_line_breaks_are_refused(client: TestClient) -> None:
+    for subject in (*SUBJECT_PROBES, "a\r\nBcc: x", "tab\there", "line\u2028break"):
+        payload = {"to": "a@example.com", "subject": subject, "body": "b"}
+        response = client.post("/arq-tasks/send-email", json=payload)
+        assert response.status_code == 422, subject
+    for to in RECIPIENT_PROBES:
+        payload = {"to": to, "subject": "Hi", "body": "b"}
+        assert client.post("/arq-tasks/send-email", json=payload).status_code == 422
+
+
+def test_the_job_refuses_what_the_api_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Jobs can be queued by other code than the API: the job checks again.
+    use_smtp(monkeypatch, closed_port())  # never reached
+    ctx = {"job_id": "t", "job_try": 1}
+    for subject in SUBJECT_PROBES:
+        with pytest.raises(ValueError):
+            asyncio.run(send_email(ctx, "user@example.com", subject, "Hello"))
+    for to in (*RECIPIENT_PROBES, "user@example.com\r\nBcc: v@evil.example"):
+        with pytest.raises(ValueError):
+            build_message(to, "Hi", "Hello")
+    sender = "=?utf-8?q?Shop=0D=0ABcc:_v@evil.example?= <shop@example.com>"
+    monkeypatch.setattr(CONFIG, "EMAIL_FROM", sender)
+    with pytest.raises(ValueError):
+        build_message("user@example.com", "Hi", "Hello")
+
+
+def test_a_message_has_date_and_message_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(CONFIG, "EMAIL_FROM", "Shop <shop@example.com>")
+    message = build_message("user@example.com", "Hi", "Hello")
+    assert str(message["Date"]).endswith(" -0000")  # UTC (RFC 5322)
+    assert str(message["Message-ID"]).endswith("@example.com>")
+    assert {"From", "To", "Subject", "Date", "Message-ID"} <= set(message.keys())
+
+
+def test_non_finite_numbers_and_large_bodies_are_refused(client: TestClient) -> None:
+    # Python's JSON parser reads 1e400 as inf and accepts NaN; a 422 that echoed them
+    # could not be written as JSON (a 500).
+    for raw in ("1e400", "NaN", "-Infinity"):
+        body = '{"data_id": 1, "values": [1, ' + raw + "]}"
+        response = client.post("/arq-tasks/process-data", content=body, headers=JSON)
+        assert response.status_code == 422, raw
+        assert "input" not in response.json()["detail"][0]
+    abort_path = f"/arq-tasks/abort/{uuid.uuid4().hex}"
+    assert client.post(abort_path, params={"wait": "nan"}).status_code == 422
+    oversized = b'{"data_id": 1, "values": [' + b"1," * 200_000 + b"1]}"
+
+    # without a Content-Length (chunked), the limit holds while the body is read
+    def chunked() -> Iterator[bytes]:
+        for start in range(0, len(oversized), 16_384):
+            yield oversized[start : start + 16_384]
+
+    for content in (oversized, chunked()):
+        response = client.post("/arq-tasks/process-data", content=content, headers=JSON)
+        assert response.status_code == 413
 
 
 def test_process_data_job_result(

@@ -6,6 +6,7 @@ does not take these tasks. Emails go to a small SMTP server started by the tests
 Without a reachable broker the tests that need one are skipped; with CI=true they fail.
 """
 
+import base64
 import os
 import socketserver
 import threading
@@ -19,7 +20,7 @@ from typing import Any
 
 import celery.contrib.testing.tasks  # noqa: F401 - registers the worker's ping task
 import pytest
-from celery import states
+from celery import signals, states
 from celery.beat import ScheduleEntry
 from celery.contrib.testing.worker import start_worker
 from fastapi import FastAPI
@@ -29,7 +30,7 @@ from kombu import Exchange, Queue
 from app.api.v1.routes import tasks as task_routes
 from app.core.config import settings
 from app.main import app
-from app.tasks import registry
+from app.tasks import mailer, registry
 from app.tasks import tasks as celery_tasks
 from app.tasks.celery_app import (
     RETRY_BACKOFF_MAX,
@@ -42,6 +43,28 @@ from app.tasks.celery_app import (
 IN_CI = os.environ.get("CI", "").lower() == "true"
 TEST_QUEUE = f"bgtasks-test-{uuid.uuid4().hex[:12]}"
 WAIT_SECONDS = 20.0
+JSON = {"content-type": "application/json"}
+
+
+def _b_word(text: bytes) -> str:
+    """`text` as an RFC 2047 "b" (base64) encoded word."""
+    return f"=?utf-8?b?{base64.b64encode(text).decode()}?="
+
+
+# Encoded words that decode to CR LF and then headers (or a body) of their own: raw
+# CR/LF checks pass them, Python's email package before the CVE-2024-6923 fix writes
+# them out as real line breaks.
+SUBJECT_PROBES = (
+    "=?utf-8?q?Invoice=0D=0AReply-To:_attacker@evil.example=0D=0A=0D=0Abody?=",
+    _b_word(b"Hi\r\nBcc: victim@evil.example\r\n\r\nattacker body"),
+)
+# Valid addresses to an address parser: the encoded word sits in the local part (the
+# last one decodes to a second "@", and a To header naming another domain).
+RECIPIENT_PROBES = (
+    "=?utf-8?q?ada=0D=0ABcc=3A_victim=40evil.example?=@example.com",
+    _b_word(b"ada\r\nBcc: victim@evil.example") + "@example.com",
+    "=?utf-8?q?victim=40evil.example?=@example.com",
+)
 
 
 def _unavailable(reason: str) -> None:
@@ -309,6 +332,84 @@ def test_invalid_input_is_refused(
         assert client.post(steps_path, params={"steps": steps}).status_code == 422
     order_path = api.url_path_for("bgtasks_process_order", order_id=0)
     assert client.post(order_path).status_code == 422
+
+
+def test_encoded_line_breaks_are_refused(client: TestClient, api: FastAPI) -> None:
+    path = api.url_path_for("bgtasks_send_email")
+    for subject in (*SUBJECT_PROBES, "tab\there", "line\u2028break"):
+        assert client.post(path, json=_email(subject)).status_code == 422, subject
+    for to in RECIPIENT_PROBES:
+        assert client.post(path, json=_email("hello", to=to)).status_code == 422, to
+
+
+def test_the_mailer_refuses_what_the_api_refuses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Tasks can be queued by other code than the API: the mailer checks again.
+    for subject in (*SUBJECT_PROBES, "two\r\nlines"):
+        with pytest.raises(ValueError):
+            mailer.build_message("someone@example.com", subject, "x")
+    for to in (*RECIPIENT_PROBES, "someone@example.com\r\nBcc: v@evil.example"):
+        with pytest.raises(ValueError):
+            mailer.build_message(to, "hello", "x")
+    sender = "=?utf-8?q?Shop=0D=0ABcc:_v@evil.example?= <shop@example.com>"
+    monkeypatch.setattr(settings, "EMAIL_FROM", sender)
+    with pytest.raises(ValueError):
+        mailer.build_message("someone@example.com", "hello", "x")
+
+
+def test_a_message_has_date_and_message_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    sender = "Shop <shop@example.com>"
+    monkeypatch.setattr(settings, "EMAIL_FROM", sender)
+    message = mailer.build_message("someone@example.com", "hello", "x")
+    assert str(message["Date"]).endswith(" -0000")  # UTC (RFC 5322)
+    assert str(message["Message-ID"]).endswith("@example.com>")
+    assert {"From", "To", "Subject", "Date", "Message-ID"} <= set(message.keys())
+
+
+def test_non_finite_numbers_and_large_bodies_are_refused(
+    client: TestClient, api: FastAPI
+) -> None:
+    path = api.url_path_for("bgtasks_send_email")
+    # Python's JSON parser reads 1e400 as inf and accepts NaN; a 422 that echoed them
+    # could not be written as JSON (a 500).
+    for raw in ("1e400", "NaN", "-Infinity"):
+        body = '{"to": "a@example.com", "subject": ' + raw + ', "body": "x"}'
+        response = client.post(path, content=body, headers=JSON)
+        assert response.status_code == 422, raw
+        assert "input" not in response.json()["detail"][0]
+    oversized = b'{"to": "a@example.com", "subject": "s", "body": "'
+    oversized += b"x" * (task_routes.MAX_BODY_BYTES + 1) + b'"}'
+
+    # without a Content-Length (chunked), the limit holds while the body is read
+    def chunked() -> Iterator[bytes]:
+        for start in range(0, len(oversized), 16_384):
+            yield oversized[start : start + 16_384]
+
+    for content in (oversized, chunked()):
+        assert client.post(path, content=content, headers=JSON).status_code == 413
+
+
+def test_published_email_task_hides_its_arguments(
+    worker: Any, client: TestClient, api: FastAPI, smtp: SmtpSink
+) -> None:
+    # The worker logs and sends in its events the repr Celery publishes with a task.
+    published: list[dict[str, Any]] = []
+
+    def record(headers: dict[str, Any], **_: Any) -> None:
+        published.append(headers)
+
+    signals.before_task_publish.connect(record, weak=False)
+    try:
+        payload = _email("private subject", to="private.person@example.com")
+        task_id = _queue(client, api, "bgtasks_send_email", json=payload)
+    finally:
+        signals.before_task_publish.disconnect(record)
+    (headers,) = [h for h in published if h["id"] == task_id]
+    shown = f"{headers['argsrepr']} {headers['kwargsrepr']}"
+    assert "private" not in shown and "Sent by" not in shown
+    assert "'to': '<hidden>'" in shown
+    assert _final(client, api, task_id)["state"] == states.SUCCESS
 
 
 def test_send_email_is_delivered(

@@ -2,17 +2,26 @@
 
 A job can run more than once (a retry, or a re-run after its worker died): keep each
 one safe to repeat.
+
+Every email header is checked before it is written (see compose_message): a subject,
+sender or recipient that could break into a second header line fails the job with
+ValueError, whoever queued it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import logging
 import math
 import random
 import ssl
 import time
+import unicodedata
+from email.errors import MessageError
+from email.header import decode_header, make_header
 from email.message import EmailMessage
+from email.utils import formatdate, make_msgid, parseaddr
 from typing import Any
 
 import aiosmtplib
@@ -44,10 +53,136 @@ def progress_key(job_id: str) -> str:
     return f"bgtasks:progress:{job_id}"
 
 
-def _secret(value: SecretStr | str | None) -> str:
+class EmailNotSent(Exception):
+    """The server refused the message (for good, or on the last try); says only the
+    reply code.
+
+    arq logs a failed job's exception and the SMTP library's own ones quote the
+    server's reply, which may hold the recipient's address.
+    """
+
+
+# A reused settings field may be str, SecretStr, Optional[str] or a number: read each
+# value as the type the mailer needs, never trusting the field's declared type.
+_TRUE_WORDS = frozenset({"1", "on", "t", "true", "y", "yes"})
+_FALSE_WORDS = frozenset({"0", "off", "f", "false", "n", "no"})
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
     if isinstance(value, SecretStr):
         return value.get_secret_value()
-    return value or ""
+    return str(value)
+
+
+def _number(value: object) -> float:
+    return float(_text(value))
+
+
+def _flag(value: object, name: str) -> bool:
+    # A str field holding "false" is truthy: read the words pydantic reads for a bool.
+    if not isinstance(value, str):
+        return bool(value)
+    word = value.strip().lower()
+    if word in _TRUE_WORDS or word in _FALSE_WORDS:
+        return word in _TRUE_WORDS
+    raise ValueError(f"the {name} setting is neither true nor false")
+
+
+# A header value holding a line break ends that header: what follows becomes new
+# headers (Bcc:, Reply-To:) or the body. RFC 2047 encoded words ("=?utf-8?q?...?=") are
+# decoded when a header is parsed, and Python's email package before the CVE-2024-6923
+# fix writes "=0D=0A" inside one back out as a real line break. So every value is
+# checked raw AND decoded, before and after the message is built, and the message uses
+# a policy that refuses to write a broken header wherever the Python has that check.
+MAIL_POLICY = email.policy.default
+if hasattr(MAIL_POLICY, "verify_generated_headers"):
+    MAIL_POLICY = MAIL_POLICY.clone(verify_generated_headers=True)
+
+# C0 and C1 controls and DEL (Cc: CR, LF, TAB, NUL...), and the line and paragraph
+# separators (Zl, Zp) that str.splitlines() also breaks at.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+
+
+def _has_unsafe_character(text: str) -> bool:
+    return any(unicodedata.category(char) in _UNSAFE_CATEGORIES for char in text)
+
+
+def _check_header_text(value: str, what: str) -> None:
+    """ValueError unless `value` is one line, raw and with its encoded words decoded."""
+    try:
+        decoded = str(make_header(decode_header(value)))
+    except (MessageError, LookupError, ValueError):
+        # An unknown charset or broken base64: a reader could not show it either.
+        raise ValueError(f"{what} holds a malformed encoded word (=?...?=)") from None
+    if _has_unsafe_character(value) or _has_unsafe_character(decoded):
+        raise ValueError(
+            f"{what} must be one line, without control characters, also once its "
+            "encoded words (=?...?=) are decoded"
+        )
+
+
+def checked_subject(subject: str) -> str:
+    """`subject` when it is safe as a Subject header; ValueError otherwise."""
+    _check_header_text(subject, "the subject")
+    return subject
+
+
+def checked_recipient(address: str) -> str:
+    """`address` when it is safe as a To header; ValueError otherwise.
+
+    RFC 2047 forbids encoded words in an address, and the email package decodes one
+    there anyway: refused even when it decodes to something harmless looking, since it
+    can hide a second "@" or a comma.
+    """
+    _check_header_text(address, "the recipient")
+    if "=?" in address:
+        raise ValueError("the recipient must not hold an encoded word (=?...?=)")
+    return address
+
+
+def _message_id_domain(sender: str) -> str:
+    setting = "EMAIL_FROM"
+    domain = parseaddr(sender)[1].rpartition("@")[2]
+    if not domain:
+        raise ValueError(f"the sender ({setting} setting) is not an address")
+    try:
+        # A Message-ID is ASCII only: an internationalised domain in its IDNA form.
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ValueError(f"the sender's domain ({setting}) is invalid") from None
+
+
+def compose_message(sender: str, to: str, subject: str, body: str) -> EmailMessage:
+    """One plain-text message; ValueError when a header could carry a line break.
+
+    The callers' own checks (the API's request model) may be bypassed by code that
+    queues the task directly, so everything is checked again here.
+    """
+    _check_header_text(sender, "the sender")
+    checked_recipient(to)
+    checked_subject(subject)
+    message = EmailMessage(policy=MAIL_POLICY)
+    message["From"] = sender
+    message["To"] = to
+    message["Subject"] = subject
+    message["Date"] = formatdate(localtime=False)
+    message["Message-ID"] = make_msgid(domain=_message_id_domain(sender))
+    message.set_content(body)
+    # Each header as the email package parsed it, encoded words decoded its own way:
+    # exactly what it would write out.
+    for name, value in message.items():
+        if _has_unsafe_character(str(value)):
+            raise ValueError(f"the {name} header would span more than one line")
+    return message
+
+
+def build_message(to: str, subject: str, body: str) -> EmailMessage:
+    sender = _text(settings.EMAIL_FROM)
+    if not sender:
+        raise ValueError("no sender address is configured (EMAIL_FROM)")
+    return compose_message(sender, to, subject, body)
 
 
 def retry_delay(job_try: int) -> float:
@@ -74,36 +209,41 @@ def _is_transient(exc: Exception) -> bool:
     )
 
 
+def _without_reply_text(exc: Exception) -> Exception:
+    """The failure to record: a refusal or reply by its code, never its text."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = sorted({refused.code for refused in exc.recipients})
+        return EmailNotSent(f"recipients refused ({codes})")
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return EmailNotSent(f"{type(exc).__name__} (SMTP reply {exc.code})")
+    return exc
+
+
 async def send_email(
     ctx: dict[str, Any], to: str, subject: str, body: str
 ) -> dict[str, str]:
     """Send one plain-text email. Transient SMTP failures are retried with backoff."""
     config = settings
-    message = EmailMessage()
-    message["From"] = config.EMAIL_FROM
-    message["To"] = to
-    message["Subject"] = subject
-    message.set_content(body)
-
-    user = config.SMTP_USER
-    starttls = bool(config.SMTP_STARTTLS)
+    message = build_message(to, subject, body)
+    user = _text(config.SMTP_USER)
+    starttls = _flag(config.SMTP_STARTTLS, "SMTP_STARTTLS")
     try:
         await aiosmtplib.send(
             message,
-            hostname=str(config.SMTP_HOST),
-            port=int(config.SMTP_PORT),
+            hostname=_text(config.SMTP_HOST),
+            port=int(_number(config.SMTP_PORT)),
             # log in only when a user is configured
             username=user or None,
-            password=_secret(config.SMTP_PASSWORD) if user else None,
+            password=_text(config.SMTP_PASSWORD) if user else None,
             start_tls=starttls,
             # verified certificate and host name: no password for an impostor
             tls_context=ssl.create_default_context() if starttls else None,
-            timeout=float(config.SMTP_TIMEOUT),
+            timeout=_number(config.SMTP_TIMEOUT),
         )
     except (aiosmtplib.SMTPException, OSError) as exc:
         job_try = int(ctx["job_try"])
         if not _is_transient(exc) or job_try >= SEND_EMAIL_MAX_TRIES:
-            raise
+            raise _without_reply_text(exc) from None
         delay = retry_delay(job_try)
         logger.warning(
             "send_email job %s: try %d failed (%s), retrying in %.0fs",

@@ -4,14 +4,13 @@ from fastapi.staticfiles import StaticFiles
 from acme.api.arq_tasks import router as arq_tasks_router
 from acme.api.router import api_router
 from acme.core.settings import get_settings
-from acme.tasks.pool import lifespan as bgtasks_lifespan
 
 
 def create_app() -> FastAPI:
     settings = get_settings()
-    application = FastAPI(title=settings.app_name, lifespan=bgtasks_lifespan)
+    application = FastAPI(title=settings.app_name)
     application.include_router(api_router, prefix="/api")
-    application.include_router(arq_tasks_router)
+    application.include_router(arq_tasks_router, prefix="/api")
     # a catch-all: anything included after this mount would never be reached
     application.mount("/", StaticFiles(directory="static", html=True, check_dir=False))
     return application

@@ -4,9 +4,13 @@
 
 On SIGTERM a worker stops taking jobs, gives running ones `job_completion_wait` seconds
 to finish, then cancels them; cancelled jobs go back to the queue and run again.
+
+The worker's log names each job it runs, never the job's arguments or result: those are
+addresses, message text and whatever your own jobs take (see HideJobArguments).
 """
 
 import datetime
+import logging
 
 from arq import cron, func
 from arq.connections import RedisSettings
@@ -14,6 +18,32 @@ from arq.connections import RedisSettings
 from app.core.config import settings
 from app.tasks import arq_tasks
 from app.tasks.serialization import deserialize, serialize
+
+# arq's own line for a job it starts: "<waited>s -> <job id>:<function>(<args>)<try>",
+# its arrow written as an escape here to keep this file ASCII
+JOB_START_FORMAT = "%6.2fs \u2192 %s(%s)%s"
+
+
+class HideJobArguments(logging.Filter):
+    """Drops the arguments from arq's "job started" log line, keeps the rest of it.
+
+    arq (0.28) logs a repr of every job's arguments at INFO and has no setting to stop
+    it; for send_email that is the recipient, the subject and the body.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.msg == JOB_START_FORMAT and isinstance(args, tuple):
+            # four values, one per placeholder of the format
+            waited, job, _arguments, job_try = args
+            record.args = (waited, job, "<arguments hidden>", job_try)
+        return True
+
+
+# On arq's logger itself (a filter on a logger sees only its own records), once.
+_arq_worker_logger = logging.getLogger("arq.worker")
+if not any(isinstance(f, HideJobArguments) for f in _arq_worker_logger.filters):
+    _arq_worker_logger.addFilter(HideJobArguments())
 
 
 def capped_timeout(seconds: int) -> int:
@@ -73,6 +103,8 @@ class WorkerSettings:
     job_timeout = capped_timeout(300)  # for anything registered without its own timeout
     max_jobs = 10
     keep_result = 3600
+    # Results stay readable through the API, but out of the log (see HideJobArguments).
+    log_results = False
     allow_abort_jobs = True  # POST /arq-tasks/abort/{job_id} cancels running jobs
     job_completion_wait = 25  # seconds; below a typical 30 s termination grace period
     health_check_interval = 60

@@ -1,10 +1,14 @@
 """The web app's one arq Redis pool, and the `TaskQueue` dependency that hands it out.
 
-The pool is opened once by `lifespan` (wired into the app's `FastAPI(lifespan=...)`),
-kept on `app.state` and closed on shutdown. Never open a pool per request: each opens
-its own connections, so 200 concurrent requests would open (and leak) 200 of them.
-The pool is bounded too: a request waits briefly for a free connection instead of
-opening one more.
+The pool is opened once by `lifespan`, the lifespan of the generated router: FastAPI
+runs an included router's lifespan with the app's own (and keeps running the app's
+`@app.on_event` handlers when it has no lifespan of its own), so the app's
+`FastAPI(...)` call needs no change. The pool is kept on `app.state` and closed on
+shutdown.
+
+Never open a pool per request: each opens its own connections, so 200 concurrent
+requests would open (and leak) 200 of them. The pool is bounded too: a request waits
+briefly for a free connection instead of opening one more.
 """
 
 import contextlib
@@ -134,7 +138,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Start anyway: the rest of the app works, task endpoints answer 503 meanwhile.
         logger.warning("Redis is not reachable; task endpoints answer 503 until it is")
     setattr(app.state, STATE_KEY, queue)
-    _warn_if_event_handlers_skipped(app)
     try:
         yield
     finally:
@@ -213,8 +216,8 @@ async def get_task_queue(request: Request) -> ArqRedis:
     queue = getattr(request.app.state, STATE_KEY, None)
     if not isinstance(queue, ArqRedis):
         logger.error(
-            "no arq pool on app.state: %s.lifespan is not running (is it passed to "
-            "FastAPI(lifespan=...)? in tests, use TestClient inside a `with` block)",
+            "no arq pool on app.state: %s.lifespan is not running (is the router "
+            "included in the app that serves? in tests, use TestClient in a `with`)",
             __name__,
         )
         raise HTTPException(status_code=503, detail="task queue unavailable")

@@ -10,7 +10,7 @@ def create_app() -> FastAPI:
     settings = get_settings()
     application = FastAPI(title=settings.app_name)
     application.include_router(api_router, prefix="/api")
-    application.include_router(notifications_router)
+    application.include_router(notifications_router, prefix="/api")
     # a catch-all: anything included after this mount would never be reached
     application.mount("/", StaticFiles(directory="static", html=True, check_dir=False))
     return application

@@ -8,28 +8,43 @@ instead (`bgtasks init --runner celery` or `--runner arq`).
 """
 
 import functools
+import inspect
 import logging
-from collections.abc import Callable
-from typing import ParamSpec
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec
+
+from starlette.concurrency import run_in_threadpool
 
 P = ParamSpec("P")
 
 logger = logging.getLogger(__name__)
 
 
-def safely(func: Callable[P, object]) -> Callable[P, None]:
-    """Wrap a job so that an exception is logged instead of stopping the other jobs.
+def safely(func: Callable[P, object]) -> Callable[P, Coroutine[Any, Any, None]]:
+    """Wrap a job, `def` or `async def`, so that an exception is logged instead of
+    stopping the other jobs.
 
     Starlette runs the background tasks of a response one after another and stops at the
-    first one that raises; nothing retries them.
+    first one that raises; nothing retries them. The wrapper is a coroutine function, so
+    Starlette awaits it on the event loop: a coroutine job is awaited there, a plain one
+    runs in the thread pool as Starlette would run it (never blocking the loop).
     """
 
     @functools.wraps(func)
-    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+    async def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        name = getattr(func, "__qualname__", type(func).__name__)
+        result: object
         try:
-            func(*args, **kwargs)
+            if inspect.iscoroutinefunction(func):
+                result = func(*args, **kwargs)
+            else:
+                result = await run_in_threadpool(func, *args, **kwargs)
+            # A coroutine, or what a callable object's async __call__ returned.
+            if inspect.isawaitable(result):
+                await result
         except Exception:
-            logger.exception("background job %s failed", func.__name__)
+            # The name only: a repr of the arguments would log addresses and text.
+            logger.exception("background job %s failed", name)
 
     return run
 

@@ -17,6 +17,7 @@ from app.tasks import mailer, registry
 from app.tasks.celery_app import (
     RETRY_BACKOFF_MAX,
     WORKER_LOST_RETRY_DELAY,
+    CancellableTask,
     celery_app,
     stop_cancelled,
 )
@@ -39,11 +40,26 @@ STEP_SECONDS = 0.1
 ORDER_SECONDS = 0.5
 
 
+class PrivateArgumentsTask(CancellableTask):
+    """A task whose arguments are personal data (addresses, message text).
+
+    Celery publishes a repr of every task's arguments with the task: the worker puts it
+    in its log records (the `data` a structured log handler writes out) and in its
+    events (Flower shows them). This one publishes the argument names only.
+    """
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        options.setdefault("argsrepr", f"({len(args or ())} hidden argument(s))")
+        options.setdefault("kwargsrepr", repr(dict.fromkeys(kwargs or {}, "<hidden>")))
+        return super().apply_async(args, kwargs, **options)
+
+
 # Results are ignored by default (callers that only fire and forget should not fill
 # the backend); the API queues it with ignore_result=False to offer a status, and the
 # stored result never contains the address.
 @celery_app.task(
     bind=True,
+    base=PrivateArgumentsTask,
     autoretry_for=TRANSIENT_EMAIL_ERRORS,
     retry_backoff=5,  # seconds before the first retry, doubled each time
     retry_backoff_max=RETRY_BACKOFF_MAX,

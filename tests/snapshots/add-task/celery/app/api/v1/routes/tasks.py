@@ -11,21 +11,28 @@ Cancel is `DELETE /tasks/cancel/{task_id}`:
   steps (long_running) stops at its next check and ends REVOKED; any other finishes
   the run it is in but is never retried or re-run. Answers 202 with the state now.
 - finished (SUCCESS, FAILURE, REVOKED): nothing to do. Answers 409 with that state.
+
+A request body larger than MAX_BODY_BYTES is refused with 413 before it is read, and a
+422 names what is wrong without echoing the input (see BoundedRoute).
 """
 
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Annotated, Any, Literal
 
 from celery import states
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from kombu.exceptions import OperationalError
-from pydantic import BaseModel, EmailStr, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, EmailStr, Field, ValidationError
 from redis.exceptions import RedisError
+from starlette.requests import ClientDisconnect
+from starlette.types import Message, Receive
 
-from app.tasks import registry
+from app.tasks import mailer, registry
 from app.tasks import tasks as celery_tasks
 from app.tasks.celery_app import RESULT_EXPIRES, celery_app
 
@@ -35,6 +42,10 @@ logger = logging.getLogger(__name__)
 # --proxy-headers). An open email endpoint is a spam relay.
 EMAIL_RATE_LIMIT = 20
 EMAIL_RATE_WINDOW_SECONDS = 60
+# The largest request body read (413 beyond). The largest valid one is an email of
+# 10 000 characters, which a client escaping every character as \uXXXX (12 bytes for
+# an emoji's surrogate pair) sends as about 120 kB.
+MAX_BODY_BYTES = 128 * 1024
 
 TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
 
@@ -58,17 +69,86 @@ def limit_email_rate(request: Request) -> None:
         raise HTTPException(status_code=429, detail="Too many emails, try again later")
 
 
+class BoundedRoute(APIRoute):
+    """The route class of this router: a bounded request body, 422s without input.
+
+    FastAPI reads the whole body before it runs any dependency, so no dependency can
+    bound it, and a router cannot own middleware: this class reads the body first, at
+    most MAX_BODY_BYTES of it, and answers 413 beyond (from Content-Length, or while a
+    chunked body streams in). Its validation errors keep `loc`, `msg` and `type` but
+    drop `input`: that can be as large as the body, hold an address, or be a number
+    JSON cannot carry (1e400 parses as inf, and rendering it would fail with a 500).
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def bounded_handler(request: Request) -> Response:
+            body = await _read_bounded_body(request)
+            replayed = Request(request.scope, _replay(body, request.receive))
+            try:
+                return await handle(replayed)
+            except RequestValidationError as exc:
+                errors = [
+                    {key: value for key, value in error.items() if key != "input"}
+                    for error in exc.errors()
+                ]
+                raise RequestValidationError(errors) from None
+
+        return bounded_handler
+
+
+def _too_large() -> HTTPException:
+    return HTTPException(
+        status_code=413, detail=f"Request body larger than {MAX_BODY_BYTES} bytes"
+    )
+
+
+async def _read_bounded_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large()  # refused before a byte of it is read
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise _too_large()
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise HTTPException(status_code=400, detail="Incomplete request body") from None
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive channel that hands out `body` once, then waits as the server's does."""
+    pending = True
+
+    async def replayed() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
 router = APIRouter(
     prefix="/tasks",
     tags=["tasks"],
     dependencies=[Depends(require_task_access)],
+    route_class=BoundedRoute,
 )
 
 
 class EmailRequest(BaseModel):
-    to: EmailStr
-    # One line: a header must not carry CR/LF.
-    subject: str = Field(min_length=1, max_length=200, pattern=r"^[^\r\n]+$")
+    # Headers: one line each, also once encoded words are decoded (see the mailer).
+    to: Annotated[EmailStr, AfterValidator(mailer.checked_recipient)]
+    subject: Annotated[
+        str, Field(min_length=1, max_length=200), AfterValidator(mailer.checked_subject)
+    ]
     body: str = Field(min_length=1, max_length=10_000)
 
 

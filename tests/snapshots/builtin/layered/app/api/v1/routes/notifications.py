@@ -1,24 +1,122 @@
-"""Routes that hand work to FastAPI's BackgroundTasks and answer 202 at once."""
+"""Routes that hand work to FastAPI's BackgroundTasks and answer 202 at once.
 
-from typing import Literal
+A request body larger than MAX_BODY_BYTES is refused with 413 before it is read, and a
+422 names what is wrong without echoing the input (see BoundedRoute).
+"""
 
-from fastapi import APIRouter, BackgroundTasks, Depends
-from pydantic import BaseModel, EmailStr, Field
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, Literal
+
+from fastapi import (
+    APIRouter,
+    BackgroundTasks,
+    Depends,
+    HTTPException,
+    Request,
+    Response,
+)
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from pydantic import AfterValidator, BaseModel, EmailStr, Field
+from starlette.requests import ClientDisconnect
+from starlette.types import Message, Receive
 
 from app.tasks import notifications as jobs
 from app.tasks.auth import require_task_access
-from app.tasks.email import send_email
+from app.tasks.email import (
+    checked_recipient,
+    checked_subject,
+    send_email,
+)
+
+# The largest request body read (413 beyond). The largest valid one is an email of
+# 10 000 characters, which a client escaping every character as \uXXXX (12 bytes for
+# an emoji's surrogate pair) sends as about 120 kB.
+MAX_BODY_BYTES = 128 * 1024
+
+
+class BoundedRoute(APIRoute):
+    """The route class of this router: a bounded request body, 422s without input.
+
+    FastAPI reads the whole body before it runs any dependency, so no dependency can
+    bound it, and a router cannot own middleware: this class reads the body first, at
+    most MAX_BODY_BYTES of it, and answers 413 beyond (from Content-Length, or while a
+    chunked body streams in). Its validation errors keep `loc`, `msg` and `type` but
+    drop `input`: that can be as large as the body, hold an address, or be a number
+    JSON cannot carry (1e400 parses as inf, and rendering it would fail with a 500).
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def bounded_handler(request: Request) -> Response:
+            body = await _read_bounded_body(request)
+            replayed = Request(request.scope, _replay(body, request.receive))
+            try:
+                return await handle(replayed)
+            except RequestValidationError as exc:
+                errors = [
+                    {key: value for key, value in error.items() if key != "input"}
+                    for error in exc.errors()
+                ]
+                raise RequestValidationError(errors) from None
+
+        return bounded_handler
+
+
+def _too_large() -> HTTPException:
+    return HTTPException(
+        status_code=413, detail=f"Request body larger than {MAX_BODY_BYTES} bytes"
+    )
+
+
+async def _read_bounded_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large()  # refused before a byte of it is read
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise _too_large()
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise HTTPException(status_code=400, detail="Incomplete request body") from None
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive channel that hands out `body` once, then waits as the server's does."""
+    pending = True
+
+    async def replayed() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
 
 router = APIRouter(
     prefix="/notifications",
     tags=["notifications"],
     dependencies=[Depends(require_task_access)],
+    route_class=BoundedRoute,
 )
+
+# Headers: one line each, also once encoded words are decoded (see the email module).
+Recipient = Annotated[EmailStr, AfterValidator(checked_recipient)]
 
 
 class EmailRequest(BaseModel):
-    to: EmailStr
-    subject: str = Field(min_length=1, max_length=200)
+    to: Recipient
+    subject: Annotated[
+        str, Field(min_length=1, max_length=200), AfterValidator(checked_subject)
+    ]
     body: str = Field(min_length=1, max_length=10_000)
 
 
@@ -26,7 +124,7 @@ class NotificationRequest(BaseModel):
     user_id: int = Field(ge=1)
     message: str = Field(min_length=1, max_length=2_000)
     # also email the user when given
-    email: EmailStr | None = None
+    email: Recipient | None = None
 
 
 class Accepted(BaseModel):
