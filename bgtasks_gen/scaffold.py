@@ -104,12 +104,15 @@ def choose_fields(spec: RunnerSpec, layout: ProjectLayout) -> list[FieldChoice]:
             None,
         )
         if found is None:
-            choices.append(FieldChoice(field.key, styled, True))
+            if field.add:
+                choices.append(FieldChoice(field.key, styled, True))
             continue
         why_not = can_serve(field, settings.field_types.get(found))
         if not why_not:
             choices.append(FieldChoice(field.key, found, False))
             continue
+        if not field.add:
+            continue  # an optional meaning the generated code can do without
         own = field.key if field.key.startswith(f"{spec.name}_") else f"{spec.name}_{field.key}"
         own = own.upper() if settings.upper_case else own
         choices.append(

@@ -24,6 +24,9 @@ class SettingsField:
     # an existing field that may be None can stand for this one (a missing SMTP user
     # means "no login"); a None broker URL cannot
     optional: bool = False
+    # False: never added, only read when the project already has it (fastapi-mail's
+    # MAIL_SSL_TLS, USE_CREDENTIALS, VALIDATE_CERTS keep their meaning)
+    add: bool = True
 
     def default_for(self, broker: str) -> str:
         return self.broker_defaults.get(broker, self.default)

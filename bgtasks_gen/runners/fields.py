@@ -29,4 +29,22 @@ SMTP_FIELDS = (
         '"noreply@example.com"',
         ("EMAILS_FROM_EMAIL", "DEFAULT_FROM_EMAIL", "MAIL_FROM"),
     ),
+    # reused with their meaning when the project has them, never added
+    SettingsField(
+        "smtp_ssl",
+        "bool",
+        "False",
+        ("MAIL_SSL_TLS", "SMTP_USE_SSL", "EMAIL_USE_SSL"),
+        add=False,
+    ),
+    SettingsField(
+        "smtp_use_credentials",
+        "bool",
+        "True",
+        ("USE_CREDENTIALS", "MAIL_USE_CREDENTIALS"),
+        add=False,
+    ),
+    SettingsField(
+        "smtp_validate_certs", "bool", "True", ("VALIDATE_CERTS", "MAIL_VALIDATE_CERTS"), add=False
+    ),
 )

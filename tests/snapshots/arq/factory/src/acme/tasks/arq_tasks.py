@@ -178,6 +178,31 @@ def compose_message(sender: str, to: str, subject: str, body: str) -> EmailMessa
     return message
 
 
+def _setting(config: Any, name: str) -> bool:
+    return _flag(getattr(config, name), name)
+
+
+def _tls_context(config: Any) -> ssl.SSLContext:
+    """A verified TLS context: without one, a man in the middle reads the password."""
+    context = ssl.create_default_context()
+    return context
+
+
+def _implicit_tls(config: Any) -> bool:
+    """TLS from the first byte (port 465) instead of STARTTLS after connecting."""
+    return False
+
+
+def _starttls(config: Any) -> bool:
+    """STARTTLS after connecting, unless the connection is TLS from the start."""
+    return not _implicit_tls(config) and _setting(config, "smtp_starttls")
+
+
+def _logs_in(config: Any, user: str) -> bool:
+    """Log in only when a user is configured (and the project's settings want it)."""
+    return bool(user)
+
+
 def build_message(to: str, subject: str, body: str) -> EmailMessage:
     sender = _text(get_settings().email_from)
     if not sender:
@@ -226,18 +251,21 @@ async def send_email(
     config = get_settings()
     message = build_message(to, subject, body)
     user = _text(config.smtp_user)
-    starttls = _flag(config.smtp_starttls, "smtp_starttls")
+    implicit, starttls = _implicit_tls(config), _starttls(config)
+    login = _logs_in(config, user)
+    password = _text(config.smtp_password)
     try:
         await aiosmtplib.send(
             message,
             hostname=_text(config.smtp_host),
             port=int(_number(config.smtp_port)),
             # log in only when a user is configured
-            username=user or None,
-            password=_text(config.smtp_password) if user else None,
+            username=user if login else None,
+            password=password if login else None,
+            use_tls=implicit,
             start_tls=starttls,
             # verified certificate and host name: no password for an impostor
-            tls_context=ssl.create_default_context() if starttls else None,
+            tls_context=_tls_context(config) if implicit or starttls else None,
             timeout=_number(config.smtp_timeout),
         )
     except (aiosmtplib.SMTPException, OSError) as exc:

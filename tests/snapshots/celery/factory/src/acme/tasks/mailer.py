@@ -12,6 +12,7 @@ from email.errors import MessageError
 from email.header import decode_header, make_header
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -142,6 +143,40 @@ def compose_message(sender: str, to: str, subject: str, body: str) -> EmailMessa
     return message
 
 
+def _setting(config: Any, name: str) -> bool:
+    return _flag(getattr(config, name), name)
+
+
+def _tls_context(config: Any) -> ssl.SSLContext:
+    """A verified TLS context: without one, a man in the middle reads the password."""
+    context = ssl.create_default_context()
+    return context
+
+
+def _implicit_tls(config: Any) -> bool:
+    """TLS from the first byte (port 465) instead of STARTTLS after connecting."""
+    return False
+
+
+def _starttls(config: Any) -> bool:
+    """STARTTLS after connecting, unless the connection is TLS from the start."""
+    return not _implicit_tls(config) and _setting(config, "smtp_starttls")
+
+
+def _logs_in(config: Any, user: str) -> bool:
+    """Log in only when a user is configured (and the project's settings want it)."""
+    return bool(user)
+
+
+def _connect(config: Any, host: str) -> smtplib.SMTP:
+    port = int(_number(config.smtp_port))
+    timeout = _number(config.smtp_timeout)
+    if _implicit_tls(config):
+        context = _tls_context(config)
+        return smtplib.SMTP_SSL(host, port, timeout=timeout, context=context)
+    return smtplib.SMTP(host, port, timeout=timeout)
+
+
 def build_message(to: str, subject: str, body: str) -> EmailMessage:
     sender = _text(get_settings().email_from)
     if not sender:
@@ -164,16 +199,10 @@ def send(to: str, subject: str, body: str) -> None:
     user = _text(config.smtp_user)
     try:
         # The timeout keeps a silent server from holding a worker process forever.
-        with smtplib.SMTP(
-            host,
-            int(_number(config.smtp_port)),
-            timeout=_number(config.smtp_timeout),
-        ) as smtp:
-            if _flag(config.smtp_starttls, "smtp_starttls"):
-                # Without a context the certificate is not verified, and a man in the
-                # middle could read the password sent by login() below.
-                smtp.starttls(context=ssl.create_default_context())
-            if user:
+        with _connect(config, host) as smtp:
+            if _starttls(config):
+                smtp.starttls(context=_tls_context(config))
+            if _logs_in(config, user):
                 smtp.login(user, _text(config.smtp_password))
             smtp.send_message(message)
     except smtplib.SMTPRecipientsRefused as exc:
