@@ -242,11 +242,14 @@ def plan_init(
     _refuse_existing_runner(spec, present, owned)
     layout = discover(root, overrides, index)
     root = layout.root
-    if layout.settings.pydantic_v1 and spec.name != "builtin":
+    if layout.settings.pydantic_v1:
+        # the generated request validation (header checks after decoding encoded words,
+        # finite numbers, errors without the input) is written for pydantic 2, every runner
         raise BadInput(
-            f"the {spec.name} runner's generated API needs pydantic 2, and this project "
-            f"uses pydantic 1 ({layout.settings.found_by})",
-            "move to pydantic 2 and pydantic-settings first, or use --runner builtin",
+            f"the generated routes need pydantic 2, and this project uses pydantic 1 "
+            f"({layout.settings.found_by})",
+            "move the project to pydantic 2 and pydantic-settings 2 first "
+            "(`from pydantic_settings import BaseSettings`), then run again",
         )
     if spec.lifespan_module and layout.app.mounted_in:
         raise DiscoveryError(
