@@ -47,7 +47,7 @@ def _router_included(project: Project, app_path: Path) -> Finding | None:
     )
 
 
-def _scheduled_names(project: Project) -> list[tuple[str, str]]:
+def scheduled_names(project: Project) -> list[tuple[str, str]]:
     """(task name, how it is referenced) for every schedule / registration entry."""
     worker = project.worker_file
     text = read_existing(project.root, worker) if worker else None
@@ -114,7 +114,7 @@ def check_project(root: Path) -> list[Finding]:
             )
     tasks_text = read_existing(project.root, project.tasks_file)
     defined = set(definition_names(tasks_text)) if tasks_text is not None else set()
-    for name, how in _scheduled_names(project):
+    for name, how in scheduled_names(project):
         if name not in defined:
             findings.append(
                 Finding(

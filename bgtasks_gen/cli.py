@@ -437,5 +437,10 @@ def runners(as_json: Json = False) -> None:
     out.print(table)
 
 
+from bgtasks_gen.cli_stack import register as _register_stack  # noqa: E402
+
+_register_stack(app)
+
+
 def main() -> None:
     app()

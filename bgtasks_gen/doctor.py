@@ -1,0 +1,826 @@
+"""`bgtasks doctor`: live checks that the scaffolded stack can run here, now.
+
+Each check asks the real thing: the project's interpreter (in a subprocess, bounded)
+for its packages and whether the worker and the app import, the broker and the result
+backend for an answer, the SMTP host for a TCP connection, the process table for a
+celery beat already running. Every check is one line with its fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import ssl
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from bgtasks_gen.errors import BgtasksError
+from bgtasks_gen.project_env import (
+    Interpreter,
+    StackProject,
+    find_interpreter,
+    load_stack_project,
+    mask_credentials,
+    mask_url,
+    process_environment,
+    run_probe,
+    setting_sources,
+)
+
+PACKAGES_TIMEOUT = 20.0
+IMPORT_TIMEOUT = 60.0
+NETWORK_TIMEOUT = 3.0
+# Distributions asked about beside the runner's own requirements: what those pull in
+# and what the generated code imports through them.
+RELATED_DISTRIBUTIONS = ("kombu", "redis")
+LABELS = {"redis": "redis-py"}
+NOT_INSTALLED = "not installed in"
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+# RabbitMQ 4.3 refuses transient non-exclusive queues, which celery's control and event
+# queues are unless declared exclusive (celery 5.7's default; a setting in 5.6).
+RABBITMQ_EXCLUSIVE_SINCE = (4, 3)
+EXCLUSIVE_SETTINGS = ("control_queue_exclusive", "event_queue_exclusive")
+
+PASS, FAIL, SKIP = "pass", "fail", "skip"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # pass | fail | skip
+    detail: str
+    fix: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status == FAIL
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass
+class Diagnosis:
+    project: StackProject
+    interpreter: Interpreter | None
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(check.failed for check in self.checks)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "project": str(self.project.root),
+            "runner": self.project.spec.name,
+            "python": str(self.interpreter.path) if self.interpreter else None,
+            "checks": [check.as_dict() for check in self.checks],
+        }
+
+
+# -- services, asked over the network -------------------------------------------------------
+
+
+class ServiceDown(Exception):
+    """A service did not answer as it should; the message says how."""
+
+
+def _connect(host: str, port: int, timeout: float) -> socket.socket:
+    try:
+        return socket.create_connection((host, port), timeout=timeout)
+    except socket.gaierror:
+        raise ServiceDown(f"unknown host {host}") from None
+    except ConnectionRefusedError:
+        raise ServiceDown("nothing listens there") from None
+    except TimeoutError:
+        raise ServiceDown(f"no answer within {timeout:.0f} s") from None
+    except OSError as error:
+        raise ServiceDown(str(error.strerror or error)) from None
+
+
+def tcp_reachable(host: str, port: int, timeout: float = NETWORK_TIMEOUT) -> None:
+    """ServiceDown unless something accepts a TCP connection on host:port."""
+    _connect(host, port, timeout).close()
+
+
+def _resp(*words: str) -> bytes:
+    encoded = [word.encode() for word in words]
+    return b"*%d\r\n" % len(encoded) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in encoded)
+
+
+@contextlib.contextmanager
+def _redis_socket(url: str, timeout: float) -> Iterator[socket.socket]:
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(parts.path)
+        except OSError as error:
+            sock.close()
+            raise ServiceDown(f"{parts.path}: {error.strerror or error}") from None
+    else:
+        try:
+            port = parts.port or 6379
+        except ValueError:
+            raise ServiceDown("the URL's port is not a number") from None
+        host = parts.hostname or "localhost"
+        sock = _connect(host, port, timeout)
+        if parts.scheme == "rediss":
+            try:
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+            except (ssl.SSLError, OSError) as error:
+                sock.close()
+                raise ServiceDown(f"TLS with {host}:{port} failed: {error}") from None
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def _reply_line(sock: socket.socket) -> str:
+    data = b""
+    while not data.endswith(b"\r\n") and len(data) < 4096:
+        chunk = sock.recv(1)
+        if not chunk:
+            raise ServiceDown("the server closed the connection")
+        data += chunk
+    return data.decode(errors="replace").strip()
+
+
+def redis_ping(url: str, timeout: float = NETWORK_TIMEOUT) -> None:
+    """ServiceDown unless the Redis server at `url` answers PING (after AUTH, when the
+    URL has a password)."""
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ServiceDown(f"{parts.scheme or 'no'} scheme: not a Redis URL")
+    with _redis_socket(url, timeout) as sock:
+        try:
+            if parts.password is not None:
+                user = unquote(parts.username or "")
+                words = [user] if user and user != "default" else []
+                sock.sendall(_resp("AUTH", *words, unquote(parts.password)))
+                reply = _reply_line(sock)
+                if not reply.startswith("+"):
+                    raise ServiceDown(f"refused the password ({reply[:80]})")
+            sock.sendall(_resp("PING"))
+            reply = _reply_line(sock)
+        except TimeoutError:
+            raise ServiceDown(f"connected, but no answer within {timeout:.0f} s") from None
+        except OSError as error:
+            raise ServiceDown(f"connection lost: {error}") from None
+    if reply.startswith("-NOAUTH"):
+        raise ServiceDown("answers, but wants a password: put it in the URL")
+    if reply != "+PONG":
+        raise ServiceDown(f"answered {reply[:80]!r} instead of PONG")
+
+
+@dataclass(frozen=True)
+class AmqpServer:
+    product: str
+    version: str
+
+    @property
+    def version_tuple(self) -> tuple[int, ...]:
+        return _numbers(self.version)
+
+
+def _numbers(version: str) -> tuple[int, ...]:
+    numbers = []
+    for part in version.split("."):
+        digits = "".join(c for c in part if c.isdigit())
+        if not digits:
+            break
+        numbers.append(int(digits))
+    return tuple(numbers)
+
+
+# sizes of the fixed-width AMQP 0-9-1 field values (RabbitMQ's own type letters)
+_FIXED_FIELD_SIZES = {"t": 1, "b": 1, "B": 1, "s": 2, "u": 2, "I": 4, "i": 4, "l": 8}
+_FIXED_FIELD_SIZES.update({"L": 8, "f": 4, "d": 8, "D": 5, "T": 8, "V": 0})
+
+
+def _field_table(data: bytes) -> dict[str, str]:
+    """The string entries of an AMQP field table (nested values are skipped)."""
+    entries: dict[str, str] = {}
+    offset = 0
+    while offset < len(data):
+        name_length = data[offset]
+        name = data[offset + 1 : offset + 1 + name_length].decode(errors="replace")
+        offset += 1 + name_length
+        kind = chr(data[offset])
+        offset += 1
+        if kind in _FIXED_FIELD_SIZES:
+            offset += _FIXED_FIELD_SIZES[kind]
+        elif kind in "SxAF":
+            (length,) = struct.unpack_from(">I", data, offset)
+            if kind == "S":
+                entries[name] = data[offset + 4 : offset + 4 + length].decode(errors="replace")
+            offset += 4 + length
+        else:
+            break  # a type this reader does not know: the rest cannot be located
+    return entries
+
+
+def amqp_server(url: str, timeout: float = NETWORK_TIMEOUT) -> AmqpServer:
+    """Open an AMQP 0-9-1 connection far enough to read the server's Connection.Start
+    (product and version); ServiceDown when nothing AMQP answers."""
+    parts = urlsplit(url)
+    secure = parts.scheme == "amqps"
+    try:
+        port = parts.port or (5671 if secure else 5672)
+    except ValueError:
+        raise ServiceDown("the URL's port is not a number") from None
+    host = parts.hostname or "localhost"
+    sock = _connect(host, port, timeout)
+    try:
+        if secure:
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+        sock.sendall(b"AMQP\x00\x00\x09\x01")
+        header = _receive(sock, 7)
+        if header.startswith(b"AMQP"):
+            raise ServiceDown("the server speaks another AMQP version than 0-9-1")
+        kind, _channel, size = struct.unpack(">BHI", header)
+        payload = _receive(sock, size + 1)
+    except TimeoutError:
+        raise ServiceDown(f"connected, but no AMQP greeting within {timeout:.0f} s") from None
+    except (OSError, struct.error) as error:
+        raise ServiceDown(f"no AMQP greeting: {error}") from None
+    finally:
+        sock.close()
+    class_id, method_id = struct.unpack_from(">HH", payload)
+    if kind != 1 or (class_id, method_id) != (10, 10):
+        raise ServiceDown("the server's first frame is not an AMQP Connection.Start")
+    (table_size,) = struct.unpack_from(">I", payload, 6)
+    properties = _field_table(payload[10 : 10 + table_size])
+    return AmqpServer(properties.get("product", "?"), properties.get("version", "?"))
+
+
+def _receive(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ServiceDown("the server closed the connection")
+        data += chunk
+    return data
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+def _process_table() -> Iterator[tuple[int, int, list[str], Path | None]]:
+    """(pid, parent pid, argv, working directory or None) of every visible process."""
+    proc = Path("/proc")
+    if proc.is_dir():
+        for entry in proc.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            try:
+                cwd: Path | None = Path(os.readlink(entry / "cwd"))
+            except OSError:
+                cwd = None
+            # "pid (comm) state ppid ...": comm may hold spaces, so split after the last ")"
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            yield int(entry.name), parent, [a.decode(errors="replace") for a in argv if a], cwd
+        return
+    import subprocess
+
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        listing = subprocess.run(
+            ["ps", "-axww", "-o", "pid=,ppid=,command="],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+        for line in listing.splitlines():
+            pid_text, parent_text, *words = line.split()
+            yield int(pid_text), int(parent_text), words, None
+
+
+def _celery_app_argument(argv: list[str]) -> str:
+    for index, word in enumerate(argv):
+        if word in ("-A", "--app") and index + 1 < len(argv):
+            return argv[index + 1]
+        for prefix in ("--app=", "-A"):
+            if word.startswith(prefix) and len(word) > len(prefix):
+                return word[len(prefix) :].lstrip("=")
+    return ""
+
+
+def celery_beats(project: StackProject) -> list[int]:
+    """Pids of the celery beat schedulers (`celery beat`, or a worker with -B) running
+    for this project's celery app, in its folder when the system says where."""
+    module = project.worker_module or ""
+    names = {module, f"{module}:celery_app", f"{module}.celery_app", project.tasks_module}
+    found: dict[int, int] = {}
+    for pid, parent, argv, cwd in _process_table():
+        if pid == os.getpid() or not any(Path(word).name == "celery" for word in argv):
+            continue
+        beat = "beat" in argv or ("worker" in argv and ("-B" in argv or "--beat" in argv))
+        if not beat or _celery_app_argument(argv) not in names:
+            continue
+        if cwd is not None and cwd.resolve() != project.root:
+            continue
+        found[pid] = parent
+    # a worker's pool processes repeat its command line: count the parent once
+    return sorted(pid for pid, parent in found.items() if parent not in found)
+
+
+# -- packages --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Wanted:
+    extras: set[str] = field(default_factory=set)
+    # (who asks, specifier, the requirement to install to satisfy it)
+    constraints: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def _requirement_names(requirements: list[str]) -> dict[str, Any]:
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    parsed: dict[str, Any] = {}
+    for text in requirements:
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            continue
+        parsed[str(canonicalize_name(requirement.name))] = requirement
+    return parsed
+
+
+def runner_requirements(project: StackProject) -> dict[str, Any]:
+    """The runner's requirements, as the project declares them where it does (its own
+    pins win: celery 5.6 beside arq), else as bgtasks would add them."""
+    from bgtasks_gen.deps import declared_requirements
+
+    wanted = _requirement_names(list(project.spec.dependencies_for(project.broker)))
+    declared = _requirement_names(declared_requirements(project.root, project.source_root))
+    return {name: declared.get(name, requirement) for name, requirement in wanted.items()}
+
+
+def distributions_to_probe(project: StackProject) -> list[str]:
+    return sorted({*runner_requirements(project), *RELATED_DISTRIBUTIONS})
+
+
+def package_checks(
+    project: StackProject,
+    interpreter: Interpreter,
+    distributions: Mapping[str, Any],
+    python_version: str,
+) -> list[Check]:
+    """One check per package the runner needs (and each one those pull in): installed,
+    at a version that every installed package asking for it accepts."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.specifiers import SpecifierSet
+    from packaging.utils import canonicalize_name
+    from packaging.version import InvalidVersion, Version
+
+    installed: dict[str, Any] = {
+        str(canonicalize_name(k)): v for k, v in distributions.items() if v is not None
+    }
+    probed = {str(canonicalize_name(k)) for k in distributions}
+    wanted: dict[str, _Wanted] = {}
+    for name, requirement in runner_requirements(project).items():
+        entry = wanted.setdefault(name, _Wanted())
+        entry.extras |= set(requirement.extras)
+        entry.constraints.append(("the project", str(requirement.specifier), str(requirement)))
+    # follow what the installed packages require, among the probed ones, extras included
+    done: set[tuple[str, frozenset[str]]] = set()
+    changed = True
+    while changed:
+        changed = False
+        for name in list(wanted):
+            key = (name, frozenset(wanted[name].extras))
+            if name not in installed or key in done:
+                continue
+            done.add(key)
+            changed = True
+            owner = f"{LABELS.get(name, name)} {installed[name]['version']}"
+            for text in installed[name]["requires"]:
+                try:
+                    requirement = Requirement(text)
+                except InvalidRequirement:
+                    continue
+                target = str(canonicalize_name(requirement.name))
+                if target not in probed or not _applies(
+                    requirement, wanted[name].extras, python_version
+                ):
+                    continue
+                entry = wanted.setdefault(target, _Wanted())
+                entry.extras |= set(requirement.extras)
+                constraint = (owner, str(requirement.specifier), f"{target}{requirement.specifier}")
+                if constraint not in entry.constraints:
+                    entry.constraints.append(constraint)
+    checks = []
+    for name, entry in wanted.items():
+        label = LABELS.get(name, name)
+        install = next((c[2] for c in entry.constraints if c[0] == "the project"), None)
+        install = install or entry.constraints[0][2]
+        if name not in installed:
+            checks.append(
+                Check(
+                    label,
+                    FAIL,
+                    f"{NOT_INSTALLED} {interpreter.path}",
+                    interpreter.pip_install(install),
+                )
+            )
+            continue
+        version = str(installed[name]["version"])
+        broken = []
+        for who, specifier, requirement in entry.constraints:
+            try:
+                accepted = SpecifierSet(specifier).contains(Version(version), prereleases=True)
+            except InvalidVersion:
+                accepted = True  # a local build: nothing to compare
+            if not accepted:
+                broken.append((who, specifier, requirement))
+        if broken:
+            who, specifier, requirement = broken[0]
+            asks = "; ".join(f"{w} needs {LABELS.get(name, name)}{s}" for w, s, _ in broken)
+            checks.append(
+                Check(
+                    label,
+                    FAIL,
+                    f"{version} installed, but {asks}",
+                    interpreter.pip_install(requirement),
+                )
+            )
+        else:
+            asks = ", ".join(f"{w} needs {s}" for w, s, _ in entry.constraints if s)
+            checks.append(Check(label, PASS, version + (f" ({asks})" if asks else "")))
+    return checks
+
+
+def _applies(requirement: Any, extras: set[str], python_version: str) -> bool:
+    if requirement.marker is None:
+        return True
+    environment = {"python_version": ".".join(python_version.split(".")[:2])}
+    environment["python_full_version"] = python_version
+    return any(
+        requirement.marker.evaluate({**environment, "extra": extra}) for extra in (extras | {""})
+    )
+
+
+# -- the diagnosis -----------------------------------------------------------------------
+
+
+class _Doctor:
+    def __init__(
+        self, project: StackProject, python: Path | None, environ: Mapping[str, str]
+    ) -> None:
+        self.project = project
+        self.python = python
+        self.environ = environ
+        self.checks: list[Check] = []
+        self.interpreter: Interpreter | None = None
+        self.packages: dict[str, Any] = {}
+        self.live: dict[str, Any] = {}
+
+    def add(self, name: str, status: str, detail: str, fix: str = "") -> None:
+        self.checks.append(Check(name, status, detail, fix))
+
+    # what the processes will read for a runner field: the live settings object when it
+    # loads, else the value the environment, .env or the class default gives it
+    def value(self, key: str) -> str | None:
+        attribute = self.project.fields.get(key)
+        if attribute is None:
+            return None
+        values = self.live.get("settings", {}).get("values", {})
+        if attribute in values:
+            value = values[attribute]
+            return None if value is None else str(value)
+        for source in setting_sources(self.project, self.environ):
+            if source.attribute == attribute:
+                return source.value
+        return None
+
+    def run(self) -> Diagnosis:
+        error = self.project.discovery_error
+        if error is not None:
+            self.add("project", FAIL, error.message, error.hint)
+        self.environment()
+        if self.interpreter is not None:
+            self.imports()
+        self.settings()
+        self.services()
+        if self.interpreter is not None:
+            self.code_checks()
+        if self.project.spec.name == "celery":
+            self.rabbitmq()
+            self.beats()
+        return Diagnosis(self.project, self.interpreter, self.checks)
+
+    def environment(self) -> None:
+        try:
+            self.interpreter = find_interpreter(self.project.root, self.python, self.environ)
+            env = process_environment(self.project)
+            answer = run_probe(
+                self.interpreter,
+                {"distributions": distributions_to_probe(self.project)},
+                cwd=self.project.root,
+                env=env,
+                timeout=PACKAGES_TIMEOUT,
+            )
+        except BgtasksError as error:
+            self.interpreter = None
+            self.add("environment", FAIL, error.message, error.hint)
+            return
+        self.packages = answer
+        python = str(answer.get("python", "?"))
+        self.add(
+            "environment",
+            PASS,
+            f"{self.interpreter.path} (Python {python}, {self.interpreter.found_by})",
+        )
+        self.checks.extend(
+            package_checks(self.project, self.interpreter, answer["distributions"], python)
+        )
+
+    def imports(self) -> None:
+        assert self.interpreter is not None
+        project = self.project
+        module, attribute, factory = project.served_app
+        request: dict[str, object] = {
+            "modules": [m for m in (project.worker_module, module) if m],
+            "app": {"module": module, "attribute": attribute, "factory": factory},
+        }
+        if project.layout is not None:
+            settings = project.layout.settings
+            request["settings"] = {
+                "module": settings.access_module,
+                "attribute": settings.access_name,
+                "call": settings.access_kind != "instance",
+                "fields": sorted(project.fields.values()),
+            }
+        if project.spec.name == "celery":
+            request["celery"] = project.worker_module
+        try:
+            self.live = run_probe(
+                self.interpreter,
+                request,
+                cwd=project.root,
+                env=process_environment(project),
+                timeout=IMPORT_TIMEOUT,
+            )
+        except BgtasksError as error:
+            self.add("imports", FAIL, error.message, error.hint)
+
+    def settings(self) -> None:
+        project = self.project
+        if project.layout is None:
+            return  # the project check said why
+        sources = setting_sources(project, self.environ)
+        ours = set(project.fields.values())
+        missing = [s for s in sources if s.source == "missing"]
+        live = self.live.get("settings", {})
+        if missing:
+            names = ", ".join(s.env_name for s in missing)
+            self.add(
+                "settings",
+                FAIL,
+                f"{names}: no default in {project.settings.class_name} and not set",
+                f"export {missing[0].env_name}=... (or add it to {project.root / '.env'})",
+            )
+        elif "error" in live:
+            self.add(
+                "settings",
+                FAIL,
+                f"{project.settings.class_name} does not load: "
+                + mask_credentials(str(live["error"])),
+                "fix the value named above (in the environment or .env)",
+            )
+        set_here = [
+            f"{s.env_name} ({s.source})" for s in sources if s.source in ("environment", ".env")
+        ]
+        defaults = [s.env_name for s in sources if s.attribute in ours and "default" in s.source]
+        if not missing and "error" not in live:
+            detail = (
+                f"set: {', '.join(set_here) or 'none'}; defaults: {', '.join(defaults) or 'none'}"
+            )
+            self.add("settings", PASS, detail)
+
+    def services(self) -> None:
+        names = {
+            "celery_broker_url": "broker",
+            "celery_result_backend": "result backend",
+            "redis_url": "redis",
+        }
+        for key, name in names.items():
+            url = self.value(key)
+            if key not in self.project.fields:
+                continue
+            if not url:
+                self.add(name, FAIL, "no URL configured", f"set {self.project.env_name(key)}")
+                continue
+            shown = mask_url(url)
+            scheme = urlsplit(url).scheme
+            try:
+                if scheme in AMQP_SCHEMES:
+                    server = amqp_server(url)
+                    self.add(name, PASS, f"{shown} answers ({server.product} {server.version})")
+                    continue
+                redis_ping(url)
+            except ServiceDown as down:
+                self.add(
+                    name,
+                    FAIL,
+                    f"{shown}: {down}",
+                    f"start it, or point {self.project.env_name(key)} at one that runs "
+                    "(`bgtasks dev` starts a private Redis for development)",
+                )
+            else:
+                self.add(name, PASS, f"{shown} answers PING")
+        host = self.value("smtp_host")
+        port_text = self.value("smtp_port") or "0"
+        if "smtp_host" not in self.project.fields:
+            return
+        if not host:
+            self.add(
+                "smtp", FAIL, "no SMTP host configured", f"set {self.project.env_name('smtp_host')}"
+            )
+            return
+        try:
+            port = int(float(port_text))
+            tcp_reachable(host, port)
+        except ValueError:
+            self.add(
+                "smtp",
+                FAIL,
+                f"port {port_text!r} is not a number",
+                f"set {self.project.env_name('smtp_port')}",
+            )
+        except ServiceDown as down:
+            self.add(
+                "smtp",
+                FAIL,
+                f"{host}:{port_text}: {down}",
+                f"set {self.project.env_name('smtp_host')}/{self.project.env_name('smtp_port')} "
+                "to a reachable server (`bgtasks dev` runs a local sink)",
+            )
+        else:
+            self.add("smtp", PASS, f"{host}:{port} accepts connections")
+
+    def code_checks(self) -> None:
+        project = self.project
+        modules = self.live.get("modules", {})
+        module = project.served_app[0]
+        python = self.interpreter.path if self.interpreter else "python"
+        for name, dotted in (("worker import", project.worker_module), ("app import", module)):
+            if not dotted or dotted not in modules:
+                continue
+            error = modules[dotted]
+            if error is None:
+                self.add(name, PASS, f"{dotted} imports")
+            else:
+                self.add(
+                    name,
+                    FAIL,
+                    f"{dotted}: {mask_credentials(str(error))}",
+                    f"fix it; the whole traceback: {python} -c 'import {dotted}'",
+                )
+        self.schedules()
+        self.lifespan()
+
+    def schedules(self) -> None:
+        """Static (the worker file's entries against the tasks file's definitions, as
+        `bgtasks check` reads them) and, for celery, live (the app's own registry)."""
+        import libcst as cst
+
+        from bgtasks_gen.addtask import load_project
+        from bgtasks_gen.check import scheduled_names
+        from bgtasks_gen.patch.definitions import definition_names
+        from bgtasks_gen.patch.outline import SourceSyntaxError
+        from bgtasks_gen.plan import read_existing
+
+        scaffolded = load_project(self.project.root)
+        if scaffolded.worker_file is None:
+            return
+        problems: list[str] = []
+        entries: int | None = None
+        try:
+            scheduled = scheduled_names(scaffolded)
+            text = read_existing(scaffolded.root, scaffolded.tasks_file)
+            defined = set(definition_names(text)) if text is not None else set()
+        except (cst.ParserSyntaxError, SourceSyntaxError, BgtasksError, SyntaxError):
+            pass  # an unparsable file: the import checks name it
+        else:
+            entries = len(scheduled)
+            problems += [
+                f"{how} names {name!r}, which {scaffolded.tasks_file} does not define"
+                for name, how in scheduled
+                if name not in defined
+            ]
+        celery = self.live.get("celery")
+        if isinstance(celery, dict) and "beat" in celery:
+            registered = set(celery["registered"])
+            problems += [
+                f"beat entry {entry!r} runs {task!r}, which the celery app has not registered"
+                for entry, task in celery["beat"].items()
+                if task not in registered
+            ]
+            entries = len(celery["beat"])
+        if entries is None:
+            return
+        if problems:
+            self.add(
+                "schedules",
+                FAIL,
+                "; ".join(problems),
+                "define the task again or remove the entry (bgtasks remove-task NAME)",
+            )
+        else:
+            self.add("schedules", PASS, f"{entries} entries, each naming a task that exists")
+
+    def lifespan(self) -> None:
+        app = self.live.get("app")
+        if not isinstance(app, dict) or "error" in app:
+            return
+        handlers = int(app["on_startup"]) + int(app["on_shutdown"])
+        if handlers and not app["handlers_run"]:
+            pool = f"{self.project.tasks_module}.pool"
+            self.add(
+                "lifespan",
+                FAIL,
+                f"the app registers {handlers} @app.on_event handler(s), and its lifespan "
+                "never runs them (FastAPI skips them once FastAPI(lifespan=...) is set)",
+                f"run them from the lifespan: lifespan=combine_lifespans(on_event_handlers, "
+                f"...) from {pool}, or move them into the lifespan"
+                if self.project.spec.lifespan_module
+                else "move them into the lifespan",
+            )
+        elif handlers:
+            self.add("lifespan", PASS, f"{handlers} @app.on_event handler(s) run at startup")
+        else:
+            self.add("lifespan", PASS, "no @app.on_event handler left out by a lifespan")
+
+    def rabbitmq(self) -> None:
+        url = self.value("celery_broker_url") or ""
+        if urlsplit(url).scheme not in AMQP_SCHEMES:
+            return
+        try:
+            server = amqp_server(url)
+        except ServiceDown:
+            return  # reported by the broker check
+        version = server.version_tuple
+        if server.product != "RabbitMQ" or version < RABBITMQ_EXCLUSIVE_SINCE:
+            self.add("rabbitmq", PASS, f"{server.product} {server.version} accepts celery's queues")
+            return
+        celery = self.live.get("celery", {})
+        flags = {name: celery.get(name) for name in EXCLUSIVE_SETTINGS}
+        if all(flags.values()):
+            self.add(
+                "rabbitmq",
+                PASS,
+                f"RabbitMQ {server.version}; celery declares its control and event queues "
+                "exclusive",
+            )
+            return
+        off = ", ".join(f"{name}={flags[name]}" for name in EXCLUSIVE_SETTINGS)
+        self.add(
+            "rabbitmq",
+            FAIL,
+            f"RabbitMQ {server.version} refuses transient non-exclusive queues, and celery "
+            f"declares its control and event queues so ({off}): workers cannot start",
+            "upgrade to celery 5.7 (exclusive by default), or set control_queue_exclusive=True "
+            "and event_queue_exclusive=True in the celery config",
+        )
+
+    def beats(self) -> None:
+        pids = celery_beats(self.project)
+        if len(pids) > 1:
+            self.add(
+                "celery beat",
+                FAIL,
+                f"{len(pids)} celery beat processes run for this project (pids "
+                f"{', '.join(map(str, pids))}): every schedule fires {len(pids)} times",
+                f"stop all but one: kill {' '.join(map(str, pids[1:]))}",
+            )
+        elif pids:
+            self.add("celery beat", PASS, f"one celery beat running (pid {pids[0]})")
+        else:
+            self.add("celery beat", PASS, "no celery beat running yet")
+
+
+def diagnose(
+    root: Path, python: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Diagnosis:
+    """Run every check that applies to the project's runner; BadInput when `root` is not
+    a bgtasks project."""
+    project = load_stack_project(root)
+    return _Doctor(project, python, os.environ if environ is None else environ).run()
