@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from bgtasks_gen.cron_check import both_day_fields_note, refuse_never_firing
 from bgtasks_gen.errors import BadInput, ConflictError
+from bgtasks_gen.part_edits import body_hash, edited_body, edited_definitions, edited_entry
 from bgtasks_gen.patch import schedule
 from bgtasks_gen.patch.definitions import (
     add_definitions,
+    bound_names,
     definition_code,
     definition_names,
     remove_definitions,
@@ -26,11 +29,18 @@ from bgtasks_gen.patch.definitions import (
 from bgtasks_gen.patch.outline import SourceSyntaxError, Statement, check_syntax
 from bgtasks_gen.plan import Plan, check_python, patched, read_existing
 from bgtasks_gen.render import templates_dir
+from bgtasks_gen.reserved_args import PROBE, reserved_argument_names
 from bgtasks_gen.runners import get_runner
 from bgtasks_gen.runners.base import RunnerSpec
 from bgtasks_gen.schedules import arq_cron_kwargs, celery_schedule
-from bgtasks_gen.state import STATE_FILE, digest, read_state, render_state
-from bgtasks_gen.task_request import TaskRequest, build_request, parse_arg, parse_cron
+from bgtasks_gen.state import STATE_FILE, read_state, render_state
+from bgtasks_gen.task_request import (
+    TaskArg,
+    TaskRequest,
+    build_request,
+    parse_arg,
+    parse_cron,
+)
 
 
 @dataclass(frozen=True)
@@ -179,7 +189,13 @@ class _Edits:
             if self.files is not None:
                 text = self.files.get(rel)
             else:
-                text = read_existing(self.project.root, rel)
+                try:
+                    text = read_existing(self.project.root, rel)
+                except UnicodeDecodeError as exc:
+                    raise BadInput(
+                        f"{rel} is not UTF-8 (byte {exc.start} cannot be decoded)",
+                        "bgtasks only edits UTF-8 source files; convert the file and run again",
+                    ) from exc
             if text is None:
                 raise BadInput(
                     f"{rel} is missing: add-task edits the files `bgtasks init` generated",
@@ -229,16 +245,10 @@ def _state_text(project: Project, tasks: dict[str, dict[str, object]]) -> str:
     )
 
 
-def _task_hash(project: Project, edits: _Edits, name: str) -> str:
-    """Hash of the task function as the tasks module has it now (newlines as written)."""
-    code = definition_code(edits.get(project.tasks_file), [name])
-    return digest((code or "").replace("\r\n", "\n"))
-
-
 def _snippet_hash(snippet: str, name: str) -> str:
-    """The same hash, from the snippet just inserted: add_definitions copies its lines
-    verbatim, so there is no need to parse the grown module again."""
-    return digest((definition_code(snippet, [name]) or "").replace("\r\n", "\n"))
+    """The task function's hash, from the snippet just inserted: add_definitions copies
+    its lines verbatim, so there is no need to parse the grown module again."""
+    return body_hash(definition_code(snippet, [name]) or "")
 
 
 def _remove_parts(project: Project, edits: _Edits, name: str, snippets: Mapping[str, str]) -> None:
@@ -340,7 +350,9 @@ def plan_add_task(
     )
     project = load_project(root)
     _refuse_for_runner(project.spec, request, retries, timeout)
+    refuse_never_firing(project.spec.name, request)
     edits = _Edits(project)
+    _refuse_reserved_args(project, edits, request)
     snippets = render_snippets(project, request)
     tasks = project.tasks
     if name in tasks:
@@ -355,8 +367,7 @@ def plan_add_task(
             )
         old = render_snippets(project, request_from_state(name, tasks[name]))
         _remove_parts(project, edits, name, old)
-    else:
-        _refuse_taken(project, edits, name, snippets)
+    _refuse_taken(project, edits, name, snippets)
     _add_parts(project, edits, name, snippets)
     tasks[name] = {
         **request.options(),
@@ -367,6 +378,9 @@ def plan_add_task(
     plan = edits.plan(_state_text(project, tasks))
     if route:
         plan.notes.append(f"route: POST {_route_url(project, request)}")
+    note = both_day_fields_note(project.spec.name, request)
+    if note:
+        plan.notes.append(note)
     return plan
 
 
@@ -377,16 +391,44 @@ def _route_url(project: Project, request: TaskRequest) -> str:
 
 
 def _refuse_taken(project: Project, edits: _Edits, name: str, snippets: Mapping[str, str]) -> None:
+    """The task's name, and every name its parts define, must be free in each module a
+    part goes into: a task called `time` would replace the tasks module's `import time`
+    and break every task that sleeps."""
     for part, (where, _) in PLACES.items():
         if part not in snippets:
             continue
         rel = where(project)
         assert rel is not None
-        taken = set(definition_names(snippets[part])) & set(definition_names(edits.get(rel)))
-        if taken:
+        bound = bound_names(edits.get(rel))
+        for taken in [name, *definition_names(snippets[part])]:
+            if taken in bound:
+                raise BadInput(
+                    f"{taken!r} is already defined in {rel} (line {bound[taken]})",
+                    "pick another task name: one named so would shadow it there, and "
+                    "bgtasks never replaces code it did not add",
+                )
+
+
+def _refuse_reserved_args(project: Project, edits: _Edits, request: TaskRequest) -> None:
+    """An argument may not take a name the generated code already uses (see
+    reserved_args.py): the snippets are rendered with a probe argument to find them."""
+    if not request.args:
+        return
+    probe = render_snippets(project, replace(request, args=(TaskArg(PROBE, "int"),)))
+    router = project.router_file
+
+    def routes_function(function: str) -> str | None:
+        return definition_code(edits.get(router), [function]) if request.route else None
+
+    reserved = reserved_argument_names(probe, routes_function)
+    for arg in request.args:
+        why = reserved.why(arg.name)
+        if why:
             raise BadInput(
-                f"{', '.join(sorted(taken))} already defined in {rel}",
-                "pick another task name; bgtasks never replaces code it did not add",
+                f"argument name {arg.name!r} is {why}",
+                f"rename the argument; names the generated {project.spec.name} code already "
+                f"uses: {', '.join(reserved.from_snippets())}, and pydantic's BaseModel "
+                "attributes",
             )
 
 
@@ -425,12 +467,45 @@ def plan_remove_task(root: Path, name: str, *, force: bool = False) -> Plan:
     request = request_from_state(name, tasks[name])
     edits = _Edits(project)
     snippets = render_snippets(project, request)
-    current = _task_hash(project, edits, name)
-    if current != tasks[name].get("hash") and not force:
+    edited = [] if force else _edited_parts(project, edits, name, snippets)
+    if edited:
         raise ConflictError(
-            f"the body of task {name!r} changed since add-task wrote it",
+            f"{_listed(edited)} of task {name!r} changed since add-task wrote "
+            f"{'it' if len(edited) == 1 else 'them'}",
             "nothing was written; pass --force to remove it anyway (your edits go too)",
         )
     _remove_parts(project, edits, name, snippets)
     del tasks[name]
     return edits.plan(_state_text(project, tasks))
+
+
+def _edited_parts(
+    project: Project, edits: _Edits, name: str, snippets: Mapping[str, str]
+) -> list[str]:
+    """A label per part of the task that is not as add-task wrote it (see
+    part_edits.py), naming its file: "the body (app/tasks/tasks.py)", "the route (...)"."""
+    recorded = project.tasks[name].get("hash")
+    edited = []
+    if edited_body(
+        edits.get(project.tasks_file),
+        name,
+        str(recorded) if recorded is not None else None,
+        snippets["task"],
+    ):
+        edited.append(f"the body ({project.tasks_file})")
+    for part in ("route", "test"):
+        rel = PLACES[part][0](project)
+        if part in snippets and rel and edited_definitions(edits.get(rel), snippets[part]):
+            edited.append(f"the {part} ({rel})")
+    worker = project.worker_file
+    kinds = {"schedule": project.spec.schedule_kind, "register": "register"}
+    for part, kind in kinds.items():
+        if worker and kind and part in snippets:
+            if edited_entry(edits.get(worker), kind, name, snippets[part]):
+                literal = schedule.CONTAINERS[kind]
+                edited.append(f"its `{literal}` entry ({worker})")
+    return edited
+
+
+def _listed(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]

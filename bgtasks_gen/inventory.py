@@ -11,12 +11,13 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import libcst as cst
 from libcst.helpers import get_full_name_for_node
 
 from bgtasks_gen.addtask import Project
-from bgtasks_gen.plan import read_existing
+from bgtasks_gen.modules import parse_source, read_source
 
 ROUTE_METHODS = ("get", "post", "put", "patch", "delete")
 
@@ -35,10 +36,11 @@ class TaskInfo:
 
 
 def _module(project: Project, rel: str | None) -> cst.Module | None:
-    if rel is None:
+    """The module parsed, None if it does not exist; a syntax error is one BadInput
+    naming file:line:col (modules.parse_source), never a traceback."""
+    if rel is None or not (project.root / rel).is_file():
         return None
-    text = read_existing(project.root, rel)
-    return cst.parse_module(text) if text is not None else None
+    return parse_source(read_source(project.root / rel), Path(rel))
 
 
 def _decorator_names(function: cst.FunctionDef) -> list[str]:

@@ -73,19 +73,45 @@ def _arq_every(seconds: int) -> list[tuple[str, str]]:
     )
 
 
+# crontab's own field sizes (its parser's max_ and min_): "5/15" means 5-59/15 in cron
+CELERY_FIELDS = (
+    ("minute", 60, 0),
+    ("hour", 24, 0),
+    ("day_of_month", 31, 1),
+    ("month_of_year", 12, 1),
+    ("day_of_week", 7, 0),
+)
+
+
+def _celery_field(field: str, size: int, low: int) -> str:
+    """The field as celery's crontab parser reads it: that parser takes "a/n" for a
+    weekday name and fails at import, so a start with a step becomes the range a-max/n."""
+    parts = []
+    for part in field.split(","):
+        base, slash, step = part.partition("/")
+        if slash and base.isdigit():
+            part = f"{base}-{low + size - 1}/{step}"
+        parts.append(part)
+    return ",".join(parts)
+
+
+def celery_crontab_kwargs(request: TaskRequest) -> list[tuple[str, str]]:
+    """Keyword arguments (string values) of celery's `crontab(...)` for the request's
+    cron expression; `*` fields are left out, as crontab's defaults are `*`."""
+    cron = request.cron
+    assert cron is not None
+    values = (cron.minute, cron.hour, cron.day_of_month, cron.month, cron.day_of_week)
+    return [
+        (key, _celery_field(value, size, low))
+        for (key, size, low), value in zip(CELERY_FIELDS, values, strict=True)
+        if value != "*"
+    ]
+
+
 def celery_schedule(request: TaskRequest) -> str:
     """The `schedule` value of a beat entry: a timedelta, or a crontab (UTC)."""
     if request.every:
         return f"timedelta(seconds={request.every})"
-    cron = request.cron
-    assert cron is not None
-    fields = (
-        ("minute", cron.minute),
-        ("hour", cron.hour),
-        ("day_of_month", cron.day_of_month),
-        ("month_of_year", cron.month),
-        ("day_of_week", cron.day_of_week),
-    )
-    given = [f'    {key}="{value}",' for key, value in fields if value != "*"]
+    given = [f'    {key}="{value}",' for key, value in celery_crontab_kwargs(request)]
     # one argument per line, as ruff format leaves it (crontab() alone: every minute)
     return "crontab(\n" + "\n".join(given) + "\n)" if given else "crontab()"

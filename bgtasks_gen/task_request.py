@@ -155,8 +155,12 @@ def build_request(
     validate_name(name)
     parsed = tuple(parse_arg(a) for a in args)
     names = [a.name for a in parsed]
-    if len(set(names)) != len(names):
-        raise BadInput(f"argument names repeat: {', '.join(names)}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise BadInput(
+            f"argument names repeat: {', '.join(map(repr, repeated))}",
+            "give each --arg its own name: they become the task function's parameters",
+        )
     if cron and every:
         raise BadInput("--cron and --every are alternatives", "pass one of them")
     if every is not None and every < 1:

@@ -118,3 +118,36 @@ def test_current_folder_deleted_under_the_shell(example, tmp_path: Path) -> None
     for expected, (code, output) in outcomes:
         assert code == expected and "current folder no longer exists" in output, output
     assert {path: tree_hashes(path) for path in (project, fresh)} == before
+
+
+def test_non_utf8_tasks_module_for_add_task_and_list(example) -> None:  # type: ignore[no-untyped-def]
+    project: Path = example("layered")
+    assert invoke("init", str(project), "--runner", "builtin")[0] == 0
+    tasks = project / "app/tasks/notifications.py"
+    tasks.write_bytes(tasks.read_bytes() + "# caf\xe9\n".encode("latin-1"))
+    before = tree_hashes(project)
+    for args in (["add-task", "ping", "-p", str(project)], ["list", "-p", str(project)]):
+        code, output = invoke(*args)
+        assert code == 2, output
+        assert "notifications.py is not UTF-8" in output and "hint:" in output
+        assert "Traceback" not in output
+    assert tree_hashes(project) == before
+
+
+@pytest.mark.parametrize("runner", ["builtin", "celery", "arq"])
+def test_a_pydantic_1_project_is_told_to_move_first(tmp_path: Path, runner: str) -> None:
+    from tests.conftest import write_tree
+
+    project = write_tree(
+        tmp_path / "p",
+        {
+            "svc/__init__.py": "",
+            "svc/config.py": "from pydantic import BaseSettings\n\n\n"
+            "class Settings(BaseSettings):\n    name: str = 'x'\n\n\nsettings = Settings()\n",
+            "svc/main.py": "from fastapi import FastAPI\n\napp = FastAPI()\n",
+        },
+    )
+    before = tree_hashes(project)
+    code, output = invoke("init", str(project), "--runner", runner)
+    assert code == 2 and "need pydantic 2" in output and "pydantic_settings" in output
+    assert tree_hashes(project) == before

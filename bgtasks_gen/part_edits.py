@@ -1,0 +1,68 @@
+"""Which parts of an added task were edited since add-task wrote them (remove-task asks
+before it deletes anything).
+
+The task function is compared with the hash the state file recorded when it was written.
+The other parts (route, body model, test, schedule and registration entries) are compared
+with what add-task writes for the options the state file recorded: a snippet is a pure
+function of those options, so any difference is an edit. A part that is gone counts as
+unedited: removing the rest deletes nothing of the user's.
+"""
+
+from __future__ import annotations
+
+from bgtasks_gen.patch import schedule
+from bgtasks_gen.patch.definitions import definition_code, definition_names
+from bgtasks_gen.patch.outline import lines_of
+from bgtasks_gen.state import digest
+
+
+def _normalised(code: str) -> str:
+    return code.replace("\r\n", "\n")
+
+
+def body_hash(code: str) -> str:
+    """The hash add-task records for a task function (newlines as written, LF)."""
+    return digest(_normalised(code))
+
+
+def edited_body(source: str, name: str, recorded_hash: str | None, snippet: str) -> bool:
+    current = definition_code(source, [name])
+    if current is None:
+        return False
+    if recorded_hash is None:  # a state file from before the hash was recorded
+        return _normalised(current) != _normalised(definition_code(snippet, [name]) or "")
+    return body_hash(current) != recorded_hash
+
+
+def edited_definitions(source: str, snippet: str) -> bool:
+    """Does a definition of the snippet stand in `source` with other code?"""
+    for name in definition_names(snippet):
+        current = definition_code(source, [name])
+        written = definition_code(snippet, [name]) or ""
+        if current is not None and _normalised(current).rstrip() != _normalised(written).rstrip():
+            return True
+    return False
+
+
+def entry_code(source: str, kind: str, name: str) -> str | None:
+    """The lines of the schedule/registration entry naming `name`, or None: what
+    schedule.remove_entry would delete (one block of whole lines)."""
+    after = schedule.remove_entry(source, kind, name)
+    if after == source:
+        return None
+    old, new = lines_of(source), lines_of(after)
+    start = 0
+    while start < len(new) and old[start] == new[start]:
+        start += 1
+    return "".join(old[start : start + len(old) - len(new)])
+
+
+def _squashed(code: str) -> str:
+    # the entry is re-indented to its literal when inserted, and its last comma is the
+    # literal's business: neither is an edit
+    return "".join(code.split()).rstrip(",")
+
+
+def edited_entry(source: str, kind: str, name: str, snippet: str) -> bool:
+    current = entry_code(source, kind, name)
+    return current is not None and _squashed(current) != _squashed(snippet)
