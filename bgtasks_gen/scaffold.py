@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bgtasks_gen.deps import (
+    CELERY_BESIDE_ARQ,
     caps_below,
+    choose_requirements,
     declared_requirements,
     plan_dependencies,
     requirement_name,
@@ -151,6 +153,7 @@ def template_context(
         "own_settings": _own_settings(spec, layout, fields, broker),
         "build": build_value(layout.root),
         "router_lifespan": router_lifespans(layout),
+        "celery_56": celery_56(spec, layout, broker),
         **spec.extra_context,
     }
 
@@ -411,6 +414,19 @@ def plan_init(
     plan.notes.append(f"settings: {layout.settings.found_by}")
     plan.notes.append(f"app: {layout.app.served}, {layout.app.found_by}")
     return plan
+
+
+def celery_56(spec: RunnerSpec, layout: ProjectLayout, broker: str) -> bool:
+    """Whether the project gets (or pins) celery 5.6 rather than 5.7: beside arq or a
+    redis-py < 6 pin. The generated config differs (5.6 lacks task_retry_on_worker_lost)."""
+    if spec.name != "celery":
+        return False
+    declared = declared_requirements(layout.root, layout.source_root)
+    pinned = [r for r in declared if requirement_name(r) == "celery"]
+    if pinned:
+        return any(caps_below(r, "5.7") for r in pinned)
+    chosen, _ = choose_requirements(list(spec.dependencies_for(broker)), declared)
+    return CELERY_BESIDE_ARQ in chosen
 
 
 ROUTER_LIFESPANS = "0.112.2"  # FastAPI merges included routers' lifespans since this
