@@ -233,3 +233,50 @@ def test_a_fastapi_without_router_lifespans_gets_the_lifespan_on_the_app(tmp_pat
     main = (project / "main.py").read_text()
     assert "FastAPI(title=settings.name, lifespan=bgtasks_lifespan)" in main
     assert "lifespan=lifespan" not in (project / "tasks/api/arq_tasks.py").read_text()
+
+
+def test_a_symlinked_routes_folder_keeps_its_package_name(tmp_path: Path) -> None:
+    project = write_tree(
+        tmp_path / "project",
+        {
+            "app/__init__.py": "",
+            "app/config.py": "from pydantic_settings import BaseSettings\n\n\n"
+            "class S(BaseSettings):\n    x: int = 1\n\n\ns = S()\n",
+            "app/api/__init__.py": "",
+            "app/shared_routes/__init__.py": "",
+            "app/shared_routes/items.py": "from fastapi import APIRouter\n\nrouter = APIRouter()\n",
+            "app/main.py": "from fastapi import FastAPI\n\nfrom app.api.routes import items\n\n"
+            "app = FastAPI()\napp.include_router(items.router)\n",
+        },
+    )
+    (project / "app/api/routes").symlink_to(project / "app/shared_routes")
+    code, output = invoke("init", str(project), "--runner", "builtin")
+    assert code == 0, output
+    assert not (project / "routes").exists()  # no new top-level package
+    assert (project / "app/shared_routes/notifications.py").is_file()  # through the link
+    assert (
+        "from app.api.routes.notifications import router" in (project / "app/main.py").read_text()
+    )
+
+
+@pytest.mark.parametrize(
+    ("tasks_module", "reason"),
+    [
+        ("app.main", "is an existing module"),
+        ("celery", "library the app imports"),
+        ("json", "standard library"),
+        ("app.api", "existing package"),
+        ("app.my-tasks", "not a dotted module name"),
+    ],
+)
+def test_a_tasks_module_that_would_break_the_app_is_refused(
+    tmp_path: Path, tasks_module: str, reason: str
+) -> None:
+    shape = next(s for s in SHAPES if s.name == "router-placement")
+    files = {**shape.files, "app/api/__init__.py": ""}
+    files["pyproject.toml"] = f'[tool.bgtasks]\ntasks-module = "{tasks_module}"\n'
+    project = write_tree(tmp_path / "project", files)
+    before = _tree(project)
+    code, output = invoke("init", str(project), "--runner", "celery")
+    assert code == 2 and reason in output.replace("\n", " "), output
+    assert _tree(project) == before
