@@ -80,7 +80,7 @@ def test_a_projects_own_compose_file_gains_the_services_instead_of_a_second_file
     assert set(worker["depends_on"]) == {"cache"}
     procfile = (project / "Procfile").read_text()
     assert procfile.startswith("web: gunicorn app.main:app\nrelease: alembic upgrade head\n")
-    assert "\nworker: celery -A app.tasks.celery_app worker" in procfile
+    assert "\nworker: REMAP_SIGTERM=SIGQUIT celery -A app.tasks.celery_app worker" in procfile
     assert procfile.count("web:") == 1
     assert "docker-compose.yml: added worker, beat, flower" in result.output
     # again: nothing to do, and theirs is theirs from now on
