@@ -230,3 +230,53 @@ def serve_app(
 
     wait_until(up, 30, f"uvicorn serving {target}")
     return proc, base
+
+
+@dataclass
+class RestartableRedis:
+    """A private redis-server on a fixed port that a test can stop and start again.
+
+    Append-only with an fsync per write, so what was queued before a stop is there
+    after the start, as with a production Redis that persists.
+    """
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            missing("redis-server is not installed")
+        self.proc = start_process(
+            [
+                str(binary),
+                *("--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
+                *("--appendonly", "yes", "--appendfsync", "always"),
+                *("--dir", str(self.workdir)),
+            ],
+            cwd=self.workdir,
+            log_path=self.workdir / f"redis-{self.port}-{time.monotonic_ns()}.log",
+        )
+        wait_until(
+            lambda: port_open("127.0.0.1", self.port), 10, f"redis-server on port {self.port}"
+        )
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
+
+
+@contextlib.contextmanager
+def restartable_redis(workdir: Path) -> Iterator[RestartableRedis]:
+    server = RestartableRedis(workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
