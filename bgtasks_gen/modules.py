@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -260,9 +261,29 @@ def _class_config(statement: ast.ClassDef) -> dict[str, object]:
     return found
 
 
+def _source_segments(source: str) -> Callable[[ast.AST], str]:
+    """`ast.get_source_segment`, with the lines split once: that function splits the
+    whole source on every call, which made a 5,000-field settings class quadratic."""
+    lines = [line.encode("utf-8") for line in source.splitlines(keepends=True)]
+
+    def segment(node: ast.AST) -> str:
+        start: int | None = getattr(node, "lineno", None)
+        end: int | None = getattr(node, "end_lineno", None)
+        first: int = getattr(node, "col_offset", 0)
+        last: int = getattr(node, "end_col_offset", 0)
+        if start is None or end is None or end > len(lines):
+            return ""
+        if start == end:
+            return lines[start - 1][first:last].decode("utf-8")
+        parts = [lines[start - 1][first:], *lines[start : end - 1], lines[end - 1][:last]]
+        return b"".join(parts).decode("utf-8")
+
+    return segment
+
+
 def _summarise(info: ModuleInfo, tree: ast.Module) -> None:
     package = info.package
-    source = info.source
+    segment = _source_segments(info.source)
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -336,11 +357,7 @@ def _summarise(info: ModuleInfo, tree: ast.Module) -> None:
                     info.uses_on_event = True
                 continue
             if call.func.attr == "include_router" and call.args:
-                keywords = tuple(
-                    (k.arg, ast.get_source_segment(source, k.value) or "")
-                    for k in call.keywords
-                    if k.arg
-                )
+                keywords = tuple((k.arg, segment(k.value) or "") for k in call.keywords if k.arg)
                 info.includes.append(
                     Include(function, receiver.id, dotted_name(call.args[0]), keywords, call.lineno)
                 )
@@ -356,8 +373,8 @@ def _summarise(info: ModuleInfo, tree: ast.Module) -> None:
             for item in statement.body:
                 if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
                     fields.append(item.target.id)
-                    annotation = ast.get_source_segment(source, item.annotation) or ""
-                    default = ast.get_source_segment(source, item.value) if item.value else None
+                    annotation = segment(item.annotation) or ""
+                    default = segment(item.value) if item.value else None
                     types[item.target.id] = (annotation, default)
             bases = [dotted_name(b) for b in statement.bases]
             info.classes[statement.name] = ClassInfo(
