@@ -378,10 +378,28 @@ def plan_add_task(
     plan = edits.plan(_state_text(project, tasks))
     if route:
         plan.notes.append(f"route: POST {_route_url(project, request)}")
+    plan.notes.append(
+        restart_hint(project.spec.name, scheduled=bool(request.cron or request.every))
+    )
     note = both_day_fields_note(project.spec.name, request)
     if note:
         plan.notes.append(note)
     return plan
+
+
+def restart_hint(runner: str, *, scheduled: bool) -> str:
+    """Which running processes load the new task only when restarted; the web app
+    reloads by itself under `bgtasks dev` and `uvicorn --reload`."""
+    web = "the web app reloads by itself under `bgtasks dev` (or `uvicorn --reload`)"
+    if runner == "builtin":
+        return f"restart: nothing to restart, {web}"
+    if runner == "celery":
+        processes = (
+            "the celery worker and beat (the new schedule)" if scheduled else ("the celery worker")
+        )
+    else:  # arq: the worker runs the cron jobs too
+        processes = "the arq worker (it runs the cron jobs too)" if scheduled else "the arq worker"
+    return f"restart {processes} (under `bgtasks dev`: stop it and start it again); {web}"
 
 
 def _route_url(project: Project, request: TaskRequest) -> str:

@@ -19,7 +19,7 @@ from bgtasks_gen.errors import BgtasksError
 from bgtasks_gen.modules import ModuleIndex
 from bgtasks_gen.patch.definitions import definition_names
 from bgtasks_gen.plan import Action, read_existing
-from bgtasks_gen.scaffold import choose_fields, owned_hashes, plan_update
+from bgtasks_gen.scaffold import choose_fields, owned_hashes, plan_update, restore_command
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,11 @@ def check_project(root: Path) -> list[Finding]:
     for rel in owned_hashes(project.state):
         if not (project.root / rel).is_file():
             findings.append(
-                Finding("a generated file is missing", str(rel), "run `bgtasks update`")
+                Finding(
+                    "a generated file is missing",
+                    str(rel),
+                    f"run `{restore_command(str(rel))}` to bring it back",
+                )
             )
     overrides = Overrides(
         settings_module=str(project.layout.get("settings") or "") or None,

@@ -7,12 +7,14 @@ so `bgtasks --help` stays fast.
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from bgtasks_gen import __version__
+from bgtasks_gen.cli_project import ProjectArgument, ProjectOption, resolve_project
 from bgtasks_gen.errors import BgtasksError, ExitCode
 
 if TYPE_CHECKING:
@@ -34,7 +36,7 @@ app = typer.Typer(
     ),
     epilog=EXIT_CODES,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -85,6 +87,36 @@ Json = Annotated[
 ]
 
 
+class RunnerName(StrEnum):  # runners.NAMES, without importing the specs
+    celery = "celery"
+    arq = "arq"
+    builtin = "builtin"
+
+
+class Broker(StrEnum):
+    redis = "redis"
+    rabbitmq = "rabbitmq"
+
+
+class ConflictMode(StrEnum):
+    refuse = "refuse"
+    markers = "markers"
+
+
+def _complete_task_names(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Names of the tasks add-task recorded in the project's .bgtasks.toml."""
+    import tomllib
+
+    folder = ctx.params.get("project_option") or ctx.params.get("project") or Path(".")
+    try:
+        data = tomllib.loads((Path(folder) / ".bgtasks.toml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []
+    tasks = data.get("tasks")
+    names = sorted(tasks) if isinstance(tasks, dict) else []
+    return [name for name in names if name.startswith(incomplete)]
+
+
 def _fail(error: BgtasksError, as_json: bool) -> NoReturn:
     from bgtasks_gen.report import show_error
 
@@ -92,7 +124,22 @@ def _fail(error: BgtasksError, as_json: bool) -> NoReturn:
     raise typer.Exit(int(error.exit_code))
 
 
-def _finish(plan: Plan, *, dry_run: bool, check: bool, as_json: bool) -> NoReturn:
+REPLACE_HINT = (
+    "nothing was written; look at them with --dry-run, then move them aside or "
+    "re-run with --force to replace them"
+)
+UP_TO_DATE = "the project is not up to date"
+
+
+def _finish(
+    plan: Plan,
+    *,
+    dry_run: bool,
+    check: bool,
+    as_json: bool,
+    conflict_hint: str = REPLACE_HINT,
+    check_failed: str = UP_TO_DATE,
+) -> NoReturn:
     """Report a plan, write it unless told not to, and exit with the documented code."""
     from bgtasks_gen.apply import apply
     from bgtasks_gen.errors import ConflictError
@@ -106,11 +153,7 @@ def _finish(plan: Plan, *, dry_run: bool, check: bool, as_json: bool) -> NoRetur
             plan_json(plan, mode=mode, written=False)
         else:
             show_plan(plan, dry_run=False, diff=False, written=False)
-        error = ConflictError(
-            f"{len(plan.conflicts)} conflict(s): {paths}",
-            "nothing was written; look at them with --dry-run, then move them aside or "
-            "re-run with --force to replace them",
-        )
+        error = ConflictError(f"{len(plan.conflicts)} conflict(s): {paths}", conflict_hint)
         _fail(error, as_json)
     if not (dry_run or check) and plan.writes:
         try:
@@ -124,13 +167,20 @@ def _finish(plan: Plan, *, dry_run: bool, check: bool, as_json: bool) -> NoRetur
         show_plan(plan, dry_run=dry_run or check, diff=dry_run, written=written)
     if check and not plan.nothing_to_do:
         if not as_json:
-            out.print("[yellow]check failed[/yellow]: the project is not up to date")
+            out.print(f"[yellow]check failed[/yellow]: {check_failed}")
         raise typer.Exit(int(ExitCode.CHANGES))
     raise typer.Exit(int(ExitCode.OK))
 
 
 def _locked(
-    project: Path, build: Callable[[], Plan], *, dry_run: bool, check: bool, as_json: bool
+    project: Path,
+    build: Callable[[], Plan],
+    *,
+    dry_run: bool,
+    check: bool,
+    as_json: bool,
+    conflict_hint: str = REPLACE_HINT,
+    check_failed: str = UP_TO_DATE,
 ) -> NoReturn:
     """Plan and apply under the project lock; any user-facing error exits through _fail."""
     from bgtasks_gen.apply import project_lock
@@ -138,7 +188,15 @@ def _locked(
     try:
         with project_lock(project):
             _recover(project, read_only=dry_run or check)
-            _finish(build(), dry_run=dry_run, check=check, as_json=as_json)
+            plan = build()
+            _finish(
+                plan,
+                dry_run=dry_run,
+                check=check,
+                as_json=as_json,
+                conflict_hint=conflict_hint,
+                check_failed=check_failed,
+            )
     except BgtasksError as error:
         _fail(error, as_json)
 
@@ -164,12 +222,12 @@ def _recover(project: Path, *, read_only: bool = False) -> None:
 
 @app.command(epilog=EXIT_CODES)
 def init(
-    project: Annotated[Path, typer.Argument(help="The FastAPI project folder.")] = Path("."),
+    project: ProjectArgument = None,
     runner: Annotated[
-        str,
-        typer.Option("--runner", "-r", help="celery, arq or builtin (FastAPI BackgroundTasks)."),
-    ] = "celery",
-    broker: Annotated[str, typer.Option(help="Celery broker: redis or rabbitmq.")] = "redis",
+        RunnerName,
+        typer.Option("--runner", "-r", help="builtin is FastAPI's own BackgroundTasks."),
+    ] = RunnerName.celery,
+    broker: Annotated[Broker, typer.Option(help="Celery's broker.")] = Broker.redis,
     settings_module: Annotated[
         str | None,
         typer.Option(
@@ -193,6 +251,7 @@ def init(
     check: Check = False,
     force: Force = False,
     as_json: Json = False,
+    project_option: ProjectOption = None,
 ) -> None:
     """Add a task runner to the project: tasks, a router to queue them, settings fields.
 
@@ -206,26 +265,32 @@ def init(
     """
     from bgtasks_gen.discover import Overrides
     from bgtasks_gen.scaffold import plan_init
+    from bgtasks_gen.state import STATE_FILE
 
+    root = resolve_project(project, project_option)
     overrides = Overrides(settings_module=settings_module, app_module=app_module)
+    scaffolded = (root / STATE_FILE).is_file()
     _locked(
-        project,
+        root,
         lambda: plan_init(
-            project, runner, broker=broker, overrides=overrides, force=force, with_deps=not no_deps
+            root,
+            runner.value,
+            broker=broker.value,
+            overrides=overrides,
+            force=force,
+            with_deps=not no_deps,
         ),
         dry_run=dry_run,
         check=check,
         as_json=as_json,
+        check_failed=UP_TO_DATE if scaffolded else "the project is not scaffolded yet",
     )
-
-
-Project = Annotated[Path, typer.Option("--project", "-p", help="The scaffolded project folder.")]
 
 
 @app.command("add-task", epilog=EXIT_CODES)
 def add_task(
     name: Annotated[str, typer.Argument(help="The task's name: a lower_case identifier.")],
-    project: Project = Path("."),
+    project: ProjectArgument = None,
     arg: Annotated[
         list[str] | None,
         typer.Option(
@@ -252,6 +317,7 @@ def add_task(
     check: Check = False,
     force: Force = False,
     as_json: Json = False,
+    project_option: ProjectOption = None,
 ) -> None:
     """Add one task to a scaffolded project: the function, a route that queues it, an
     optional schedule and a test, each inserted beside its siblings (never appended as
@@ -261,10 +327,11 @@ def add_task(
     """
     from bgtasks_gen.addtask import plan_add_task
 
+    root = resolve_project(project, project_option)
     _locked(
-        project,
+        root,
         lambda: plan_add_task(
-            project,
+            root,
             name,
             args=arg or [],
             cron=cron,
@@ -282,22 +349,29 @@ def add_task(
 
 @app.command("remove-task", epilog=EXIT_CODES)
 def remove_task(
-    name: Annotated[str, typer.Argument(help="A task added by `bgtasks add-task`.")],
-    project: Project = Path("."),
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="A task added by `bgtasks add-task`.", autocompletion=_complete_task_names
+        ),
+    ],
+    project: ProjectArgument = None,
     dry_run: DryRun = False,
     check: Check = False,
     force: Annotated[
         bool, typer.Option("--force", help="Remove it even if its body was edited since.")
     ] = False,
     as_json: Json = False,
+    project_option: ProjectOption = None,
 ) -> None:
     """Remove exactly what add-task added for NAME: function, route, schedule entry,
     registration and test. Refused if the task's body was edited since (unless --force)."""
     from bgtasks_gen.addtask import plan_remove_task
 
+    root = resolve_project(project, project_option)
     _locked(
-        project,
-        lambda: plan_remove_task(project, name, force=force),
+        root,
+        lambda: plan_remove_task(root, name, force=force),
         dry_run=dry_run,
         check=check,
         as_json=as_json,
@@ -306,37 +380,53 @@ def remove_task(
 
 @app.command(epilog=EXIT_CODES)
 def update(
-    project: Project = Path("."),
+    project: ProjectArgument = None,
     conflicts: Annotated[
-        str,
+        ConflictMode,
         typer.Option(
-            help="What to do where your edits and the new templates overlap: 'refuse' "
-            "(write nothing, list them) or 'markers' (write git-style conflict markers)."
+            help="What to do where your edits and the new templates overlap: refuse "
+            "(write nothing, list them) or markers (write git-style conflict markers).",
         ),
-    ] = "refuse",
+    ] = ConflictMode.refuse,
+    restore: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--restore",
+            metavar="PATH",
+            help="Bring back a generated file you deleted, as the installed templates "
+            "render it now (repeatable). Only those files are written.",
+        ),
+    ] = None,
     dry_run: DryRun = False,
     check: Check = False,
     as_json: Json = False,
+    project_option: ProjectOption = None,
 ) -> None:
     """Take template improvements without losing your edits: each generated file is
     merged three ways (what bgtasks generated last time, your file, the new render);
-    the settings fields and the router include are re-applied if they went missing."""
-    from bgtasks_gen.errors import BadInput
-    from bgtasks_gen.scaffold import plan_update
+    the settings fields and the router include are re-applied if they went missing.
+    Generated files you deleted stay deleted, unless named with --restore."""
+    from bgtasks_gen.scaffold import plan_restore, plan_update
 
-    if conflicts not in ("refuse", "markers"):
-        _fail(BadInput(f"--conflicts {conflicts!r}", "use --conflicts refuse or markers"), as_json)
+    root = resolve_project(project, project_option)
+    markers = conflicts is ConflictMode.markers
     _locked(
-        project,
-        lambda: plan_update(project, markers=conflicts == "markers"),
+        root,
+        (lambda: plan_restore(root, restore))
+        if restore
+        else lambda: plan_update(root, markers=markers),
         dry_run=dry_run,
         check=check,
         as_json=as_json,
+        conflict_hint="nothing was written; see them with --dry-run, then resolve the overlap "
+        "by hand or re-run with --conflicts markers to write git-style markers there",
     )
 
 
 @app.command("check")
-def check_command(project: Project = Path("."), as_json: Json = False) -> None:
+def check_command(
+    project: ProjectArgument = None, as_json: Json = False, project_option: ProjectOption = None
+) -> None:
     """For CI: exit 0 when the scaffold is wired and current, 1 with a report otherwise
     (router not included, settings field missing, schedule naming a missing task,
     generated file missing, scaffold behind the installed templates, a write left half
@@ -345,6 +435,7 @@ def check_command(project: Project = Path("."), as_json: Json = False) -> None:
 
     from bgtasks_gen.check import check_project
 
+    project = resolve_project(project, project_option)
     try:
         findings = check_project(project)
     except BgtasksError as error:  # not a bgtasks project at all: bad input, not a finding
@@ -369,7 +460,9 @@ def check_command(project: Project = Path("."), as_json: Json = False) -> None:
 
 
 @app.command("list")
-def list_command(project: Project = Path("."), as_json: Json = False) -> None:
+def list_command(
+    project: ProjectArgument = None, as_json: Json = False, project_option: ProjectOption = None
+) -> None:
     """The project's tasks, read from its code (hand-written ones included): route,
     schedule, retries, time limit, and whether init, add-task or you wrote it."""
     import json
@@ -378,6 +471,7 @@ def list_command(project: Project = Path("."), as_json: Json = False) -> None:
     from bgtasks_gen.apply import project_lock
     from bgtasks_gen.inventory import list_tasks
 
+    project = resolve_project(project, project_option)
     try:
         with project_lock(project):
             _recover(project)
@@ -401,21 +495,42 @@ def list_command(project: Project = Path("."), as_json: Json = False) -> None:
     out.print(table)
 
 
+def _field_names(project: Path, runner: str) -> dict[str, str]:
+    """Settings field key -> the attribute name the project at `project` uses for it; {}
+    outside a project (then caveats name fields in UPPER case, the default style)."""
+    if not ((project / ".bgtasks.toml").is_file() or (project / "pyproject.toml").is_file()):
+        return {}
+    from bgtasks_gen.discover import discover
+    from bgtasks_gen.runners import get_runner
+    from bgtasks_gen.scaffold import choose_fields
+
+    try:
+        layout = discover(project)
+    except BgtasksError:
+        return {}
+    return {choice.key: choice.name for choice in choose_fields(get_runner(runner), layout)}
+
+
 @app.command()
-def runners(as_json: Json = False) -> None:
-    """Which runner to choose: the task selection guide, with each runner's caveats."""
+def runners(
+    project: ProjectArgument = None, as_json: Json = False, project_option: ProjectOption = None
+) -> None:
+    """Which runner to choose: the task selection guide, with each runner's caveats
+    (settings named as PROJECT, by default the current folder, spells them)."""
     import json
 
     from bgtasks_gen.runners import available_runners
 
+    root = resolve_project(project, project_option)
     specs = available_runners()
+    caveats = {s.name: s.caveats_for(_field_names(root, s.name)) for s in specs}
     if as_json:
         rows = [
             {
                 "runner": s.name,
                 "summary": s.summary,
                 "use_when": s.use_when,
-                "caveats": list(s.caveats),
+                "caveats": list(caveats[s.name]),
             }
             for s in specs
         ]
@@ -432,7 +547,10 @@ def runners(as_json: Json = False) -> None:
     table.add_column("Caveats")
     for spec in specs:
         table.add_row(
-            spec.use_when, spec.name, spec.summary, "\n".join(f"- {c}" for c in spec.caveats)
+            spec.use_when,
+            spec.name,
+            spec.summary,
+            "\n".join(f"- {c}" for c in caveats[spec.name]),
         )
     out.print(table)
 

@@ -11,11 +11,9 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from bgtasks_gen.cli_project import ProjectArgument, ProjectOption, resolve_project
 from bgtasks_gen.errors import BgtasksError, ExitCode
 
-ProjectArgument = Annotated[
-    Path, typer.Argument(help="The scaffolded project folder (it has a .bgtasks.toml).")
-]
 Python = Annotated[
     Path | None,
     typer.Option(
@@ -43,7 +41,8 @@ def _fail(error: BgtasksError, as_json: bool = False) -> NoReturn:
 
 
 def dev(
-    project: ProjectArgument = Path("."),
+    project: ProjectArgument = None,
+    project_option: ProjectOption = None,
     python: Python = None,
     port: Annotated[
         int, typer.Option(help="The API's port (0: any free one).", min=0, max=65535)
@@ -72,7 +71,13 @@ def dev(
     from bgtasks_gen.devstack import MissingPieces, plan_stack, run_stack
 
     try:
-        plan = plan_stack(project, python=python, host=host, port=port, smtp=not no_smtp)
+        plan = plan_stack(
+            resolve_project(project, project_option),
+            python=python,
+            host=host,
+            port=port,
+            smtp=not no_smtp,
+        )
     except MissingPieces as missing:
         from rich.markup import escape
 
@@ -87,7 +92,8 @@ def dev(
 
 
 def doctor(
-    project: ProjectArgument = Path("."),
+    project: ProjectArgument = None,
+    project_option: ProjectOption = None,
     python: Python = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the checks as JSON on stdout.")
@@ -109,7 +115,7 @@ def doctor(
     from bgtasks_gen.doctor import FAIL, PASS, diagnose
 
     try:
-        diagnosis = diagnose(project, python)
+        diagnosis = diagnose(resolve_project(project, project_option), python)
     except BgtasksError as error:
         _fail(error, as_json)
     if as_json:

@@ -179,17 +179,18 @@ def _pep621(text: str, additions: list[str]) -> str:
     match = re.compile(r"(?m)^dependencies\s*=\s*\[").search(text, section.end())
     if match is None:
         raise BadInput("cannot find `dependencies = [` under [project] in pyproject.toml")
-    close = _closing_bracket(text, match.end())
-    body = text[match.end() : close]
+    return _insert_into_array(text, match.end(), additions)
+
+
+def _insert_into_array(text: str, start: int, additions: list[str]) -> str:
+    """Add quoted items at the end of the TOML array whose `[` ends at `start`."""
+    close = _closing_bracket(text, start)
+    body = text[start:close]
     quote = "'" if body.strip().startswith("'") else '"'
     items = [f"{quote}{r}{quote}" for r in additions]
     if "\n" not in body:  # an inline list: dependencies = ["a", "b"]
         existing = body.strip().rstrip(",").strip()
-        return (
-            text[: match.end()]
-            + ", ".join([existing, *items] if existing else items)
-            + text[close:]
-        )
+        return text[:start] + ", ".join([existing, *items] if existing else items) + text[close:]
     newline = "\r\n" if "\r\n" in text else "\n"
     lines = body.split("\n")
     indents = [ln[: len(ln) - len(ln.lstrip())] for ln in lines if ln.strip()]
@@ -203,7 +204,7 @@ def _pep621(text: str, additions: list[str]) -> str:
     position = (last + 1) if last is not None else 1
     ending = "\r" if newline == "\r\n" else ""
     lines[position:position] = [f"{indent}{item},{ending}" for item in items]
-    return text[: match.end()] + "\n".join(lines) + text[close:]
+    return text[:start] + "\n".join(lines) + text[close:]
 
 
 def _closing_bracket(text: str, start: int) -> int:
@@ -240,8 +241,8 @@ def _poetry_entry(requirement: str) -> str:
     return f'{name} = "{version}"'
 
 
-def _poetry(text: str, additions: list[str]) -> str:
-    header = re.search(r"(?m)^\[tool\.poetry\.dependencies\]\s*$", text)
+def _poetry(text: str, additions: list[str], table: str = "tool.poetry.dependencies") -> str:
+    header = re.search(rf"(?m)^\[{re.escape(table)}\]\s*$", text)
     assert header is not None
     following = re.compile(r"(?m)^\[").search(text, header.end())
     end = following.start() if following else len(text)
@@ -293,3 +294,115 @@ def _declares_uvicorn(existing: list[str]) -> bool:
         if name == "uvicorn" or (name == "fastapi" and "standard" in requirement):
             return True
     return False
+
+
+# what the scaffold's own tests import beyond the runner's packages (TestClient needs httpx)
+TEST_REQUIREMENTS = ("pytest>=8", "httpx>=0.27")
+TEST_GROUP_NAMES = ("dev", "test", "tests")
+TEST_REQUIREMENTS_FILES = ("requirements-dev.txt", "requirements-test.txt", "requirements/dev.txt")
+
+
+@dataclass
+class TestDependencyEdit:
+    """Where the scaffold's test dependencies go: `group` is "group:NAME" (PEP 735),
+    "poetry:NAME", "extra:NAME" ([project.optional-dependencies]) or "file:PATH", None when
+    the project has no test/dev group (then they are printed, not added)."""
+
+    path: str | None
+    old: str
+    new: str
+    group: str | None
+    added: list[str] = field(default_factory=list)
+
+
+def _table_span(text: str, header: str) -> tuple[int, int] | None:
+    """(start, end) of the body of the TOML table `[header]`, None without it."""
+    found = re.search(rf"(?m)^\[{re.escape(header)}\][ \t]*(#.*)?\r?$", text)
+    if found is None:
+        return None
+    following = re.compile(r"(?m)^\[").search(text, found.end())
+    return found.end(), following.start() if following else len(text)
+
+
+def _array_key(text: str, span: tuple[int, int], key: str) -> int | None:
+    """The offset just past `key = [` inside a table body, None when the key is not there."""
+    pattern = re.compile(rf"(?m)^[ \t]*(?:{re.escape(key)}|\"{re.escape(key)}\")\s*=\s*\[")
+    found = pattern.search(text, span[0], span[1])
+    return found.end() if found else None
+
+
+def _test_group(data: dict[str, object]) -> tuple[str, list[str]] | None:
+    """(where, the requirement names it declares) of the project's test/dev group."""
+
+    def names(value: object) -> list[str]:
+        if isinstance(value, list):
+            return [requirement_name(v) for v in value if isinstance(v, str)]
+        if isinstance(value, dict):
+            return [canonical(k) for k in value]
+        return []
+
+    groups = data.get("dependency-groups")
+    if isinstance(groups, dict):
+        for name in TEST_GROUP_NAMES:
+            if name in groups:
+                return f"group:{name}", names(groups[name])
+    tool = data.get("tool")
+    poetry = tool.get("poetry", {}) if isinstance(tool, dict) else {}
+    poetry_groups = poetry.get("group", {}) if isinstance(poetry, dict) else {}
+    if isinstance(poetry_groups, dict):
+        for name in TEST_GROUP_NAMES:
+            group = poetry_groups.get(name)
+            if isinstance(group, dict) and isinstance(group.get("dependencies"), dict):
+                return f"poetry:{name}", names(group["dependencies"])
+    project = data.get("project")
+    extras = project.get("optional-dependencies", {}) if isinstance(project, dict) else {}
+    if isinstance(extras, dict):
+        for name in TEST_GROUP_NAMES:
+            if name in extras:
+                return f"extra:{name}", names(extras[name])
+    return None
+
+
+def plan_test_dependencies(
+    root: Path, pending: dict[str, str], wanted: tuple[str, ...] = TEST_REQUIREMENTS
+) -> TestDependencyEdit:
+    """Add the scaffold's test dependencies to the project's test/dev group, in the same
+    textual way as the runtime ones. `pending` holds texts already edited in this plan
+    (pyproject.toml after the runtime dependencies went in), keyed by relative path."""
+    root = root.resolve()
+    rel = "pyproject.toml"
+    text = pending.get(rel)
+    if text is None and (root / rel).is_file():
+        text = _read(root / rel)
+    if text is not None:
+        found = _test_group(tomllib.loads(text))
+        if found is not None:
+            group, have = found
+            additions = [r for r in wanted if requirement_name(r) not in have]
+            new = _add_to_group(text, group, additions) if additions else text
+            return TestDependencyEdit(rel, text, new, group, additions)
+    for name in TEST_REQUIREMENTS_FILES:
+        path = root / name
+        if path.is_file():
+            old = pending.get(name, _read(path))
+            have = [requirement_name(r) for r in _requirements_lines(old)]
+            additions = [r for r in wanted if requirement_name(r) not in have]
+            new = _requirements_txt(old, additions) if additions else old
+            return TestDependencyEdit(name, old, new, f"file:{name}", additions)
+    return TestDependencyEdit(None, "", "", None, list(wanted))
+
+
+def _add_to_group(text: str, group: str, additions: list[str]) -> str:
+    kind, _, name = group.partition(":")
+    if kind == "poetry":
+        header = f"tool.poetry.group.{name}.dependencies"
+        found = re.search(rf"(?m)^\[{re.escape(header)}\][ \t]*\r?$", text)
+        if found is None:
+            raise BadInput(f"pyproject.toml: cannot find the [{header}] table to add to")
+        return _poetry(text, additions, header)
+    table = "dependency-groups" if kind == "group" else "project.optional-dependencies"
+    span = _table_span(text, table)
+    start = _array_key(text, span, name) if span else None
+    if start is None:
+        raise BadInput(f"pyproject.toml: cannot find `{name} = [` under [{table}] to add to")
+    return _insert_into_array(text, start, additions)

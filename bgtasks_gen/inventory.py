@@ -158,32 +158,84 @@ def _worker_entries(project: Project) -> tuple[dict[str, str], dict[str, tuple[s
     return schedules, options
 
 
+def _module_constants(module: cst.Module) -> dict[str, int]:
+    """Module-level `NAME = <int>` assignments: the values task options name."""
+    constants = {}
+    for statement in module.body:
+        if not isinstance(statement, cst.SimpleStatementLine):
+            continue
+        for small in statement.body:
+            if (
+                isinstance(small, cst.Assign)
+                and len(small.targets) == 1
+                and isinstance(small.targets[0].target, cst.Name)
+                and isinstance(small.value, cst.Integer)
+            ):
+                constants[small.targets[0].target.value] = int(small.value.evaluated_value)
+    return constants
+
+
+def _number(source: str, constants: dict[str, int]) -> int | None:
+    """The integer an option's source stands for: a literal, a module constant
+    (`arq_tasks.SEND_EMAIL_MAX_TRIES`), or a one-argument cap (`capped_timeout(300)`)."""
+    source = source.strip()
+    cap = re.fullmatch(r"[\w.]+\((.+)\)", source)
+    if cap:
+        source = cap.group(1).strip()
+    if re.fullmatch(r"\d+", source):
+        return int(source)
+    return constants.get(source.rpartition(".")[2])
+
+
+def _arq_options(options: tuple[str, str], constants: dict[str, int]) -> tuple[str, str]:
+    """arq counts attempts (max_tries = retries + 1); the timeout is shown in seconds."""
+    max_tries, timeout = options
+    tries = _number(max_tries, constants) if max_tries else None
+    seconds = _number(timeout, constants) if timeout else None
+    return (
+        str(tries - 1) if tries is not None else max_tries,
+        str(seconds) if seconds is not None else timeout,
+    )
+
+
 def list_tasks(project: Project) -> list[TaskInfo]:
     module = _module(project, project.tasks_file)
     if module is None:
         return []
+    modules = [module]
+    tasks_package = str(project.layout["tasks_module"])
+    for name in project.spec.other_task_files:
+        other = _module(project, project.package_file(tasks_package, name))
+        if other is not None:
+            modules.append(other)
     routes = _routes(project)
     schedules, worker_options = _worker_entries(project)
+    constants = _module_constants(module)
     added = project.tasks
     generated = set()
     files = project.state.get("files", {})
     if isinstance(files, dict) and project.tasks_file in files:
         generated = {"init"}
     tasks = []
-    for statement in module.body:
-        if not isinstance(statement, cst.FunctionDef) or not _is_task(project.spec.name, statement):
-            continue
-        name = statement.name.value
-        retries, timeout = _task_options(module, statement)
-        if name in worker_options:
-            retries, timeout = worker_options[name]
-        if name in added:
-            origin = "add-task"
-        elif generated and name in project.spec.scaffold_tasks:
-            origin = "init"
-        else:
-            origin = "you"
-        tasks.append(
-            TaskInfo(name, routes.get(name, ""), schedules.get(name, ""), retries, timeout, origin)
-        )
+    for source in modules:
+        for statement in source.body:
+            if not isinstance(statement, cst.FunctionDef):
+                continue
+            if not _is_task(project.spec.name, statement):
+                continue
+            name = statement.name.value
+            retries, timeout = _task_options(source, statement)
+            if name in worker_options:
+                retries, timeout = _arq_options(worker_options[name], constants)
+            if name in added:
+                origin = "add-task"
+            elif generated and name in project.spec.scaffold_tasks:
+                origin = "init"
+            else:
+                origin = "you"
+            tasks.append(
+                TaskInfo(
+                    name, routes.get(name, ""), schedules.get(name, ""), retries, timeout, origin
+                )
+            )
     return tasks

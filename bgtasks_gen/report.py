@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
 from typing import TYPE_CHECKING
@@ -10,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.syntax import Syntax
 
-from bgtasks_gen.plan import Action, Plan
+from bgtasks_gen.plan import Action, FileChange, Plan
 
 if TYPE_CHECKING:
     from bgtasks_gen.errors import BgtasksError
@@ -24,8 +25,20 @@ STYLES = {
     Action.KEPT: "cyan",
 }
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Piped or redirected output is read by programs (grep, git apply, a CI log): it is never
+# cut or wrapped at a terminal's width.
+UNBOUNDED_WIDTH = 10_000
+
+
+def _console(*, stderr: bool) -> Console:
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        console.width = UNBOUNDED_WIDTH
+    return console
+
+
+out = _console(stderr=False)
+err = _console(stderr=True)
 
 
 BOOKKEEPING = ".bgtasks/"  # pristine copies for `update`: one summary line, not a row each
@@ -46,12 +59,7 @@ def show_plan(plan: Plan, *, dry_run: bool, diff: bool, written: bool) -> None:
             "`bgtasks update`)[/dim]"
         )
     if diff:
-        for change in plan.changes:
-            if change.path.startswith(BOOKKEEPING):
-                continue
-            text = change.diff()
-            if text and change.action is not Action.IDENTICAL:
-                out.print(Syntax(text, "diff", theme="ansi_dark", word_wrap=True))
+        _show_diffs(plan)
     for note in plan.notes:
         out.print(f"  [dim]note:[/dim] {escape(note)}")
     if plan.nothing_to_do:
@@ -61,9 +69,53 @@ def show_plan(plan: Plan, *, dry_run: bool, diff: bool, written: bool) -> None:
     elif written:
         out.print(f"[green]done[/green]: {len(plan.writes)} file(s) written")
     if written and plan.next_steps:
-        out.print("\n[bold]Next steps[/bold]")
+        out.print("\n[bold]Next steps[/bold], in order")
         for step in plan.next_steps:
-            out.print(f"  $ {escape(step)}")
+            command, hash_, why = step.partition("  # ")
+            comment = f"  [dim]# {escape(why)}[/dim]" if hash_ else ""
+            out.print(f"  $ {escape(command)}{comment}")
+
+
+def patch_text(change: FileChange) -> str:
+    """The change as a git-style patch that `git apply` and `patch -p1` take: a header per
+    file (so an empty new file is created too) and the no-newline marker where it applies."""
+    old = (change.old or "").splitlines(keepends=True)
+    new = change.new.splitlines(keepends=True)
+    before = f"a/{change.path}" if change.old is not None else "/dev/null"
+    lines = list(difflib.unified_diff(old, new, before, f"b/{change.path}"))
+    if not lines and change.old is not None:
+        return ""
+    header = f"diff --git a/{change.path} b/{change.path}\n"
+    if change.old is None:
+        header += "new file mode 100644\n"
+    body = []
+    for line in lines:
+        if line.endswith("\n"):
+            body.append(line)
+        else:
+            body.append(f"{line}\n\\ No newline at end of file\n")
+    return header + "".join(body)
+
+
+def _show_diffs(plan: Plan) -> None:
+    """What would be written, as one patch that applies; then, apart and indented so no
+    patch tool takes them, what bgtasks would write into files it leaves alone."""
+    applied = [c for c in plan.changes if c.writes and not c.path.startswith(BOOKKEEPING)]
+    shown = [
+        c for c in plan.changes if c.action in (Action.KEPT, Action.CONFLICT) and c.old != c.new
+    ]
+    for change in applied:
+        text = patch_text(change)
+        if not text:
+            continue
+        if out.is_terminal:
+            out.print(Syntax(text, "diff", theme="ansi_dark", word_wrap=True))
+        else:
+            out.file.write(text)
+    for change in shown:
+        out.print(f"  [dim]{change.action.value}, not written: what bgtasks would write[/dim]")
+        text = "".join(f"    {line}" for line in patch_text(change).splitlines(keepends=True))
+        out.print(escape(text), end="")
 
 
 def plan_json(plan: Plan, *, mode: str, written: bool) -> None:

@@ -10,10 +10,12 @@ from pathlib import Path
 
 from bgtasks_gen.deps import (
     CELERY_BESIDE_ARQ,
+    TEST_REQUIREMENTS,
     caps_below,
     choose_requirements,
     declared_requirements,
     plan_dependencies,
+    plan_test_dependencies,
     requirement_name,
 )
 from bgtasks_gen.discover import (
@@ -24,6 +26,12 @@ from bgtasks_gen.discover import (
     project_index,
 )
 from bgtasks_gen.errors import BadInput, DiscoveryError
+from bgtasks_gen.nextsteps import (
+    ENV_EXAMPLE,
+    build_steps,
+    merge_env_example,
+    render_env_example,
+)
 from bgtasks_gen.patch.app_router import include_router
 from bgtasks_gen.patch.settings_fields import NewField, add_settings_fields
 from bgtasks_gen.plan import (
@@ -148,7 +156,7 @@ def template_context(
         "app_expr": layout.app.expression,
         "legacy_typing": layout.legacy_typing,
         "field_names": {choice.key: choice.name for choice in fields},
-        "env_names": {choice.key: layout.settings.env_name(choice.name) for choice in fields},
+        "env_names": layout_env_names(layout, fields),
         "app_target": app_target(layout),
         "own_settings": _own_settings(spec, layout, fields, broker),
         "build": build_value(layout.root),
@@ -156,6 +164,23 @@ def template_context(
         "celery_56": celery_56(spec, layout, broker),
         **spec.extra_context,
     }
+
+
+def layout_env_names(layout: ProjectLayout, fields: list[FieldChoice]) -> dict[str, str]:
+    """field key -> the environment variable the project's settings class reads it from."""
+    return {choice.key: layout.settings.env_name(choice.name) for choice in fields}
+
+
+def _env_example_change(root: Path, text: str, first_time: bool, notes: list[str]) -> FileChange:
+    """Created once, then the user's; a project with its own gets the variables it lacks
+    appended, on the first init of a runner."""
+    old = read_existing(root, ENV_EXAMPLE)
+    if old is None or not first_time:
+        return user_owned(root, ENV_EXAMPLE, text)
+    merged, added = merge_env_example(old, text)
+    if added:
+        notes.append(f"{ENV_EXAMPLE}: added {', '.join(added)} beside your own")
+    return patched(root, ENV_EXAMPLE, old, merged)
 
 
 def _output_path(layout: ProjectLayout, rendered: str) -> str:
@@ -326,8 +351,8 @@ def plan_init(
     if not layout.settings.generated:
         rel, text = edit(layout.settings.path)
         ours = _fields_under_header(text)
-        edits[rel] = add_settings_fields(
-            text, layout.settings.class_name, new_fields, FIELDS_HEADER, layout.first_party
+        edits[rel] = _add_fields_once_headed(
+            text, layout.settings.class_name, new_fields, layout.first_party
         )
         reused = [c for c in fields if not c.added and c.name not in ours]
         if reused:
@@ -370,19 +395,35 @@ def plan_init(
             new = BOM + new
         plan.changes.append(patched(root, rel, old, new))
 
-    # 3. the runner's packages in the project's dependency list
+    # 3. the runner's packages in the project's dependency list, the scaffold's test
+    # packages in its test/dev group
+    dependency_steps: list[str] = []
+    dependency_file: str | None = None
+    test_group: str | None = None
     if with_deps:
         wanted = list(spec.dependencies_for(broker))
         if layout.settings.generated and not any("pydantic-settings" in w for w in wanted):
             wanted.append("pydantic-settings>=2.0")
         uses_uvicorn = any("uvicorn " in text for text in run_files.values())
         deps = plan_dependencies(root, wanted, layout.source_root, uses_uvicorn=uses_uvicorn)
+        edited = {deps.path: deps.new} if deps.path is not None else {}
+        tests_deps = plan_test_dependencies(root, edited)
+        test_group = tests_deps.group
+        if tests_deps.path is not None:
+            if tests_deps.path not in edited:
+                plan.changes.append(patched(root, tests_deps.path, tests_deps.old, tests_deps.new))
+            edited[tests_deps.path] = tests_deps.new
         if deps.path is not None:
-            plan.changes.append(patched(root, deps.path, deps.old, deps.new))
+            dependency_file = deps.path
+            plan.changes.append(patched(root, deps.path, deps.old, edited[deps.path]))
         plan.notes.extend(deps.notes)
-        plan.next_steps.extend(deps.next_steps)
+        dependency_steps = deps.next_steps
 
-    # 4. the state file: everything later commands need to know
+    # 4. .env.example: a run file, with the variables named as the settings class reads them
+    env_text = render_env_example(spec, layout_env_names(layout, fields), broker)
+    plan.changes.append(_env_example_change(root, env_text, first_time, plan_notes))
+
+    # 5. the state file: everything later commands need to know
     runners = [r for r in _list(state.get("runners")) if r != spec.name] + [spec.name]
     all_files = {k: v for k, v in owned_hashes(state).items()}
     all_files.update({rel: digest(text) for rel, text in pristine.items()})
@@ -409,7 +450,17 @@ def plan_init(
         plan.changes[-1] = generated(root, STATE_FILE, state_text, force=force)
 
     check_python(plan.changes)
-    plan.next_steps.extend(spec.next_steps({**context, **context_extra}))
+    if merge is None:
+        plan.next_steps = build_steps(
+            root,
+            spec,
+            spec.next_steps({**context, **context_extra}),
+            test_group=test_group,
+            test_packages=TEST_REQUIREMENTS,
+            dependency_file=dependency_file,
+            env_example=True,
+            other_steps=dependency_steps,
+        )
     plan.notes.extend(plan_notes)
     plan.notes.append(f"settings: {layout.settings.found_by}")
     plan.notes.append(f"app: {layout.app.served}, {layout.app.found_by}")
@@ -496,7 +547,7 @@ def plan_update(root: Path, *, markers: bool = False, force: bool = False) -> Pl
     from bgtasks_gen.addtask import load_project
 
     project = load_project(root)
-    return plan_init(
+    plan = plan_init(
         project.root,
         project.spec.name,
         broker=str(project.layout.get("broker") or "redis"),
@@ -508,6 +559,57 @@ def plan_update(root: Path, *, markers: bool = False, force: bool = False) -> Pl
         with_deps=False,
         merge="markers" if markers else "refuse",
     )
+    # the layout comes from the state file, not from an option the user gave
+    plan.notes = [
+        re.sub(r"the (settings|app) module override \(", f"as recorded in {STATE_FILE} (", note)
+        for note in plan.notes
+    ]
+    return plan
+
+
+def restore_command(rel: str) -> str:
+    return f"bgtasks update --restore {rel}"
+
+
+def plan_restore(root: Path, paths: list[str]) -> Plan:
+    """`update --restore PATH`: write the named generated files again, as the installed
+    templates render them now (with the tasks add-task added), and nothing else."""
+    full = plan_update(root)
+    project_root = full.root
+    by_path = {c.path: c for c in full.changes}
+    owned = owned_hashes(read_state(project_root))
+    plan = Plan(project_root)
+    for given in paths:
+        rel = _project_relative(project_root, given)
+        change = by_path.get(rel)
+        if change is None or rel not in owned:
+            raise BadInput(
+                f"{given} is not a file bgtasks generates in this project",
+                "name one of the files listed under [files] in .bgtasks.toml",
+            )
+        if change.old is not None:
+            raise BadInput(
+                f"{rel} exists: --restore only brings back a deleted generated file",
+                "run `bgtasks update` to merge the new templates into it, or delete it first",
+            )
+        plan.changes.append(FileChange(rel, Action.CREATE, None, change.new, "restored"))
+        base = by_path.get(f"{BASE_DIR}/{rel}.base")
+        if base is not None:
+            plan.changes.append(base)
+    return plan
+
+
+def _project_relative(root: Path, given: str) -> str:
+    """A path as the user typed it (relative to the project, or to the current folder,
+    or absolute) as the project-relative POSIX path the plan uses."""
+    path = Path(given)
+    candidates = [path] if path.is_absolute() else [root / path, Path.cwd() / path]
+    for candidate in candidates:
+        try:
+            return candidate.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            continue
+    return path.as_posix()
 
 
 def _merged(
@@ -533,9 +635,16 @@ def _merged(
         theirs = files[rel]
         if ours is None:
             if rel in owned_hashes(state):
-                # generated once, deleted since: the user's choice stands
+                # generated once, deleted since: the user's choice stands; the render is
+                # kept in the change for `update --restore`
                 changes.append(
-                    FileChange(rel, Action.IDENTICAL, None, "", "deleted by you; kept so")
+                    FileChange(
+                        rel,
+                        Action.IDENTICAL,
+                        None,
+                        theirs,
+                        f"deleted by you; kept so (bring it back: {restore_command(rel)})",
+                    )
                 )
             else:
                 changes.append(FileChange(rel, Action.CREATE, None, theirs))
@@ -570,6 +679,24 @@ def _merged(
                 )
             )
     return changes
+
+
+# stands in for the header when the class has it already, and is removed again
+_NO_SECOND_HEADER = "bgtasks: header already present"
+
+
+def _add_fields_once_headed(
+    source: str, class_name: str, fields: list[NewField], first_party: frozenset[str]
+) -> str:
+    """Add the fields; the header comment only the first time (a field re-added by
+    `update` goes in without a second `# Background tasks (added by bgtasks)`)."""
+    if f"# {FIELDS_HEADER}" not in source:
+        return add_settings_fields(source, class_name, fields, FIELDS_HEADER, first_party)
+    patched_source = add_settings_fields(source, class_name, fields, _NO_SECOND_HEADER, first_party)
+    # the placeholder line, and the blank line the patcher puts above it
+    return re.sub(
+        rf"(?m)(^[ \t]*\r?\n)?^[ \t]*# {re.escape(_NO_SECOND_HEADER)}\r?\n", "", patched_source
+    )
 
 
 def _fields_under_header(source: str) -> set[str]:

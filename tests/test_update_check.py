@@ -161,3 +161,63 @@ def test_check_reports_schedules_and_registrations_naming_missing_tasks(
     assert code == 1
     problems = [f["problem"] for f in json.loads(output)["findings"]]
     assert any(reference in p and task in p for p in problems), problems
+
+
+def test_check_fix_for_a_deleted_file_restores_it(project: Path) -> None:
+    auth = project / "app/tasks/auth.py"
+    original = auth.read_bytes()
+    auth.unlink()
+    code, output = invoke("check", str(project), "--json")
+    assert code == 1
+    fixes = [f["fix"] for f in json.loads(output)["findings"] if f["where"] == "app/tasks/auth.py"]
+    assert fixes == ["run `bgtasks update --restore app/tasks/auth.py` to bring it back"]
+    # plain update keeps the user's deletion: running it alone would loop
+    assert "nothing to do" in invoke("update", str(project))[1]
+    assert not auth.exists()
+    code, output = invoke("update", str(project), "--restore", "app/tasks/auth.py")
+    assert code == 0, output
+    assert auth.read_bytes() == original
+    assert invoke("check", str(project)) == (0, "✓ the scaffold is wired and current\n")
+
+
+def test_restore_refuses_an_existing_or_unknown_file(project: Path) -> None:
+    before = tree_hashes(project)
+    code, output = invoke("update", str(project), "--restore", "app/tasks/auth.py")
+    assert code == 2 and "only brings back a deleted generated file" in output
+    code, output = invoke("update", str(project), "--restore", "app/main.py")
+    assert code == 2 and "not a file bgtasks generates" in output
+    assert tree_hashes(project) == before
+
+
+def test_update_conflict_hint_names_conflicts_markers(project: Path, new_templates: Path) -> None:
+    email = project / EMAIL
+    email.write_text(email.read_text().replace(LOG_LINE, '    logger.info("mine: %s", subject)'))
+    code, output = invoke("update", str(project))
+    assert code == 1
+    assert "--conflicts markers" in output and "--force" not in output
+
+
+def test_update_notes_say_the_layout_is_recorded(project: Path) -> None:
+    code, output = invoke("update", str(project), "--json")
+    assert code == 0
+    notes = json.loads(output)["notes"]
+    settings = [n for n in notes if n.startswith("settings:")]
+    assert settings and "as recorded in .bgtasks.toml (app.core.config:Settings)" in settings[0]
+    assert not any("override" in n for n in notes)
+
+
+def test_a_re_added_settings_field_gets_no_second_header(project: Path) -> None:
+    config = project / "app/core/config.py"
+    config.write_text(config.read_text().replace("    SMTP_TIMEOUT: float = 10.0\n", ""))
+    assert invoke("update", str(project))[0] == 0
+    text = config.read_text()
+    assert text.count("# Background tasks (added by bgtasks)") == 1
+    assert "    SMTP_TIMEOUT: float = 10.0\n" in text
+    assert invoke("check", str(project))[0] == 0
+
+
+def test_conflicts_is_a_choice(project: Path) -> None:
+    code, output = invoke("update", str(project), "--conflicts", "theirs")
+    assert code == 2 and "'theirs' is not one of 'refuse', 'markers'" in output
+    code, output = invoke("update", "--help")
+    assert "refuse|markers" in output and "--restore" in output

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from bgtasks_gen.runners.base import RunnerSpec, SettingsField
+from bgtasks_gen.runners.base import RunnerSpec, RunnerSteps, SettingsField
 from bgtasks_gen.runners.fields import SMTP_FIELDS
 
 ARQ_FIELDS = (
@@ -25,14 +25,18 @@ ARQ_FIELDS = (
 )
 
 
-def _next_steps(ctx: Mapping[str, object]) -> list[str]:
+def _next_steps(ctx: Mapping[str, object]) -> RunnerSteps:
     tasks_module = ctx["tasks_module"]
     tests_dir = ctx.get("tests_dir", "tests")
-    steps = [f"arq {tasks_module}.arq_worker.WorkerSettings"]
+    processes = [f"arq {tasks_module}.arq_worker.WorkerSettings"]
     if "app_target" in ctx:
-        steps.append(f"uvicorn {ctx['app_target']} --reload")
-    steps.append(f"pytest {tests_dir}/test_bgtasks_arq.py")
-    return steps
+        processes.append(f"uvicorn {ctx['app_target']} --reload")
+    return RunnerSteps(
+        processes=tuple(processes),
+        tests=(f"pytest {tests_dir}/test_bgtasks_arq.py",),
+        tests_why="the scaffold's own tests: they need the Redis of the settings, "
+        "skipped without it",
+    )
 
 
 SPEC = RunnerSpec(
@@ -44,7 +48,7 @@ SPEC = RunnerSpec(
         "Redis only; arq 0.28 needs redis<6, so it cannot share an environment with "
         "celery 5.7 (celery 5.6 works: celery[redis]>=5.6,<5.7)",
         "a job whose worker is killed re-runs only after its in-progress lock expires "
-        "(the largest job timeout + 10 s): keep the arq_job_timeout setting realistic",
+        "(the largest job timeout + 10 s): keep the {arq_job_timeout} setting realistic",
         "jobs run at least once: a retry or a re-run repeats them, keep them idempotent",
     ),
     settings_fields=(*ARQ_FIELDS, *SMTP_FIELDS),

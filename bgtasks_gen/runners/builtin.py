@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from bgtasks_gen.runners.base import RunnerSpec
+from bgtasks_gen.runners.base import RunnerSpec, RunnerSteps
 from bgtasks_gen.runners.fields import SMTP_FIELDS
 
 
-def _next_steps(ctx: Mapping[str, object]) -> list[str]:
-    return [
-        f"uvicorn {ctx['app_target']} --reload",
-        f"pytest {ctx['tests_dir']}/test_bgtasks_builtin.py",
-    ]
+def _next_steps(ctx: Mapping[str, object]) -> RunnerSteps:
+    return RunnerSteps(
+        processes=(f"uvicorn {ctx['app_target']} --reload",),
+        tests=(f"pytest {ctx['tests_dir']}/test_bgtasks_builtin.py",),
+    )
 
 
 SPEC = RunnerSpec(
@@ -29,6 +29,7 @@ SPEC = RunnerSpec(
     dependencies=("fastapi>=0.110", "pydantic-settings>=2.0", "email-validator>=2.0"),
     next_steps=_next_steps,
     tasks_file="notifications.py",
-    scaffold_tasks=("process_notification",),
+    scaffold_tasks=("process_notification", "send_email"),
+    other_task_files=("email.py",),
     test_file="test_bgtasks_builtin.py",
 )

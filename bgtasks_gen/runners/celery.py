@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from bgtasks_gen.runners.base import RunnerSpec, SettingsField
+from bgtasks_gen.runners.base import RunnerSpec, RunnerSteps, SettingsField
 from bgtasks_gen.runners.fields import SMTP_FIELDS
 
 # The broker URL's default depends on --broker.
@@ -45,22 +45,26 @@ def _app_dir(ctx: Mapping[str, object]) -> str:
     return rest.split()[0] if found and rest.split() else ""
 
 
-def _next_steps(ctx: Mapping[str, object]) -> list[str]:
+def _next_steps(ctx: Mapping[str, object]) -> RunnerSteps:
     app = f"{ctx['tasks_module']}.celery_app"
     source = _app_dir(ctx)
     env = f"PYTHONPATH={source} " if source else ""
-    steps = [
-        f"{env}celery -A {app} worker --loglevel=info",
-        f"{env}celery -A {app} beat --loglevel=info",
-        # Flower is a separate package; the password stays out of `ps` via the env var.
-        f'pip install flower && FLOWER_BASIC_AUTH="admin:<a-long-random-password>" '
-        f"{env}celery -A {app} flower",
-        f"uvicorn {ctx.get('app_target', 'app.main:app')}",
-    ]
     tests_dir = ctx.get("tests_dir")
-    if tests_dir:
-        steps.append(f"{env}pytest {tests_dir}/test_bgtasks_celery.py")
-    return steps
+    return RunnerSteps(
+        processes=(
+            f"{env}celery -A {app} worker --loglevel=info",
+            f"{env}celery -A {app} beat --loglevel=info",
+            f"uvicorn {ctx.get('app_target', 'app.main:app')} --reload",
+        ),
+        tests=(f"{env}pytest {tests_dir}/test_bgtasks_celery.py",) if tests_dir else (),
+        tests_why="the scaffold's own tests: they need the broker and result backend of "
+        "the settings, skipped without them",
+        # the password stays out of `ps` via the environment variable
+        monitoring=(
+            "flower",
+            f'FLOWER_BASIC_AUTH="admin:<a-long-random-password>" {env}celery -A {app} flower',
+        ),
+    )
 
 
 SPEC = RunnerSpec(

@@ -15,7 +15,7 @@ import pickle
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from email import message_from_bytes
 from email.message import Message
@@ -35,6 +35,7 @@ from fastapi.testclient import TestClient
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from acme.api.arq_tasks import authorize_task_access
 from acme.core.settings import get_settings
 from acme.tasks import arq_tasks
 from acme.tasks.arq_tasks import (
@@ -216,12 +217,36 @@ def test_worker_settings_register_function_objects() -> None:
     assert WorkerSettings.job_deserializer is deserialize
 
 
+JOB_RECORD = {"f": "send_email", "a": [], "k": {"to": "a@example.com"}, "t": 1, "et": 1}
+
+
 def test_serializer_is_json_and_refuses_pickle() -> None:
-    record = {"a": [1, 2], "r": ValueError("secret@example.com")}
-    stored = {"a": [1, 2], "r": {"__error__": "ValueError"}}
+    result = {**JOB_RECORD, "s": False, "st": 2, "ft": 3}
+    record = {**result, "r": ValueError("secret@example.com")}
+    stored = {**result, "r": {"__error__": "ValueError"}}
     assert deserialize(serialize(record)) == stored
     with pytest.raises(ValueError):
         deserialize(pickle.dumps({"f": "send_email"}))
+
+
+def test_malformed_records_are_refused() -> None:
+    # arq trusts these fields: a mistyped one would stop the worker
+    poisoned: list[dict[str, Any]] = [
+        {key: value for key, value in JOB_RECORD.items() if key != "f"},
+        {**JOB_RECORD, "f": ["send_email"]},
+        {**JOB_RECORD, "a": {"to": "x"}},
+        {**JOB_RECORD, "k": [1]},
+        {**JOB_RECORD, "t": "1"},
+        {**JOB_RECORD, "et": None},
+        {**JOB_RECORD, "s": True, "st": "now", "ft": 3},
+    ]
+    for record in poisoned:
+        with pytest.raises(ValueError):
+            deserialize(serialize(record))
+    with pytest.raises(ValueError):
+        deserialize(b"not json")
+    untried = {**JOB_RECORD, "t": None}  # what enqueue_job stores for a new job
+    assert deserialize(serialize(untried)) == untried
 
 
 def use_smtp(monkeypatch: pytest.MonkeyPatch, port: int) -> None:
@@ -397,8 +422,44 @@ def test_idempotency_key_enqueues_once(
     second = client.post("/arq-tasks/process-data", json=payload, headers=headers)
     assert first.status_code == 202 and second.status_code == 200
     assert first.json()["duplicate"] is False and second.json()["duplicate"] is True
-    assert first.json()["job_id"] == second.json()["job_id"] == f"process_data:{key}"
+    job_id = first.json()["job_id"]
+    assert job_id == second.json()["job_id"]
+    # a keyed hash: the key cannot be read from, nor the id guessed from, the other
+    assert job_id.startswith("process_data:") and key not in job_id
     assert asyncio.run(drain_queue(redis_url, queue_name)).jobs_complete == 1
+
+
+def as_caller(identity: str) -> Callable[[], str]:
+    """A stand-in for the auth hook that says the request comes from `identity`."""
+
+    def caller() -> str:
+        return identity
+
+    return caller
+
+
+def test_idempotency_keys_are_per_caller(
+    client: TestClient, redis_url: str, queue_name: str
+) -> None:
+    application = client.app
+    assert isinstance(application, FastAPI)
+    key, payload = uuid.uuid4().hex, {"data_id": 1, "values": [1]}
+    job_ids = []
+    try:
+        for caller in ("user:alice", "user:bob"):
+            application.dependency_overrides[authorize_task_access] = as_caller(caller)
+            response = client.post(
+                "/arq-tasks/process-data",
+                json=payload,
+                headers={"Idempotency-Key": key},
+            )
+            assert response.status_code == 202, response.text
+            assert response.json()["duplicate"] is False
+            job_ids.append(response.json()["job_id"])
+    finally:
+        application.dependency_overrides.pop(authorize_task_access, None)
+    assert job_ids[0] != job_ids[1]
+    assert asyncio.run(drain_queue(redis_url, queue_name)).jobs_complete == 2
 
 
 def test_queue_client_stores_jobs_as_arq_does(redis_url: str, queue_name: str) -> None:

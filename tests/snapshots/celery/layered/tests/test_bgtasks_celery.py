@@ -282,11 +282,18 @@ def test_configuration_is_json_only_and_reliable() -> None:
     assert conf.task_serializer == conf.result_serializer == "json"
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.task_retry_on_worker_lost
+    assert conf.worker_soft_shutdown_timeout > 0
+    assert conf.worker_eta_task_limit
     assert conf.worker_prefetch_multiplier == 1
     assert TASK_SOFT_TIME_LIMIT < TASK_TIME_LIMIT
     assert conf.task_publish_retry_policy["max_retries"] <= 5
     options = conf.broker_transport_options
     assert options["visibility_timeout"] >= 2 * TASK_TIME_LIMIT
+    # Celery's Redis caveat: the same visibility timeout in all three settings.
+    visibility_timeout = options["visibility_timeout"]
+    backend_options = conf.result_backend_transport_options
+    assert backend_options["visibility_timeout"] == visibility_timeout
+    assert conf.visibility_timeout == visibility_timeout
     assert options["visibility_timeout"] > RETRY_BACKOFF_MAX
     assert options["socket_timeout"] and options["socket_connect_timeout"]
     for name in ("send_email", "process_order", "long_running"):

@@ -3,7 +3,19 @@
     arq app.tasks.arq_worker.WorkerSettings
 
 On SIGTERM a worker stops taking jobs, gives running ones `job_completion_wait` seconds
-to finish, then cancels them; cancelled jobs go back to the queue and run again.
+to finish, then cancels them; cancelled jobs go back to the queue and run again. Each
+such run counts as a try of the job's `max_tries`: a job still running at every one of
+`max_tries` shutdowns in a row (a rolling deploy restarts each worker once) fails with
+"max retries exceeded". A job that ends within `job_completion_wait` is never cut
+short that way; long_running_task (up to 100 s) can be, so it has tries to spare
+(max_tries=5). Size `max_tries` of your own long jobs the same way.
+
+A Redis outage does not stop a worker: every Redis command is retried with capped
+exponential backoff and jitter for at least REDIS_OUTAGE_BUDGET seconds (a warning is
+logged while it waits), so the worker carries on, with the jobs it was running, once
+Redis answers again. A longer outage may end the worker: its process manager restarts
+it (compose.yaml: `restart: unless-stopped`). A worker told to stop during an outage
+waits the same way to unregister, until its stop grace period runs out.
 
 The worker's log names each job it runs, never the job's arguments or result: those are
 addresses, message text and whatever your own jobs take (see HideJobArguments).
@@ -11,9 +23,14 @@ addresses, message text and whatever your own jobs take (see HideJobArguments).
 
 import datetime
 import logging
+import random
 
 from arq import cron, func
 from arq.connections import RedisSettings
+from redis.asyncio.retry import Retry
+from redis.backoff import AbstractBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.core.config import settings
 from app.tasks import arq_tasks
@@ -46,6 +63,63 @@ if not any(isinstance(f, HideJobArguments) for f in _arq_worker_logger.filters):
     _arq_worker_logger.addFilter(HideJobArguments())
 
 
+# How long a worker keeps retrying Redis at least before it gives up (seconds), and
+# the longest wait between two tries of one command
+REDIS_OUTAGE_BUDGET = 60.0
+REDIS_RETRY_MAX_DELAY = 2.0
+REDIS_RETRY_BASE_DELAY = 0.05
+# log the 1st failure of a command, then every REDIS_RETRY_LOG_EVERY-th
+REDIS_RETRY_LOG_EVERY = 10
+
+_redis_logger = logging.getLogger(__name__)
+
+
+class LoggedBackoff(AbstractBackoff):
+    """Exponential backoff with equal jitter, capped, that says when Redis is away.
+
+    redis-py retries silently: without the warning an outage would leave no trace in
+    the worker's log.
+    """
+
+    def compute(self, failures: int) -> float:
+        ceiling = min(REDIS_RETRY_MAX_DELAY, REDIS_RETRY_BASE_DELAY * 2**failures)
+        delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+        if failures == 1 or failures % REDIS_RETRY_LOG_EVERY == 0:
+            _redis_logger.warning(
+                "Redis unreachable (try %d of a command), retrying in %.2fs",
+                failures,
+                delay,
+            )
+        return delay
+
+
+def resilient_redis_settings(url: str) -> RedisSettings:
+    """arq's settings for `url`, with every command retried through an outage.
+
+    arq's own conn_retries covers only the first connection: once the worker runs,
+    one failed command (a Redis restart) raises out of its main loop and it exits.
+    """
+    settings = RedisSettings.from_dsn(url)
+    # after the first few doublings each wait is at least half of the cap
+    tries = int(REDIS_OUTAGE_BUDGET / (REDIS_RETRY_MAX_DELAY / 2)) + 6
+    # also used to (re)connect, so a worker started while Redis is down waits too;
+    # OSError: a refused connection reaches the retry as the socket's own error
+    settings.retry = Retry(
+        LoggedBackoff(),
+        retries=tries,
+        # redis-py's hint allows only its own errors; it catches any type given
+        supported_errors=(
+            RedisConnectionError,
+            RedisTimeoutError,
+            OSError,
+        ),  # type: ignore[arg-type]
+    )
+    # timeouts are listed here rather than with retry_on_timeout=True, which appends
+    # to this list each time a pool is created
+    settings.retry_on_error = [RedisConnectionError, RedisTimeoutError]
+    return settings
+
+
 def capped_timeout(seconds: int) -> int:
     """`seconds`, capped by the ARQ_JOB_TIMEOUT setting.
 
@@ -57,7 +131,7 @@ def capped_timeout(seconds: int) -> int:
 
 
 class WorkerSettings:
-    redis_settings = RedisSettings.from_dsn(str(settings.REDIS_URL))
+    redis_settings = resilient_redis_settings(str(settings.REDIS_URL))
     # JSON, never pickle: the web app's pool (pool.py) uses the same pair
     job_serializer = serialize
     job_deserializer = deserialize
@@ -70,7 +144,7 @@ class WorkerSettings:
             timeout=capped_timeout(60),
             max_tries=arq_tasks.SEND_EMAIL_MAX_TRIES,
             # the stored result includes the job's arguments (address, body)
-            keep_result=600,
+            keep_result=arq_tasks.SEND_EMAIL_KEEP_RESULT,
         ),
         func(
             arq_tasks.process_data,
@@ -83,7 +157,8 @@ class WorkerSettings:
             arq_tasks.long_running_task,
             name="long_running_task",
             timeout=capped_timeout(180),
-            max_tries=3,
+            # each shutdown while it runs costs a try (see above)
+            max_tries=5,
         ),
         func(
             arq_tasks.resize_image,
@@ -135,7 +210,7 @@ class WorkerSettings:
     timezone = datetime.timezone.utc  # noqa: UP017
     job_timeout = capped_timeout(300)  # for anything registered without its own timeout
     max_jobs = 10
-    keep_result = 3600
+    keep_result = arq_tasks.KEEP_RESULT
     # Results stay readable through the API, but out of the log (see HideJobArguments).
     log_results = False
     allow_abort_jobs = True  # POST /arq-tasks/abort/{job_id} cancels running jobs

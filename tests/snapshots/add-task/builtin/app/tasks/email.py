@@ -15,7 +15,10 @@ from pydantic import SecretStr
 
 from app.core.config import settings
 
-logger = logging.getLogger(__name__)
+# A child of "uvicorn.error": uvicorn configures only its own loggers, so a
+# logger of the app's own prints nothing under plain `uvicorn`. This one uses
+# uvicorn's level and handlers there, and the root logger's elsewhere.
+logger = logging.getLogger(f"uvicorn.error.{__name__}")
 
 
 class EmailNotSent(Exception):

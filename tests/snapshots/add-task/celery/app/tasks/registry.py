@@ -1,14 +1,19 @@
-"""Task bookkeeping in Redis: the ids the API issued, and cooperative cancel flags.
+"""Task bookkeeping in Redis: issued ids, cancel flags, liveness, the beat lock.
 
 Celery reports an id it has never seen as PENDING forever, so the API records every
 id it hands out and answers 404 for the rest. A running task cannot be revoked safely
 (terminate=True kills the process mid-write), so cancel sets a flag the task checks.
+
+A running task keeps a short-lived "alive" key fresh (see liveness.py): once its worker
+is gone the key expires, and the API reports the task as lost instead of progressing.
+One `celery beat` at a time holds the beat lock (see beat_lock.py).
 
 One connection pool per process, created on first use and shared by all threads; the
 result backend's Redis (a Redis URL with either broker) holds these keys.
 """
 
 import threading
+import time
 
 import redis
 
@@ -64,6 +69,75 @@ def request_cancel(task_id: str, ttl: int) -> None:
 
 def cancel_requested(task_id: str) -> bool:
     return bool(client().exists(_cancel_key(task_id)))
+
+
+def _alive_key(task_id: str) -> str:
+    return f"{KEY_PREFIX}:alive:{task_id}"
+
+
+def _started_key(task_id: str) -> str:
+    return f"{KEY_PREFIX}:started:{task_id}"
+
+
+def record_start(task_id: str, alive_ttl: int, ttl: int) -> None:
+    """Note when a run of the task started, and that it is alive for now."""
+    pipe = client().pipeline()
+    pipe.set(_started_key(task_id), repr(time.time()), ex=ttl)
+    pipe.set(_alive_key(task_id), 1, ex=alive_ttl)
+    pipe.execute()
+
+
+def keep_alive(task_ids: list[str], alive_ttl: int) -> None:
+    pipe = client().pipeline()
+    for task_id in task_ids:
+        pipe.set(_alive_key(task_id), 1, ex=alive_ttl)
+    pipe.execute()
+
+
+def record_end(task_id: str) -> None:
+    client().delete(_alive_key(task_id))
+
+
+def liveness(task_id: str) -> tuple[bool, float | None]:
+    """(a worker is running it, when its latest run started as a Unix time)."""
+    alive, started = client().mget(_alive_key(task_id), _started_key(task_id))
+    return alive is not None, float(started) if started is not None else None
+
+
+def _lock_key(name: str) -> str:
+    return f"{KEY_PREFIX}:lock:{name}"
+
+
+# Compare-and-act on the lock's value: only the holder may extend or release it.
+_REFRESH_LOCK = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('expire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE_LOCK = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+def take_lock(name: str, token: str, ttl: int) -> bool:
+    """Take the lock if it is free, or extend it if `token` already holds it."""
+    key = _lock_key(name)
+    if client().set(key, token, ex=ttl, nx=True):
+        return True
+    return bool(client().eval(_REFRESH_LOCK, 1, key, token, ttl))
+
+
+def release_lock(name: str, token: str) -> None:
+    client().eval(_RELEASE_LOCK, 1, _lock_key(name), token)
+
+
+def lock_holder(name: str) -> str | None:
+    holder = client().get(_lock_key(name))
+    return holder.decode() if isinstance(holder, bytes) else None
 
 
 def hit(key: str, window_seconds: int) -> int:

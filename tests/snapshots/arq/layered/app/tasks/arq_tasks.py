@@ -26,7 +26,7 @@ from typing import Any
 
 import aiosmtplib
 from arq import Retry
-from arq.constants import abort_jobs_ss
+from arq.constants import abort_jobs_ss, job_key_prefix
 from pydantic import SecretStr
 
 from app.core.config import settings
@@ -44,8 +44,14 @@ STEP_SECONDS = 0.1
 PROGRESS_WRITE_INTERVAL = 0.5  # seconds between progress writes to Redis
 PROGRESS_TTL = 3600
 
-# Abort requests for jobs that had already finished stay in arq's abort set for good.
-ABORT_REQUEST_MAX_AGE = 24 * 3600
+# Seconds a finished job's result is kept (arq_worker.WorkerSettings): the email's for
+# less, as it holds the job's arguments (address, body).
+SEND_EMAIL_KEEP_RESULT = 600
+KEEP_RESULT = 3600
+# arq keeps an abort request that came after its job finished for good, and drops the
+# next job under that id unrun. A request older than the shortest result lifetime is
+# stale unless its job still waits (an id can be reused once its result is gone).
+ABORT_REQUEST_MAX_AGE = min(SEND_EMAIL_KEEP_RESULT, KEEP_RESULT)
 
 
 def progress_key(job_id: str) -> str:
@@ -333,10 +339,19 @@ async def long_running_task(ctx: dict[str, Any], steps: int) -> dict[str, int]:
 async def daily_cleanup(ctx: dict[str, Any]) -> dict[str, int]:
     """Cron job (see WorkerSettings.cron_jobs): daily Redis housekeeping.
 
-    arq never removes an abort request for a job that had already finished; drop those
-    older than a day. Add the project's own daily cleanup here.
+    arq never removes an abort request for a job that had already finished (the abort
+    endpoint removes the ones it sees lose that race); drop those older than
+    ABORT_REQUEST_MAX_AGE whose job no longer exists. Add the project's own daily
+    cleanup here.
     """
+    redis = ctx["redis"]
     cutoff_ms = int((time.time() - ABORT_REQUEST_MAX_AGE) * 1000)
-    removed = int(await ctx["redis"].zremrangebyscore(abort_jobs_ss, "-inf", cutoff_ms))
+    old = await redis.zrangebyscore(abort_jobs_ss, "-inf", cutoff_ms)
+    stale = [
+        job_id
+        for job_id in old
+        if not await redis.exists(job_key_prefix + job_id.decode(errors="replace"))
+    ]
+    removed = int(await redis.zrem(abort_jobs_ss, *stale)) if stale else 0
     logger.info("daily_cleanup: removed %d stale abort request(s)", removed)
     return {"abort_requests_removed": removed}

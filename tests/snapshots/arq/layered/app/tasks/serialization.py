@@ -11,6 +11,7 @@ Job.result_info() and use error_kind() below instead.
 
 import asyncio
 import json
+from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -36,11 +37,45 @@ def serialize(data: dict[str, Any]) -> bytes:
     return json.dumps(data, default=_encode, separators=(",", ":")).encode()
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# The fields arq reads from every record, and what each must be. arq trusts them: a
+# job try or enqueue time that is not a number, or a function name that is not a
+# string, raises inside the worker's own loop and stops the worker (and the next one
+# that picks the job up, once its in-progress lock expires).
+_RECORD_FIELDS: dict[str, Callable[[object], bool]] = {
+    "f": lambda value: isinstance(value, str),
+    "a": lambda value: isinstance(value, list),
+    "k": lambda value: isinstance(value, dict),
+    "t": lambda value: value is None or _is_int(value),
+    "et": _is_int,
+}
+# and those of a result record ("s" marks one)
+_RESULT_FIELDS: dict[str, Callable[[object], bool]] = {
+    "s": lambda value: isinstance(value, bool),
+    "st": _is_int,
+    "ft": _is_int,
+}
+
+
 def deserialize(raw: bytes) -> dict[str, Any]:
-    """arq job_deserializer: refuses anything but a JSON object (e.g. an old pickle)."""
+    """arq job_deserializer: a JSON object with the fields arq expects, or ValueError.
+
+    Refuses an old pickle, a record that is not JSON, and one with a missing or
+    mistyped field. arq turns the ValueError into DeserializationError: the worker
+    logs it, records the job as failed and drops it, and goes on with the next job.
+    """
     data = json.loads(raw)
     if not isinstance(data, dict):
         raise ValueError("an arq record must be a JSON object")
+    fields = {**_RECORD_FIELDS, **(_RESULT_FIELDS if "s" in data else {})}
+    for name, valid in fields.items():
+        if name not in data:
+            raise ValueError(f"arq record without its {name!r} field")
+        if not valid(data[name]):
+            raise ValueError(f"arq record with a malformed {name!r} field")
     return data
 
 

@@ -1,13 +1,15 @@
 """HTTP API for the arq jobs: enqueue, status, abort (added by bgtasks).
 
 Idempotency: send an `Idempotency-Key` header (1-64 characters of A-Z a-z 0-9 _ . -)
-to enqueue a job at most once. The job id is then `<function>:<key>`. While that job
-exists (queued, running, or finished with its result still kept: 10 minutes for emails,
-an hour for the others) the same request answers 200 with the existing job's id and
-status and `"duplicate": true`, instead of 202 and a new job. Without the header, every
-request enqueues a new job.
+to enqueue a job at most once per caller. While that job exists (queued, running, or
+finished with its result still kept: 10 minutes for emails, an hour for the others) the
+same request from the same caller answers 200 with the existing job's id and status and
+`"duplicate": true`, instead of 202 and a new job. The same key from another caller is
+another job, and the job id is a keyed hash, never the key itself (see idempotency.py).
+Without the header, every request enqueues a new job.
 
-Every endpoint runs `authorize_task_access` below: fill it in before exposing them.
+Every endpoint runs `authorize_task_access` below: fill it in before exposing them. The
+identity it returns scopes idempotency keys and the email rate limit.
 
 A request body larger than MAX_BODY_BYTES is refused with 413 before it is read, and a
 422 names what is wrong without echoing the input (see BoundedRoute).
@@ -20,6 +22,7 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from arq.connections import ArqRedis
+from arq.constants import abort_jobs_ss
 from arq.jobs import DeserializationError, Job, JobStatus, SerializationError
 from fastapi import (
     APIRouter,
@@ -42,12 +45,17 @@ from acme.tasks.arq_tasks import (
     checked_subject,
     progress_key,
 )
+from acme.tasks.idempotency import (
+    IdempotencyScope,
+    job_id_secret,
+    scoped_job_id,
+)
 from acme.tasks.pool import TaskQueue, lifespan, queue_errors_as_503
 from acme.tasks.serialization import error_kind
 
 logger = logging.getLogger(__name__)
 
-# Per client address per minute, so /send-email cannot be used as an open relay.
+# Per caller per minute, so /send-email cannot be used as an open relay.
 EMAILS_PER_MINUTE = 20
 ABORT_POLL_SECONDS = 0.2
 # The largest request body read (413 beyond). The largest valid ones: 10 000 values
@@ -56,25 +64,27 @@ ABORT_POLL_SECONDS = 0.2
 MAX_BODY_BYTES = 256 * 1024
 
 
-async def authorize_task_access(request: Request) -> None:
+async def authorize_task_access(request: Request) -> str:
     """Auth hook run before every endpoint of this router. Fill it in.
 
     Raise HTTPException(status_code=401) or (403) to refuse: check a bearer token,
     or call your app's current-user dependency and its permissions. Status and abort
     must not be open to everyone. As generated it lets every request through (and logs
     nothing about the caller's credentials).
+
+    Returns who the caller is: idempotency keys and the email rate limit are kept per
+    identity. As generated that is the client address; replace it with your user id
+    (behind a reverse proxy every request may share the proxy's address).
     """
-    return None
+    return f"address:{request.client.host if request.client else 'unknown'}"
 
 
-async def limit_email_rate(request: Request, queue: TaskQueue) -> None:
-    """At most EMAILS_PER_MINUTE emails per client address per minute (429 beyond).
+Caller = Annotated[str, Depends(authorize_task_access)]
 
-    Behind a reverse proxy every request may share the proxy's address: key on the
-    authenticated user instead.
-    """
-    client = request.client.host if request.client else "unknown"
-    key = f"bgtasks:email-rate:{client}:{int(time.time() // 60)}"
+
+async def limit_email_rate(caller: Caller, queue: TaskQueue) -> None:
+    """At most EMAILS_PER_MINUTE emails per caller per minute (429 beyond)."""
+    key = f"bgtasks:email-rate:{caller}:{int(time.time() // 60)}"
     with queue_errors_as_503():
         async with queue.pipeline(transaction=True) as pipe:
             pipe.incr(key)
@@ -159,14 +169,26 @@ router = APIRouter(
     lifespan=lifespan,
 )
 
+
+async def idempotency_scope(
+    caller: Caller,
+    key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=64,
+            pattern=r"^[A-Za-z0-9_.-]+$",
+        ),
+    ] = None,
+) -> IdempotencyScope | None:
+    """The request's `Idempotency-Key` header, scoped to the caller who sent it."""
+    return IdempotencyScope(caller=caller, key=key) if key else None
+
+
 IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9_.-]+$",
-    ),
+    IdempotencyScope | None,
+    Depends(idempotency_scope),
 ]
 JobId = Annotated[
     str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
@@ -226,11 +248,14 @@ async def _enqueue(
     queue: ArqRedis,
     response: Response,
     function: str,
-    idempotency_key: str | None,
+    idempotency_key: IdempotencyScope | None,
     **kwargs: Any,
 ) -> JobAccepted:
-    job_id = f"{function}:{idempotency_key}" if idempotency_key else None
     with queue_errors_as_503():
+        job_id = None
+        if idempotency_key is not None:
+            secret = await job_id_secret(queue)
+            job_id = scoped_job_id(secret, function, idempotency_key)
         job = await queue.enqueue_job(function, _job_id=job_id, **kwargs)
         if job is not None:
             return JobAccepted(job_id=job.job_id, status=JobStatus.queued.value)
@@ -362,6 +387,10 @@ async def abort_job(
                 and not info.success
                 and error_kind(info.result) == "aborted"
             )
+            if not aborted:
+                # The job finished before the worker saw the request, which arq then
+                # keeps for good: a later job under this id would be dropped unrun.
+                await queue.zrem(abort_jobs_ss, job_id)
     if state != JobStatus.complete:
         response.status_code = 202
     return AbortResponse(job_id=job_id, aborted=aborted, status=state.value)

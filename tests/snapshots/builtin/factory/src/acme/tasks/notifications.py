@@ -17,7 +17,10 @@ from starlette.concurrency import run_in_threadpool
 
 P = ParamSpec("P")
 
-logger = logging.getLogger(__name__)
+# A child of "uvicorn.error": uvicorn configures only its own loggers, so a
+# logger of the app's own prints nothing under plain `uvicorn`. This one uses
+# uvicorn's level and handlers there, and the root logger's elsewhere.
+logger = logging.getLogger(f"uvicorn.error.{__name__}")
 
 
 def safely(func: Callable[P, object]) -> Callable[P, Coroutine[Any, Any, None]]:

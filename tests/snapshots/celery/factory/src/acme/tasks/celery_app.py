@@ -7,7 +7,7 @@ and the scheduler with `celery -A acme.tasks.celery_app beat --loglevel=info`.
 from datetime import timedelta
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, signals
 from celery.backends.redis import RedisBackend
 from celery.exceptions import Ignore
 from celery.schedules import crontab
@@ -15,7 +15,7 @@ from celery.utils.log import get_task_logger
 from redis.exceptions import RedisError
 
 from acme.core.settings import get_settings
-from acme.tasks import registry
+from acme.tasks import liveness, registry
 
 logger = get_task_logger(__name__)
 
@@ -37,8 +37,21 @@ RESULT_EXPIRES = 24 * 60 * 60
 # Redis hands an unacknowledged message to another worker after visibility_timeout.
 # It must outlast the longest run (the hard limit, with a 2x margin) and the longest
 # retry countdown (a retried task waits unacknowledged in the worker until its ETA),
-# or a task still running or waiting would be delivered twice.
+# or a task still running or waiting would be delivered twice. A worker that is
+# stopped (SIGTERM, with REMAP_SIGTERM=SIGQUIT as the run files set it) hands its
+# messages back at once (soft shutdown, below); only one killed outright leaves them
+# for this long.
 VISIBILITY_TIMEOUT = 2 * TASK_TIME_LIMIT + RETRY_BACKOFF_MAX
+# How often a worker looks for messages whose visibility timeout has passed.
+UNACKED_SWEEP_SECONDS = 10
+# A task whose worker was killed runs again at most this long after it started.
+REDELIVERY_DELAY = VISIBILITY_TIMEOUT + UNACKED_SWEEP_SECONDS
+# On a stop, running tasks get this long to finish; the rest are handed back to the
+# broker (celery 5.5+ soft shutdown). Keep the run files' stop grace period above it.
+SOFT_SHUTDOWN_TIMEOUT = 30
+# Retry countdowns are ETA messages a worker holds beside its prefetch of one: at most
+# this many per worker, so one worker cannot sit on a backlog of delayed retries.
+WORKER_ETA_TASK_LIMIT = 20
 
 # Bounded socket timeouts: without them a publish to a broker that vanished without
 # closing the TCP connection waits forever (and so does the HTTP request behind it).
@@ -50,8 +63,11 @@ class CancellableTask(Task):
 
     revoke() only reaches workers that are running when it is sent, and they forget it
     on restart; the flag lives in Redis, so a task cancelled while no worker was up is
-    still skipped when a worker picks it up later.
+    still skipped when a worker picks it up later. Its messages are checked before
+    Celery reads them (message_guard): a malformed one is dropped, not fatal.
     """
+
+    Strategy = "acme.tasks.message_guard:guarded_strategy"
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         try:
@@ -118,8 +134,7 @@ celery_app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     # ...and count a lost worker as a retry, bounded by each task's max_retries, so a
-    # task that kills its own process is not requeued forever. New in celery 5.7:
-    # celery 5.6 (the version that installs beside arq) ignores it.
+    # task that kills its own process is not requeued forever (new in celery 5.7).
     task_retry_on_worker_lost=True,
     # A redelivered message whose task already succeeded is not run again.
     worker_deduplicate_successful_tasks=True,
@@ -130,11 +145,24 @@ celery_app.conf.update(
     worker_cancel_long_running_tasks_on_connection_loss=True,
     broker_connection_retry_on_startup=True,
     broker_connection_timeout=SOCKET_TIMEOUT,
+    # Stop (SIGQUIT, or SIGTERM with REMAP_SIGTERM=SIGQUIT): wait for running tasks up
+    # to SOFT_SHUTDOWN_TIMEOUT, then hand them and any held retries back to the broker.
+    worker_soft_shutdown_timeout=SOFT_SHUTDOWN_TIMEOUT,
+    worker_enable_soft_shutdown_on_idle=True,
+    worker_eta_task_limit=WORKER_ETA_TASK_LIMIT,
+    # Queue entries that are not messages are dropped instead of stopping the worker.
+    broker_transport="acme.tasks.message_guard:GuardedRedisTransport",
+    # Celery's Redis caveat: the visibility timeout goes in all three places.
     broker_transport_options={
         "visibility_timeout": VISIBILITY_TIMEOUT,
+        "unacked_restore_interval": UNACKED_SWEEP_SECONDS,
+        # sweep on every interval, not every tenth one
+        "unacked_restore_throttle": 1,
         "socket_timeout": SOCKET_TIMEOUT,
         "socket_connect_timeout": SOCKET_TIMEOUT,
     },
+    result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+    visibility_timeout=VISIBILITY_TIMEOUT,
     # A publish to an unreachable broker is retried 3 times within about 2 seconds
     # (each connection attempt bounded by SOCKET_TIMEOUT), then fails: the API says 503.
     task_publish_retry=True,
@@ -146,6 +174,8 @@ celery_app.conf.update(
     },
     redis_socket_timeout=SOCKET_TIMEOUT,
     redis_socket_connect_timeout=SOCKET_TIMEOUT,
+    # At most one beat sends the schedule; a second one stands by (beat_lock.py).
+    beat_scheduler="acme.tasks.beat_lock:SingleBeatScheduler",
     beat_schedule={
         "cleanup-expired-tokens": {
             "task": "acme.tasks.tasks.cleanup_expired_tokens",
@@ -161,3 +191,14 @@ celery_app.conf.update(
         },
     },
 )
+
+
+@signals.task_prerun.connect
+def _mark_alive(task_id: str, **_: Any) -> None:
+    # Before Celery stores STARTED, so a running task never reads as lost.
+    liveness.task_started(task_id, record_ttl=RESULT_EXPIRES)
+
+
+@signals.task_postrun.connect
+def _mark_done(task_id: str, **_: Any) -> None:
+    liveness.task_finished(task_id)

@@ -61,7 +61,9 @@ class PrivateArgumentsTask(CancellableTask):
     bind=True,
     base=PrivateArgumentsTask,
     autoretry_for=TRANSIENT_EMAIL_ERRORS,
-    retry_backoff=5,  # seconds before the first retry, doubled each time
+    # Backoff of 5 s doubled per retry (capped at RETRY_BACKOFF_MAX); with jitter each
+    # countdown is drawn uniformly from [0, that backoff], so a retry may come at once.
+    retry_backoff=5,
     retry_backoff_max=RETRY_BACKOFF_MAX,
     retry_jitter=True,
     max_retries=5,

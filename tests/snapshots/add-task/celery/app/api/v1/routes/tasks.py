@@ -20,6 +20,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from celery import states
@@ -34,7 +35,11 @@ from starlette.types import Message, Receive
 
 from app.tasks import mailer, registry
 from app.tasks import tasks as celery_tasks
-from app.tasks.celery_app import RESULT_EXPIRES, celery_app
+from app.tasks.celery_app import (
+    REDELIVERY_DELAY,
+    RESULT_EXPIRES,
+    celery_app,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +176,10 @@ class TaskStatus(BaseModel):
     result: Any = None
     # FAILURE only: the exception's type name; messages and tracebacks stay private.
     error: str | None = None
+    # STARTED/PROGRESS whose worker is gone: the state is the last one it wrote, and
+    # the message is delivered again (the task re-runs) by redelivery_due_at.
+    lost: bool = False
+    redelivery_due_at: datetime | None = None
 
 
 class CancelResult(BaseModel):
@@ -235,7 +244,21 @@ def _status(task_id: str, meta: dict[str, Any]) -> TaskStatus:
         status.result = result
     elif state == states.FAILURE:
         status.error = _error_name(result)
+    if state in (states.STARTED, "PROGRESS"):
+        _check_alive(status)
     return status
+
+
+def _check_alive(status: TaskStatus) -> None:
+    # A running task refreshes its alive key (see liveness.py); a worker killed
+    # outright leaves its last state behind, which would read as still running.
+    alive, started_at = registry.liveness(status.task_id)
+    if alive:
+        return
+    status.lost = True
+    if started_at is not None:
+        due = started_at + REDELIVERY_DELAY
+        status.redelivery_due_at = datetime.fromtimestamp(due, tz=UTC)
 
 
 @router.post(
@@ -273,12 +296,16 @@ def queue_long_running(
 
 @router.get("/status/{task_id}", name="bgtasks_task_status")
 def task_status(task_id: TaskId) -> TaskStatus:
-    """PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE or REVOKED; 404: unknown."""
+    """PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE or REVOKED; 404: unknown.
+
+    A STARTED or PROGRESS task whose worker died says `"lost": true` and when it will
+    be delivered again (`redelivery_due_at`).
+    """
     with _service_errors():
         _check_issued(task_id)
         # One read of the stored meta: state and result come from the same snapshot.
         meta = celery_app.backend.get_task_meta(task_id)
-    return _status(task_id, meta)
+        return _status(task_id, meta)
 
 
 @router.delete("/cancel/{task_id}", name="bgtasks_cancel_task")
