@@ -14,7 +14,7 @@ from libcst.helpers import get_full_name_for_node
 
 from bgtasks_gen import journal
 from bgtasks_gen.addtask import Project, load_project
-from bgtasks_gen.discover import Overrides, discover
+from bgtasks_gen.discovery import Overrides, discover
 from bgtasks_gen.errors import BgtasksError
 from bgtasks_gen.modules import ModuleIndex
 from bgtasks_gen.patch.definitions import definition_names

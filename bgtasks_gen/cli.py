@@ -263,7 +263,7 @@ def init(
 
     Example: bgtasks init . --runner celery --dry-run
     """
-    from bgtasks_gen.discover import Overrides
+    from bgtasks_gen.discovery import Overrides
     from bgtasks_gen.scaffold import plan_init
     from bgtasks_gen.state import STATE_FILE
 
@@ -500,7 +500,7 @@ def _field_names(project: Path, runner: str) -> dict[str, str]:
     outside a project (then caveats name fields in UPPER case, the default style)."""
     if not ((project / ".bgtasks.toml").is_file() or (project / "pyproject.toml").is_file()):
         return {}
-    from bgtasks_gen.discover import discover
+    from bgtasks_gen.discovery import discover
     from bgtasks_gen.runners import get_runner
     from bgtasks_gen.scaffold import choose_fields
 

@@ -27,7 +27,7 @@ from bgtasks_gen.errors import BadInput, BgtasksError
 from bgtasks_gen.runners.base import RunnerSpec
 
 if TYPE_CHECKING:
-    from bgtasks_gen.discover import ProjectLayout, SettingsLayout
+    from bgtasks_gen.discovery import ProjectLayout, SettingsLayout
 
 PROBE_MARKER = "BGTASKS-PROBE:"
 POETRY_TIMEOUT = 15.0
@@ -179,7 +179,7 @@ def load_stack_project(root: Path) -> StackProject:
     when `root` is not a bgtasks project. A discovery that fails is recorded, not
     raised: the checks that do not need it still run."""
     from bgtasks_gen.addtask import load_project
-    from bgtasks_gen.discover import Overrides, discover
+    from bgtasks_gen.discovery import Overrides, discover
     from bgtasks_gen.scaffold import app_target, choose_fields
 
     project = load_project(root)

@@ -18,7 +18,7 @@ from bgtasks_gen.deps import (
     plan_test_dependencies,
     requirement_name,
 )
-from bgtasks_gen.discover import (
+from bgtasks_gen.discovery import (
     Overrides,
     ProjectLayout,
     discover,

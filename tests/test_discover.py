@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bgtasks_gen.discover import Overrides, discover
+from bgtasks_gen.discovery import Overrides, discover
 from bgtasks_gen.errors import BadInput, DiscoveryError
 from bgtasks_gen.runners import get_runner
 from bgtasks_gen.scaffold import choose_fields
