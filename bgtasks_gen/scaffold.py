@@ -144,6 +144,7 @@ def app_target(layout: ProjectLayout) -> str:
 def template_context(
     spec: RunnerSpec, layout: ProjectLayout, fields: list[FieldChoice], broker: str
 ) -> dict[str, object]:
+    declared = declared_requirements(layout.root, layout.source_root)
     return {
         "runner": spec.name,
         "broker": broker,
@@ -160,8 +161,8 @@ def template_context(
         "app_target": app_target(layout),
         "own_settings": _own_settings(spec, layout, fields, broker),
         "build": build_value(layout.root),
-        "router_lifespan": router_lifespans(layout),
-        "celery_56": celery_56(spec, layout, broker),
+        "router_lifespan": router_lifespans(declared),
+        "celery_56": celery_56(spec, declared, broker),
         **spec.extra_context,
     }
 
@@ -467,12 +468,12 @@ def plan_init(
     return plan
 
 
-def celery_56(spec: RunnerSpec, layout: ProjectLayout, broker: str) -> bool:
+def celery_56(spec: RunnerSpec, declared: list[str], broker: str) -> bool:
     """Whether the project gets (or pins) celery 5.6 rather than 5.7: beside arq or a
-    redis-py < 6 pin. The generated config differs (5.6 lacks task_retry_on_worker_lost)."""
+    redis-py < 6 pin, given its declared requirements. The generated config differs (5.6
+    lacks task_retry_on_worker_lost)."""
     if spec.name != "celery":
         return False
-    declared = declared_requirements(layout.root, layout.source_root)
     pinned = [r for r in declared if requirement_name(r) == "celery"]
     if pinned:
         return any(caps_below(r, "5.7") for r in pinned)
@@ -483,10 +484,9 @@ def celery_56(spec: RunnerSpec, layout: ProjectLayout, broker: str) -> bool:
 ROUTER_LIFESPANS = "0.112.2"  # FastAPI merges included routers' lifespans since this
 
 
-def router_lifespans(layout: ProjectLayout) -> bool:
-    """Whether the project's FastAPI runs an included router's lifespan (unless it pins
-    a release older than that)."""
-    declared = declared_requirements(layout.root, layout.source_root)
+def router_lifespans(declared: list[str]) -> bool:
+    """Whether the project's FastAPI runs an included router's lifespan, given its
+    declared requirements (unless it pins a release older than that)."""
     fastapi = [r for r in declared if requirement_name(r) == "fastapi"]
     return not any(caps_below(r, ROUTER_LIFESPANS) for r in fastapi)
 

@@ -177,7 +177,6 @@ def discover(
         routes_module=routes_module,
         tests_dir="tests",
         legacy_typing=_legacy_typing(pyproject),
-        existing_runners=tuple(existing_runners(index)),
         notes=tuple(notes),
         relative_imports=app_info.relative_imports,
     )
