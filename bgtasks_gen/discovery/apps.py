@@ -182,14 +182,12 @@ class AppFinder:
             candidate = ev.Candidate(obj, obj.created.label)
             self._weigh(candidate, objects, override, entrypoint, served)
             candidates.append(candidate)
-        if override:
-            module, _, attr = override.partition(":")
-            if not any(c.score >= ev.OVERRIDE // 2 for c in candidates):
-                raise DiscoveryError(
-                    f"the app override {override!r} names no FastAPI app "
-                    f"(found: {', '.join(sorted(c.label for c in candidates))})",
-                    "give MODULE:APP as you would import it, e.g. app.main:app",
-                )
+        if override and not any(c.score >= ev.OVERRIDE // 2 for c in candidates):
+            raise DiscoveryError(
+                f"the app override {override!r} names no FastAPI app "
+                f"(found: {', '.join(sorted(c.label for c in candidates))})",
+                "give MODULE:APP as you would import it, e.g. app.main:app",
+            )
         best = ev.rank(candidates, "FastAPI app is the one served", HINT)
         if best is None:
             excluded = "; ".join(c.summary() for c in candidates)
