@@ -12,10 +12,11 @@ briefly for a free connection instead of opening one more.
 """
 
 import contextlib
+import inspect
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -42,6 +43,9 @@ SOCKET_TIMEOUT = 5.0
 
 # the attribute of app.state that holds the pool
 STATE_KEY = "arq_pool"
+_HANDLERS_FLAG = "bgtasks_runs_event_handlers"
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
 
 # arq's enqueue_job takes three round trips (WATCH, EXISTS, MULTI/EXEC); this script
 # does the same in one, atomically: store the job unless its id is taken, then queue it.
@@ -139,6 +143,68 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         delattr(app.state, STATE_KEY)
         await queue.aclose(close_connection_pool=True)
+
+
+def _warn_if_event_handlers_skipped(app: FastAPI) -> None:
+    handlers = len(app.router.on_startup) + len(app.router.on_shutdown)
+    if handlers and not getattr(app.state, _HANDLERS_FLAG, False):
+        logger.warning(
+            "%d on_event startup/shutdown handler(s) are not run: FastAPI skips them "
+            "once the app has a lifespan (an included router's own handlers still run "
+            "through that router). To run them: lifespan=combine_lifespans("
+            "on_event_handlers, lifespan) from %s.",
+            handlers,
+            __name__,
+        )
+
+
+@asynccontextmanager
+async def on_event_handlers(app: FastAPI) -> AsyncIterator[None]:
+    """Run the app's `@app.on_event("startup")` / `("shutdown")` handlers.
+
+    FastAPI runs them only while `FastAPI(lifespan=...)` is unset; once a lifespan is
+    set they are silently skipped. Put this first in `combine_lifespans(...)` to run
+    them as FastAPI did without a lifespan: in registration order, startup before the
+    other lifespans, shutdown after them.
+    """
+    setattr(app.state, _HANDLERS_FLAG, True)
+    for handler in app.router.on_startup:
+        result = handler()
+        if inspect.isawaitable(result):
+            await result
+    try:
+        yield
+    finally:
+        for handler in app.router.on_shutdown:
+            result = handler()
+            if inspect.isawaitable(result):
+                await result
+
+
+def combine_lifespans(*lifespans: Callable[[FastAPI], Any]) -> Lifespan:
+    """One lifespan that enters `lifespans` in order and exits them in reverse.
+
+    Accepts what `FastAPI(lifespan=...)` accepts: `@asynccontextmanager` functions and
+    bare async (or sync) generator functions. State mappings they yield are merged.
+    """
+
+    @asynccontextmanager
+    async def combined(app: FastAPI) -> AsyncIterator[Any]:
+        state: dict[str, Any] = {}
+        async with AsyncExitStack() as stack:
+            for item in lifespans:
+                if inspect.isasyncgenfunction(item):
+                    context = asynccontextmanager(item)(app)
+                    value = await stack.enter_async_context(context)
+                elif inspect.isgeneratorfunction(item):
+                    value = stack.enter_context(contextlib.contextmanager(item)(app))
+                else:
+                    value = await stack.enter_async_context(item(app))
+                if isinstance(value, Mapping):
+                    state.update(value)
+            yield state or None
+
+    return combined
 
 
 async def get_task_queue(request: Request) -> ArqRedis:
