@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bgtasks_gen.discovery import Overrides, discover, present_runners
+from bgtasks_gen.discovery import Overrides, discover
 from bgtasks_gen.errors import BadInput, DiscoveryError
 from bgtasks_gen.runners import get_runner
 from bgtasks_gen.scaffold import choose_fields
@@ -233,8 +233,7 @@ def test_an_existing_celery_app_is_detected(tmp_path: Path) -> None:
             "svc/worker.py": "import celery\n\nqueue = celery.Celery('svc')\n",
         },
     )
-    runners, _ = present_runners(tmp_path)
-    assert runners == [("celery", "svc/worker.py:3")]
+    assert discover(tmp_path).existing_runners == (("celery", "svc/worker.py:3"),)
 
 
 def test_python_314_syntax_is_read_with_libcst(tmp_path: Path) -> None:

@@ -177,6 +177,8 @@ def discover(
         routes_module=routes_module,
         tests_dir="tests",
         legacy_typing=_legacy_typing(pyproject),
+        # also what makes discovery read (and report a syntax error in) the runner modules
+        existing_runners=tuple(existing_runners(index)),
         notes=tuple(notes),
         relative_imports=app_info.relative_imports,
     )

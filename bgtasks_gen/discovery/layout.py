@@ -84,6 +84,7 @@ class ProjectLayout:
     routes_module: str
     tests_dir: str  # relative to root
     legacy_typing: bool
+    existing_runners: tuple[tuple[str, str], ...]  # (runner, "path:line") found in the code
     notes: tuple[str, ...] = ()  # what discovery decided and why, for --dry-run and --json
     relative_imports: bool = False  # the app module imports its own package relatively
 
