@@ -28,9 +28,10 @@ from bgtasks_gen.patch.definitions import (
 )
 from bgtasks_gen.patch.outline import SourceSyntaxError, Statement, check_syntax
 from bgtasks_gen.plan import Plan, check_python, patched, read_existing
-from bgtasks_gen.render import templates_dir
+from bgtasks_gen.render import snippets_dir
 from bgtasks_gen.reserved_args import PROBE, reserved_argument_names
-from bgtasks_gen.runners import get_runner
+from bgtasks_gen.ruff_style import ProjectStyle
+from bgtasks_gen.runners import available_runners, get_runner
 from bgtasks_gen.runners.base import RunnerSpec
 from bgtasks_gen.schedules import arq_cron_kwargs, celery_schedule
 from bgtasks_gen.state import STATE_FILE, read_state, render_state
@@ -126,7 +127,7 @@ def render_snippets(project: Project, request: TaskRequest) -> dict[str, str]:
     """{part: code} for the parts this task has: task, route, test, schedule."""
     import jinja2
 
-    folder = templates_dir() / "_snippets" / project.spec.name
+    folder = snippets_dir(project.spec)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(folder)),
         undefined=jinja2.StrictUndefined,
@@ -135,8 +136,10 @@ def render_snippets(project: Project, request: TaskRequest) -> dict[str, str]:
     )
     context = _snippet_context(project, request)
     parts = ["task", "test"] + (["route"] if request.route else [])
-    if request.cron or request.every:
-        parts.append("schedule")
+    if (request.cron or request.every) and project.spec.schedule_kind in ENTRY_KINDS + (
+        "external",
+    ):
+        parts.append("schedule")  # "label" and "decorator": the task snippet carries it
     if (folder / "register.py.jinja").exists():
         parts.append("register")
     return {part: env.get_template(f"{part}.py.jinja").render(context) for part in parts}
@@ -165,6 +168,21 @@ def _is_task(statement: Statement) -> bool:
     return statement.kind == "def" and not (statement.name or "_").startswith("_")
 
 
+# schedule kinds whose schedule part is one entry of a literal in the worker module
+# (patch/schedule.py); an "external" one is top-level definitions there instead
+ENTRY_KINDS = ("beat", "cron")
+
+
+def _entry_kind(project: Project) -> str | None:
+    kind = project.spec.schedule_kind
+    return kind if kind in ENTRY_KINDS else None
+
+
+def _schedule_definitions(project: Project) -> str | None:
+    """The worker module, when the runner's schedule part is definitions going into it."""
+    return project.worker_file if project.spec.schedule_kind == "external" else None
+
+
 # part -> (which file, where to insert)
 PartFile = Callable[[Project], str | None]
 PLACES: dict[str, tuple[PartFile, Callable[[Statement], bool] | None]] = {
@@ -172,6 +190,13 @@ PLACES: dict[str, tuple[PartFile, Callable[[Statement], bool] | None]] = {
     "route": (lambda p: p.router_file, _is_route),
     "test": (lambda p: p.test_file, None),
 }
+
+
+def _places(project: Project) -> dict[str, tuple[PartFile, Callable[[Statement], bool] | None]]:
+    """PLACES, and the schedule part when it is definitions ("external" schedules)."""
+    if _schedule_definitions(project) is None:
+        return PLACES
+    return {**PLACES, "schedule": (_schedule_definitions, None)}
 
 
 class _Edits:
@@ -226,8 +251,15 @@ class _Edits:
 
     def plan(self, state_text: str) -> Plan:
         plan = Plan(self.project.root)
+        layout = self.project.layout
+        first_party = {str(layout[key]).split(".")[0] for key in ("tasks_module", "routes_module")}
+        # the project's own ruff style, for modules that were in it before the edit
+        style = ProjectStyle(self.project.root, first_party)
         for rel in sorted(self.new):
+            if self.new[rel] != self.old[rel]:
+                self.new[rel] = style.apply_to_edit(rel, self.old[rel], self.new[rel])
             plan.changes.append(patched(self.project.root, rel, self.old[rel], self.new[rel]))
+        plan.notes.extend(style.notes)
         old_state = read_existing(self.project.root, STATE_FILE) or ""
         plan.changes.append(patched(self.project.root, STATE_FILE, old_state, state_text))
         check_python([c for c in plan.changes if c.path not in self.checked])
@@ -252,17 +284,18 @@ def _snippet_hash(snippet: str, name: str) -> str:
 
 
 def _remove_parts(project: Project, edits: _Edits, name: str, snippets: Mapping[str, str]) -> None:
-    for part, (where, _) in PLACES.items():
+    for part, (where, _) in _places(project).items():
         if part in snippets:
             rel = where(project)
             assert rel is not None
             names = set(definition_names(snippets[part]))
             edits.splice(rel, remove_definitions(edits.get(rel), names))
     worker = project.worker_file
-    if worker and ("schedule" in snippets or "register" in snippets):
+    kind = _entry_kind(project)
+    if worker and ((kind and "schedule" in snippets) or "register" in snippets):
         text = edits.get(worker)
-        if "schedule" in snippets:
-            text = schedule.remove_entry(text, project.spec.schedule_kind or "", name)
+        if kind and "schedule" in snippets:
+            text = schedule.remove_entry(text, kind, name)
         if "register" in snippets:
             text = schedule.remove_entry(text, "register", name)
         edits.set(worker, text)
@@ -277,16 +310,17 @@ def _add_parts(
 ) -> None:
     """Insert a task's definitions and its worker entries (`entries`: several tasks'
     worker entries at once, in order, for a replay)."""
-    for part, (where, after) in PLACES.items():
+    for part, (where, after) in _places(project).items():
         if part in snippets:
             rel = where(project)
             assert rel is not None
             edits.splice(rel, add_definitions(edits.get(rel), snippets[part], after))
     worker = project.worker_file
     pending = entries if entries is not None else [(name, dict(snippets))]
-    if worker and any("schedule" in s or "register" in s for _, s in pending):
+    entry_kind = _entry_kind(project)
+    if worker and any(("schedule" in s and entry_kind) or "register" in s for _, s in pending):
         text = edits.get(worker)
-        for part, kind in (("register", "register"), ("schedule", project.spec.schedule_kind)):
+        for part, kind in (("register", "register"), ("schedule", entry_kind)):
             wanted = [(task, parts[part]) for task, parts in pending if part in parts]
             if wanted and kind:
                 text = schedule.add_entries(text, kind, wanted)
@@ -294,7 +328,7 @@ def _add_parts(
 
 
 def _parts_identical(project: Project, edits: _Edits, snippets: Mapping[str, str]) -> bool:
-    for part, (where, _) in PLACES.items():
+    for part, (where, _) in _places(project).items():
         if part in snippets:
             rel = where(project)
             assert rel is not None
@@ -308,10 +342,12 @@ def _refuse_for_runner(
     spec: RunnerSpec, request: TaskRequest, retries: int | None, timeout: int | None
 ) -> None:
     if spec.schedule_kind is None and (request.cron or request.every):
+        schedulers = [s.name for s in available_runners() if s.schedule_kind is not None]
         raise BadInput(
-            f"the {spec.name} runner cannot schedule tasks: BackgroundTasks only run after "
-            "a request, in the web process",
-            "drop --cron/--every, or use a queue with a scheduler (--runner celery or arq)",
+            f"the {spec.name} runner cannot schedule tasks: its tasks only run when a "
+            "request queues them",
+            "drop --cron/--every, or use a queue with a scheduler (--runner "
+            f"{' or '.join(schedulers)})",
         )
     if spec.max_timeout is not None and request.timeout > spec.max_timeout:
         raise BadInput(
@@ -320,10 +356,11 @@ def _refuse_for_runner(
             "raise TASK_SOFT_TIME_LIMIT and TASK_TIME_LIMIT in celery_app.py first (the "
             "broker's redelivery timeouts are sized from them)",
         )
-    if spec.name == "builtin" and (retries is not None or timeout is not None):
+    if not spec.retries_and_timeouts and (retries is not None or timeout is not None):
+        others = [s.name for s in available_runners() if s.retries_and_timeouts]
         raise BadInput(
-            "BackgroundTasks never retry a task and have no time limit",
-            "drop --retries/--timeout, or use --runner celery or arq for them",
+            f"{spec.name} tasks never retry and have no time limit",
+            f"drop --retries/--timeout, or use --runner {' or '.join(others)} for them",
         )
 
 
@@ -378,27 +415,20 @@ def plan_add_task(
     plan = edits.plan(_state_text(project, tasks))
     if route:
         plan.notes.append(f"route: POST {_route_url(project, request)}")
-    plan.notes.append(
-        restart_hint(project.spec.name, scheduled=bool(request.cron or request.every))
-    )
+    plan.notes.append(restart_hint(project.spec, scheduled=bool(request.cron or request.every)))
     note = both_day_fields_note(project.spec.name, request)
     if note:
         plan.notes.append(note)
     return plan
 
 
-def restart_hint(runner: str, *, scheduled: bool) -> str:
-    """Which running processes load the new task only when restarted; the web app
-    reloads by itself under `bgtasks dev` and `uvicorn --reload`."""
+def restart_hint(spec: RunnerSpec, *, scheduled: bool) -> str:
+    """Which running processes load the new task only when restarted (RunnerSpec.restart);
+    the web app reloads by itself under `bgtasks dev` and `uvicorn --reload`."""
     web = "the web app reloads by itself under `bgtasks dev` (or `uvicorn --reload`)"
-    if runner == "builtin":
+    if spec.restart is None:
         return f"restart: nothing to restart, {web}"
-    if runner == "celery":
-        processes = (
-            "the celery worker and beat (the new schedule)" if scheduled else ("the celery worker")
-        )
-    else:  # arq: the worker runs the cron jobs too
-        processes = "the arq worker (it runs the cron jobs too)" if scheduled else "the arq worker"
+    processes = spec.restart[1] if scheduled else spec.restart[0]
     return f"restart {processes} (under `bgtasks dev`: stop it and start it again); {web}"
 
 
@@ -461,9 +491,10 @@ def replay_tasks(project: Project, files: Mapping[str, str]) -> dict[str, str]:
     ]
     # one splice per file for all tasks: the same text as adding them one by one
     batched: dict[str, str] = {}
+    places = _places(project)
     for _, snippets in added:
         for part, code in snippets.items():
-            if part in PLACES:
+            if part in places:
                 batched[part] = batched.get(part, "") + code + "\n\n"
     _add_parts(project, edits, "", batched, entries=added)
     return {**files, **edits.new}
@@ -511,12 +542,15 @@ def _edited_parts(
         snippets["task"],
     ):
         edited.append(f"the body ({project.tasks_file})")
-    for part in ("route", "test"):
-        rel = PLACES[part][0](project)
+    places = _places(project)
+    for part in ("route", "test", "schedule"):
+        if part not in places:
+            continue
+        rel = places[part][0](project)
         if part in snippets and rel and edited_definitions(edits.get(rel), snippets[part]):
             edited.append(f"the {part} ({rel})")
     worker = project.worker_file
-    kinds = {"schedule": project.spec.schedule_kind, "register": "register"}
+    kinds = {"schedule": _entry_kind(project), "register": "register"}
     for part, kind in kinds.items():
         if worker and kind and part in snippets:
             if edited_entry(edits.get(worker), kind, name, snippets[part]):

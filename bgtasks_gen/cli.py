@@ -87,10 +87,17 @@ Json = Annotated[
 ]
 
 
-class RunnerName(StrEnum):  # runners.NAMES, without importing the specs
-    celery = "celery"
-    arq = "arq"
-    builtin = "builtin"
+if TYPE_CHECKING:
+
+    class RunnerName(StrEnum): ...
+
+else:
+    from bgtasks_gen.runners import runner_names
+
+    # every runner of the `bgtasks.runners` entry points, plugins too: the installed
+    # metadata names them, no spec is imported
+    RunnerName = StrEnum("RunnerName", {name: name for name in runner_names()})
+DEFAULT_RUNNER = RunnerName("celery")
 
 
 class Broker(StrEnum):
@@ -226,7 +233,7 @@ def init(
     runner: Annotated[
         RunnerName,
         typer.Option("--runner", "-r", help="builtin is FastAPI's own BackgroundTasks."),
-    ] = RunnerName.celery,
+    ] = DEFAULT_RUNNER,
     broker: Annotated[Broker, typer.Option(help="Celery's broker.")] = Broker.redis,
     settings_module: Annotated[
         str | None,
@@ -519,10 +526,24 @@ def runners(
     (settings named as PROJECT, by default the current folder, spells them)."""
     import json
 
-    from bgtasks_gen.runners import available_runners
+    from bgtasks_gen.runners import get_runner, plugin_problems, registry
 
     root = resolve_project(project, project_option)
-    specs = available_runners()
+    specs = []
+    problems = list(plugin_problems())
+    for name, found in registry().runners.items():
+        try:
+            specs.append(get_runner(name))
+        except BgtasksError as error:
+            if not found.builtin:  # a built-in one not shipped yet is simply not listed
+                problems.append(f"{error.message}: {error.hint}")
+    if problems:
+        from rich.markup import escape
+
+        from bgtasks_gen.report import err
+
+        for problem in problems:
+            err.print(f"warning: {escape(problem)}")
     caveats = {s.name: s.caveats_for(_field_names(root, s.name)) for s in specs}
     if as_json:
         rows = [

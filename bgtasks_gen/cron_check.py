@@ -164,8 +164,11 @@ def _why_never(fields: ScheduleFields, runner: str) -> str:
 
 
 def schedule_fields(runner: str, request: TaskRequest) -> ScheduleFields:
-    """The fields of the schedule add-task renders for `runner`, as that runner reads them."""
-    if runner == "celery":
+    """The fields of the schedule add-task renders for `runner`, as that runner reads them
+    (its spec's cron_reader)."""
+    from bgtasks_gen.runners import get_runner
+
+    if get_runner(runner).cron_reader == "crontab":
         return celery_fields(celery_crontab_kwargs(request))
     return arq_fields(arq_cron_kwargs(request))
 

@@ -12,21 +12,15 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bgtasks_gen.errors import BadInput
+from bgtasks_gen.runners.base import PinRule
 
 NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 LOCK_COMMANDS = {"uv.lock": "uv lock", "poetry.lock": "poetry lock", "pdm.lock": "pdm lock"}
-
-# celery 5.7 (kombu 5.7's [redis] extra) needs redis-py >= 6.4; arq 0.28 needs redis-py < 6.
-# One release back they meet: celery 5.6.3 / kombu 5.6.2 accept redis 5.x.
-CELERY_BESIDE_ARQ = "celery[redis]>=5.6,<5.7"
-WHY_CELERY_56 = (
-    "celery 5.7 needs redis-py >= 6.4 and arq needs redis-py < 6, so beside arq "
-    f"bgtasks adds {CELERY_BESIDE_ARQ} (celery 5.6.3 and kombu 5.6.2 accept redis-py 5)"
-)
 
 
 def canonical(name: str) -> str:
@@ -121,54 +115,53 @@ def caps_below(requirement: str, version: str) -> bool:
     return False
 
 
-def choose_requirements(wanted: list[str], existing: list[str]) -> tuple[list[str], list[str]]:
-    """The requirements to add given what the project has, and notes explaining choices.
+def pin_rules() -> tuple[PinRule, ...]:
+    """Every runner's pin-conflict rules: a conflict is between packages, whichever
+    runner brings them (a plugin that wraps celery meets arq the same way)."""
+    from bgtasks_gen.runners import available_runners
+
+    return tuple(rule for spec in available_runners() for rule in spec.pin_rules)
+
+
+def choose_requirements(
+    wanted: list[str], existing: list[str], rules: Sequence[PinRule] | None = None
+) -> tuple[list[str], list[str]]:
+    """The requirements to add given what the project has, and notes explaining choices
+    (`rules`: the pin-conflict rules to apply, by default every runner's).
 
     Raises BadInput when the runner cannot be installed beside what is there.
     """
+    rules = pin_rules() if rules is None else rules
     names = {requirement_name(r): r for r in existing}
     notes: list[str] = []
     chosen = []
     for requirement in wanted:
         name = requirement_name(requirement)
-        if name == "celery" and "arq" in names:
-            requirement = CELERY_BESIDE_ARQ
-            notes.append(WHY_CELERY_56)
-        elif name == "celery" and "redis" in names and _caps_redis_below_6(names["redis"]):
-            requirement = CELERY_BESIDE_ARQ
-            notes.append(
-                f"the project pins {names['redis']}: celery 5.7 needs redis-py >= 6.4, so "
-                f"bgtasks adds {CELERY_BESIDE_ARQ} (celery 5.6.3 accepts redis-py 5)"
-            )
+        applying = [rule for rule in rules if rule.applies(name, names)]
+        replacing = next((rule for rule in applying if rule.replace_with), None)
+        if replacing is not None and replacing.replace_with is not None:
+            requirement = replacing.replace_with
+            if replacing.note:
+                notes.append(replacing.note.format(declared=names[replacing.declared]))
         if name == "pydantic-settings" and _pins_pydantic_1(names.get("pydantic", "")):
             notes.append(
                 f"the project pins {names['pydantic']}: pydantic-settings 2 needs pydantic 2, "
                 "so it is not added (pydantic 1 has BaseSettings built in)"
             )
             continue
-        if name == "arq" and "celery" in names and not _pins_celery_56(names["celery"]):
-            raise BadInput(
-                "arq cannot be installed beside celery 5.7 in one environment: celery 5.7 "
-                "needs redis-py >= 6.4 and arq needs redis-py < 6",
-                f"pin {CELERY_BESIDE_ARQ} in your dependencies first (celery 5.6 accepts "
-                "redis-py 5), or run the arq worker from its own environment and pass --no-deps",
-            )
+        refusing = next((rule for rule in applying if rule.refuse), None)
+        if refusing is not None and refusing.refuse is not None:
+            declared = names[refusing.declared]
+            message, hint = refusing.refuse
+            raise BadInput(message.format(declared=declared), hint.format(declared=declared))
         if name in names:
             continue  # already declared: left as the project has it
         chosen.append(requirement)
     return chosen, notes
 
 
-def _caps_redis_below_6(requirement: str) -> bool:
-    return bool(re.search(r"<\s*6(\.0)*\b|==\s*[2-5]\.|~=\s*[2-5]\.", requirement))
-
-
 def _pins_pydantic_1(requirement: str) -> bool:
     return bool(re.search(r"<\s*2(\.0)*\b|==\s*1\.|~=\s*1\.|\^\s*1\.", requirement))
-
-
-def _pins_celery_56(requirement: str) -> bool:
-    return bool(re.search(r"<\s*5\.7|==\s*5\.[0-6]|~=\s*5\.6", requirement))
 
 
 def _pep621(text: str, additions: list[str]) -> str:

@@ -69,7 +69,7 @@ START_TIMEOUT = 10.0  # for a child to be spawned at all
 STOP_GRACE = 10.0  # between SIGTERM and SIGKILL
 KILL_WAIT = 5.0  # after SIGKILL, for the children to be gone
 SINK_BODY_LINES = 3
-REDIS_URL_KEYS = ("celery_broker_url", "celery_result_backend", "redis_url")
+REDIS_URL_KEYS = ("celery_broker_url", "celery_result_backend", "taskiq_broker_url", "redis_url")
 DEV_PREFIX = "dev"
 SINK_PREFIX = "smtp"
 DEV_SENDER = "bgtasks-dev@localhost"
@@ -352,7 +352,7 @@ def plan_stack(
     if planner.pieces:
         raise MissingPieces(planner.pieces)
 
-    needs_workdir = bool(redis_port) or project.spec.name == "celery"
+    needs_workdir = bool(redis_port) or "celery-beat" in project.spec.capabilities
     workdir = Path(tempfile.mkdtemp(prefix="bgtasks-dev-")) if needs_workdir else None
     plan = StackPlan(
         project,
@@ -373,11 +373,12 @@ def plan_stack(
     served = shlex.split(project.app_target)
     web = [*python_m, "uvicorn", *served, "--reload", "--host", host, "--port", str(port)]
     plan.processes.append(ProcessSpec("web", web, env))
-    if project.spec.name == "celery" and workdir is not None:
+    names = {"worker_module": str(project.worker_module), "tasks_module": project.tasks_module}
+    for process in project.spec.dev_processes:
+        argv = [part.format(**names) for part in process.argv]
+        plan.processes.append(ProcessSpec(process.name, [*python_m, *argv], env))
+    if "celery-beat" in project.spec.capabilities and workdir is not None:
         _celery_processes(plan, python_m, env, workdir, planner.distributions)
-    elif project.spec.name == "arq":
-        worker = [*python_m, "arq", f"{project.worker_module}.WorkerSettings"]
-        plan.processes.append(ProcessSpec("worker", worker, env))
     return plan
 
 
@@ -388,9 +389,10 @@ def _celery_processes(
     workdir: Path,
     distributions: dict[str, Any],
 ) -> None:
+    """celery's beat (one, never a second beside a running one) and Flower; the worker is
+    one of the spec's dev_processes."""
     project = plan.project
     celery = [*python_m, "celery", "-A", str(project.worker_module)]
-    plan.processes.append(ProcessSpec("worker", [*celery, "worker", "--loglevel=info"], env))
     running = celery_beats(project)
     if running:
         plan.notes.append(

@@ -521,7 +521,7 @@ class _Doctor:
         self.services()
         if self.interpreter is not None:
             self.code_checks()
-        if self.project.spec.name == "celery":
+        if "celery-inspect" in self.project.spec.capabilities:
             self.rabbitmq()
             self.beats()
         return Diagnosis(self.project, self.interpreter, self.checks)
@@ -568,7 +568,7 @@ class _Doctor:
                 "call": settings.access_kind != "instance",
                 "fields": sorted(project.fields.values()),
             }
-        if project.spec.name == "celery":
+        if "celery-inspect" in project.spec.capabilities:
             request["celery"] = project.worker_module
         try:
             self.live = run_probe(
@@ -753,7 +753,7 @@ class _Doctor:
             return
         handlers = int(app["on_startup"]) + int(app["on_shutdown"])
         if handlers and not app["handlers_run"]:
-            pool = f"{self.project.tasks_module}.pool"
+            pool = f"{self.project.tasks_module}.{self.project.spec.lifespan_module}"
             self.add(
                 "lifespan",
                 FAIL,

@@ -9,6 +9,7 @@ entry that names it.
 from __future__ import annotations
 
 import ast
+import fnmatch
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from libcst.helpers import get_full_name_for_node
 
 from bgtasks_gen.addtask import Project
 from bgtasks_gen.modules import parse_source, read_source
+from bgtasks_gen.runners.base import TaskShape
 
 ROUTE_METHODS = ("get", "post", "put", "patch", "delete")
 
@@ -60,14 +62,23 @@ def _keywords(module: cst.Module, call: cst.Call) -> dict[str, str]:
     }
 
 
-def _is_task(runner: str, function: cst.FunctionDef) -> bool:
+def _is_task(shape: TaskShape, function: cst.FunctionDef) -> bool:
+    """Whether `function` has the runner's task shape (RunnerSpec.task_shape)."""
     if function.name.value.startswith("_"):
         return False
-    if runner == "celery":
-        return any(n.endswith(".task") or n == "shared_task" for n in _decorator_names(function))
+    if shape.decorators:
+        return any(
+            fnmatch.fnmatchcase(name, pattern)
+            for name in _decorator_names(function)
+            for pattern in shape.decorators
+        )
     params = function.params.params
-    if runner == "arq":
-        return function.asynchronous is not None and bool(params) and params[0].name.value == "ctx"
+    if shape.first_param is not None:
+        return (
+            function.asynchronous is not None
+            and bool(params)
+            and params[0].name.value == shape.first_param
+        )
     returns = function.returns
     return (
         not function.decorators
@@ -84,6 +95,16 @@ def _task_options(module: cst.Module, function: cst.FunctionDef) -> tuple[str, s
             timeout = options.get("soft_time_limit", options.get("time_limit", ""))
             return options.get("max_retries", ""), timeout
     return "", ""
+
+
+def _label_schedule(module: cst.Module, function: cst.FunctionDef) -> str:
+    """A schedule given as a label of the task's decorator (`schedule=[{"cron": ...}]`)."""
+    for decorator in function.decorators:
+        if isinstance(decorator.decorator, cst.Call):
+            found = _keywords(module, decorator.decorator).get("schedule")
+            if found:
+                return found
+    return ""
 
 
 def _routes(project: Project) -> dict[str, str]:
@@ -221,7 +242,7 @@ def list_tasks(project: Project) -> list[TaskInfo]:
         for statement in source.body:
             if not isinstance(statement, cst.FunctionDef):
                 continue
-            if not _is_task(project.spec.name, statement):
+            if not _is_task(project.spec.task_shape, statement):
                 continue
             name = statement.name.value
             retries, timeout = _task_options(source, statement)
@@ -233,9 +254,8 @@ def list_tasks(project: Project) -> list[TaskInfo]:
                 origin = "init"
             else:
                 origin = "you"
-            tasks.append(
-                TaskInfo(
-                    name, routes.get(name, ""), schedules.get(name, ""), retries, timeout, origin
-                )
-            )
+            when = schedules.get(name, "")
+            if not when and project.spec.schedule_kind == "label":
+                when = _label_schedule(source, statement)
+            tasks.append(TaskInfo(name, routes.get(name, ""), when, retries, timeout, origin))
     return tasks

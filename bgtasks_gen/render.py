@@ -1,14 +1,22 @@
-"""Render the shipped copier template for one runner into {output path: text}."""
+"""Render the copier template for one runner into {output path: text}.
+
+A built-in runner's folder is templates/<name>/ of the shipped template; a plugin's spec
+names a folder of its own (RunnerSpec.templates), rendered as part of a copy of the
+shipped template so that it can include the shared `_partials/`.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
-from bgtasks_gen.errors import BgtasksError
+from bgtasks_gen.errors import BadInput, BgtasksError
+from bgtasks_gen.runners.base import RunnerSpec
 
 ANSWERS_FILE = ".bgtasks-answers.yml"
 
@@ -27,8 +35,44 @@ def templates_dir() -> Path:
     )
 
 
-def render_runner(context: Mapping[str, object]) -> dict[str, str]:
-    """Run copier on templates/ with every answer given; return the files it produced.
+def snippets_dir(spec: RunnerSpec) -> Path:
+    """The folder of the runner's add-task snippets."""
+    if spec.snippets is not None:
+        return Path(spec.snippets)
+    return templates_dir() / "_snippets" / spec.name
+
+
+@contextmanager
+def _template_root(spec: RunnerSpec) -> Iterator[Path]:
+    """The copier template to render: the shipped one, or for a plugin a copy of its
+    copier.yml and _partials/ with the plugin's folder as <name>/."""
+    shipped = templates_dir()
+    if spec.templates is None:
+        yield shipped
+        return
+    import yaml
+
+    folder = Path(spec.templates)
+    if not folder.is_dir():
+        raise BadInput(
+            f"the {spec.name} runner's template folder {folder} does not exist",
+            "fix the plugin's RunnerSpec(templates=...): an absolute path to a folder with "
+            "tasks/, routes/ and tests/",
+        )
+    with tempfile.TemporaryDirectory(prefix="bgtasks-template-") as tmp:
+        root = Path(tmp)
+        config = yaml.safe_load((shipped / "copier.yml").read_text(encoding="utf-8"))
+        config["runner"]["choices"] = [*config["runner"].get("choices", []), spec.name]
+        (root / "copier.yml").write_text(yaml.safe_dump(config, sort_keys=False), "utf-8")
+        shutil.copytree(shipped / "_partials", root / "_partials")
+        ignore = shutil.ignore_patterns("__pycache__", "*.py[co]")
+        shutil.copytree(folder, root / spec.name, ignore=ignore)
+        yield root
+
+
+def render_runner(spec: RunnerSpec, context: Mapping[str, object]) -> dict[str, str]:
+    """Run copier on the runner's template with every answer given; return the files it
+    produced.
 
     copier is imported here, not at module level: it costs about a quarter of a second
     and only `init` needs it.
@@ -36,9 +80,12 @@ def render_runner(context: Mapping[str, object]) -> dict[str, str]:
     import copier
 
     _require_working_directory()
-    with tempfile.TemporaryDirectory(prefix="bgtasks-render-") as tmp:
+    with (
+        _template_root(spec) as template,
+        tempfile.TemporaryDirectory(prefix="bgtasks-render-") as tmp,
+    ):
         copier.run_copy(
-            str(templates_dir()),
+            str(template),
             tmp,
             data=dict(context),
             defaults=True,

@@ -37,6 +37,16 @@ MAX_FILES = 1000
 MAX_TASKS = 5000
 MAX_ARGS = 64
 BROKERS = ("redis", "rabbitmq")
+
+
+def _brokers() -> tuple[str, ...]:
+    """BROKERS, and any other broker a runner plugin takes."""
+    from bgtasks_gen.runners import available_runners
+
+    found = [b for spec in available_runners() for b in spec.brokers]
+    return tuple(dict.fromkeys([*BROKERS, *found]))
+
+
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -139,18 +149,19 @@ class _StateCheck:
         raise BadInput(f"{self.path}: {key} {problem}", _HINT)
 
     def run(self, data: dict[str, object]) -> None:
-        from bgtasks_gen.runners import NAMES
+        from bgtasks_gen.runners import runner_names
 
+        names = runner_names()
         runner = self.text("runner", data.get("runner"))
-        if runner not in NAMES:
-            self.refuse("runner", f"is {_shown(runner)}, not one of {', '.join(NAMES)}")
+        if runner not in names:
+            self.refuse("runner", f"is {_shown(runner)}, not one of {', '.join(names)}")
         if "version" in data:
             self.text("version", data["version"])
         if "runners" in data:
-            runners = self.array("runners", data["runners"], len(NAMES))
+            runners = self.array("runners", data["runners"], len(names))
             for index, name in enumerate(runners):
-                if self.text(f"runners[{index}]", name) not in NAMES:
-                    self.refuse(f"runners[{index}]", f"is not one of {', '.join(NAMES)}")
+                if self.text(f"runners[{index}]", name) not in names:
+                    self.refuse(f"runners[{index}]", f"is not one of {', '.join(names)}")
         layout = self.table("layout", data.get("layout"), MAX_TEXT)
         self.layout(layout, runner)
         if "files" in data:
@@ -243,8 +254,9 @@ class _StateCheck:
         for key in ("pydantic_v1", "legacy_typing"):
             if key in layout:
                 self.flag(f"layout.{key}", layout[key])
-        if "broker" in layout and self.text("layout.broker", layout["broker"]) not in BROKERS:
-            self.refuse("layout.broker", f"is not one of {', '.join(BROKERS)}")
+        brokers = _brokers()
+        if "broker" in layout and self.text("layout.broker", layout["broker"]) not in brokers:
+            self.refuse("layout.broker", f"is not one of {', '.join(brokers)}")
         known = {"source_root", "tests_dir", "tasks_module", "routes_module", "settings", "app"}
         known |= {"pydantic_v1", "legacy_typing", "broker"}
         for key, value in layout.items():
@@ -271,8 +283,10 @@ class _StateCheck:
                 self.refuse(key, "must be a sha256 digest of the file")
 
     def tasks(self, tasks: dict[str, object]) -> None:
-        from bgtasks_gen.runners import NAMES
+        from bgtasks_gen.runners import runner_names
         from bgtasks_gen.task_request import parse_arg, parse_cron, validate_name
+
+        names = runner_names()
 
         limits = {
             "every": (0, 10**9),
@@ -309,8 +323,8 @@ class _StateCheck:
                     if not DIGEST.fullmatch(self.text(f"{where}.hash", value)):
                         self.refuse(f"{where}.hash", "must be a sha256 digest")
                 elif key == "runner":
-                    if self.text(f"{where}.runner", value) not in NAMES:
-                        self.refuse(f"{where}.runner", f"is not one of {', '.join(NAMES)}")
+                    if self.text(f"{where}.runner", value) not in names:
+                        self.refuse(f"{where}.runner", f"is not one of {', '.join(names)}")
                 else:
                     self.scalar(f"{where}.{key}", value)
 

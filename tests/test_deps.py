@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bgtasks_gen.deps import CELERY_BESIDE_ARQ, plan_dependencies
+from bgtasks_gen.deps import plan_dependencies
 from bgtasks_gen.errors import BadInput
+from bgtasks_gen.runners.celery import CELERY_BESIDE_ARQ
 from tests.conftest import write_tree
 
 PEP621 = """[project]

@@ -105,7 +105,10 @@ def present_runners(
     """(runners bgtasks knows, other task systems) already in the project: asked first,
     so a project with its own Celery app hears that before anything about its settings."""
     index = index or ModuleIndex(_check_root(root))
-    return existing_runners(index), other_task_systems(index)
+    runners = existing_runners(index)
+    # a system that is also a runner (taskiq) is reported once, as the runner it is
+    known = {name for name, _ in runners}
+    return runners, [other for other in other_task_systems(index) if other[0] not in known]
 
 
 def project_index(root: Path) -> ModuleIndex:

@@ -9,30 +9,47 @@ from __future__ import annotations
 import re
 
 from bgtasks_gen.modules import ModuleIndex
+from bgtasks_gen.runners.base import Detection
 
-CELERY_CALL = re.compile(r"\bCelery\s*\(")
-ARQ_IMPORT = re.compile(r"^\s*(?:from|import)\s+arq\b", re.MULTILINE)
 OTHER_SYSTEMS = ("dramatiq", "taskiq", "rq", "faststream", "huey", "procrastinate", "saq")
 OTHER_IMPORT = re.compile(
     r"^\s*(?:from|import)\s+(" + "|".join(OTHER_SYSTEMS) + r")\b", re.MULTILINE
 )
 
 
-def existing_runners(index: ModuleIndex) -> list[tuple[str, str]]:
-    """(runner, "path:line") of every Celery app and arq WorkerSettings in the project."""
+def _found_by(index: ModuleIndex, runner: str, rule: Detection) -> list[tuple[str, str]]:
+    """(runner, "path:line") of each setup the runner's detection rule finds."""
     found = []
-    for path in index.grep(CELERY_CALL, "Celery"):
-        info = index.load(path)
-        rel = path.relative_to(index.root).as_posix()
-        for call in info.calls:
-            if info.resolve(call.callee) == "celery.Celery":
-                found.append(("celery", f"{rel}:{call.line}"))
-    for path in index.grep(ARQ_IMPORT, "arq"):
-        info = index.load(path)
-        rel = path.relative_to(index.root).as_posix()
-        for cls in info.classes.values():
-            if cls.name == "WorkerSettings":
-                found.append(("arq", f"{rel}:{cls.line}"))
+    if rule.call:
+        callee = rule.call.rpartition(".")[2]
+        pattern = re.compile(rf"\b{re.escape(callee)}\s*\(")
+        for path in index.grep(pattern, callee):
+            info = index.load(path)
+            rel = path.relative_to(index.root).as_posix()
+            for call in info.calls:
+                if info.resolve(call.callee) == rule.call:
+                    found.append((runner, f"{rel}:{call.line}"))
+    if rule.class_name:
+        module = re.escape(rule.module)
+        pattern = re.compile(rf"^\s*(?:from|import)\s+{module}\b", re.MULTILINE)
+        for path in index.grep(pattern, rule.module):
+            info = index.load(path)
+            rel = path.relative_to(index.root).as_posix()
+            for cls in info.classes.values():
+                if cls.name == rule.class_name:
+                    found.append((runner, f"{rel}:{cls.line}"))
+    return found
+
+
+def existing_runners(index: ModuleIndex) -> list[tuple[str, str]]:
+    """(runner, "path:line") of every setup a runner's detection rule finds in the project
+    (RunnerSpec.detection: a Celery app, an arq WorkerSettings, ...)."""
+    from bgtasks_gen.runners import available_runners
+
+    found = []
+    for spec in available_runners():
+        if spec.detection is not None:
+            found += _found_by(index, spec.name, spec.detection)
     return found
 
 

@@ -1,35 +1,152 @@
-"""The runners bgtasks knows. Each spec module is imported only when it is used."""
+"""The runners bgtasks knows: every entry point of the `bgtasks.runners` group.
+
+The built-in runners register there too (pyproject.toml), so a plugin is found the same
+way as celery: `NAME = "package.module:SPEC"`, SPEC a RunnerSpec. Names are read from the
+installed metadata alone (cheap: `bgtasks --help` needs them); a spec module is imported
+only when that runner is used.
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib
+from dataclasses import dataclass
+from importlib import metadata
+from typing import TYPE_CHECKING
 
 from bgtasks_gen.errors import BadInput
-from bgtasks_gen.runners.base import RunnerSpec
 
-NAMES = ("celery", "arq", "builtin")
+if TYPE_CHECKING:  # imported when a spec is loaded: `--help` needs the names only
+    from bgtasks_gen.runners.base import RunnerSpec
+
+GROUP = "bgtasks.runners"
+DISTRIBUTION = "bgtasks"
+# what this distribution registers (pyproject.toml), in the order they are listed; used
+# as they are only when the installed metadata lacks the group (a stale editable install,
+# a checkout on PYTHONPATH)
+BUILTIN = {
+    "celery": "bgtasks_gen.runners.celery:SPEC",
+    "arq": "bgtasks_gen.runners.arq:SPEC",
+    "builtin": "bgtasks_gen.runners.builtin:SPEC",
+    "taskiq": "bgtasks_gen.runners.taskiq:SPEC",
+}
+
+
+@dataclass(frozen=True)
+class Registered:
+    name: str
+    value: str  # "module:attribute"
+    distribution: str  # the distribution that registers it ("bgtasks" for the built-ins)
+
+    @property
+    def builtin(self) -> bool:
+        return self.distribution == DISTRIBUTION
+
+
+@dataclass(frozen=True)
+class Registry:
+    runners: dict[str, Registered]
+    problems: tuple[str, ...]  # plugins refused, one sentence each
+
+
+def _distribution(entry: metadata.EntryPoint) -> str:
+    dist = getattr(entry, "dist", None)
+    return str(dist.metadata["Name"]) if dist is not None else "an unknown distribution"
+
+
+@functools.cache
+def registry() -> Registry:
+    entries = [
+        Registered(entry.name, entry.value, _distribution(entry))
+        for entry in metadata.entry_points(group=GROUP)
+    ]
+    builtin = {found.name: found for found in entries if found.builtin}
+    if not builtin:
+        builtin = {name: Registered(name, value, DISTRIBUTION) for name, value in BUILTIN.items()}
+    order = list(BUILTIN)
+    builtin = dict(
+        sorted(builtin.items(), key=lambda item: order.index(item[0]) if item[0] in order else 99)
+    )
+    plugins: dict[str, Registered] = {}
+    problems: list[str] = []
+    for found in entries:
+        if found.builtin:
+            continue
+        if found.name in builtin:
+            problems.append(
+                f"the runner plugin {found.name!r} of {found.distribution} is ignored: "
+                f"{found.name} is a built-in runner (rename the plugin's entry point)"
+            )
+        elif found.name in plugins:
+            first = plugins[found.name]
+            problems.append(
+                f"the runner plugin {found.name!r} is registered by both "
+                f"{first.distribution} and {found.distribution}: using "
+                f"{first.distribution}'s (uninstall one of them)"
+            )
+        else:
+            plugins[found.name] = found
+    return Registry({**builtin, **plugins}, tuple(problems))
+
+
+def runner_names() -> tuple[str, ...]:
+    """Every runner name registered, the built-in ones first; nothing is imported."""
+    return tuple(registry().runners)
+
+
+def plugin_problems() -> tuple[str, ...]:
+    return registry().problems
 
 
 def get_runner(name: str) -> RunnerSpec:
-    if name not in NAMES:
-        raise BadInput(f"unknown runner {name!r}", f"choose one of: {', '.join(NAMES)}")
+    found = registry().runners.get(name)
+    if found is None:
+        names = ", ".join(runner_names())
+        raise BadInput(f"unknown runner {name!r}", f"choose one of: {names}")
+    return _load(found)
+
+
+@functools.cache
+def _load(found: Registered) -> RunnerSpec:
+    from bgtasks_gen.runners.base import RunnerSpec
+
+    module_name, _, attribute = (part.strip() for part in found.value.partition(":"))
     try:
-        module = importlib.import_module(f"bgtasks_gen.runners.{name}")
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name != f"bgtasks_gen.runners.{name}":
-            raise
-        raise BadInput(
-            f"the {name} runner is not available in this version of bgtasks yet",
-            "use --runner builtin for now",
-        ) from exc
-    spec: RunnerSpec = module.SPEC
+        if found.builtin and exc.name == module_name:
+            raise BadInput(
+                f"the {found.name} runner is not available in this version of bgtasks yet",
+                "use --runner builtin for now",
+            ) from exc
+        raise _broken(found, f"importing {module_name} failed: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 -- any error of a plugin's module is reported
+        why = f"importing {module_name} failed: {type(exc).__name__}: {exc}"
+        raise _broken(found, why) from exc
+    spec: object = module
+    for part in (attribute or "SPEC").split("."):
+        spec = getattr(spec, part, None)
+    if not isinstance(spec, RunnerSpec):
+        raise _broken(
+            found,
+            f"{found.value} is {type(spec).__name__}, not a bgtasks RunnerSpec",
+        )
+    if spec.name != found.name:
+        raise _broken(found, f"its entry point is named {found.name!r} and its spec {spec.name!r}")
     return spec
 
 
+def _broken(found: Registered, why: str) -> BadInput:
+    return BadInput(
+        f"the runner plugin {found.name!r} (from {found.distribution}) cannot be loaded: {why}",
+        f"fix or uninstall {found.distribution}, or choose another runner",
+    )
+
+
 def available_runners() -> list[RunnerSpec]:
-    """The specs of every runner this installation has, in NAMES order."""
+    """The specs of every runner that loads, in runner_names() order."""
     specs = []
-    for name in NAMES:
+    for name in runner_names():
         try:
             specs.append(get_runner(name))
         except BadInput:

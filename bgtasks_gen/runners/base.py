@@ -1,10 +1,27 @@
-"""What a runner is: a frozen description the engine reads. No I/O here."""
+"""What a runner is: a frozen description the engine reads. No I/O here.
+
+A runner, built in or a plugin, is one `RunnerSpec` registered under the `bgtasks.runners`
+entry point group (see runners/__init__.py); everything the engine does differently for
+one runner is read from its spec.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+
+# where add-task puts a schedule (RunnerSpec.schedule_kind):
+# "beat": an entry of `beat_schedule` in worker_file (celery), "cron": a `cron(...)` element
+# of `cron_jobs` in worker_file (arq) -- both with a schedule.py.jinja snippet;
+# "label" (taskiq's `schedule=[{"cron": ...}]`) and "decorator" (`@worker.cron(...)`): the
+# schedule is part of the task snippet itself, which sees `cron`/`every`;
+# "external": schedule.py.jinja holds top-level definitions that go into worker_file, the
+# module an external scheduler process reads
+SCHEDULE_KINDS = ("beat", "cron", "label", "decorator", "external")
+# how a runner reads the five cron fields (cron_check.py): celery's crontab() keywords, or
+# arq-style cron() fields; both match the day of month and the day of week together
+CRON_READERS = ("crontab", "cron")
 
 
 @dataclass(frozen=True)
@@ -49,6 +66,77 @@ class RunnerSteps:
 
 
 @dataclass(frozen=True)
+class PinRule:
+    """A conflict between one of the runner's requirements and a package the project
+    already declares, as data: deps.choose_requirements applies every runner's rules.
+
+    It applies when the runner wants `wanted` (a package name) and the project declares
+    `declared`, with a requirement matching the regular expression `when` ("" = any) and
+    not matching `unless` ("" = never excepted). Then `replace_with` is added instead of
+    the runner's requirement, explained by `note`; or, with `refuse` (message, hint), the
+    runner cannot be added at all. `{declared}` in the texts is the project's requirement.
+    """
+
+    wanted: str
+    declared: str
+    when: str = ""
+    unless: str = ""
+    replace_with: str | None = None
+    note: str = ""
+    refuse: tuple[str, str] | None = None
+
+    def applies(self, wanted: str, declared: Mapping[str, str]) -> bool:
+        requirement = declared.get(self.declared)
+        if wanted != self.wanted or requirement is None:
+            return False
+        if self.when and not re.search(self.when, requirement):
+            return False
+        return not (self.unless and re.search(self.unless, requirement))
+
+
+@dataclass(frozen=True)
+class Detection:
+    """How a project that already has this runner set up is recognised, without importing
+    anything (discovery/present.py): a call of `call` (a dotted name as the module imports
+    it, "celery.Celery"), or a class named `class_name` in a module importing `module`."""
+
+    module: str
+    call: str = ""
+    class_name: str = ""
+
+
+@dataclass(frozen=True)
+class DevProcess:
+    """One long-running process `bgtasks dev` starts, run as `python -m ARGV...`.
+
+    `{worker_module}` (the dotted worker_file module) and `{tasks_module}` in the
+    arguments are filled in from the project.
+    """
+
+    name: str
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TaskShape:
+    """How `bgtasks list` recognises a task function in the tasks modules, hand-written
+    ones too: a decorator matching one of `decorators` (fnmatch patterns of the dotted
+    name, "*.task"), or an async def whose first parameter is `first_param`; with neither
+    set, an undecorated function returning None (a BackgroundTasks job)."""
+
+    decorators: tuple[str, ...] = ()
+    first_param: str | None = None
+
+
+@dataclass(frozen=True)
+class TemplateInputs:
+    """What a spec's `template_context` hook may base extra template answers on."""
+
+    declared: tuple[str, ...]  # the project's declared requirement strings
+    broker: str
+
+
+@dataclass(frozen=True)
 class RunnerSpec:
     """Everything `init --runner NAME` needs to know about one runner."""
 
@@ -80,6 +168,54 @@ class RunnerSpec:
     worker_file: str | None = None
     # broker-specific requirements (celery: "redis" / "rabbitmq"); default: dependencies
     broker_dependencies: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # imported packages that ship no type information: the project's mypy configuration
+    # gets an ignore_missing_imports override for them (mypy_config.py)
+    untyped_packages: tuple[str, ...] = ()
+    # test files the templates write beside test_file (mypy overrides name them)
+    extra_test_files: tuple[str, ...] = ()
+    # next steps: the route that queues an email (for the example call), and the module of
+    # the tasks package holding the access hook ("" when it is in the router module)
+    email_route: str = ""
+    access_module: str = ""
+    # the --broker values the runner takes (the first is the default)
+    brokers: tuple[str, ...] = ("redis",)
+    # the copier folder rendered by `init` (tasks/, routes/, tests/, run/) and the
+    # add-task snippets folder; None: the bundled templates/<name>/ and
+    # templates/_snippets/<name>/. A plugin names folders of its own (absolute paths);
+    # its templates may include the bundled "_partials/..."
+    templates: str | None = None
+    snippets: str | None = None
+    # requirement conflicts with what a project already declares (deps.py)
+    pin_rules: tuple[PinRule, ...] = ()
+    # an existing setup of this runner in a project (refused by init), None: undetectable
+    detection: Detection | None = None
+    # extra template answers that depend on the project (celery: celery_56)
+    template_context: Callable[[TemplateInputs], Mapping[str, object]] | None = None
+    cron_reader: str = "cron"  # see CRON_READERS
+    # add-task --retries/--timeout: False for a runner that never retries nor limits time
+    retries_and_timeouts: bool = True
+    # what must be restarted to load a new task: (unscheduled, scheduled); None: nothing
+    restart: tuple[str, str] | None = None
+    # `bgtasks dev`: the processes beside the web app (and Redis when it is needed)
+    dev_processes: tuple[DevProcess, ...] = ()
+    task_shape: TaskShape = field(default_factory=TaskShape)
+    # behaviours the engine has for one runner only, named: "celery-inspect" (doctor asks
+    # the celery app for its registered tasks, beat entries and RabbitMQ queue flags;
+    # checks running beats), "celery-beat" (`bgtasks dev` starts one beat, never two, and
+    # Flower when installed)
+    capabilities: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ValueError(f"runner name {self.name!r} is not an identifier")
+        if self.schedule_kind is not None and self.schedule_kind not in SCHEDULE_KINDS:
+            raise ValueError(
+                f"schedule_kind {self.schedule_kind!r} is not one of {', '.join(SCHEDULE_KINDS)}"
+            )
+        if self.cron_reader not in CRON_READERS:
+            raise ValueError(f"cron_reader {self.cron_reader!r} is not one of {CRON_READERS}")
+        if not self.brokers:
+            raise ValueError("brokers must name at least one broker")
 
     def caveats_for(self, names: Mapping[str, str]) -> tuple[str, ...]:
         """The caveats with each `{field_key}` spelled as the project names that settings
