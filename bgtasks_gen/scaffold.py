@@ -9,10 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bgtasks_gen.deps import (
-    CELERY_BESIDE_ARQ,
     TEST_REQUIREMENTS,
     caps_below,
-    choose_requirements,
     declared_requirements,
     plan_dependencies,
     plan_test_dependencies,
@@ -26,9 +24,11 @@ from bgtasks_gen.discovery import (
     project_index,
 )
 from bgtasks_gen.errors import BadInput, DiscoveryError
+from bgtasks_gen.mypy_config import plan_mypy_override
 from bgtasks_gen.nextsteps import (
     ENV_EXAMPLE,
     build_steps,
+    literal_prefix,
     merge_env_example,
     render_env_example,
 )
@@ -46,9 +46,10 @@ from bgtasks_gen.plan import (
     user_owned,
 )
 from bgtasks_gen.render import render_runner
+from bgtasks_gen.ruff_style import ProjectStyle
 from bgtasks_gen.runfiles import build_value
-from bgtasks_gen.runners import get_runner
-from bgtasks_gen.runners.base import RunnerSpec, SettingsField
+from bgtasks_gen.runners import available_runners, get_runner, runner_names
+from bgtasks_gen.runners.base import RunnerSpec, SettingsField, TemplateInputs
 from bgtasks_gen.state import BASE_DIR, STATE_FILE, digest, read_state, render_state
 
 FIELDS_HEADER = "Background tasks (added by bgtasks)"
@@ -162,7 +163,9 @@ def template_context(
         "own_settings": _own_settings(spec, layout, fields, broker),
         "build": build_value(layout.root),
         "router_lifespan": router_lifespans(declared),
-        "celery_56": celery_56(spec, declared, broker),
+        **runner_context(spec, declared, broker),
+        # the project's own auth on its includes, copied onto ours: the hook trusts it
+        "project_auth": dict(layout.app.include_keywords).get("dependencies", ""),
         **spec.extra_context,
     }
 
@@ -220,7 +223,7 @@ def _refuse_existing_runner(
     for runner, where in runners:
         if runner == spec.name and where.partition(":")[0] not in owned:
             # suggest only a runner this project would accept
-            others = [r for r in ("celery", "arq", "builtin") if r not in present | {runner}]
+            others = [r for r in runner_names() if r not in present | {runner}]
             raise DiscoveryError(
                 f"this project already has a {runner} setup at {where}",
                 "bgtasks adds a runner only to projects that do not have it yet; keep yours, "
@@ -258,10 +261,12 @@ def plan_init(
     """Plan `init` (merge None) or `update` (merge "refuse" or "markers": generated files
     are merged three ways with the user's edits instead of compared)."""
     spec = get_runner(runner)
-    if broker not in ("redis", "rabbitmq"):
-        raise BadInput(f"unknown broker {broker!r}", "choose redis or rabbitmq")
-    if broker != "redis" and spec.name != "celery":
-        raise BadInput(f"--broker {broker} only applies to the celery runner")
+    known = list(dict.fromkeys(b for s in available_runners() for b in s.brokers))
+    if broker not in known:
+        raise BadInput(f"unknown broker {broker!r}", f"choose {' or '.join(known)}")
+    if broker not in spec.brokers:
+        takers = [s.name for s in available_runners() if broker in s.brokers]
+        raise BadInput(f"--broker {broker} only applies to the {' and '.join(takers)} runner")
     # runners already there are the first thing to say: before any settings or app question
     index = project_index(root)
     present, others = present_runners(root, index)
@@ -283,8 +288,9 @@ def plan_init(
     if spec.lifespan_module and layout.app.mounted_in:
         raise DiscoveryError(
             f"the {spec.name} router would go on {layout.app.module}:{layout.app.app_var}, a "
-            f"sub-app that {layout.app.mounted_in} mounts, but its Redis pool lives in the "
-            "app's lifespan and Starlette never runs a mounted sub-app's lifespan",
+            f"sub-app that {layout.app.mounted_in} mounts, but it needs the app's lifespan "
+            f"to run {spec.lifespan_module}.lifespan (the runner's connections) and "
+            "Starlette never runs a mounted sub-app's lifespan",
             f"include it on the main app instead: --app-module {layout.app.mounted_in}",
         )
     plan_notes = list(layout.notes)
@@ -305,7 +311,7 @@ def plan_init(
     plan = Plan(root)
 
     # 1. the generated files
-    rendered = render_runner(context)
+    rendered = render_runner(spec, context)
     run_files = {path[4:]: text for path, text in rendered.items() if path.startswith("run/")}
     files = {
         _output_path(layout, path): text
@@ -313,11 +319,15 @@ def plan_init(
         if not path.startswith("run/")
     }
     files.update(_package_inits(layout, files))
+    # the project's own ruff style (line length, quotes, import order), when it has one
+    style = ProjectStyle(root, layout.first_party)
+    files = style.apply_all(files)
     pristine = dict(files)
     if state.get("tasks") and str(state.get("runner")) == spec.name:
         from bgtasks_gen.addtask import load_project, replay_tasks
 
-        files = replay_tasks(load_project(root), files)
+        files = style.apply_all(replay_tasks(load_project(root), files))
+    plan_notes.extend(style.notes)
     if merge is None:
         for rel in sorted(files):
             plan.changes.append(generated(root, rel, files[rel], force=force))
@@ -377,7 +387,8 @@ def plan_init(
 
         plan_notes.append(
             f"the project's FastAPI is pinned below {ROUTER_LIFESPANS} (no router "
-            "lifespans): the pool's lifespan is added to the app's FastAPI(...) call"
+            f"lifespans): the {spec.lifespan_module} module's lifespan is added to the "
+            "app's FastAPI(...) call"
         )
         created = layout.app.created_path or layout.app.path
         rel, text = edit(created)
@@ -392,6 +403,7 @@ def plan_init(
         )
     for rel, new in edits.items():
         old = originals[rel]
+        new = style.apply_to_edit(rel, old.removeprefix(BOM), new)
         if old.startswith(BOM):
             new = BOM + new
         plan.changes.append(patched(root, rel, old, new))
@@ -419,6 +431,7 @@ def plan_init(
             plan.changes.append(patched(root, deps.path, deps.old, edited[deps.path]))
         plan.notes.extend(deps.notes)
         dependency_steps = deps.next_steps
+        _plan_mypy_override(plan, spec, layout, edited)
 
     # 4. .env.example: a run file, with the variables named as the settings class reads them
     env_text = render_env_example(spec, layout_env_names(layout, fields), broker)
@@ -461,6 +474,7 @@ def plan_init(
             dependency_file=dependency_file,
             env_example=True,
             other_steps=dependency_steps,
+            access={**context, "api_prefix": literal_prefix(layout.app.include_keywords)},
         )
     plan.notes.extend(plan_notes)
     plan.notes.append(f"settings: {layout.settings.found_by}")
@@ -468,17 +482,35 @@ def plan_init(
     return plan
 
 
-def celery_56(spec: RunnerSpec, declared: list[str], broker: str) -> bool:
-    """Whether the project gets (or pins) celery 5.6 rather than 5.7: beside arq or a
-    redis-py < 6 pin, given its declared requirements. The generated config differs (5.6
-    lacks task_retry_on_worker_lost)."""
-    if spec.name != "celery":
-        return False
-    pinned = [r for r in declared if requirement_name(r) == "celery"]
-    if pinned:
-        return any(caps_below(r, "5.7") for r in pinned)
-    chosen, _ = choose_requirements(list(spec.dependencies_for(broker)), declared)
-    return CELERY_BESIDE_ARQ in chosen
+def _plan_mypy_override(
+    plan: Plan, spec: RunnerSpec, layout: ProjectLayout, edited: dict[str, str]
+) -> None:
+    """The project's mypy configuration learns the runner's untyped packages; the file may
+    be one the dependency step already edits (pyproject.toml), whose change is updated."""
+    tests = [Path(name).stem for name in (spec.test_file, *spec.extra_test_files)]
+    tests_package = layout.tests_dir.strip("/").replace("/", ".")
+    generated = [
+        f"{layout.tasks_module}.*",
+        f"{layout.routes_module}.{spec.router_file}",
+        # the tests as mypy names them: in a package, or top-level modules of a folder
+        *(f"{prefix}{test}" for test in tests for prefix in ("", f"{tests_package}.")),
+    ]
+    override = plan_mypy_override(plan.root, spec.untyped_packages, edited, generated)
+    if override is None:
+        return
+    plan.notes.append(override.note)
+    for position, change in enumerate(plan.changes):
+        if change.path == override.path:
+            plan.changes[position] = patched(plan.root, change.path, change.old or "", override.new)
+            return
+    plan.changes.append(patched(plan.root, override.path, override.old, override.new))
+
+
+def runner_context(spec: RunnerSpec, declared: list[str], broker: str) -> dict[str, object]:
+    """The template answers the runner's spec adds for this project (celery: celery_56)."""
+    if spec.template_context is None:
+        return {}
+    return dict(spec.template_context(TemplateInputs(tuple(declared), broker)))
 
 
 ROUTER_LIFESPANS = "0.112.2"  # FastAPI merges included routers' lifespans since this
