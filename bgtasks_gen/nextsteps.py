@@ -5,6 +5,7 @@ the project's tooling (pip, uv, poetry) and the order, and writes `.env.example`
 
 from __future__ import annotations
 
+import ast
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -26,6 +27,7 @@ LOCAL_VALUES = {
 }
 # `pip install --group` (PEP 735) is new in pip 25.1
 PIP_GROUPS = "pip>=25.1"
+MAKE_TOKEN = 'python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 
 @dataclass(frozen=True)
@@ -116,13 +118,15 @@ def build_steps(
     dependency_file: str | None,
     env_example: bool,
     other_steps: Sequence[str] = (),
+    access: Mapping[str, object] | None = None,
 ) -> list[str]:
     """Every step, in order, as `command  # why` lines.
 
     `test_group` says where the scaffold's test dependencies went ("group:dev",
     "extra:dev", "poetry:dev", "file:requirements-dev.txt"), None when they were not
     added anywhere; then `test_packages` are installed by a step of their own.
-    `other_steps` are further commands the dependency edit asked for.
+    `other_steps` are further commands the dependency edit asked for. `access` is the
+    template context: how callers get past the generated auth hook.
     """
     tooling = detect_tooling(root)
     steps = _install(root, tooling, test_group, dependency_file)
@@ -149,6 +153,9 @@ def build_steps(
                     'has env_file=".env"; otherwise export them)',
                 )
             )
+    token, call = access_steps(spec, access) if access is not None else (None, None)
+    if token is not None:
+        steps.append(token)
     steps.append(
         Step(
             "bgtasks dev",
@@ -168,19 +175,66 @@ def build_steps(
                 long_running=True,
             )
         )
+    if call is not None:
+        steps.append(call)
     steps += [
         Step(_run(tooling, command), runner_steps.tests_why) for command in runner_steps.tests
     ]
     return [step.line() for step in steps]
 
 
+def literal_prefix(include_keywords: Sequence[tuple[str, str]]) -> str:
+    """The `prefix=` of the router's include when it is a string literal, else ""."""
+    source = dict(include_keywords).get("prefix", "")
+    try:
+        value = ast.literal_eval(source) if source else ""
+    except (ValueError, SyntaxError):
+        return ""
+    return value if isinstance(value, str) and value.startswith("/") else ""
+
+
+def access_steps(
+    spec: RunnerSpec, context: Mapping[str, object]
+) -> tuple[Step | None, Step | None]:
+    """The API token to set and a call that uses it; None when the app's own auth
+    dependency guards the router (the generated hook then trusts it)."""
+    if context.get("project_auth"):
+        return None, None
+    env_names = context.get("env_names")
+    names = env_names if isinstance(env_names, Mapping) else {}
+    token_env = str(names.get("bgtasks_api_token", "BGTASKS_API_TOKEN"))
+    anonymous_env = str(names.get("bgtasks_allow_anonymous", "BGTASKS_ALLOW_ANONYMOUS"))
+    hook_module = (
+        f"{context.get('tasks_module')}.{spec.access_module}"
+        if spec.access_module
+        else f"{context.get('routes_module')}.{spec.router_file}"
+    )
+    token = Step(
+        MAKE_TOKEN,
+        f"a token for the task API: put it in .env as {token_env}=<token>; requests "
+        "without it are refused (401). To use your current-user dependency instead, edit "
+        f"authorize_task_access in {hook_module}; {anonymous_env}=true lets every request "
+        "in (local development only)",
+    )
+    route = spec.email_route
+    if not route:
+        return token, None
+    prefix = str(context.get("api_prefix") or "")
+    call = Step(
+        f"curl -X POST http://127.0.0.1:8000{prefix}{route} "
+        '-H "Authorization: Bearer <token>" -H "Content-Type: application/json" '
+        """-d '{"to": "you@example.com", "subject": "Hello", "body": "It works"}'""",
+        "queue an email through the API: the token as a bearer token, a JSON body "
+        "(a POST of any other type is refused, 415)",
+    )
+    return token, call
+
+
 def _processes_phrase(spec: RunnerSpec) -> str:
-    parts = []
-    if spec.worker_file:
-        parts.append("the worker")
-    if spec.schedule_kind == "beat":
+    parts = [f"the {process.name}" for process in spec.dev_processes]
+    if "celery-beat" in spec.capabilities:
         parts.append("beat")
-    if spec.name != "builtin":
+    if spec.dev_processes:  # the queue runners: their broker and results
         parts.append("Redis")
     parts.append("an SMTP sink that prints every email")
     return ", ".join(parts)

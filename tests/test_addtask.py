@@ -41,7 +41,8 @@ def test_add_then_remove_is_byte_identical(project: Path) -> None:
     tasks = (project / "app/tasks/notifications.py").read_text()
     assert "def resize_image(\n    image_id: int,\n    sizes: list[int],\n) -> None:" in tasks
     router = (project / "app/api/v1/routes/notifications.py").read_text()
-    assert '@router.post("/resize-image", status_code=202)' in router
+    assert '@router.post(\n    "/resize-image",\n    status_code=202,' in router
+    assert 'summary="Queue resize image"' in router
     assert "class ResizeImageRequest(BaseModel):" in router
     assert (
         "def test_resize_image_runs_after_the_response("

@@ -294,6 +294,7 @@ def test_builtin_task_logs_show_under_plain_uvicorn(example) -> None:  # type: i
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, "BGTASKS_API_TOKEN": "cli-test-token"},  # the API refuses anonymous
     )
     try:
         deadline = time.monotonic() + 30
@@ -302,7 +303,10 @@ def test_builtin_task_logs_show_under_plain_uvicorn(example) -> None:  # type: i
                 request = urllib.request.Request(
                     f"http://127.0.0.1:{port}/notifications/process",
                     data=b'{"user_id": 7, "message": "hello"}',
-                    headers={"content-type": "application/json"},
+                    headers={
+                        "content-type": "application/json",
+                        "authorization": "Bearer cli-test-token",
+                    },
                 )
                 with urllib.request.urlopen(request, timeout=5) as response:
                     assert response.status == 202

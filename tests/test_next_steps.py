@@ -30,6 +30,11 @@ class Settings(BaseSettings):
 settings = Settings()
 """
 PROJECT = '[project]\nname = "shop"\nversion = "0"\ndependencies = ["fastapi>=0.115"]\n'
+# the example call's headers and body, after its URL
+CURL = (
+    '-H "Authorization: Bearer <token>" -H "Content-Type: application/json" '
+    """-d '{"to": "you@example.com", "subject": "Hello", "body": "It works"}'"""
+)
 
 
 def _project(root: Path, pyproject: str = PROJECT, **extra: str) -> Path:
@@ -58,12 +63,14 @@ def test_pip_project_steps_in_order(tmp_path: Path) -> None:
         "pip install -e .",
         'pip install "pytest>=8" "httpx>=0.27"',
         "cp .env.example .env",
+        'python3 -c "import secrets; print(secrets.token_urlsafe(32))"',
         "bgtasks dev",
         "celery -A app.tasks.celery_app worker --loglevel=info",
         "celery -A app.tasks.celery_app beat --loglevel=info",
         "uvicorn app.main:app --reload",
         'pip install flower && FLOWER_BASIC_AUTH="admin:<a-long-random-password>" '
         "celery -A app.tasks.celery_app flower",
+        f"curl -X POST http://127.0.0.1:8000/tasks/send-email {CURL}",
         "pytest tests/test_bgtasks_celery.py",
     ]
 
@@ -74,9 +81,11 @@ def test_uv_project_runs_everything_through_uv(tmp_path: Path) -> None:
     assert steps == [
         "uv sync",  # relocks, and installs the dev group the test packages went into
         "cp .env.example .env",
+        'python3 -c "import secrets; print(secrets.token_urlsafe(32))"',
         "bgtasks dev",
         "uv run arq app.tasks.arq_worker.WorkerSettings",
         "uv run uvicorn app.main:app --reload",
+        f"curl -X POST http://127.0.0.1:8000/arq-tasks/send-email {CURL}",
         "uv run pytest tests/test_bgtasks_arq.py",
     ]
 
@@ -92,8 +101,10 @@ def test_poetry_project_locks_then_installs(tmp_path: Path) -> None:
         "poetry lock",
         "poetry install",
         "cp .env.example .env",
+        'python3 -c "import secrets; print(secrets.token_urlsafe(32))"',
         "bgtasks dev",
         "poetry run uvicorn app.main:app --reload",
+        f"curl -X POST http://127.0.0.1:8000/notifications/send-email {CURL}",
         "poetry run pytest tests/test_bgtasks_builtin.py",
     ]
     group = tomllib.loads((tmp_path / "pyproject.toml").read_text())["tool"]["poetry"]["group"]
@@ -128,6 +139,8 @@ def test_env_example_names_follow_the_env_prefix(tmp_path: Path) -> None:
         "SHOP_SMTP_STARTTLS": "false",
         "SHOP_SMTP_TIMEOUT": "10.0",
         "SHOP_EMAIL_FROM": "noreply@example.com",
+        "SHOP_BGTASKS_API_TOKEN": "",
+        "SHOP_BGTASKS_ALLOW_ANONYMOUS": "false",
     }
     # a run file: once written it is the user's
     (root / ".env.example").write_text(text + "MINE=1\n")
@@ -204,3 +217,42 @@ def test_requirements_dev_project_installs_it(tmp_path: Path) -> None:
     steps = _steps(root, "builtin")
     assert steps[0] == "pip install -e . -r requirements-dev.txt"
     assert (root / "requirements-dev.txt").read_text() == "ruff\npytest>=8\nhttpx>=0.27\n"
+
+
+def test_the_token_step_names_the_variable_the_settings_read(tmp_path: Path) -> None:
+    code, output = invoke("init", str(_project(tmp_path)), "--runner", "arq", "--json")
+    assert code == 0, output
+    steps: list[str] = json.loads(output)["next_steps"]
+    (token,) = [step for step in steps if "token_urlsafe" in step]
+    # the env_prefix of the project's settings class is part of the name
+    assert "SHOP_BGTASKS_API_TOKEN=<token>" in token
+    assert "SHOP_BGTASKS_ALLOW_ANONYMOUS=true" in token
+    assert "authorize_task_access in app.api.arq_tasks" in token
+    env = (tmp_path / ".env.example").read_text()
+    assert "SHOP_BGTASKS_API_TOKEN=\n" in env and "SHOP_BGTASKS_ALLOW_ANONYMOUS=false\n" in env
+
+
+PROJECT_AUTH_MAIN = """from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException
+
+from app.config import settings
+
+
+def current_user(authorization: str = Header("")) -> str:
+    if not authorization:
+        raise HTTPException(status_code=401)
+    return authorization
+
+
+items = APIRouter()
+app = FastAPI(debug=settings.debug)
+app.include_router(items, prefix="/v1", dependencies=[Depends(current_user)])
+"""
+
+
+def test_no_token_step_when_the_projects_own_auth_guards_the_router(tmp_path: Path) -> None:
+    root = _project(tmp_path, **{"app/main.py": PROJECT_AUTH_MAIN})
+    steps = _steps(root, "builtin")
+    assert not [step for step in steps if "token_urlsafe" in step or "curl" in step]
+    auth = (root / "app" / "tasks" / "auth.py").read_text()
+    assert "dependencies=[Depends(current_user)]" in auth
+    assert "return client_identity(request)" in auth

@@ -558,7 +558,7 @@ def test_celerys_parser_is_mirrored_for_a_start_with_a_step() -> None:
 
 ARQ_EDITS = {
     "body": ("tasks", 'logger.info("nightly: try', 'logger.info("nightly (edited): try'),
-    "route": ("routes", '"/nightly", status_code=202', '"/nightly", status_code=201'),
+    "route": ("routes", '"/nightly",\n    status_code=202', '"/nightly",\n    status_code=201'),
     "test": (
         "tests",
         'assert "cron:nightly" in scheduled',
@@ -614,7 +614,9 @@ def test_remove_refuses_an_edited_part_unless_forced(project, part: str) -> None
 def test_every_edited_part_is_named(project) -> None:  # type: ignore[no-untyped-def]
     root: Path = project("celery")
     assert invoke("add-task", "nightly", "--cron", "0 6 * * 1-5", "-p", str(root))[0] == 0
-    routes = _edit(root, "routes", '"/nightly", status_code=202', '"/nightly", status_code=200')
+    routes = _edit(
+        root, "routes", '"/nightly",\n    status_code=202', '"/nightly",\n    status_code=200'
+    )
     worker = _edit(root, "worker", 'hour="6",', 'hour="7",')
     assert_refused(
         root,

@@ -7,8 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from bgtasks_gen.runners.base import RunnerSpec, RunnerSteps, SettingsField
-from bgtasks_gen.runners.fields import SMTP_FIELDS
+from bgtasks_gen.runners.base import (
+    Detection,
+    DevProcess,
+    PinRule,
+    RunnerSpec,
+    RunnerSteps,
+    SettingsField,
+    TaskShape,
+)
+from bgtasks_gen.runners.celery import CELERY_BESIDE_ARQ, PINS_CELERY_56
+from bgtasks_gen.runners.fields import AUTH_FIELDS, SMTP_FIELDS
 
 ARQ_FIELDS = (
     SettingsField(
@@ -44,14 +53,14 @@ SPEC = RunnerSpec(
     summary="arq: asyncio jobs on Redis, run by a separate `arq` worker process",
     use_when="Async-native, Python 3.11+",
     caveats=(
-        "arq is in maintenance mode upstream: bug fixes only, no new features",
+        "arq is in maintenance mode upstream: security fixes only, no new features",
         "Redis only; arq 0.28 needs redis<6, so it cannot share an environment with "
         "celery 5.7 (celery 5.6 works: celery[redis]>=5.6,<5.7)",
         "a job whose worker is killed re-runs only after its in-progress lock expires "
         "(the largest job timeout + 10 s): keep the {arq_job_timeout} setting realistic",
         "jobs run at least once: a retry or a re-run repeats them, keep them idempotent",
     ),
-    settings_fields=(*ARQ_FIELDS, *SMTP_FIELDS),
+    settings_fields=(*ARQ_FIELDS, *SMTP_FIELDS, *AUTH_FIELDS),
     router_file="arq_tasks",
     dependencies=(
         "arq>=0.28,<0.29",
@@ -69,4 +78,22 @@ SPEC = RunnerSpec(
     # schedules in WorkerSettings.cron_jobs (cron(...)), both in arq_worker.py
     schedule_kind="cron",
     worker_file="arq_worker.py",
+    pin_rules=(
+        PinRule(
+            "arq",
+            "celery",
+            unless=PINS_CELERY_56,
+            refuse=(
+                "arq cannot be installed beside celery 5.7 in one environment: celery 5.7 "
+                "needs redis-py >= 6.4 and arq needs redis-py < 6",
+                f"pin {CELERY_BESIDE_ARQ} in your dependencies first (celery 5.6 accepts "
+                "redis-py 5), or run the arq worker from its own environment and pass --no-deps",
+            ),
+        ),
+    ),
+    detection=Detection("arq", class_name="WorkerSettings"),
+    restart=("the arq worker", "the arq worker (it runs the cron jobs too)"),
+    dev_processes=(DevProcess("worker", ("arq", "{worker_module}.WorkerSettings")),),
+    task_shape=TaskShape(first_param="ctx"),
+    email_route="/arq-tasks/send-email",
 )

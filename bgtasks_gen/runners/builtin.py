@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from bgtasks_gen.runners.base import RunnerSpec, RunnerSteps
-from bgtasks_gen.runners.fields import SMTP_FIELDS
+from bgtasks_gen.runners.fields import AUTH_FIELDS, SMTP_FIELDS
 
 
 def _next_steps(ctx: Mapping[str, object]) -> RunnerSteps:
@@ -24,7 +24,7 @@ SPEC = RunnerSpec(
         "never retried; tasks of one request run one after another",
         "no status, progress or cancel: use celery or arq when you need them",
     ),
-    settings_fields=SMTP_FIELDS,
+    settings_fields=(*SMTP_FIELDS, *AUTH_FIELDS),
     router_file="notifications",
     dependencies=("fastapi>=0.110", "pydantic-settings>=2.0", "email-validator>=2.0"),
     next_steps=_next_steps,
@@ -32,4 +32,8 @@ SPEC = RunnerSpec(
     scaffold_tasks=("process_notification", "send_email"),
     other_task_files=("email.py",),
     test_file="test_bgtasks_builtin.py",
+    # BackgroundTasks never retry a task and have no time limit
+    retries_and_timeouts=False,
+    email_route="/notifications/send-email",
+    access_module="auth",
 )

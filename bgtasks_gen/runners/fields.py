@@ -48,3 +48,16 @@ SMTP_FIELDS = (
         "smtp_validate_certs", "bool", "True", ("VALIDATE_CERTS", "MAIL_VALIDATE_CERTS"), add=False
     ),
 )
+
+# Who may call the generated task routes: a bearer token, or everyone when explicitly
+# allowed (local development). Empty token: no token is accepted.
+AUTH_FIELDS = (
+    SettingsField(
+        "bgtasks_api_token",
+        "SecretStr",
+        'SecretStr("")',
+        (),
+        "Task API access (background tasks)",
+    ),
+    SettingsField("bgtasks_allow_anonymous", "bool", "False"),
+)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -26,6 +27,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# The API token every web process serve_app starts accepts (BGTASKS_API_TOKEN), and the
+# headers of a call that uses it: the generated routes refuse anonymous callers (401)
+# and POSTs that are not JSON (415).
+API_TOKEN = f"e2e-{secrets.token_hex(16)}"
+AUTH = {"authorization": f"Bearer {API_TOKEN}", "content-type": "application/json"}
 
 
 def missing(reason: str) -> None:
@@ -213,13 +219,16 @@ def add_task(project: Path, name: str, *args: str) -> None:
 def serve_app(
     python: Path, project: Path, target: str, log_path: Path, env: dict[str, str]
 ) -> tuple[Proc, str]:
-    """Serve `target` ("pkg.module:app") with uvicorn; returns the process and base URL."""
+    """Serve `target` ("pkg.module:app") with uvicorn; returns the process and base URL.
+
+    The app accepts API_TOKEN (send AUTH) unless `env` sets BGTASKS_API_TOKEN itself.
+    """
     port = free_port()
     proc = start_process(
         [str(python), "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port)],
         cwd=project,
         log_path=log_path,
-        env=env,
+        env={"BGTASKS_API_TOKEN": API_TOKEN, **env},
     )
     base = f"http://127.0.0.1:{port}"
 

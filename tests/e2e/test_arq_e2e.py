@@ -29,6 +29,8 @@ import httpx
 import pytest
 
 from tests.e2e.harness import (
+    API_TOKEN,
+    AUTH,
     EXAMPLES,
     Proc,
     SmtpSink,
@@ -81,10 +83,11 @@ class Stack:
         return proc
 
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.post(f"{self.base}/arq-tasks{path}", timeout=30, **kwargs)
+        headers = {**AUTH, **kwargs.pop("headers", {})}
+        return httpx.post(f"{self.base}/arq-tasks{path}", headers=headers, timeout=30, **kwargs)
 
     def status(self, job_id: str) -> httpx.Response:
-        return httpx.get(f"{self.base}/arq-tasks/status/{job_id}", timeout=10)
+        return httpx.get(f"{self.base}/arq-tasks/status/{job_id}", headers=AUTH, timeout=10)
 
     def wait_status(self, job_id: str, want: str, timeout: float) -> dict[str, Any]:
         def reached() -> dict[str, Any] | None:
@@ -235,6 +238,10 @@ def test_abort_running_job(stack: Stack) -> None:
     assert body["status"] == "complete" and body["success"] is False
     assert body["error"] == "aborted" and body["result"] is None
     assert "aborted" in stack.worker.log()
+    # finished: nothing left to abort (409, as celery's cancel of a finished task)
+    again = stack.post(f"/abort/{job_id}", params={"wait": 0})
+    assert again.status_code == 409, again.text
+    assert again.json() == {"job_id": job_id, "aborted": True, "status": "complete"}
 
 
 def test_killed_worker_job_runs_again(stack: Stack) -> None:
@@ -246,6 +253,9 @@ def test_killed_worker_job_runs_again(stack: Stack) -> None:
         return body["status"] == "in_progress" and bool(body["progress"])
 
     wait_until(started, 10, "long job running with progress")
+    # the same shape as celery's PROGRESS: {current, total, percent}
+    progress = stack.status(job_id).json()["progress"]
+    assert progress is None or (progress["total"] == 30 and 0 <= progress["current"] <= 30)
     stack.worker.popen.send_signal(signal.SIGKILL)
     stack.worker.popen.wait(timeout=10)
     # the in-progress lock outlives the worker: nobody may run the job yet
@@ -274,7 +284,9 @@ def test_concurrent_enqueues_keep_redis_connections_bounded(stack: Stack) -> Non
 
     async def burst() -> list[int]:
         limits = httpx.Limits(max_connections=200)
-        async with httpx.AsyncClient(base_url=stack.base, limits=limits, timeout=60) as client:
+        async with httpx.AsyncClient(
+            base_url=stack.base, limits=limits, timeout=60, headers=AUTH
+        ) as client:
             responses = await asyncio.gather(
                 *(
                     client.post("/arq-tasks/process-data", json={"data_id": i, "values": [i]})
@@ -384,11 +396,14 @@ async def remember_startup() -> None:
 """
 
 ON_EVENT_CHECK = """
+import os
+
 from fastapi.testclient import TestClient
 
 from app.main import app
 
-with TestClient(app) as client:
+token = os.environ["BGTASKS_API_TOKEN"]
+with TestClient(app, headers={"authorization": f"Bearer {token}"}) as client:
     assert app.state.started_by_on_event, "the project's on_event handler did not run"
     response = client.post("/arq-tasks/process-data", json={"data_id": 1, "values": [1]})
     assert response.status_code == 202, response.text
@@ -415,6 +430,10 @@ def test_on_event_project_keeps_its_handlers(stack: Stack, tmp_path: Path) -> No
     out = _run(
         [str(stack.python), "-c", ON_EVENT_CHECK],
         project,
-        {"REDIS_URL": stack.env["REDIS_URL"], "PYTHONPATH": str(project)},
+        {
+            "REDIS_URL": stack.env["REDIS_URL"],
+            "PYTHONPATH": str(project),
+            "BGTASKS_API_TOKEN": API_TOKEN,
+        },
     )
     assert "on_event handler ran" in out

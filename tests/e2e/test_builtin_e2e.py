@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.harness import running, scaffold, serve_app, smtp_sink, wait_until
+from tests.e2e.harness import AUTH, running, scaffold, serve_app, smtp_sink, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -38,6 +38,7 @@ def test_email_queued_over_http_reaches_the_smtp_sink(
             response = httpx.post(
                 f"{base}{prefix}/notifications/send-email",
                 json={"to": "ada@example.com", "subject": "Welcome", "body": "Thanks!"},
+                headers=AUTH,
                 timeout=10,
             )
             assert response.status_code == 202, response.text
@@ -50,6 +51,7 @@ def test_email_queued_over_http_reaches_the_smtp_sink(
             response = httpx.post(
                 f"{base}{prefix}/notifications/process",
                 json={"user_id": 3, "message": "Order shipped", "email": "bob@example.com"},
+                headers=AUTH,
                 timeout=10,
             )
             assert response.status_code == 202
@@ -59,6 +61,7 @@ def test_email_queued_over_http_reaches_the_smtp_sink(
             invalid = httpx.post(
                 f"{base}{prefix}/notifications/send-email",
                 json={"to": "nope", "subject": "x", "body": "x"},
+                headers=AUTH,
                 timeout=10,
             )
             assert invalid.status_code == 422

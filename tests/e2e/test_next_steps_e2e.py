@@ -39,7 +39,8 @@ def _commands(output: str) -> list[str]:
         if not line.strip().startswith("$ "):
             continue
         command, _, why = line.strip()[2:].partition("  # ")
-        if not why.startswith(UNTIL_CTRL_C):
+        # a long-running process, or a call to the API it serves: not run here
+        if not why.startswith(UNTIL_CTRL_C) and not command.startswith("curl "):
             commands.append(command)
     return commands
 

@@ -1,7 +1,10 @@
-"""The generated apps' mail and request handling under attack, for every runner, over
-HTTP against real processes: uvicorn serving the scaffolded `layered` example, the
-runner's worker (`celery worker`, `arq`) on a private redis-server, and an aiosmtpd SMTP
-sink. What reaches the sink is parsed header by header.
+"""The generated apps' access control, mail and request handling under attack, for every
+runner, over HTTP against real processes: uvicorn serving the scaffolded `layered`
+example, the runner's worker (`celery worker`, `arq`) on a private redis-server, and an
+aiosmtpd SMTP sink. What reaches the sink is parsed header by header.
+
+The web process gets the API token through its environment (BGTASKS_API_TOKEN, see
+harness.serve_app); calls that should pass send it (AUTH), the others leave it out.
 
 Each runner's project also gets `add-task scale --arg factor:float --arg
 "weights:list[float]"`, to check the routes add-task writes; the builtin one has its
@@ -26,11 +29,14 @@ import httpx
 import pytest
 
 from tests.e2e.harness import (
+    API_TOKEN,
+    AUTH,
     Proc,
     SmtpSink,
     add_task,
     redis_server,
     runner_python,
+    running,
     scaffold,
     serve_app,
     smtp_sink,
@@ -154,7 +160,7 @@ class Stack:
         return f"{self.base}{path}"
 
     def post_email(self, **payload: str) -> httpx.Response:
-        return httpx.post(self.path_of("/send-email"), json=payload, timeout=30)
+        return httpx.post(self.path_of("/send-email"), json=payload, headers=AUTH, timeout=30)
 
     def delivered(self, subject: str) -> Message:
         """Wait for the message with this subject at the sink."""
@@ -309,7 +315,7 @@ def test_large_bodies_are_refused_without_growing_the_web_process(stack: Stack) 
             yield oversized[start : start + 64 * 1024]
 
     pid = stack.api.popen.pid
-    with httpx.Client(timeout=60) as client:
+    with httpx.Client(timeout=60, headers=AUTH) as client:
         # warm up: the first 413 and the first accepted email load what they need
         assert client.post(url, content=oversized[:300_000], headers=JSON).status_code == 413
         warm_up = {"to": "ada@example.com", "subject": "warm up", "body": "x"}
@@ -338,10 +344,10 @@ def test_non_finite_numbers_are_refused_with_422(stack: Stack) -> None:
             (email, '{"to": "ada@example.com", "subject": ' + raw + ', "body": "x"}'),
         ]
         for url, body in bodies:
-            response = httpx.post(url, content=body, headers=JSON, timeout=10)
+            response = httpx.post(url, content=body, headers=AUTH, timeout=10)
             assert response.status_code == 422, (url, body, response.text)
             assert all("input" not in error for error in response.json()["detail"])
-    ok = httpx.post(scale, json={"factor": 1.5, "weights": [2.5]}, timeout=10)
+    ok = httpx.post(scale, json={"factor": 1.5, "weights": [2.5]}, headers=AUTH, timeout=10)
     assert ok.status_code == 202, ok.text
 
 
@@ -372,8 +378,193 @@ def test_the_log_of_a_sent_email_holds_no_address_or_body(stack: Stack) -> None:
 @pytest.mark.parametrize("stack", ["builtin"], indirect=True)
 def test_builtin_runs_an_async_job(stack: Stack) -> None:
     response = httpx.post(
-        stack.path_of("/process"), json={"user_id": 42, "message": "Order shipped"}, timeout=10
+        stack.path_of("/process"),
+        json={"user_id": 42, "message": "Order shipped"},
+        headers=AUTH,
+        timeout=10,
     )
     assert response.status_code == 202, response.text
     wait_until(stack.marker.exists, 15, f"the async job to run\n{stack.api.log()[-3000:]}")
     assert stack.marker.read_text() == "42"
+
+
+# The generated routes that read or stop one task, per runner (builtin has none).
+TASK_ROUTES = {
+    "builtin": [],
+    "celery": [("GET", "/status/{task_id}"), ("DELETE", "/cancel/{task_id}")],
+    "arq": [("GET", "/status/{job_id}"), ("POST", "/abort/{job_id}")],
+}
+REFUSED_AUTHORIZATIONS = [
+    None,
+    "Bearer not-the-token",
+    f"Bearer {API_TOKEN[:-1]}",  # all but the last character
+    f"Basic {API_TOKEN}",
+    "Bearer",  # the scheme without a token
+]
+
+
+def _task_url(stack: Stack, template: str, task_id: str) -> str:
+    return stack.path_of(template).replace(template.rsplit("/", 1)[1], task_id)
+
+
+def _queued_id(response: httpx.Response) -> str:
+    body = response.json()
+    return str(body.get("task_id") or body.get("job_id"))
+
+
+def test_requests_without_the_right_token_are_refused(stack: Stack) -> None:
+    refused_subject = f"refused {uuid.uuid4().hex[:8]}"
+    email = {"to": "ada@example.com", "subject": refused_subject, "body": "x"}
+    unknown = uuid.uuid4().hex
+    calls = [("POST", stack.path_of("/send-email"), email)] + [
+        (method, _task_url(stack, template, unknown), None)
+        for method, template in TASK_ROUTES[stack.runner]
+    ]
+    for authorization in REFUSED_AUTHORIZATIONS:
+        headers = {**JSON, "authorization": authorization} if authorization else JSON
+        for method, url, body in calls:
+            response = httpx.request(method, url, json=body, headers=headers, timeout=10)
+            assert response.status_code == 401, (method, url, authorization, response.text)
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert response.json() == {"detail": "Missing or invalid API token"}
+    # the right token: accepted, and its task readable; only that email is ever sent
+    accepted_subject = f"accepted {uuid.uuid4().hex[:8]}"
+    response = stack.post_email(to="ada@example.com", subject=accepted_subject, body="x")
+    assert response.status_code == 202, response.text
+    if stack.runner != "builtin":
+        status_url = _task_url(stack, TASK_ROUTES[stack.runner][0][1], _queued_id(response))
+        assert httpx.get(status_url, headers=AUTH, timeout=10).status_code == 200
+        assert httpx.get(status_url, headers=JSON, timeout=10).status_code == 401
+    stack.delivered(accepted_subject)
+    assert refused_subject not in [m["Subject"] for m in stack.sink.messages]
+
+
+def test_anonymous_callers_pass_only_when_explicitly_allowed(stack: Stack) -> None:
+    env = {**stack.env, "BGTASKS_API_TOKEN": "", "BGTASKS_ALLOW_ANONYMOUS": "true"}
+    log = stack.project.parent / "logs" / "uvicorn-anonymous.log"
+    api, base = serve_app(stack.python, stack.project, "app.main:app", log, env)
+    with running(api):
+        url = base + stack.path_of("/send-email").removeprefix(stack.base)
+        subject = f"anonymous {uuid.uuid4().hex[:8]}"
+        email = {"to": "ada@example.com", "subject": subject, "body": "x"}
+        response = httpx.post(url, json=email, headers=JSON, timeout=30)
+        assert response.status_code == 202, response.text
+        wrong = {**JSON, "authorization": "Bearer not-the-token"}
+        assert httpx.post(url, json=email, headers=wrong, timeout=30).status_code == 401
+        stack.delivered(subject)
+        wait_until(
+            lambda: "BGTASKS_ALLOW_ANONYMOUS is on" in api.log(),
+            10,
+            f"the warning about anonymous access\n{api.log()[-3000:]}",
+        )
+
+
+def test_cross_site_style_posts_are_refused_with_415(stack: Stack) -> None:
+    url = stack.path_of("/send-email")
+    subject = f"cross-site {uuid.uuid4().hex[:8]}"
+    email = {"to": "ada@example.com", "subject": subject, "body": "x"}
+    token = {"authorization": AUTH["authorization"]}
+    # what a form on another site, or its no-cors fetch, sends without a preflight
+    attempts = [
+        httpx.post(url, data=email, timeout=10),
+        httpx.post(url, data=email, headers=token, timeout=10),
+        httpx.post(url, files={"body": b"x"}, headers=token, timeout=10),
+        httpx.post(url, content=json.dumps(email), headers={**token, "content-type": "text/plain"}),
+    ]
+    if stack.runner != "builtin":  # a route without a body, too
+        method, template = TASK_ROUTES[stack.runner][1]
+        stop = _task_url(stack, template, uuid.uuid4().hex)
+        if method == "POST":
+            attempts.append(httpx.post(stop, headers=token, timeout=10))
+        order = {"celery": "/process-order/{order_id}"}.get(stack.runner)
+        if order:
+            attempts.append(httpx.post(_task_url(stack, order, "1"), headers=token, timeout=10))
+    for response in attempts:
+        assert response.status_code == 415, (response.request.url, response.text)
+        assert response.json() == {"detail": "Send Content-Type: application/json"}
+    # none of them was queued: a later email arrives, theirs never does
+    later = f"after cross-site {uuid.uuid4().hex[:8]}"
+    assert stack.post_email(to="ada@example.com", subject=later, body="x").status_code == 202
+    stack.delivered(later)
+    assert subject not in [m["Subject"] for m in stack.sink.messages]
+
+
+# (method, path suffix): the summary and the responses each route declares
+DECLARED = {
+    "builtin": {
+        ("post", "/send-email"): ("Queue an email", {"202", "401", "413", "415", "422"}),
+        ("post", "/process"): ("Queue a notification", {"202", "401", "413", "415", "422"}),
+        ("post", "/scale"): ("Queue scale", {"202", "401", "413", "415", "422"}),
+    },
+    "celery": {
+        ("post", "/send-email"): (
+            "Queue an email",
+            {"202", "401", "413", "415", "422", "429", "503"},
+        ),
+        ("get", "/status/{task_id}"): ("Read a task's status", {"200", "401", "404", "503"}),
+        ("delete", "/cancel/{task_id}"): (
+            "Cancel a task",
+            {"200", "202", "401", "404", "409", "503"},
+        ),
+        ("post", "/scale"): ("Queue scale", {"202", "401", "413", "415", "422", "503"}),
+    },
+    "arq": {
+        ("post", "/send-email"): (
+            "Queue an email",
+            {"200", "202", "401", "413", "415", "422", "429", "503"},
+        ),
+        ("get", "/status/{job_id}"): ("Read a job's status", {"200", "401", "404", "503"}),
+        ("post", "/abort/{job_id}"): (
+            "Abort a job",
+            {"200", "202", "401", "404", "409", "415", "503"},
+        ),
+        ("post", "/scale"): ("Queue scale", {"200", "202", "401", "413", "415", "503"}),
+    },
+}
+
+
+def test_openapi_declares_the_real_responses_and_summaries(stack: Stack) -> None:
+    document = httpx.get(f"{stack.base}/openapi.json", timeout=10).json()
+    for (method, suffix), (summary, codes) in DECLARED[stack.runner].items():
+        (path,) = [p for p in document["paths"] if p.endswith(suffix)]
+        operation = document["paths"][path][method]
+        assert operation["summary"] == summary, (path, operation["summary"])
+        assert codes <= set(operation["responses"]), (path, sorted(operation["responses"]))
+        refused = operation["responses"]["401"]["content"]["application/json"]["schema"]
+        assert refused["$ref"] == "#/components/schemas/ErrorMessage", path
+    assert document["components"]["schemas"]["ErrorMessage"]["required"] == ["detail"]
+
+
+@pytest.mark.parametrize("stack", ["celery", "arq"], indirect=True)
+def test_stopping_a_finished_task_is_409_with_its_state(stack: Stack) -> None:
+    if stack.runner == "celery":
+        queued = httpx.post(
+            stack.path_of("/process-order/{order_id}").replace("{order_id}", "5"),
+            headers=AUTH,
+            timeout=10,
+        )
+    else:
+        queued = httpx.post(
+            stack.path_of("/process-data"),
+            json={"data_id": 5, "values": [1.5]},
+            headers=AUTH,
+            timeout=10,
+        )
+    assert queued.status_code == 202, queued.text
+    task_id = _queued_id(queued)
+    (_, status), (stop_method, stop) = TASK_ROUTES[stack.runner]
+    status_url = _task_url(stack, status, task_id)
+
+    def finished() -> dict[str, object] | None:
+        body: dict[str, object] = httpx.get(status_url, headers=AUTH, timeout=10).json()
+        return body if body.get("state", body.get("status")) in ("SUCCESS", "complete") else None
+
+    wait_until(finished, 30, f"task {task_id} to finish\n{stack.process_log()[-3000:]}")
+    url = _task_url(stack, stop, task_id)
+    response = httpx.request(stop_method, url, params=None, headers=AUTH, timeout=10)
+    assert response.status_code == 409, response.text
+    expected = {
+        "celery": {"task_id": task_id, "state": "SUCCESS", "action": "none"},
+        "arq": {"job_id": task_id, "aborted": False, "status": "complete"},
+    }[stack.runner]
+    assert response.json() == expected
