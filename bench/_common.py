@@ -73,7 +73,7 @@ def wait_port(port: int, timeout: float = 30) -> None:
     raise SystemExit(f"nothing listening on port {port} after {timeout}s")
 
 
-def scaffold_runner(runner: str, workdir: Path) -> tuple[Path, Path]:
+def scaffold_runner(runner: str, workdir: Path, *init_args: str) -> tuple[Path, Path]:
     """The `layered` example scaffolded with `runner` under workdir: (its Python, project)."""
     python = REPO / ".venvs" / runner / "bin" / "python"
     if not python.exists():
@@ -81,7 +81,7 @@ def scaffold_runner(runner: str, workdir: Path) -> tuple[Path, Path]:
     project = workdir / runner
     shutil.copytree(EXAMPLES / "layered", project)
     subprocess.run(
-        [*BGTASKS, "init", str(project), "--runner", runner],
+        [*BGTASKS, "init", str(project), "--runner", runner, *init_args],
         check=True,
         capture_output=True,
         cwd=REPO,

@@ -1,11 +1,27 @@
-"""The scaffolded app under load, per queue runner.
+"""The scaffolded app under load, per queue runner, against the seed's own endpoints.
 
 For each runner: the `layered` example scaffolded into a temporary folder, served by
 uvicorn (one worker, from the runner's own environment under .venvs/) against a private
-redis-server; a load generator keeps 32 requests in flight for a fixed time against
-the queue endpoint and, in the same run, against a no-op endpoint added to the same app
-(the ceiling: same framework, same middleware, no queue). Prints requests per second,
-p50/p99 latency, the ratio to the ceiling, and Redis `connected_clients` before and after.
+redis-server, no worker consuming. A load generator keeps 32 requests in flight for a
+fixed time against each endpoint of the same app, in turns (so drift on a shared
+machine hits them all alike):
+
+- no-op endpoints (`def` and `async def`): the ceiling, same framework, no queue;
+- the seed document's endpoints, added to the same app as the seed writes them: for
+  celery an `async def` calling `process_order.delay()` on the event loop, for arq the
+  `send-email` route whose dependency creates an arq pool per request;
+- the generated queue endpoint.
+
+Printed per endpoint: requests per second, p50/p99 latency, the ratio to each no-op and
+to the seed endpoint, Redis `connected_clients` before and after, and how many messages
+the queue holds against how many 2xx answers the endpoint gave.
+
+Then, per runner, the broker made unusable: pointed at a TCP listener that accepts and
+never answers, and at a closed port. While 32 requests hit `/health` another 8 keep
+hitting the queue endpoint: `/health` p99 says whether the event loop stayed free, and
+the queue endpoint's answers (503, and how long they took) whether its wait is bounded.
+With RabbitMQ on 127.0.0.1:5672, celery's queue endpoint is also measured with
+`--broker rabbitmq` (on a queue of its own that RabbitMQ deletes once unused).
 
 The load comes from wrk when it is installed (`apt-get install wrk`: written in C, it
 leaves the CPU to the server), else from an asyncio client in Python, which on a 2-core
@@ -14,64 +30,201 @@ machine is itself the bottleneck (the ratio to the ceiling then says little).
     bash .ci/setup-venvs          # the runner environments, once
     apt-get install -y wrk        # optional, recommended
     .venv/bin/python bench/load.py [--seconds 5] [--concurrency 32] [--runner arq]
+        [--no-outage] [--no-rabbitmq]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 from _common import free_port, private_redis, scaffold_runner, wait_port
 
 REPO = Path(__file__).resolve().parents[1]
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
-# per runner: the queue endpoint (method, path, JSON body) and the style of its handler
-TARGETS = {
-    "celery": ("/tasks/process-order/7", None, "def"),
-    "arq": ("/arq-tasks/process-data", {"data_id": 7, "values": [1.0, 2.0]}, "async def"),
+
+@dataclass(frozen=True)
+class Endpoint:
+    kind: str  # "no-op", "seed" or "bgtasks"
+    label: str
+    path: str
+    body: object = None
+    counted: bool = False  # each 2xx leaves a message in the Redis list "celery"
+
+
+ENDPOINTS = {
+    "celery": [
+        Endpoint("no-op", "no-op `def`", "/bench/noop-sync"),
+        Endpoint("no-op", "no-op `async def`", "/bench/noop-async"),
+        Endpoint(
+            "seed",
+            "seed: `async def` + `process_order.delay()`",
+            "/bench/seed/process-order/7",
+            counted=True,
+        ),
+        Endpoint(
+            "bgtasks",
+            "bgtasks `POST /tasks/process-order/7`",
+            "/tasks/process-order/7",
+            counted=True,
+        ),
+    ],
+    "arq": [
+        Endpoint("no-op", "no-op `async def`", "/bench/noop-async"),
+        Endpoint(
+            "seed",
+            "seed: pool-per-request `send-email`",
+            "/bench/seed/send-email?to=ada%40example.com&subject=Hi&body=Hello",
+        ),
+        Endpoint(
+            "bgtasks",
+            "bgtasks `POST /arq-tasks/process-data`",
+            "/arq-tasks/process-data",
+            {"data_id": 7, "values": [1.0, 2.0]},
+        ),
+    ],
 }
+QUEUE_ENDPOINT = {runner: endpoints[-1] for runner, endpoints in ENDPOINTS.items()}
 
-NOOP_MODULE = '''"""The benchmark's ceiling: the scaffolded app plus no-op endpoints."""
+NOOP_MODULE = '''"""The benchmark's app: the scaffolded app plus no-op and seed endpoints."""
 
-from {app_module} import {app_name} as app
+from app.main import app
 
 
 @app.post("/bench/noop-sync", status_code=202)
 def noop_sync() -> dict[str, str]:
-    return {{"status": "ok"}}
+    return {"status": "ok"}
 
 
 @app.post("/bench/noop-async", status_code=202)
 async def noop_async() -> dict[str, str]:
-    return {{"status": "ok"}}
+    return {"status": "ok"}
+'''
+
+# The seed document's celery route, as it writes it: a blocking publish on the loop.
+CELERY_SEED = '''
+from app.tasks.tasks import process_order as process_order_task
+
+
+@app.post("/bench/seed/process-order/{order_id}")
+async def queue_process_order(order_id: int):
+    """Queue order processing task."""
+    task = process_order_task.delay(order_id=order_id)
+
+    return {
+        "task_id": task.id,
+        "status": "queued",
+    }
+'''
+
+# RabbitMQ: a queue of the bench's own, deleted by RabbitMQ a minute after last use.
+CELERY_RABBIT_QUEUE = """
+from kombu import Queue
+
+from app.tasks.celery_app import celery_app
+
+celery_app.conf.task_default_queue = "{queue}"
+celery_app.conf.task_queues = [
+    Queue("{queue}", routing_key="{queue}", queue_arguments={{"x-expires": 60000}})
+]
+"""
+
+# The seed document's arq dependency and route, as it writes them: a pool per request.
+ARQ_SEED = '''
+from typing import Annotated
+
+from arq import ArqRedis, create_pool
+from arq.connections import RedisSettings
+from fastapi import Depends
+
+from app.core.config import settings
+
+
+async def get_arq_pool():
+    """Get ARQ Redis pool."""
+    return await create_pool(
+        RedisSettings.from_dsn(settings.REDIS_URL)
+    )
+
+
+async def get_task_queue() -> ArqRedis:
+    """Get ARQ task queue dependency."""
+    return await get_arq_pool()
+
+
+TaskQueue = Annotated[ArqRedis, Depends(get_task_queue)]
+
+
+@app.post("/bench/seed/send-email")
+async def queue_email(
+    to: str,
+    subject: str,
+    body: str,
+    queue: TaskQueue,
+):
+    """Queue email with ARQ."""
+    job = await queue.enqueue_job(
+        "send_email_async",
+        to=to,
+        subject=subject,
+        body=body,
+    )
+
+    return {
+        "job_id": job.job_id,
+        "status": "queued",
+    }
 '''
 
 
-def connected_clients(port: int) -> int:
-    out = subprocess.run(
-        ["redis-cli", "-p", str(port), "info", "clients"],
+def redis_cli(port: int, *args: str) -> str:
+    return subprocess.run(
+        ["redis-cli", "-p", str(port), *args],
         capture_output=True,
         text=True,
         timeout=10,
-    ).stdout
+    ).stdout.strip()
+
+
+def connected_clients(port: int) -> int:
+    out = redis_cli(port, "info", "clients")
     line = next(x for x in out.splitlines() if x.startswith("connected_clients:"))
     return int(line.split(":")[1]) - 1  # redis-cli itself is one of them
 
 
 WRK_SCRIPT = """
-wrk.method = "POST"
+wrk.method = os.getenv("BENCH_METHOD")
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = os.getenv("BENCH_BODY")
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_TOKEN")
+local body = os.getenv("BENCH_BODY")
+if body ~= "" then wrk.body = body end
 """
+TOKEN = "bench-" + uuid.uuid4().hex
+
+
+@dataclass
+class Figures:
+    rate: float
+    p50: float
+    p99: float
+    answered: int  # requests answered 2xx
 
 
 def _milliseconds(text: str) -> float:
@@ -82,24 +235,19 @@ def _milliseconds(text: str) -> float:
     return float(text)
 
 
-def wrk(url: str, body: object, seconds: float, concurrency: int) -> tuple[float, float, float]:
-    """(requests per second, p50 ms, p99 ms) measured by wrk."""
-    import json
-
+def wrk(url: str, body: object, seconds: float, concurrency: int, method: str) -> Figures:
+    """Requests per second, p50/p99 ms and answers counted by wrk."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(WRK_SCRIPT)
-    env = {**os.environ, "BENCH_BODY": json.dumps(body) if body is not None else ""}
+    env = {
+        **os.environ,
+        "BENCH_BODY": json.dumps(body) if body is not None else "",
+        "BENCH_METHOD": method,
+        "BENCH_TOKEN": TOKEN,
+    }
     result = subprocess.run(
-        [
-            "wrk",
-            "-t2",
-            f"-c{concurrency}",
-            f"-d{seconds:.0f}s",
-            "--latency",
-            "-s",
-            script.name,
-            url,
-        ],
+        ["wrk", "-t2", f"-c{concurrency}", f"-d{seconds:.0f}s", "--latency"]
+        + ["-s", script.name, url],
         capture_output=True,
         text=True,
         env=env,
@@ -109,39 +257,47 @@ def wrk(url: str, body: object, seconds: float, concurrency: int) -> tuple[float
     out = result.stdout
     if result.returncode or "Non-2xx" in out or "Socket errors" in out:
         raise SystemExit(f"wrk against {url} saw errors:\n{out}{result.stderr}")
-    rate = float(next(x for x in out.splitlines() if x.startswith("Requests/sec:")).split()[1])
+    lines = out.splitlines()
+    rate = float(next(x for x in lines if x.startswith("Requests/sec:")).split()[1])
+    answered = int(next(x for x in lines if " requests in " in x).split()[0])
     percentiles = {
         parts[0]: _milliseconds(parts[1])
-        for parts in (line.split() for line in out.splitlines())
+        for parts in (line.split() for line in lines)
         if len(parts) == 2 and parts[0] in ("50%", "99%")
     }
-    return rate, percentiles["50%"], percentiles["99%"]
+    return Figures(rate, percentiles["50%"], percentiles["99%"], answered)
 
 
-def measure(url: str, body: object, seconds: float, concurrency: int) -> tuple[float, float, float]:
+def measure(
+    url: str, body: object, seconds: float, concurrency: int, method: str = "POST"
+) -> Figures:
     if shutil.which("wrk"):
-        return wrk(url, body, seconds, concurrency)
-    latencies = asyncio.run(hammer(url, body, seconds, concurrency))
-    return (
+        return wrk(url, body, seconds, concurrency, method)
+    latencies = asyncio.run(hammer(url, body, seconds, concurrency, method))
+    return Figures(
         len(latencies) / seconds,
         percentile(latencies, 0.5) * 1000,
         percentile(latencies, 0.99) * 1000,
+        len(latencies),
     )
 
 
-async def hammer(url: str, body: object, seconds: float, concurrency: int) -> list[float]:
+async def hammer(
+    url: str, body: object, seconds: float, concurrency: int, method: str
+) -> list[float]:
     """Keep `concurrency` requests in flight for `seconds`; return each latency (s)."""
     latencies: list[float] = []
     errors = 0
     deadline = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    async with httpx.AsyncClient(limits=limits, timeout=30, headers=headers) as client:
 
         async def one_connection() -> None:
             nonlocal errors
             while time.monotonic() < deadline:
                 start = time.perf_counter()
-                response = await client.post(url, json=body)
+                response = await client.request(method, url, json=body)
                 if response.status_code >= 300:
                     errors += 1
                 latencies.append(time.perf_counter() - start)
@@ -157,73 +313,188 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def bench_runner(
-    runner: str, seconds: float, concurrency: int, repeats: int, workdir: Path
-) -> list[str]:
-    python, project = scaffold_runner(runner, workdir)
-    (project / "bench_app.py").write_text(NOOP_MODULE.format(app_module="app.main", app_name="app"))
-    with private_redis(project) as (redis_port, env):
-        return _measure_app(runner, python, project, redis_port, env, seconds, concurrency, repeats)
+def prepare(runner: str, workdir: Path, *init_args: str) -> tuple[Path, Path]:
+    python, project = scaffold_runner(runner, workdir, *init_args)
+    module = NOOP_MODULE + (CELERY_SEED if runner == "celery" else ARQ_SEED)
+    (project / "bench_app.py").write_text(module)
+    return python, project
 
 
-def _measure_app(
-    runner: str,
-    python: Path,
-    project: Path,
-    redis_port: int,
-    env: dict[str, str],
-    seconds: float,
-    concurrency: int,
-    repeats: int,
-) -> list[str]:
+@contextlib.contextmanager
+def serve(python: Path, project: Path, env: dict[str, str]) -> Iterator[str]:
+    """uvicorn (one worker) serving bench_app:app; yields its base URL."""
     web_port = free_port()
+    # the server's log (a traceback per refused publish in the outage cases) stays out
+    # of the table
+    log = (project / f"uvicorn-{web_port}.log").open("wb")
     web = subprocess.Popen(
-        [
-            str(python),
-            "-m",
-            "uvicorn",
-            "bench_app:app",
-            "--port",
-            str(web_port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
+        [str(python), "-m", "uvicorn", "bench_app:app", "--port", str(web_port)]
+        + ["--log-level", "warning", "--no-access-log"],
         cwd=project,
-        env=env,
+        env={**env, "BGTASKS_API_TOKEN": TOKEN},
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    rows = []
     try:
-        wait_port(web_port)
-        base = f"http://127.0.0.1:{web_port}"
-        path, body, style = TARGETS[runner]
-        noop = "/bench/noop-sync" if style == "def" else "/bench/noop-async"
-        # warm up both until every threadpool thread has its connections
-        measure(base + noop, None, seconds, concurrency)
-        measure(base + path, body, seconds, concurrency)
-        before = connected_clients(redis_port)
-        runs: dict[str, list[tuple[float, float, float]]] = {"no-op": [], "queue": []}
-        ratios = []
-        for _ in range(repeats):  # alternate, so drift on a shared machine hits both
-            for label, url, payload in (("no-op", base + noop, None), ("queue", base + path, body)):
-                runs[label].append(measure(url, payload, seconds, concurrency))
-            ratios.append(runs["queue"][-1][0] / runs["no-op"][-1][0])
-        after = connected_clients(redis_port)
-        for label, endpoint in (("no-op", f"no-op {style}"), ("queue", f"queue {path}")):
-            rates = [r[0] for r in runs[label]]
-            p50 = statistics.median(r[1] for r in runs[label])
-            p99 = statistics.median(r[2] for r in runs[label])
-            ratio = statistics.median(ratios) if label == "queue" else 1.0
-            rows.append(
-                f"| {runner} | {endpoint} | {statistics.median(rates):.0f} "
-                f"({min(rates):.0f}-{max(rates):.0f}) | {p50:.1f} | {p99:.1f} | {ratio:.2f} | "
-                f"{before} -> {after} |"
-            )
+        wait_port(web_port, timeout=60)
+        yield f"http://127.0.0.1:{web_port}"
     finally:
         os.killpg(web.pid, signal.SIGTERM)
         web.wait(timeout=20)
+        log.close()
+
+
+def bench_runner(
+    runner: str, seconds: float, concurrency: int, repeats: int, workdir: Path
+) -> list[str]:
+    python, project = prepare(runner, workdir)
+    with private_redis(project) as (redis_port, env), serve(python, project, env) as base:
+        endpoints = ENDPOINTS[runner]
+        # warm up every endpoint until each threadpool thread has its connections
+        for endpoint in endpoints:
+            measure(base + endpoint.path, endpoint.body, min(seconds, 3), concurrency)
+        before = connected_clients(redis_port)
+        runs: dict[str, list[Figures]] = {e.label: [] for e in endpoints}
+        queued: dict[str, tuple[int, int]] = {}
+        for _ in range(repeats):
+            for endpoint in endpoints:
+                length = int(redis_cli(redis_port, "llen", "celery") or 0)
+                figures = measure(base + endpoint.path, endpoint.body, seconds, concurrency)
+                runs[endpoint.label].append(figures)
+                added = int(redis_cli(redis_port, "llen", "celery") or 0) - length
+                old = queued.get(endpoint.label, (0, 0))
+                queued[endpoint.label] = (old[0] + added, old[1] + figures.answered)
+        after = connected_clients(redis_port)
+    rows = []
+    noops = [e for e in endpoints if e.kind == "no-op"]
+    (seed,) = [e for e in endpoints if e.kind == "seed"]
+
+    def ratio(endpoint: Endpoint, other: Endpoint) -> str:
+        pairs = zip(runs[endpoint.label], runs[other.label], strict=True)
+        return f"{statistics.median(a.rate / b.rate for a, b in pairs):.2f}"
+
+    for endpoint in endpoints:
+        figures = runs[endpoint.label]
+        rates = [f.rate for f in figures]
+        messages = ""
+        if endpoint.counted:
+            added, answered = queued[endpoint.label]
+            messages = f"{added} / {answered}"
+        rows.append(
+            f"| {runner} | {endpoint.label} | {statistics.median(rates):.0f} "
+            f"({min(rates):.0f}-{max(rates):.0f}) "
+            f"| {statistics.median(f.p50 for f in figures):.1f} "
+            f"| {statistics.median(f.p99 for f in figures):.1f} "
+            f"| {' / '.join(ratio(endpoint, noop) for noop in noops)} "
+            f"| {ratio(endpoint, seed)} | {before} -> {after} | {messages} |"
+        )
     return rows
+
+
+@contextlib.contextmanager
+def blackhole() -> Iterator[int]:
+    """A TCP listener that accepts every connection and never sends a byte."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1024)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                held.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield int(server.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+def hit_queue(url: str, body: object, stop: threading.Event, out: list[tuple[int, float]]) -> None:
+    """Keep sending queue requests until `stop`; record (status, seconds) of each."""
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    with httpx.Client(timeout=60, headers=headers) as client:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                status = client.post(url, json=body).status_code
+            except httpx.HTTPError:
+                status = 0
+            out.append((status, time.monotonic() - started))
+
+
+def bench_outage(runner: str, seconds: float, concurrency: int, workdir: Path) -> list[str]:
+    python, project = prepare(runner, workdir)
+    endpoint = QUEUE_ENDPOINT[runner]
+    rows = []
+    with private_redis(project) as (_redis_port, env):
+        for case in ("blackhole", "closed port"):
+            with contextlib.ExitStack() as stack:
+                port = stack.enter_context(blackhole()) if case == "blackhole" else free_port()
+                dead = f"redis://127.0.0.1:{port}/0"
+                key = "CELERY_BROKER_URL" if runner == "celery" else "REDIS_URL"
+                base = stack.enter_context(serve(python, project, {**env, key: dead}))
+                stop = threading.Event()
+                answers: list[tuple[int, float]] = []
+                threads = [
+                    threading.Thread(
+                        target=hit_queue, args=(base + endpoint.path, endpoint.body, stop, answers)
+                    )
+                    for _ in range(8)
+                ]
+                for thread in threads:
+                    thread.start()
+                time.sleep(0.5)  # the queue requests are now stuck on the broker
+                try:
+                    health = measure(base + "/health", None, seconds, concurrency, method="GET")
+                finally:
+                    stop.set()
+                    for thread in threads:
+                        thread.join(90)
+            statuses = sorted({status for status, _ in answers})
+            times = [t for _, t in answers]
+            rows.append(
+                f"| {runner} | {case} | {health.rate:.0f} | {health.p50:.1f} | {health.p99:.1f} "
+                f"| {len(answers)} answers, status {statuses} "
+                f"| {statistics.median(times):.2f} / {max(times):.2f} |"
+            )
+    return rows
+
+
+def bench_rabbitmq(seconds: float, concurrency: int, repeats: int, workdir: Path) -> list[str]:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", 5672), 1):
+        python, project = prepare("celery", workdir / "rabbitmq", "--broker", "rabbitmq")
+        queue = f"bench-{uuid.uuid4().hex[:8]}"
+        (project / "bench_app.py").write_text(
+            CELERY_RABBIT_QUEUE.format(queue=queue) + NOOP_MODULE + CELERY_SEED
+        )
+        with private_redis(project) as (_port, env):
+            env = {**env, "CELERY_BROKER_URL": RABBITMQ_URL}
+            with serve(python, project, env) as base:
+                endpoint = QUEUE_ENDPOINT["celery"]
+                measure(base + endpoint.path, None, min(seconds, 3), concurrency)
+                figures = [
+                    measure(base + endpoint.path, None, seconds, concurrency)
+                    for _ in range(repeats)
+                ]
+        rates = [f.rate for f in figures]
+        return [
+            f"| celery, RabbitMQ broker | {endpoint.label} | {statistics.median(rates):.0f} "
+            f"({min(rates):.0f}-{max(rates):.0f}) "
+            f"| {statistics.median(f.p50 for f in figures):.1f} "
+            f"| {statistics.median(f.p99 for f in figures):.1f} | | | | all 2xx |"
+        ]
+    return ["| celery, RabbitMQ broker | not reachable on 127.0.0.1:5672: skipped | | | | | | | |"]
 
 
 def main() -> None:
@@ -231,23 +502,47 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--runner", choices=sorted(TARGETS), action="append")
+    parser.add_argument("--runner", choices=sorted(ENDPOINTS), action="append")
+    parser.add_argument("--no-outage", action="store_true", help="skip the broker outages")
+    parser.add_argument("--no-rabbitmq", action="store_true", help="skip the RabbitMQ row")
     args = parser.parse_args()
-    rows = []
+    runners = args.runner or sorted(ENDPOINTS)
+    rows, outages, rabbit = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for runner in args.runner or sorted(TARGETS):
-            rows += bench_runner(runner, args.seconds, args.concurrency, args.runs, Path(tmp))
+        for runner in runners:
+            work = Path(tmp) / runner
+            work.mkdir()
+            rows += bench_runner(runner, args.seconds, args.concurrency, args.runs, work)
+            if not args.no_outage:
+                outage_dir = Path(tmp) / f"{runner}-outage"
+                outage_dir.mkdir()
+                outages += bench_outage(runner, args.seconds, args.concurrency, outage_dir)
+        if "celery" in runners and not args.no_rabbitmq:
+            rabbit = bench_rabbitmq(args.seconds, args.concurrency, args.runs, Path(tmp))
     client = "wrk" if shutil.which("wrk") else "an asyncio client (install wrk for better figures)"
     print(
         f"\n### {args.concurrency} requests in flight from {client}, {args.seconds:.0f} s per "
         f"endpoint, median of {args.runs} runs (min-max)\n"
     )
     print(
-        "| runner | endpoint | req/s | p50 ms | p99 ms | vs no-op | Redis clients before -> after |"
+        "| runner | endpoint | req/s | p50 ms | p99 ms | vs no-op (celery: def / async def) "
+        "| vs seed | Redis clients before -> after | messages queued / 2xx answers |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for row in rows:
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for row in rows + rabbit:
         print(row)
+    if outages:
+        print(
+            f"\n### Broker unusable: /health under {args.concurrency} requests in flight, "
+            "8 more on the queue endpoint\n"
+        )
+        print(
+            "| runner | broker | /health req/s | /health p50 ms | /health p99 ms "
+            "| queue endpoint | its answer s (median / max) |"
+        )
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for row in outages:
+            print(row)
     print("\nthe client shares the 2 cores with the server: compare ratios, not absolute figures")
 
 

@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from tests.e2e.harness import (
+    AUTH,
     Proc,
     SmtpSink,
     add_task,
@@ -63,18 +64,18 @@ class Stack:
         return f"{self.base}{self.prefix}{path}"
 
     def queue(self, path: str, **kwargs: Any) -> str:
-        response = httpx.post(self.url(path), timeout=10, **kwargs)
+        response = httpx.post(self.url(path), headers=AUTH, timeout=10, **kwargs)
         assert response.status_code == 202, response.text
         return str(response.json()["task_id"])
 
     def status(self, task_id: str) -> dict[str, Any]:
-        response = httpx.get(self.url(f"/status/{task_id}"), timeout=10)
+        response = httpx.get(self.url(f"/status/{task_id}"), headers=AUTH, timeout=10)
         assert response.status_code == 200, response.text
         body: dict[str, Any] = response.json()
         return body
 
     def cancel(self, task_id: str) -> httpx.Response:
-        return httpx.delete(self.url(f"/cancel/{task_id}"), timeout=10)
+        return httpx.delete(self.url(f"/cancel/{task_id}"), headers=AUTH, timeout=10)
 
     def final(self, task_id: str, timeout: float = 30) -> dict[str, Any]:
         def finished() -> dict[str, Any] | None:
@@ -299,7 +300,8 @@ def test_send_email_progress_order_and_unknown_ids(stack: Stack) -> None:
 
         # 4. ids this API never issued: 404 for status and cancel (Celery says PENDING)
         unknown = str(uuid.uuid4())
-        assert httpx.get(stack.url(f"/status/{unknown}"), timeout=10).status_code == 404
+        unknown_status = httpx.get(stack.url(f"/status/{unknown}"), headers=AUTH, timeout=10)
+        assert unknown_status.status_code == 404
         assert stack.cancel(unknown).status_code == 404
         # finished tasks cannot be cancelled any more: 409 with the real state
         response = stack.cancel(order_id)
@@ -392,7 +394,8 @@ def test_unreachable_broker_is_a_quick_503_off_the_event_loop(stack: Stack) -> N
 
         def publish() -> None:
             started = time.monotonic()
-            response = httpx.post(f"{base}{stack.prefix}/process-order/1", timeout=30)
+            url = f"{base}{stack.prefix}/process-order/1"
+            response = httpx.post(url, headers=AUTH, timeout=30)
             outcome["response"] = response
             outcome["seconds"] = time.monotonic() - started
 
