@@ -15,7 +15,9 @@ from tests.conftest import is_subsequence
 cli = CliRunner()
 
 
-QUEUE_RUNNERS = [spec.name for spec in available_runners() if spec.name in ("celery", "arq")]
+QUEUE_RUNNERS = [
+    spec.name for spec in available_runners() if spec.name in ("celery", "arq", "taskiq")
+]
 
 
 @pytest.mark.parametrize("runner", QUEUE_RUNNERS)

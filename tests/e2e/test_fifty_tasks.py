@@ -25,7 +25,7 @@ def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
     return result.stdout
 
 
-@pytest.mark.parametrize("runner", ["celery", "arq"])
+@pytest.mark.parametrize("runner", ["celery", "arq", "taskiq"])
 def test_fifty_added_tasks_keep_the_project_clean(runner: str, tmp_path: Path) -> None:
     python = runner_python(runner)
     project = scaffold("layered", tmp_path, "--runner", runner)
@@ -60,6 +60,7 @@ def test_fifty_added_tasks_keep_the_project_clean(runner: str, tmp_path: Path) -
             "REDIS_URL": f"{url}/0",
             "CELERY_BROKER_URL": f"{url}/0",
             "CELERY_RESULT_BACKEND": f"{url}/1",
+            "TASKIQ_BROKER_URL": f"{url}/0",
         }
         output = run(
             [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], project, env
