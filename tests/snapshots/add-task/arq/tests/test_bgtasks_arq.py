@@ -51,6 +51,9 @@ from app.tasks.serialization import deserialize, serialize
 
 CONFIG = settings
 JSON = {"content-type": "application/json"}
+# The API token of these tests; every request of `client` carries it and says JSON.
+TOKEN = f"test-{uuid.uuid4().hex}"
+HEADERS = {"authorization": f"Bearer {TOKEN}", **JSON}
 
 
 def _b_word(text: bytes) -> str:
@@ -115,13 +118,26 @@ def queue_name(redis_url: str) -> Iterator[str]:
     asyncio.run(drop())
 
 
-@pytest.fixture
-def client(queue_name: str) -> Iterator[TestClient]:
+def the_app() -> FastAPI:
     from app.main import app
 
     application: FastAPI = app
+    return application
+
+
+@pytest.fixture
+def token(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The API accepts TOKEN, and nothing without it, whatever the environment says."""
+    monkeypatch.setattr(CONFIG, "BGTASKS_API_TOKEN", TOKEN)
+    monkeypatch.setattr(CONFIG, "BGTASKS_ALLOW_ANONYMOUS", False)
+    return TOKEN
+
+
+@pytest.fixture
+def client(queue_name: str, token: str) -> Iterator[TestClient]:
+    application = the_app()
     # inside `with`, so the app's lifespan opens (and then closes) its arq pool
-    with TestClient(application) as test_client:
+    with TestClient(application, headers=HEADERS) as test_client:
         getattr(application.state, STATE_KEY).default_queue_name = queue_name
         yield test_client
 
@@ -204,6 +220,70 @@ def status_of(client: TestClient, job_id: str) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+def test_requests_without_the_token_are_refused(token: str) -> None:
+    application = the_app()
+    unknown = uuid.uuid4().hex
+    requests = [
+        ("POST", "/arq-tasks/send-email"),
+        ("POST", "/arq-tasks/process-data"),
+        ("GET", f"/arq-tasks/status/{unknown}"),
+        ("POST", f"/arq-tasks/abort/{unknown}"),
+    ]
+    payload = {"to": "a@example.com", "subject": "Hi", "body": "b"}
+    for authorization in ("", "Bearer wrong-token", f"Basic {token}", "Bearer "):
+        headers = {**JSON, "authorization": authorization} if authorization else JSON
+        # no `with`: refused before the Redis pool is needed
+        caller = TestClient(application, headers=headers)
+        for method, path in requests:
+            body = payload if method == "POST" else None
+            response = caller.request(method, path, json=body)
+            assert response.status_code == 401, (method, path, authorization)
+            assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_anonymous_requests_pass_only_when_allowed(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(CONFIG, "BGTASKS_ALLOW_ANONYMOUS", True)
+    path = f"/arq-tasks/status/{uuid.uuid4().hex}"
+    anonymous = client.get(path, headers={"authorization": ""})
+    assert anonymous.status_code == 404  # past the hook: an unknown id
+    wrong = client.get(path, headers={"authorization": "Bearer wrong-token"})
+    assert wrong.status_code == 401  # a wrong token is still refused
+
+
+def test_a_post_that_is_not_json_is_refused(token: str) -> None:
+    # What a cross-site form or no-cors fetch can send without a CORS preflight.
+    caller = TestClient(the_app(), headers=HEADERS)
+    form = caller.post(
+        "/arq-tasks/send-email",
+        data={"to": "a@example.com", "subject": "Hi", "body": "b"},
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert form.status_code == 415, form.text
+    abort_path = f"/arq-tasks/abort/{uuid.uuid4().hex}"
+    for content_type in ("text/plain", "multipart/form-data; boundary=x"):
+        response = caller.post(abort_path, headers={"content-type": content_type})
+        assert response.status_code == 415, content_type
+
+
+def test_openapi_declares_the_real_responses() -> None:
+    schema = the_app().openapi()["paths"]
+    declared = {
+        ("/send-email", "post"): {"200", "202", "401", "413", "415", "429", "503"},
+        ("/process-data", "post"): {"200", "202", "401", "413", "415", "503"},
+        ("/long-running", "post"): {"200", "202", "401", "413", "415", "503"},
+        ("/status/{job_id}", "get"): {"200", "401", "404", "503"},
+        ("/abort/{job_id}", "post"): {"200", "202", "401", "404", "409", "415", "503"},
+    }
+    for (path, method), codes in declared.items():
+        operation = schema[f"/arq-tasks{path}"][method]
+        assert codes <= set(operation["responses"]), (path, operation["responses"])
+        assert operation["summary"] and "Queue Send" not in operation["summary"], path
+        refused = operation["responses"]["401"]["content"]["application/json"]
+        assert refused["schema"]["$ref"].endswith("/ErrorMessage"), path
 
 
 def test_worker_settings_register_function_objects() -> None:
@@ -524,6 +604,7 @@ def test_abort_queued_job(client: TestClient, redis_url: str, queue_name: str) -
     assert body["status"] == "complete" and body["error"] == "aborted"
     assert body["result"] is None
     done = client.post(f"/arq-tasks/abort/{job_id}")
+    assert done.status_code == 409  # finished: nothing left to abort
     assert done.json() == {"job_id": job_id, "aborted": True, "status": "complete"}
 
 

@@ -26,6 +26,8 @@ from celery.contrib.testing.worker import start_worker
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from kombu import Exchange, Queue
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
 
 from app.api.v1.routes import tasks as task_routes
 from app.core.config import settings
@@ -44,6 +46,9 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 TEST_QUEUE = f"bgtasks-test-{uuid.uuid4().hex[:12]}"
 WAIT_SECONDS = 20.0
 JSON = {"content-type": "application/json"}
+# The API token of these tests; every request of `client` carries it and says JSON.
+TOKEN = f"test-{uuid.uuid4().hex}"
+HEADERS = {"authorization": f"Bearer {TOKEN}", **JSON}
 
 
 def _b_word(text: bytes) -> str:
@@ -190,7 +195,7 @@ def worker() -> Iterator[Any]:
         with celery_app.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, interval_start=0, timeout=3)
         registry.client().ping()
-    except Exception as exc:  # any failure means "no broker here"
+    except (OSError, OperationalError, RedisError) as exc:  # no broker here
         _unavailable(
             f"broker or result backend unreachable ({type(exc).__name__}): set "
             "CELERY_BROKER_URL and CELERY_RESULT_BACKEND"
@@ -225,18 +230,24 @@ def api() -> FastAPI:
 
 
 @pytest.fixture
-def client(api: FastAPI) -> Iterator[TestClient]:
-    # The access hook is your project's business, and the email rate limit would
-    # refuse a quick re-run of this suite: test_email_rate_limit checks it alone.
-    hooks = (task_routes.require_task_access, task_routes.limit_email_rate)
-    for hook in hooks:
-        api.dependency_overrides[hook] = lambda: None
+def token(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The API accepts TOKEN, and nothing without it, whatever the environment says."""
+    config = settings
+    monkeypatch.setattr(config, "BGTASKS_API_TOKEN", TOKEN)
+    monkeypatch.setattr(config, "BGTASKS_ALLOW_ANONYMOUS", False)
+    return TOKEN
+
+
+@pytest.fixture
+def client(api: FastAPI, token: str) -> Iterator[TestClient]:
+    # The email rate limit would refuse a quick re-run of this suite:
+    # test_email_rate_limit checks it alone.
+    api.dependency_overrides[task_routes.limit_email_rate] = lambda: None
     try:
-        with TestClient(api) as test_client:
+        with TestClient(api, headers=HEADERS) as test_client:
             yield test_client
     finally:
-        for hook in hooks:
-            api.dependency_overrides.pop(hook, None)
+        api.dependency_overrides.pop(task_routes.limit_email_rate, None)
 
 
 def _queue(client: TestClient, api: FastAPI, name: str, **kwargs: Any) -> str:
@@ -275,6 +286,74 @@ def _email(subject: str, to: str = "someone@example.com") -> dict[str, str]:
     return {"to": to, "subject": subject, "body": "Sent by the bgtasks tests."}
 
 
+def test_requests_without_the_token_are_refused(api: FastAPI, token: str) -> None:
+    unknown = str(uuid.uuid4())
+    requests = [
+        ("POST", api.url_path_for("bgtasks_send_email")),
+        ("POST", api.url_path_for("bgtasks_process_order", order_id=1)),
+        ("GET", api.url_path_for("bgtasks_task_status", task_id=unknown)),
+        ("DELETE", api.url_path_for("bgtasks_cancel_task", task_id=unknown)),
+    ]
+    for authorization in ("", "Bearer wrong-token", f"Basic {token}", "Bearer "):
+        headers = {**JSON, "authorization": authorization} if authorization else JSON
+        caller = TestClient(api, headers=headers)
+        for method, path in requests:
+            body = _email("hi") if method == "POST" else None
+            response = caller.request(method, path, json=body)
+            assert response.status_code == 401, (method, path, authorization)
+            assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_anonymous_requests_pass_only_when_allowed(
+    worker: Any, client: TestClient, api: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = settings
+    monkeypatch.setattr(config, "BGTASKS_ALLOW_ANONYMOUS", True)
+    anonymous = TestClient(api, headers=JSON)
+    path = api.url_path_for("bgtasks_task_status", task_id=str(uuid.uuid4()))
+    assert anonymous.get(path).status_code == 404  # past the hook: an unknown id
+    wrong = anonymous.get(path, headers={"authorization": "Bearer wrong-token"})
+    assert wrong.status_code == 401  # a wrong token is still refused
+
+
+def test_a_post_that_is_not_json_is_refused(client: TestClient, api: FastAPI) -> None:
+    # What a cross-site form or no-cors fetch can send without a CORS preflight.
+    path = api.url_path_for("bgtasks_send_email")
+    form = client.post(
+        path,
+        data=_email("form"),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert form.status_code == 415, form.text
+    order = api.url_path_for("bgtasks_process_order", order_id=1)
+    for content_type in ("text/plain", "multipart/form-data; boundary=x"):
+        response = client.post(order, headers={"content-type": content_type})
+        assert response.status_code == 415, content_type
+
+
+def _template(api: FastAPI, name: str, *params: str) -> str:
+    """Route `name`'s path as OpenAPI lists it, `{param}` placeholders kept."""
+    return str(api.url_path_for(name, **{p: "{" + p + "}" for p in params}))
+
+
+def test_openapi_declares_the_real_responses(api: FastAPI) -> None:
+    schema = api.openapi()["paths"]
+    declared = {
+        ("bgtasks_send_email", "post", ""): {"202", "401", "413", "415", "429", "503"},
+        ("bgtasks_process_order", "post", "order_id"): {"202", "401", "413", "415"},
+        ("bgtasks_long_running", "post", ""): {"202", "401", "413", "415", "503"},
+        ("bgtasks_task_status", "get", "task_id"): {"200", "401", "404", "503"},
+        ("bgtasks_cancel_task", "delete", "task_id"): {"202", "401", "404", "409"},
+    }
+    for (name, method, param), codes in declared.items():
+        path = _template(api, name, *([param] if param else []))
+        operation = schema[path][method]
+        assert codes | {"503"} <= set(operation["responses"]), (name, operation)
+        assert operation["summary"] and "Bgtasks" not in operation["summary"], name
+        refused = operation["responses"]["401"]["content"]["application/json"]
+        assert refused["schema"]["$ref"].endswith("/ErrorMessage"), name
+
+
 def test_configuration_is_json_only_and_reliable() -> None:
     conf = celery_app.conf
     assert conf.accept_content == ["json"]
@@ -310,7 +389,7 @@ def test_beat_schedule_entries_are_valid() -> None:
         beat_entry = ScheduleEntry(
             name=name, task=entry["task"], schedule=entry["schedule"], app=celery_app
         )
-        due, next_check = beat_entry.is_due()
+        next_check = beat_entry.is_due()[1]
         assert next_check > 0, name
     daily = schedule["send-daily-reports"]["schedule"]
     assert daily.hour == {9} and daily.minute == {0}
@@ -565,7 +644,7 @@ def test_cancel_flags_are_per_task() -> None:
     task_id = str(uuid.uuid4())
     try:
         registry.request_cancel(task_id, ttl=60)
-    except Exception as exc:
+    except (OSError, RedisError) as exc:
         _unavailable(f"result backend unreachable ({type(exc).__name__})")
     assert registry.cancel_requested(task_id)
     assert not registry.cancel_requested(str(uuid.uuid4()))

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from fastapi.testclient import TestClient
@@ -21,6 +21,10 @@ from app.tasks import email as email_module
 from app.tasks import notifications as jobs
 
 Sent = list[tuple[str, str, str]]
+JSON = {"content-type": "application/json"}
+# The API token of these tests; every request of `client` carries it and says JSON.
+TOKEN = "test-token-of-the-generated-tests"
+HEADERS = {"authorization": f"Bearer {TOKEN}", **JSON}
 UTC = timezone.utc  # noqa: UP017 - datetime.UTC needs Python 3.11
 
 
@@ -64,8 +68,70 @@ PROCESS = str(API.url_path_for("process_later"))
 
 
 @pytest.fixture
-def client() -> TestClient:
-    return TestClient(API)
+def token(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The API accepts TOKEN, and nothing without it, whatever the environment says."""
+    config = settings
+    monkeypatch.setattr(config, "BGTASKS_API_TOKEN", TOKEN)
+    monkeypatch.setattr(config, "BGTASKS_ALLOW_ANONYMOUS", False)
+    return TOKEN
+
+
+@pytest.fixture
+def client(token: str) -> TestClient:
+    return TestClient(API, headers=HEADERS)
+
+
+def test_requests_without_the_token_are_refused(token: str, sent: Sent) -> None:
+    payload = {"to": "ada@example.com", "subject": "Hi", "body": "Welcome"}
+    for authorization in ("", "Bearer wrong-token", f"Basic {token}", "Bearer "):
+        headers = {**JSON, "authorization": authorization} if authorization else JSON
+        caller = TestClient(API, headers=headers)
+        for path in (SEND_EMAIL, PROCESS):
+            response = caller.post(path, json=payload)
+            assert response.status_code == 401, (path, authorization)
+            assert response.headers["www-authenticate"] == "Bearer"
+    assert sent == []
+    accepted = TestClient(API, headers=HEADERS).post(SEND_EMAIL, json=payload)
+    assert accepted.status_code == 202
+
+
+def test_anonymous_requests_pass_only_when_allowed(
+    token: str, sent: Sent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = settings
+    monkeypatch.setattr(config, "BGTASKS_ALLOW_ANONYMOUS", True)
+    payload = {"to": "ada@example.com", "subject": "Hi", "body": "Welcome"}
+    anonymous = TestClient(API, headers=JSON)
+    assert anonymous.post(SEND_EMAIL, json=payload).status_code == 202
+    wrong = {"authorization": "Bearer wrong-token"}
+    assert anonymous.post(SEND_EMAIL, json=payload, headers=wrong).status_code == 401
+    assert len(sent) == 1
+
+
+def test_a_post_that_is_not_json_is_refused(client: TestClient, sent: Sent) -> None:
+    # What a cross-site form or no-cors fetch can send without a CORS preflight.
+    form = {"to": "ada@example.com", "subject": "Hi", "body": "Welcome"}
+    for content_type in (
+        "application/x-www-form-urlencoded",
+        "text/plain",
+        "multipart/form-data; boundary=x",
+    ):
+        response = client.post(
+            SEND_EMAIL, data=form, headers={"content-type": content_type}
+        )
+        assert response.status_code == 415, content_type
+    assert sent == []
+
+
+def test_openapi_declares_the_real_responses() -> None:
+    schema = API.openapi()["paths"]
+    for path in (SEND_EMAIL, PROCESS):
+        operation = schema[path]["post"]
+        codes = set(operation["responses"])
+        assert {"202", "401", "413", "415", "422"} <= codes, (path, codes)
+        assert operation["summary"].startswith("Queue a"), path
+        refused = operation["responses"]["401"]["content"]["application/json"]
+        assert refused["schema"]["$ref"].endswith("/ErrorMessage"), path
 
 
 def test_send_email_is_accepted_and_runs_after_the_response(
@@ -218,21 +284,14 @@ def test_a_failing_job_does_not_stop_the_next(
     assert sent == [("ada@example.com", "New notification", "Order shipped")]
 
 
-class FakeSMTP:
-    instances: list["FakeSMTP"] = []
+class FakeSession:
+    """What the mailer does on one SMTP connection, recorded."""
 
     def __init__(self, host: str, port: int, timeout: float) -> None:
         self.host, self.port, self.timeout = host, port, timeout
         self.tls_context: Any = None
         self.logged_in = False
         self.messages: list[EmailMessage] = []
-        FakeSMTP.instances.append(self)
-
-    def __enter__(self) -> "FakeSMTP":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
     def starttls(self, context: Any = None) -> None:
         self.tls_context = context
@@ -244,16 +303,32 @@ class FakeSMTP:
         self.messages.append(message)
 
 
+class FakeSMTP:
+    """Stands in for smtplib.SMTP: `with FakeSMTP(...) as smtp` gives a FakeSession."""
+
+    sessions: ClassVar[list[FakeSession]] = []
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.session = FakeSession(host, port, timeout)
+        FakeSMTP.sessions.append(self.session)
+
+    def __enter__(self) -> FakeSession:
+        return self.session
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
 def test_send_email_uses_a_timeout_and_verified_tls(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    FakeSMTP.instances.clear()
+    FakeSMTP.sessions.clear()
     monkeypatch.setattr(smtplib, "SMTP", FakeSMTP)
     config = settings
     monkeypatch.setattr(config, "SMTP_STARTTLS", True)
     monkeypatch.setattr(config, "SMTP_USER", "")
     email_module.send_email("ada@example.com", "Hi", "Welcome")
-    (smtp,) = FakeSMTP.instances
+    (smtp,) = FakeSMTP.sessions
     assert smtp.timeout == config.SMTP_TIMEOUT
     assert isinstance(smtp.tls_context, ssl.SSLContext)
     assert smtp.tls_context.verify_mode == ssl.CERT_REQUIRED
@@ -267,7 +342,7 @@ def test_settings_of_other_types_are_read_as_the_mailer_needs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A reused settings field may be a str: "false" must not switch STARTTLS on.
-    FakeSMTP.instances.clear()
+    FakeSMTP.sessions.clear()
     monkeypatch.setattr(smtplib, "SMTP", FakeSMTP)
     config = settings
     monkeypatch.setattr(config, "SMTP_PORT", "2525")
@@ -275,7 +350,7 @@ def test_settings_of_other_types_are_read_as_the_mailer_needs(
     monkeypatch.setattr(config, "SMTP_STARTTLS", "false")
     monkeypatch.setattr(config, "SMTP_USER", None)
     email_module.send_email("ada@example.com", "Hi", "Welcome")
-    (smtp,) = FakeSMTP.instances
+    (smtp,) = FakeSMTP.sessions
     assert (smtp.port, smtp.timeout, smtp.tls_context) == (2525, 7.0, None)
     assert not smtp.logged_in
     monkeypatch.setattr(config, "SMTP_STARTTLS", "maybe")

@@ -190,8 +190,7 @@ def _setting(config: Any, name: str) -> bool:
 
 def _tls_context(config: Any) -> ssl.SSLContext:
     """A verified TLS context: without one, a man in the middle reads the password."""
-    context = ssl.create_default_context()
-    return context
+    return ssl.create_default_context()
 
 
 def _implicit_tls(config: Any) -> bool:
@@ -218,7 +217,7 @@ def build_message(to: str, subject: str, body: str) -> EmailMessage:
 
 def retry_delay(job_try: int) -> float:
     """Seconds to wait before try `job_try + 1`: exponential backoff with jitter."""
-    ceiling = min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2 ** (job_try - 1))
+    ceiling = min(RETRY_MAX_DELAY, RETRY_BASE_DELAY * 2.0 ** (job_try - 1))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 

@@ -3,7 +3,10 @@
 A key is only unique to the caller who sent it: two callers who pick the same key get
 two jobs, so nobody can claim a key first to make a later request of someone else
 answer "duplicate" (and never run). The job id is `<function>:<HMAC-SHA256 of caller,
-function and key>`, so it cannot be guessed from the key either.
+function and key>`, so it cannot be guessed from the key either. The caller is the
+identity the router's auth hook returns: `token:<hash of the API token>` as generated
+(never the token itself), the client address when anonymous access is allowed, or
+whatever the hook returns once it knows your users.
 
 The HMAC secret is the `BGTASKS_JOB_ID_SECRET` environment variable (set it to a long
 random value, the same for every web process of one deployment). Without it, a random

@@ -61,15 +61,15 @@ _RESULT_FIELDS: dict[str, Callable[[object], bool]] = {
 
 
 def deserialize(raw: bytes) -> dict[str, Any]:
-    """arq job_deserializer: a JSON object with the fields arq expects, or ValueError.
+    """arq job_deserializer: a JSON object with the fields arq expects, or an error.
 
     Refuses an old pickle, a record that is not JSON, and one with a missing or
-    mistyped field. arq turns the ValueError into DeserializationError: the worker
+    mistyped field. arq turns any error into DeserializationError: the worker
     logs it, records the job as failed and drops it, and goes on with the next job.
     """
     data = json.loads(raw)
     if not isinstance(data, dict):
-        raise ValueError("an arq record must be a JSON object")
+        raise TypeError("an arq record must be a JSON object")
     fields = {**_RECORD_FIELDS, **(_RESULT_FIELDS if "s" in data else {})}
     for name, valid in fields.items():
         if name not in data:

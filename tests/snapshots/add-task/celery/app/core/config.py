@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     SMTP_STARTTLS: bool = True
     SMTP_TIMEOUT: float = 10.0
     EMAIL_FROM: str = "noreply@example.com"
+    BGTASKS_API_TOKEN: SecretStr = SecretStr("")
+    BGTASKS_ALLOW_ANONYMOUS: bool = False
 
 
 settings = Settings()

@@ -56,7 +56,7 @@ class SingleBeatScheduler(PersistentScheduler):
             held = registry.take_lock(LOCK_NAME, self.lock_token, LOCK_TTL)
             holder = None if held else registry.lock_holder(LOCK_NAME)
         except RedisError:
-            logger.error("beat: Redis unreachable, sending nothing until it is back")
+            logger.warning("beat: Redis unreachable, sending nothing until it is back")
             self.holds_lock = False
             return False
         if held and not self.holds_lock:

@@ -115,7 +115,8 @@ celery_app = Celery(
     include=["app.tasks.tasks"],
     task_cls=CancellableTask,
 )
-celery_app.backend_cls = ResultBackend
+# By name: celery 5.6 takes only a string here (a class breaks its backend lookup).
+celery_app.backend_cls = "app.tasks.celery_app:ResultBackend"
 
 celery_app.conf.update(
     # JSON only, in both directions: pickle would let anyone who can write to the

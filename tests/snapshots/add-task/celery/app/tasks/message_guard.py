@@ -36,6 +36,7 @@ def problem_with(message: Any) -> str | None:
     try:
         payload = message.payload
     except Exception as exc:  # any decoding failure: the body cannot be read
+        logger.debug("undecodable message body", exc_info=True)
         return f"its body cannot be decoded ({type(exc).__name__})"
     if isinstance(payload, dict) and "args" in payload:
         return None  # protocol 1: Celery converts and checks it itself
@@ -71,7 +72,9 @@ def guarded_strategy(
             try:
                 task.backend.mark_as_failure(task_id, MalformedMessage(problem))
             except Exception:  # the drop matters more than the record
-                logger.warning("could not record FAILURE for task %s", task_id)
+                logger.warning(
+                    "could not record FAILURE for task %s", task_id, exc_info=True
+                )
         # Celery's consumer answers this error with a reject without requeue.
         raise InvalidTaskError(f"malformed message for {task.name}: {problem}")
 
@@ -89,12 +92,10 @@ class GuardedRedisChannel(kombu_redis.Channel):
             try:
                 return read(**options)
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
-                # BRPOP already removed the entry: nothing is left to requeue.
-                logger.error(
-                    "dropped a queue entry that is not a message (%s)",
-                    type(exc).__name__,
-                )
-                return False
+                problem = type(exc).__name__
+            # BRPOP already removed the entry: nothing is left to requeue.
+            logger.error("dropped a queue entry that is not a message (%s)", problem)
+            return False
 
         self.handlers["BRPOP"] = guarded_read
 

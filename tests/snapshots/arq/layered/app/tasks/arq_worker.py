@@ -24,9 +24,12 @@ addresses, message text and whatever your own jobs take (see HideJobArguments).
 import datetime
 import logging
 import random
+from typing import ClassVar
 
 from arq import cron, func
 from arq.connections import RedisSettings
+from arq.cron import CronJob
+from arq.worker import Function
 from redis.asyncio.retry import Retry
 from redis.backoff import AbstractBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -82,7 +85,7 @@ class LoggedBackoff(AbstractBackoff):
     """
 
     def compute(self, failures: int) -> float:
-        ceiling = min(REDIS_RETRY_MAX_DELAY, REDIS_RETRY_BASE_DELAY * 2**failures)
+        ceiling = min(REDIS_RETRY_MAX_DELAY, REDIS_RETRY_BASE_DELAY * 2.0**failures)
         delay = ceiling / 2 + random.uniform(0, ceiling / 2)
         if failures == 1 or failures % REDIS_RETRY_LOG_EVERY == 0:
             _redis_logger.warning(
@@ -137,7 +140,7 @@ class WorkerSettings:
     job_deserializer = deserialize
 
     # Function objects with explicit names: the names the API enqueues by.
-    functions = [
+    functions: ClassVar[list[Function]] = [
         func(
             arq_tasks.send_email,
             name="send_email",
@@ -162,7 +165,7 @@ class WorkerSettings:
         ),
     ]
     # 03:00 UTC (see `timezone` below); unique=True: once, however many workers run
-    cron_jobs = [
+    cron_jobs: ClassVar[list[CronJob]] = [
         cron(
             arq_tasks.daily_cleanup,
             name="daily_cleanup",

@@ -21,6 +21,8 @@ class Settings(AppSettings, RedisSettings):
     smtp_starttls: bool = True
     smtp_timeout: float = 10.0
     email_from: str = "noreply@example.com"
+    bgtasks_api_token: SecretStr = SecretStr("")
+    bgtasks_allow_anonymous: bool = False
 
 
 @lru_cache

@@ -79,8 +79,8 @@ class QueueClient(ArqRedis):
         _job_id: str | None = None,
         _queue_name: str | None = None,
         _defer_until: datetime | None = None,
-        _defer_by: int | float | timedelta | None = None,
-        _expires: int | float | timedelta | None = None,
+        _defer_by: float | timedelta | None = None,
+        _expires: float | timedelta | None = None,
         _job_try: int | None = None,
         **kwargs: Any,
     ) -> Job | None:

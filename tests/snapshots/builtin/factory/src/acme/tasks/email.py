@@ -151,8 +151,7 @@ def _setting(config: Any, name: str) -> bool:
 
 def _tls_context(config: Any) -> ssl.SSLContext:
     """A verified TLS context: without one, a man in the middle reads the password."""
-    context = ssl.create_default_context()
-    return context
+    return ssl.create_default_context()
 
 
 def _implicit_tls(config: Any) -> bool:

@@ -46,6 +46,11 @@ def _issued_key(task_id: str) -> str:
     return f"{KEY_PREFIX}:issued:{task_id}"
 
 
+def issued_key(task_id: str) -> str:
+    """The key recording an issued id (fast_publish writes it with the message)."""
+    return _issued_key(task_id)
+
+
 def _cancel_key(task_id: str) -> str:
     return f"{KEY_PREFIX}:cancel:{task_id}"
 

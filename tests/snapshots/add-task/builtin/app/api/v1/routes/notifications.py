@@ -1,7 +1,16 @@
 """Routes that hand work to FastAPI's BackgroundTasks and answer 202 at once.
 
 A request body larger than MAX_BODY_BYTES is refused with 413 before it is read, and a
-422 names what is wrong without echoing the input (see BoundedRoute).
+422 names what is wrong without echoing the input (see BoundedRoute). A POST must say
+`Content-Type: application/json` (415 otherwise).
+
+Who may call these routes is decided by `authorize_task_access` in
+app.tasks.auth,
+the one place to edit: as generated, callers send `Authorization: Bearer <token>`, the
+token being the value of
+BGTASKS_API_TOKEN; anything else is 401. There is no email
+rate limit here (no shared store to count in): add one in that hook, or put the routes
+behind a proxy that limits, before they are reachable from outside.
 """
 
 from collections.abc import Callable, Coroutine
@@ -22,7 +31,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
 
 from app.tasks import notifications as jobs
-from app.tasks.auth import require_task_access
+from app.tasks.auth import authorize_task_access
 from app.tasks.email import (
     checked_recipient,
     checked_subject,
@@ -44,12 +53,21 @@ class BoundedRoute(APIRoute):
     chunked body streams in). Its validation errors keep `loc`, `msg` and `type` but
     drop `input`: that can be as large as the body, hold an address, or be a number
     JSON cannot carry (1e400 parses as inf, and rendering it would fail with a 500).
+
+    A POST whose Content-Type is not JSON is refused with 415 before its body is read:
+    a cross-site form or a no-cors fetch cannot send that type without a CORS preflight,
+    so no other site can make a visitor's browser queue work. A route without a body
+    takes an empty one (or `{}`) with that type.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
 
         async def bounded_handler(request: Request) -> Response:
+            if request.method == "POST" and not _is_json(request):
+                raise HTTPException(
+                    status_code=415, detail="Send Content-Type: application/json"
+                )
             body = await _read_bounded_body(request)
             replayed = Request(request.scope, _replay(body, request.receive))
             try:
@@ -62,6 +80,12 @@ class BoundedRoute(APIRoute):
                 raise RequestValidationError(errors) from None
 
         return bounded_handler
+
+
+def _is_json(request: Request) -> bool:
+    media_type = request.headers.get("content-type", "").partition(";")[0]
+    kind, _, subtype = media_type.strip().lower().partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 def _too_large() -> HTTPException:
@@ -101,11 +125,35 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replayed
 
 
+class ErrorMessage(BaseModel):
+    """The body of an error answer (a 422 has FastAPI's own, without the input)."""
+
+    detail: str
+
+
+ERRORS = {
+    401: "Missing or invalid API token",
+    404: "Unknown task id",
+    413: "Request body too large",
+    415: "Content-Type is not application/json",
+    429: "Too many emails, try again later",
+    503: "Task queue unavailable, try again later",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of these error codes, each with the ErrorMessage body."""
+    return {
+        code: {"model": ErrorMessage, "description": ERRORS[code]} for code in codes
+    }
+
+
 router = APIRouter(
     prefix="/notifications",
     tags=["notifications"],
-    dependencies=[Depends(require_task_access)],
+    dependencies=[Depends(authorize_task_access)],
     route_class=BoundedRoute,
+    responses=errors(401),
 )
 
 # Headers: one line each, also once encoded words are decoded (see the email module).
@@ -132,7 +180,12 @@ class Accepted(BaseModel):
     detail: str
 
 
-@router.post("/send-email", status_code=202)
+@router.post(
+    "/send-email",
+    status_code=202,
+    summary="Queue an email",
+    responses=errors(413, 415),
+)
 async def send_email_later(
     request: EmailRequest, background_tasks: BackgroundTasks
 ) -> Accepted:
@@ -143,7 +196,12 @@ async def send_email_later(
     return Accepted(detail="the email will be sent after this response")
 
 
-@router.post("/process", status_code=202)
+@router.post(
+    "/process",
+    status_code=202,
+    summary="Queue a notification",
+    responses=errors(413, 415),
+)
 async def process_later(
     request: NotificationRequest, background_tasks: BackgroundTasks
 ) -> Accepted:
@@ -166,7 +224,12 @@ class ResizeImageRequest(BaseModel):
     sizes: list[int]
 
 
-@router.post("/resize-image", status_code=202)
+@router.post(
+    "/resize-image",
+    status_code=202,
+    summary="Queue resize image",
+    responses=errors(413, 415),
+)
 async def resize_image_later(
     request: ResizeImageRequest,
     background_tasks: BackgroundTasks,

@@ -8,17 +8,25 @@ same request from the same caller answers 200 with the existing job's id and sta
 another job, and the job id is a keyed hash, never the key itself (see idempotency.py).
 Without the header, every request enqueues a new job.
 
-Every endpoint runs `authorize_task_access` below: fill it in before exposing them. The
-identity it returns scopes idempotency keys and the email rate limit.
+Who may call these routes is decided by `authorize_task_access` below, the one place to
+edit: as generated, callers send `Authorization: Bearer <token>`, the token being the
+value of
+BGTASKS_API_TOKEN; anything else is 401. The identity it returns scopes
+idempotency keys and the email rate limit.
 
 A request body larger than MAX_BODY_BYTES is refused with 413 before it is read, and a
-422 names what is wrong without echoing the input (see BoundedRoute).
+422 names what is wrong without echoing the input (see BoundedRoute). A POST must say
+`Content-Type: application/json` (415 otherwise), also one without a body (abort).
 """
 
 import asyncio
+import contextlib
+import hashlib
+import hmac
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from arq.connections import ArqRedis
@@ -36,10 +44,18 @@ from fastapi import (
 )
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from pydantic import AfterValidator, BaseModel, EmailStr, Field, FiniteFloat
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    EmailStr,
+    Field,
+    FiniteFloat,
+    SecretStr,
+)
 from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
 
+from app.core.config import settings
 from app.tasks.arq_tasks import (
     checked_recipient,
     checked_subject,
@@ -55,7 +71,11 @@ from app.tasks.serialization import error_kind
 
 logger = logging.getLogger(__name__)
 
-# Per caller per minute, so /send-email cannot be used as an open relay.
+# Per caller (see authorize_task_access) per minute, so /send-email cannot be used as
+# an open relay. Without a token the caller is the client address: behind a reverse
+# proxy that is the proxy's unless uvicorn runs with --proxy-headers and
+# --forwarded-allow-ips set to the proxy's own address only; never trust
+# X-Forwarded-For from anywhere else, or any client picks its own address.
 EMAILS_PER_MINUTE = 20
 ABORT_POLL_SECONDS = 0.2
 # The largest request body read (413 beyond). The largest valid ones: 10 000 values
@@ -64,19 +84,93 @@ ABORT_POLL_SECONDS = 0.2
 MAX_BODY_BYTES = 256 * 1024
 
 
-async def authorize_task_access(request: Request) -> str:
-    """Auth hook run before every endpoint of this router. Fill it in.
+@dataclass(frozen=True)
+class TaskAccess:
+    """What a request to the task routes asks for."""
 
-    Raise HTTPException(status_code=401) or (403) to refuse: check a bearer token,
-    or call your app's current-user dependency and its permissions. Status and abort
-    must not be open to everyone. As generated it lets every request through (and logs
-    nothing about the caller's credentials).
+    action: str  # "queue", "status" or "abort"
+    task_id: str | None  # the task it reads or aborts; None when queueing
 
-    Returns who the caller is: idempotency keys and the email rate limit are kept per
-    identity. As generated that is the client address; replace it with your user id
-    (behind a reverse proxy every request may share the proxy's address).
+
+async def task_access(request: Request) -> TaskAccess:
+    """The action and task id of a request, from its method and path."""
+    task_id = request.path_params.get("job_id")
+    if task_id is None:
+        return TaskAccess("queue", None)
+    action = "status" if request.method in ("GET", "HEAD") else "abort"
+    return TaskAccess(action, str(task_id))
+
+
+async def authorize_task_access(
+    request: Request, access: Annotated[TaskAccess, Depends(task_access)]
+) -> str:
+    """Decide who may queue, read and abort tasks: the one place to edit.
+
+    Every route of the router depends on it. Return the caller's identity, a stable
+    string that is not a secret (idempotency keys and the email rate limit are kept
+    per identity), or raise HTTPException(401) / (403) to refuse. `access.action` and
+    `access.task_id` say what is asked: whether a caller may read or abort a task
+    somebody else queued is your application's policy, decided here.
+
+    As generated a request passes with the API token, sent as
+    `Authorization: Bearer <token>` and set in the environment as
+    BGTASKS_API_TOKEN; or without one when
+    BGTASKS_ALLOW_ANONYMOUS=true (for local development only).
+    Any other request is 401. To use your project's current user instead, take it as a
+    parameter and decide here:
+
+        async def authorize_task_access(
+            request: Request,
+            access: Annotated[TaskAccess, Depends(task_access)],
+            user: Annotated[User, Depends(get_current_user)],
+        ) -> str:
+            if access.task_id is not None and not owns(user, access.task_id):
+                raise HTTPException(status_code=403, detail="Not your task")
+            return f"user:{user.id}"
     """
+    del access  # no per-task policy as generated
+    return api_token_caller(request)
+
+
+def client_identity(request: Request) -> str:
+    """The client address as an identity. Behind a reverse proxy that is the proxy's,
+    unless uvicorn runs with --proxy-headers and --forwarded-allow-ips set to the
+    proxy's own address only (then X-Forwarded-For from anywhere else is ignored)."""
     return f"address:{request.client.host if request.client else 'unknown'}"
+
+
+_anonymous_warned = False
+
+
+def api_token_caller(request: Request) -> str:
+    """The caller's identity when the request carries the API token; 401 otherwise,
+    unless anonymous requests are explicitly allowed."""
+    global _anonymous_warned
+    config = settings
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and presented.strip():
+        token: object = config.BGTASKS_API_TOKEN
+        if isinstance(token, SecretStr):
+            token = token.get_secret_value()
+        expected = str(token or "").encode()
+        given = presented.strip().encode()
+        # constant time: the comparison does not say how much of the token matched
+        if expected and hmac.compare_digest(given, expected):
+            # a stable name for the token's holder, never the token itself
+            return "token:" + hashlib.sha256(expected).hexdigest()[:16]
+    elif config.BGTASKS_ALLOW_ANONYMOUS is True:
+        if not _anonymous_warned:
+            _anonymous_warned = True
+            logger.warning(
+                "BGTASKS_ALLOW_ANONYMOUS is on: the task routes accept "
+                "requests without a token (local development only)"
+            )
+        return client_identity(request)
+    raise HTTPException(
+        status_code=401,
+        detail="Missing or invalid API token",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 Caller = Annotated[str, Depends(authorize_task_access)]
@@ -103,12 +197,21 @@ class BoundedRoute(APIRoute):
     chunked body streams in). Its validation errors keep `loc`, `msg` and `type` but
     drop `input`: that can be as large as the body, hold an address, or be a number
     JSON cannot carry (1e400 parses as inf, and rendering it would fail with a 500).
+
+    A POST whose Content-Type is not JSON is refused with 415 before its body is read:
+    a cross-site form or a no-cors fetch cannot send that type without a CORS preflight,
+    so no other site can make a visitor's browser queue work. A route without a body
+    takes an empty one (or `{}`) with that type.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
 
         async def bounded_handler(request: Request) -> Response:
+            if request.method == "POST" and not _is_json(request):
+                raise HTTPException(
+                    status_code=415, detail="Send Content-Type: application/json"
+                )
             body = await _read_bounded_body(request)
             replayed = Request(request.scope, _replay(body, request.receive))
             try:
@@ -121,6 +224,12 @@ class BoundedRoute(APIRoute):
                 raise RequestValidationError(errors) from None
 
         return bounded_handler
+
+
+def _is_json(request: Request) -> bool:
+    media_type = request.headers.get("content-type", "").partition(";")[0]
+    kind, _, subtype = media_type.strip().lower().partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 def _too_large() -> HTTPException:
@@ -160,11 +269,35 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replayed
 
 
+class ErrorMessage(BaseModel):
+    """The body of an error answer (a 422 has FastAPI's own, without the input)."""
+
+    detail: str
+
+
+ERRORS = {
+    401: "Missing or invalid API token",
+    404: "Unknown task id",
+    413: "Request body too large",
+    415: "Content-Type is not application/json",
+    429: "Too many emails, try again later",
+    503: "Task queue unavailable, try again later",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of these error codes, each with the ErrorMessage body."""
+    return {
+        code: {"model": ErrorMessage, "description": ERRORS[code]} for code in codes
+    }
+
+
 router = APIRouter(
     prefix="/arq-tasks",
     tags=["arq-tasks"],
     dependencies=[Depends(authorize_task_access)],
     route_class=BoundedRoute,
+    responses=errors(401),
     # the Redis pool opens and closes with the app that includes this router
     lifespan=lifespan,
 )
@@ -219,6 +352,12 @@ class JobAccepted(BaseModel):
     duplicate: bool = False
 
 
+class Progress(BaseModel):
+    current: int
+    total: int
+    percent: int
+
+
 class JobStatusResponse(BaseModel):
     job_id: str
     status: str  # deferred | queued | in_progress | complete
@@ -226,13 +365,29 @@ class JobStatusResponse(BaseModel):
     result: Any = None  # only when the job succeeded
     error: str | None = None  # aborted | timed_out | failed, never the raw exception
     tries: int | None = None
-    progress: str | None = None  # "<done>/<total>" while a long job runs
+    progress: Progress | None = None  # while a long job runs
+
+
+# a repeated Idempotency-Key: the job it queued before
+DUPLICATE: dict[str, Any] = {
+    "model": JobAccepted,
+    "description": "Already queued with this Idempotency-Key: that job",
+}
 
 
 class AbortResponse(BaseModel):
     job_id: str
     aborted: bool
     status: str
+
+
+def _progress(stored: bytes | None) -> Progress | None:
+    """The Progress a job stored as "<done>/<total>"; None when there is none."""
+    done, _, total = (stored or b"").decode(errors="replace").partition("/")
+    if not (done.isdigit() and total.isdigit() and int(total) > 0):
+        return None
+    current, steps = int(done), int(total)
+    return Progress(current=current, total=steps, percent=current * 100 // steps)
 
 
 def _job(queue: ArqRedis, job_id: str) -> Job:
@@ -271,7 +426,9 @@ async def _enqueue(
 @router.post(
     "/send-email",
     status_code=202,
+    summary="Queue an email",
     dependencies=[Depends(limit_email_rate)],
+    responses={200: DUPLICATE, **errors(413, 415, 429, 503)},
 )
 async def queue_send_email(
     payload: EmailRequest,
@@ -290,7 +447,12 @@ async def queue_send_email(
     )
 
 
-@router.post("/process-data", status_code=202)
+@router.post(
+    "/process-data",
+    status_code=202,
+    summary="Queue a data processing job",
+    responses={200: DUPLICATE, **errors(413, 415, 503)},
+)
 async def queue_process_data(
     payload: ProcessDataRequest,
     queue: TaskQueue,
@@ -307,7 +469,12 @@ async def queue_process_data(
     )
 
 
-@router.post("/long-running", status_code=202)
+@router.post(
+    "/long-running",
+    status_code=202,
+    summary="Queue a long job that reports progress",
+    responses={200: DUPLICATE, **errors(413, 415, 503)},
+)
 async def queue_long_running(
     payload: LongRunningRequest,
     queue: TaskQueue,
@@ -319,7 +486,11 @@ async def queue_long_running(
     )
 
 
-@router.get("/status/{job_id}")
+@router.get(
+    "/status/{job_id}",
+    summary="Read a job's status",
+    responses=errors(404, 503),
+)
 async def get_job_status(job_id: JobId, queue: TaskQueue) -> JobStatusResponse:
     """The job's state; its result once it succeeded; 404 for an unknown id."""
     job = _job(queue, job_id)
@@ -343,12 +514,19 @@ async def get_job_status(job_id: JobId, queue: TaskQueue) -> JobStatusResponse:
                 else:
                     answer.error = error_kind(info.result)
         elif state == JobStatus.in_progress:
-            progress = await queue.get(progress_key(job_id))
-            answer.progress = progress.decode() if progress else None
+            answer.progress = _progress(await queue.get(progress_key(job_id)))
     return answer
 
 
-@router.post("/abort/{job_id}")
+@router.post(
+    "/abort/{job_id}",
+    summary="Abort a job",
+    responses={
+        202: {"model": AbortResponse, "description": "Asked to stop; not stopped yet"},
+        409: {"model": AbortResponse, "description": "Already finished: its outcome"},
+        **errors(404, 415, 503),
+    },
+)
 async def abort_job(
     job_id: JobId,
     queue: TaskQueue,
@@ -357,24 +535,24 @@ async def abort_job(
 ) -> AbortResponse:
     """Abort a queued or running job, waiting up to `wait` seconds for the outcome.
 
-    200 with `"aborted": true` once the job stopped, or `false` when it had finished
-    first; 202 when it has not stopped yet (the abort stays requested: a queued job is
-    dropped when a worker reaches it).
+    200 with `"aborted": true` once this request stopped it; 409 when the job had
+    finished (before the request, or first during the wait: `"aborted"` says whether
+    it ended aborted); 202 when it has not stopped yet (the abort stays requested: a
+    queued job is dropped when a worker reaches it).
     """
     job = _job(queue, job_id)
     with queue_errors_as_503():
         state = await job.status()
         if state == JobStatus.not_found:
             raise HTTPException(status_code=404, detail="job not found")
-        if state != JobStatus.complete:
-            try:
+        finished_before = state == JobStatus.complete
+        if not finished_before:
+            # With JSON results abort() raises SerializationError even when the job was
+            # aborted, and a timeout only means the worker has not reacted yet (asyncio's
+            # TimeoutError differs from the builtin before Python 3.11). The stored
+            # result below says what really happened.
+            with contextlib.suppress(SerializationError, asyncio.TimeoutError, TimeoutError):
                 await job.abort(timeout=wait, poll_delay=ABORT_POLL_SECONDS)
-            except (SerializationError, asyncio.TimeoutError, TimeoutError):  # noqa: UP041
-                # With JSON results abort() raises SerializationError even when the job
-                # was aborted, and a timeout only means the worker has not reacted yet
-                # (asyncio's TimeoutError differs from the builtin before Python 3.11).
-                # The stored result below says what really happened.
-                pass
             state = await job.status()
         aborted = False
         if state == JobStatus.complete:
@@ -393,4 +571,6 @@ async def abort_job(
                 await queue.zrem(abort_jobs_ss, job_id)
     if state != JobStatus.complete:
         response.status_code = 202
+    elif finished_before or not aborted:
+        response.status_code = 409  # nothing left to stop, as celery's cancel answers
     return AbortResponse(job_id=job_id, aborted=aborted, status=state.value)

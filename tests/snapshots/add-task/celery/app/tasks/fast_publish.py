@@ -1,0 +1,645 @@
+"""Queue Celery tasks from `async def` endpoints without blocking the event loop.
+
+Celery publishes with blocking sockets. Called on the event loop, a slow or unreachable
+broker freezes every endpoint of the app; called in the threadpool, each publish pays
+the thread hop, contention among the pool's threads and a second round trip for the
+issued-id record. With a Redis broker, `enqueue` does neither:
+
+- the message is built by Celery and kombu themselves: `task.apply_async` runs with a
+  kombu Producer whose channel keeps the message instead of sending it (protocol 2
+  headers and body, the envelope, the body encoding, delivery tag, delivery info,
+  priority and the queue's list key all come from their code, countdown/ETA included);
+- after the first message of a task with given options, the next ones are made from
+  that one (_Template): Celery's create_task_message runs again with the arguments
+  send_task gave it, only the id and the task's arguments change, and what send_task
+  and kombu added around it is copied. Most of apply_async's time goes
+  to those additions, which never change. Not for a task whose apply_async or
+  shadow_name is overridden, an ETA, or while publish signals have receivers;
+- it is written with redis.asyncio in one round trip, together with the issued-id
+  record (registry.py): one Lua script does both when the broker and the result
+  backend are the same Redis server (their databases may differ), else two calls.
+
+One bounded connection pool per process and event loop, created on first use; every
+wait is bounded (PUBLISH_TIMEOUT): an unreachable broker is an OperationalError (the
+API answers 503) within that time, and the event loop keeps serving meanwhile.
+
+Verified against celery 5.7.0 with kombu 5.7.0, and celery 5.6.3 with kombu 5.6.2
+(tests/test_bgtasks_celery_publish.py compares what this module stores with what
+apply_async stores, field by field, and fails on any other release series). Other
+releases, other brokers (RabbitMQ), and publishes this module does not reproduce (an
+exchange other than the default direct one, a queue with an expiry, rediss://, eager
+mode, task-sent events) take the blocking path in the threadpool instead: correct
+first. Signals: before_task_publish and after_task_publish are sent while the message
+is built, just before it is written.
+
+`aclose()` closes the current event loop's connections (at shutdown, or in tests).
+"""
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import threading
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, final
+
+import celery
+import kombu
+from celery import Task, signals
+from kombu import Producer, serialization
+from kombu.exceptions import OperationalError
+from kombu.transport import redis as kombu_redis
+from kombu.utils import json as kombu_json
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from starlette.concurrency import run_in_threadpool
+
+from app.tasks import registry
+from app.tasks.celery_app import SOCKET_TIMEOUT, ResultBackend, celery_app
+
+logger = logging.getLogger(__name__)
+
+# (celery, kombu) release series whose messages this module reproduces.
+VERIFIED_RELEASES = (("5.7.", "5.7."), ("5.6.", "5.6."))
+# Most Redis connections one process opens for publishing (per event loop).
+MAX_CONNECTIONS = 20
+# The longest an enqueue waits, for a free connection and for Redis together.
+PUBLISH_TIMEOUT = SOCKET_TIMEOUT + 1.0
+
+# What kombu's Redis channel sends when it publishes a message (LPUSH, and PEXPIRE for
+# a queue with an expiry) and declares a queue (SADD of its bindings). Anything else,
+# a read such as routing through an exchange's bindings, is not reproduced here.
+_WRITES = frozenset({"lpush", "sadd", "pexpire"})
+
+# KEYS: the issued-id key, then one key per write. ARGV: the issued-id database, the
+# broker database, the id's TTL, then each write's command and value. SELECT inside a
+# script applies to that script only.
+_ONE_ROUND_TRIP = """
+redis.call('SELECT', ARGV[1])
+redis.call('SET', KEYS[1], 1, 'EX', ARGV[3])
+redis.call('SELECT', ARGV[2])
+for i = 2, #KEYS do
+    redis.call(ARGV[2 * i], KEYS[i], ARGV[2 * i + 1])
+end
+return #KEYS - 1
+"""
+# The writes alone (the issued id went to its own server first).
+_WRITES_ONLY = """
+for i = 1, #KEYS do
+    redis.call(ARGV[2 * i - 1], KEYS[i], ARGV[2 * i])
+end
+return #KEYS
+"""
+
+# kombu's own methods a message and a declaration go through; a transport that
+# overrides any of them publishes differently, so it keeps the blocking path.
+_CHANNEL_METHODS = (
+    "prepare_message",
+    "basic_publish",
+    "_inplace_augment_message",
+    "encode_body",
+    "_next_delivery_tag",
+    "_put",
+    "_get_message_priority",
+    "_q_for_pri",
+    "priority",
+    "exchange_declare",
+    "queue_declare",
+    "queue_bind",
+    "_new_queue",
+    "_queue_bind",
+    "_size",
+)
+
+
+class Unsupported(Exception):
+    """A publish this module does not reproduce; the blocking path sends it."""
+
+
+@final  # its __enter__ returns exactly a Recorder
+class Recorder:
+    """Stands in for kombu's Redis client and its pipelines: keeps the writes."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, str, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in _WRITES:
+
+            def write(key: Any, value: Any) -> "Recorder":
+                self.writes.append((name.upper(), str(key), value))
+                return self
+
+            return write
+        if name == "llen":  # queue_declare counts the queue's messages: unused
+            return lambda key: self
+        raise Unsupported(f"kombu would send {name.upper()} to Redis")
+
+    def pipeline(self, transaction: bool = True) -> "Recorder":
+        return self
+
+    def execute(self) -> list[Any]:
+        return []
+
+    def __enter__(self) -> "Recorder":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+
+class KeepingChannel(kombu_redis.Channel):
+    """kombu's Redis channel on a Recorder instead of a connection.
+
+    Nothing of kombu's __init__ runs (it connects); what publishing and declaring
+    read is set the same way: the transport options (body encoding, priority steps,
+    key prefix, ...) and the exchange types.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self.connection = transport
+        options = transport.client.transport_options
+        for name in self.from_transport_options:
+            if name in options:
+                setattr(self, name, options[name])
+        kinds = {name: kind(self) for name, kind in self.exchange_types.items()}
+        setattr(self, "exchange_types", kinds)  # noqa: B010 - instances, as kombu's
+        self.auto_delete_queues: set[str] = set()
+        self._expires: dict[str, Any] = {}
+        self.recorder = Recorder()
+
+    @contextlib.contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Recorder]:
+        yield self.recorder
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        raise Unsupported("kombu would open a Redis connection")
+
+    def _get_pool(self, asynchronous: bool = False) -> Any:
+        raise Unsupported("kombu would open a Redis connection")
+
+
+class KeepingProducer(Producer):
+    """A kombu Producer on a KeepingChannel: it sends nothing, its channel records."""
+
+    def __init__(self, channel: KeepingChannel) -> None:
+        super().__init__(channel, auto_declare=False)
+        self.__connection__ = channel.connection.client
+        self.sent: list[dict[str, Any]] = []
+
+    def maybe_declare(self, entity: Any, retry: bool = False, **policy: Any) -> Any:
+        arguments = getattr(entity, "queue_arguments", None) or {}
+        if "x-expires" in arguments:
+            # kombu refreshes such a queue's bindings with a script of its own
+            raise Unsupported(f"queue {entity.name!r} has an expiry")
+        # kombu's own declaration, cached per connection as kombu caches it
+        return super().maybe_declare(entity, retry=False)
+
+    def publish(self, body: Any, *args: Any, **kwargs: Any) -> Any:
+        self.sent.append(kwargs)
+        # nothing is sent here, so there is no connection to retry
+        kwargs["retry"] = False
+        return super().publish(body, *args, **kwargs)
+
+
+@dataclass
+class _Route:
+    """Where and how the fast path writes, worked out once per process."""
+
+    transport: Any
+    broker: dict[str, Any]
+    backend: dict[str, Any]
+    prefix: str
+    retry_policy: dict[str, Any]
+
+    @property
+    def broker_db(self) -> int:
+        return int(self.broker.get("db", 0))
+
+    @property
+    def backend_db(self) -> int:
+        return int(self.backend.get("db", 0))
+
+    @property
+    def same_server(self) -> bool:
+        fields = ("host", "port", "username", "password")
+        return all(self.broker.get(f) == self.backend.get(f) for f in fields)
+
+
+_route: _Route | None = None
+_route_checked = False
+_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Clients]" = (
+    weakref.WeakKeyDictionary()
+)
+_pending_declarations: list[tuple[str, str, Any]] = []
+
+
+def _find_route() -> _Route | None:
+    """The fast path's settings, or None (reason logged) for the blocking path."""
+    conf = celery_app.conf
+    versions = (celery.__version__, kombu.__version__)
+    if not any(
+        versions[0].startswith(c) and versions[1].startswith(k)
+        for c, k in VERIFIED_RELEASES
+    ):
+        return _blocking(f"celery {versions[0]} / kombu {versions[1]} are not verified")
+    broker_url = conf.broker_write_url or conf.broker_url
+    if not isinstance(broker_url, str) or not broker_url.startswith("redis://"):
+        return _blocking("the broker is not a redis:// URL")
+    backend_url = str(conf.result_backend or "")
+    if not backend_url.startswith("redis://"):
+        return _blocking("the result backend is not a redis:// URL")
+    if conf.task_always_eager or conf.task_send_sent_event:
+        return _blocking("task_always_eager or task_send_sent_event is set")
+    if not isinstance(celery_app.backend, ResultBackend):
+        # Celery's stock Redis backend subscribes (blocking) to every published task
+        return _blocking("the result backend is not celery_app.ResultBackend")
+    transport = celery_app.connection_for_write().transport
+    channel = getattr(transport, "Channel", None)
+    if not isinstance(channel, type) or not issubclass(channel, kombu_redis.Channel):
+        return _blocking("the broker transport is not kombu's Redis transport")
+    for name in _CHANNEL_METHODS:
+        if getattr(channel, name) is not getattr(kombu_redis.Channel, name):
+            return _blocking(f"the broker transport overrides Channel.{name}")
+    options = transport.client.transport_options
+    return _Route(
+        transport=transport,
+        broker=_server(broker_url),
+        backend=_server(backend_url),
+        prefix=str(options.get("global_keyprefix", "")),
+        retry_policy=dict(conf.task_publish_retry_policy or {}),
+    )
+
+
+def _server(url: str) -> dict[str, Any]:
+    """Host, port, database and credentials of a redis:// URL."""
+    fields = ("host", "port", "db", "username", "password")
+    return {k: v for k, v in parse_url(url).items() if k in fields}
+
+
+def _blocking(reason: str) -> _Route | None:
+    logger.info("tasks are published in the threadpool: %s", reason)
+    return None
+
+
+def route() -> _Route | None:
+    """The fast path's route, or None when tasks are published the blocking way."""
+    global _route, _route_checked
+    if not _route_checked:
+        _route = _find_route()
+        _route_checked = True
+    return _route
+
+
+class _Clients:
+    """This event loop's Redis clients: the broker's, and the backend's if apart."""
+
+    def __init__(self, found: _Route) -> None:
+        self.broker = _client(found.broker)
+        self.backend = self.broker if found.same_server else _client(found.backend)
+        self.one_round_trip = self.broker.register_script(_ONE_ROUND_TRIP)
+        self.writes_only = self.broker.register_script(_WRITES_ONLY)
+
+
+def _client(params: dict[str, Any]) -> Redis:
+    pool = BlockingConnectionPool(
+        max_connections=MAX_CONNECTIONS,
+        timeout=PUBLISH_TIMEOUT,
+        socket_timeout=SOCKET_TIMEOUT,
+        socket_connect_timeout=SOCKET_TIMEOUT,
+        # retries are ours (refused connections only): a retried timeout could
+        # queue the task twice
+        retry=Retry(NoBackoff(), 0),
+        **params,
+    )
+    return Redis(connection_pool=pool)
+
+
+async def aclose() -> None:
+    """Close this event loop's Redis connections (a later enqueue opens new ones)."""
+    clients = _clients.pop(asyncio.get_running_loop(), None)
+    if clients is not None:
+        await clients.broker.connection_pool.disconnect()
+        await clients.backend.connection_pool.disconnect()
+
+
+def _clients_for_this_loop(found: _Route) -> _Clients:
+    loop = asyncio.get_running_loop()
+    clients = _clients.get(loop)
+    if clients is None:
+        clients = _clients[loop] = _Clients(found)
+    return clients
+
+
+@dataclass
+class Built:
+    """A message as kombu would write it: (command, key, value), in order."""
+
+    route: _Route
+    writes: list[tuple[str, str, Any]]
+    repeated: bool = False  # made from a template, not by apply_async itself
+
+
+_keeping = threading.local()
+# Templates kept per thread (a message's reply_to is its publishing thread's).
+MAX_TEMPLATES = 256
+
+
+@dataclass
+class _Template:
+    """One apply_async of a task with some options, to repeat for other ids and args.
+
+    create_task_message (Celery's protocol 2 headers, properties and body) runs again
+    for each message with the arguments send_task gave it then, except the id and the
+    task's arguments; what send_task and kombu added around its result (delivery info,
+    mode, priority, routing headers) depends on the task and the options only, so it
+    is copied from that first envelope. The test module checks both kinds of message
+    against apply_async's.
+    """
+
+    create: Any  # the app's create_task_message
+    arguments: dict[str, Any]  # what send_task passed it, by name
+    options: dict[str, Any]  # ... and its **options
+    headers: dict[str, Any]  # headers added to create_task_message's
+    properties: dict[str, Any]  # properties added to create_task_message's
+    serializer: str
+    key: str  # the queue's list
+
+
+def _recording_create(amqp: Any) -> Any:
+    """The app's create_task_message, noting its calls while a build records them."""
+    create = amqp.create_task_message
+    if getattr(create, "bgtasks_recording", False):
+        return create
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        message = create(*args, **kwargs)
+        calls = getattr(_keeping, "calls", None)
+        if calls is not None:
+            headers, properties = dict(message[0]), dict(message[1])
+            calls.append((create, args, kwargs, headers, properties))
+        return message
+
+    recording.bgtasks_recording = True  # type: ignore[attr-defined]
+    # create_task_message is a cached_property of the AMQP instance
+    amqp.__dict__["create_task_message"] = recording
+    return recording
+
+
+def _can_repeat(task: Task, options: dict[str, Any]) -> bool:
+    """Whether an apply_async of `task` depends on its id and arguments only."""
+    kind = type(task)
+    return (
+        kind.apply_async is Task.apply_async
+        and kind.shadow_name is Task.shadow_name
+        and getattr(task, "_dump_pydantic_arguments", None) is None
+        and "eta" not in options
+        and not signals.before_task_publish.receivers
+        and not signals.after_task_publish.receivers
+    )
+
+
+def _template_key(task: Task, options: dict[str, Any]) -> Any:
+    try:
+        key = (task.name, frozenset(options.items()))
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def build(task: Task, kwargs: dict[str, Any], task_id: str, **options: Any) -> Built:
+    """The writes kombu would send for `task.apply_async(...)`, in order, unsent."""
+    found = route()
+    if found is None:
+        raise Unsupported("tasks are published the blocking way")
+    producer = getattr(_keeping, "producer", None)
+    if producer is None:
+        producer = _keeping.producer = KeepingProducer(KeepingChannel(found.transport))
+        _keeping.templates = {}
+    # a task of @celery_app.task is a proxy until the app is finalized
+    current = getattr(task, "_get_current_object", None)
+    task = current() if callable(current) else task
+    key = _template_key(task, options) if _can_repeat(task, options) else None
+    template = _keeping.templates.get(key) if key is not None else None
+    if template is not None:
+        write = _repeat(template, producer.channel, task, kwargs, task_id)
+        return Built(found, [write], repeated=True)
+    return _apply(found, producer, task, kwargs, task_id, options, key)
+
+
+def _apply(
+    found: _Route,
+    producer: KeepingProducer,
+    task: Task,
+    kwargs: dict[str, Any],
+    task_id: str,
+    options: dict[str, Any],
+    key: Any,
+) -> Built:
+    """Run apply_async on the KeepingProducer; keep a template when it can repeat."""
+    _check_destination(task, kwargs, options)
+    recorder = producer.channel.recorder = Recorder()
+    producer.sent = []
+    _recording_create(task.app.amqp)
+    calls: list[Any] = []
+    _keeping.calls = calls
+    try:
+        task.apply_async(kwargs=kwargs, task_id=task_id, producer=producer, **options)
+    finally:
+        _keeping.calls = None
+    pushes = [write for write in recorder.writes if write[0] == "LPUSH"]
+    if len(pushes) != 1:
+        raise Unsupported(f"{len(pushes)} messages instead of one")
+    writes = []
+    for name, list_key, value in recorder.writes:
+        write = (name, found.prefix + list_key, value)
+        if name != "SADD":
+            writes.append(write)
+        elif write not in _pending_declarations:
+            # kombu declares a queue once per connection (this process, here): its
+            # bindings go with the next write that succeeds
+            _pending_declarations.append(write)
+    if key is not None and len(writes) == 1 and len(calls) == 1:
+        template = _template(calls[0], producer.sent, writes[0])
+        if template is not None:
+            if len(_keeping.templates) >= MAX_TEMPLATES:
+                _keeping.templates.clear()
+            _keeping.templates[key] = template
+    return Built(found, writes)
+
+
+def _check_destination(task: Task, kwargs: dict[str, Any], options: Any) -> None:
+    """Refuse a queue kombu declares with a script of its own (one with an expiry)
+    before apply_async runs: once it has sent before_task_publish, the blocking path
+    would send it a second time."""
+    merged = {**task._get_exec_options(), **options}
+    queue = task.app.amqp.router.route(merged, task.name, (), kwargs, task).get("queue")
+    if "x-expires" in (getattr(queue, "queue_arguments", None) or {}):
+        raise Unsupported(f"queue {queue.name!r} has an expiry")
+
+
+def _template(call: Any, sent: list[dict[str, Any]], write: Any) -> _Template | None:
+    create, args, kwargs, made_headers, made_properties = call
+    if len(sent) != 1 or sent[0].get("compression") or sent[0].get("content_type"):
+        return None
+    envelope = json.loads(write[2])
+    headers, properties = envelope["headers"], envelope["properties"]
+    if any(properties.get(k) != v for k, v in made_properties.items()):
+        return None
+    named = dict(inspect.signature(create).bind(*args, **kwargs).arguments)
+    extra = named.pop("options", {})
+    return _Template(
+        create=create,
+        arguments=named,
+        options=extra,
+        headers={
+            k: v
+            for k, v in headers.items()
+            if k not in made_headers or made_headers[k] != v
+        },
+        properties={
+            k: v
+            for k, v in properties.items()
+            if k not in made_properties and k != "delivery_tag"
+        },
+        serializer=str(sent[0].get("serializer") or celery_app.conf.task_serializer),
+        key=write[1],
+    )
+
+
+def _repeat(
+    template: _Template,
+    channel: KeepingChannel,
+    task: Task,
+    kwargs: dict[str, Any],
+    task_id: str,
+) -> tuple[str, str, Any]:
+    """The LPUSH of a new message from `template`, as apply_async would write it."""
+    if task.typing:
+        task.__header__(**kwargs)  # apply_async's argument check: TypeError
+    arguments = {**template.arguments, "task_id": task_id, "args": (), "kwargs": kwargs}
+    headers, properties, body, _ = template.create(**arguments, **template.options)
+    headers.update(template.headers)
+    properties.update(template.properties)
+    properties["delivery_tag"] = channel._next_delivery_tag()
+    content_type, content_encoding, data = serialization.dumps(
+        body, serializer=template.serializer
+    )
+    encoded, encoding = channel.encode_body(data, channel.body_encoding)
+    properties["body_encoding"] = encoding
+    envelope = {
+        "body": encoded,
+        "content-encoding": content_encoding,
+        "content-type": content_type,
+        "headers": headers,
+        "properties": properties,
+    }
+    return ("LPUSH", template.key, kombu_json.dumps(envelope))
+
+
+async def enqueue(
+    task: Task, kwargs: dict[str, Any], *, task_id: str, ttl: int, **options: Any
+) -> None:
+    """Queue `task` with `kwargs` under `task_id`, recording the id as issued first.
+
+    Raises OperationalError when the broker or the result backend cannot be reached
+    within PUBLISH_TIMEOUT (nothing is recorded then, or the record is removed).
+    """
+    try:
+        built = build(task, kwargs, task_id, **options)
+    except Unsupported as reason:
+        if route() is not None:
+            logger.debug("task %s published in the threadpool: %s", task_id, reason)
+        await run_in_threadpool(_publish_blocking, task, kwargs, task_id, ttl, options)
+        return
+    try:
+        async with asyncio.timeout(PUBLISH_TIMEOUT):
+            await _write(built, task_id, ttl)
+    except (TimeoutError, RedisError, OSError) as exc:
+        raise OperationalError(f"could not queue task {task_id}: {exc!r}") from exc
+
+
+async def _write(built: Built, task_id: str, ttl: int) -> None:
+    found = built.route
+    clients = _clients_for_this_loop(found)
+    pending = _pending_declarations
+    writes = [*pending, *built.writes] if pending else built.writes
+    keys = [key for _, key, _ in writes]
+    commands = [part for name, _, value in writes for part in (name, value)]
+    issued = registry.issued_key(task_id)
+    if found.same_server:
+        databases = [found.backend_db, found.broker_db]
+        await _retrying_refused(
+            found,
+            clients.one_round_trip,
+            keys=[issued, *keys],
+            args=[*databases, ttl, *commands],
+        )
+    else:
+        await _retrying_refused(found, clients.backend.set, issued, 1, ex=ttl)
+        try:
+            await _retrying_refused(
+                found, clients.writes_only, keys=keys, args=commands
+            )
+        except BaseException:
+            await asyncio.shield(_forget(clients.backend, issued))
+            raise
+    if pending:
+        for write in writes:
+            if write in pending:
+                pending.remove(write)
+
+
+async def _forget(backend: Redis, issued: str) -> None:
+    try:
+        await backend.delete(issued)
+    except RedisError:
+        logger.warning("could not remove the issued-id record %s", issued)
+
+
+async def _retrying_refused(found: _Route, call: Any, *args: Any, **kwargs: Any) -> Any:
+    """Await `call(*args, **kwargs)`; retry it while the connection is refused.
+
+    Nothing was sent then, so it is safe to send again; the retries follow
+    task_publish_retry_policy, within PUBLISH_TIMEOUT. Any other error is raised at
+    once: after a timeout the write may have happened.
+    """
+    try:
+        return await call(*args, **kwargs)
+    except RedisError as exc:
+        error = exc
+    policy = found.retry_policy
+    wait = float(policy.get("interval_start", 0))
+    for _ in range(int(policy.get("max_retries") or 0)):
+        if not isinstance(error.__cause__ or error.__context__, ConnectionRefusedError):
+            break
+        await asyncio.sleep(wait)
+        step = float(policy.get("interval_step", 0.2))
+        wait = min(wait + step, float(policy.get("interval_max", 1.0)))
+        try:
+            return await call(*args, **kwargs)
+        except RedisError as exc:
+            error = exc
+    raise error
+
+
+def _publish_blocking(
+    task: Task, kwargs: dict[str, Any], task_id: str, ttl: int, options: dict[str, Any]
+) -> None:
+    """The blocking path (run in the threadpool): record the id, then apply_async."""
+    # Recorded before publishing, so a status call can never race the record.
+    registry.remember(task_id, ttl=ttl)
+    try:
+        task.apply_async(kwargs=kwargs, task_id=task_id, **options)
+    except Exception:
+        registry.forget(task_id)
+        raise
