@@ -71,7 +71,7 @@ def test_pip_project_steps_in_order(tmp_path: Path) -> None:
         'pip install flower && FLOWER_BASIC_AUTH="admin:<a-long-random-password>" '
         "celery -A app.tasks.celery_app flower",
         f"curl -X POST http://127.0.0.1:8000/tasks/send-email {CURL}",
-        "pytest tests/test_bgtasks_celery.py",
+        "pytest tests/test_bgtasks_celery.py tests/test_bgtasks_celery_publish.py",
     ]
 
 

@@ -86,7 +86,12 @@ def _next_steps(ctx: Mapping[str, object]) -> RunnerSteps:
             f"{env}celery -A {app} beat --loglevel=info",
             f"uvicorn {ctx.get('app_target', 'app.main:app')} --reload",
         ),
-        tests=(f"{env}pytest {tests_dir}/test_bgtasks_celery.py",) if tests_dir else (),
+        tests=(
+            f"{env}pytest {tests_dir}/test_bgtasks_celery.py "
+            f"{tests_dir}/test_bgtasks_celery_publish.py",
+        )
+        if tests_dir
+        else (),
         tests_why="the scaffold's own tests: they need the broker and result backend of "
         "the settings, skipped without them",
         # the password stays out of `ps` via the environment variable

@@ -24,6 +24,7 @@ from typing import Any
 
 import celery
 import kombu
+import kombu.entity
 import pytest
 import redis
 
@@ -177,7 +178,7 @@ def test_a_publish_it_cannot_reproduce_takes_the_blocking_path(
 ) -> None:
     task_id = str(uuid.uuid4())
     queue = f"bgtasks-expiring-{uuid.uuid4().hex[:12]}"
-    expiring = kombu.Queue(
+    expiring = kombu.entity.Queue(
         queue, routing_key=queue, queue_arguments={"x-expires": 60_000}
     )
     with pytest.raises(fast_publish.Unsupported):

@@ -25,7 +25,7 @@ from celery.beat import ScheduleEntry
 from celery.contrib.testing.worker import start_worker
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 

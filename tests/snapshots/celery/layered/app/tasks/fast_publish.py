@@ -49,8 +49,9 @@ from typing import Any, final
 import celery
 import kombu
 from celery import Task, signals
-from kombu import Producer, serialization
+from kombu import serialization
 from kombu.exceptions import OperationalError
+from kombu.messaging import Producer
 from kombu.transport import redis as kombu_redis
 from kombu.utils import json as kombu_json
 from redis.asyncio import BlockingConnectionPool, Redis

@@ -551,7 +551,9 @@ async def abort_job(
             # aborted, and a timeout only means the worker has not reacted yet (asyncio's
             # TimeoutError differs from the builtin before Python 3.11). The stored
             # result below says what really happened.
-            with contextlib.suppress(SerializationError, asyncio.TimeoutError, TimeoutError):
+            with contextlib.suppress(
+                SerializationError, asyncio.TimeoutError, TimeoutError
+            ):
                 await job.abort(timeout=wait, poll_delay=ABORT_POLL_SECONDS)
             state = await job.status()
         aborted = False
