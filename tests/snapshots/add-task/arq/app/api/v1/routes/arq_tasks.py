@@ -547,10 +547,10 @@ async def abort_job(
             raise HTTPException(status_code=404, detail="job not found")
         finished_before = state == JobStatus.complete
         if not finished_before:
-            # With JSON results abort() raises SerializationError even when the job was
-            # aborted, and a timeout only means the worker has not reacted yet (asyncio's
-            # TimeoutError differs from the builtin before Python 3.11). The stored
-            # result below says what really happened.
+            # With JSON results abort() raises SerializationError even when the job
+            # was aborted, and a timeout only means the worker has not reacted yet
+            # (asyncio's TimeoutError differs from the builtin before Python 3.11).
+            # The stored result below says what really happened.
             with contextlib.suppress(
                 SerializationError, asyncio.TimeoutError, TimeoutError
             ):
