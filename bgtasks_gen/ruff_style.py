@@ -88,8 +88,12 @@ class ProjectStyle:
     def __init__(self, root: Path, first_party: Iterable[str] = ()) -> None:
         self.root = root
         self.config = ruff_config(root)
-        self.first_party = sorted(set(first_party))
         self.ruff = find_ruff(root) if self.config is not None else None
+        # the project's own list and the generated packages, read once for every module
+        wanted = set(first_party)
+        if self.config is not None and self.ruff is not None and wanted:
+            wanted |= set(_known_first_party(self.config))
+        self.first_party = sorted(wanted)
         self.notes: list[str] = []
         self._done: dict[tuple[str, str], str] = {}
         self._failed = False
@@ -108,8 +112,8 @@ class ProjectStyle:
         assert self.ruff is not None and self.config is not None
         command = [self.ruff, *args, "--config", str(self.config)]
         if self.first_party and args[0] == "check":
-            names = sorted({*_known_first_party(self.config), *self.first_party})
-            command += ["--config", f"lint.isort.known-first-party = {json.dumps(names)}"]
+            names = json.dumps(self.first_party)
+            command += ["--config", f"lint.isort.known-first-party = {names}"]
         command += ["--stdin-filename", str(self.root / rel), "-"]
         try:
             done = subprocess.run(
