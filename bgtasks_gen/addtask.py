@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bgtasks_gen.cron_check import both_day_fields_note, refuse_never_firing
+from bgtasks_gen.discovery.layout import first_party_names
 from bgtasks_gen.errors import BadInput, ConflictError
 from bgtasks_gen.part_edits import body_hash, edited_body, edited_definitions, edited_entry
 from bgtasks_gen.patch import schedule
@@ -252,7 +253,7 @@ class _Edits:
     def plan(self, state_text: str) -> Plan:
         plan = Plan(self.project.root)
         layout = self.project.layout
-        first_party = {str(layout[key]).split(".")[0] for key in ("tasks_module", "routes_module")}
+        first_party = first_party_names(str(layout["tasks_module"]), str(layout["routes_module"]))
         # the project's own ruff style, for modules that were in it before the edit
         style = ProjectStyle(self.project.root, first_party)
         for rel in sorted(self.new):

@@ -90,14 +90,16 @@ class ProjectLayout:
 
     @property
     def first_party(self) -> frozenset[str]:
-        names = {self.tasks_module.split(".")[0], self.routes_module.split(".")[0]}
-        if self.package:
-            names.add(self.package)
-        return frozenset(names)
+        return first_party_names(self.tasks_module, self.routes_module, self.package)
 
     def module_path(self, dotted: str) -> Path:
         """Relative path of the package folder for a dotted name under the source root."""
         return (self.source_root / Path(*dotted.split("."))).relative_to(self.root)
+
+
+def first_party_names(*modules: str | None) -> frozenset[str]:
+    """The top-level packages of these dotted module names (None and "" left out)."""
+    return frozenset(module.split(".")[0] for module in modules if module)
 
 
 @dataclass(frozen=True)
