@@ -125,7 +125,7 @@ def _journal_for(root: Path, changes: list[FileChange]) -> Journal:
                 existed=existed,
                 mode=target.stat().st_mode & 0o7777 if existed else NEW_FILE_MODE,
                 old=journal.content_digest(data) if existed else None,
-                new=journal.content_digest(change.new.encode("utf-8")),
+                new=None if change.removes else journal.content_digest(change.new.encode()),
                 staged=journal.temp_name(change.path, journal_id, index, "new"),
                 backup=journal.temp_name(change.path, journal_id, index, "old")
                 if existed
@@ -199,7 +199,8 @@ def _stage(root: Path, record: Journal, changes: list[FileChange]) -> None:
             if entry.backup is not None:
                 data = (change.old or "").encode("utf-8")
                 journal.write_durably(root / entry.backup, data, entry.mode)
-            journal.write_durably(root / entry.staged, change.new.encode("utf-8"), entry.mode)
+            if not change.removes:
+                journal.write_durably(root / entry.staged, change.new.encode(), entry.mode)
         folders.add((root / entry.staged).parent)
     for folder in folders:
         journal.fsync_dir(folder)
@@ -212,7 +213,10 @@ def _replace(root: Path, record: Journal) -> None:
         if journal.file_digest(target) != entry.old:
             raise _conflict(entry.path, "")
         with _naming(target):
-            os.replace(root / entry.staged, target)
+            if entry.new is None:
+                target.unlink()
+            else:
+                os.replace(root / entry.staged, target)
         journal.fsync_dir(target.parent)
 
 

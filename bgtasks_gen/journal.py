@@ -59,8 +59,8 @@ class Entry:
     existed: bool
     mode: int  # permission bits the new file gets (the old file's, or 0o644)
     old: str | None  # digest of the content before; None when the file did not exist
-    new: str  # digest of the content after
-    staged: str  # temporary file holding the new content
+    new: str | None  # digest of the content after; None when the write removes the file
+    staged: str  # temporary file holding the new content (none is written for a removal)
     backup: str | None  # temporary file holding the old content; None when it did not exist
 
 
@@ -207,7 +207,10 @@ def finish(root: Path, journal: Journal) -> None:
     for entry in journal.entries:
         target = root / entry.path
         if file_digest(target) != entry.new:
-            os.replace(root / entry.staged, target)
+            if entry.new is None:
+                target.unlink()
+            else:
+                os.replace(root / entry.staged, target)
             fsync_dir(target.parent)
     commit(root, journal)
 
@@ -226,7 +229,9 @@ def can_finish(root: Path, journal: Journal) -> bool:
         current = file_digest(root / entry.path)
         if current == entry.new:
             continue
-        if current != entry.old or file_digest(root / entry.staged) != entry.new:
+        if current != entry.old:
+            return False
+        if entry.new is not None and file_digest(root / entry.staged) != entry.new:
             return False
     return True
 
@@ -372,7 +377,9 @@ def _parse_entry(item: object, journal_id: str, index: int) -> Entry | None:
         return None
     if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
         return None
-    if not (isinstance(new, str) and DIGEST.fullmatch(new)):
+    if new is None and not existed:
+        return None  # only a file that was there can be removed
+    if new is not None and not (isinstance(new, str) and DIGEST.fullmatch(new)):
         return None
     if existed != (isinstance(old, str) and DIGEST.fullmatch(old) is not None):
         return None
@@ -384,7 +391,9 @@ def _parse_entry(item: object, journal_id: str, index: int) -> Entry | None:
     # recovery move or delete any other file
     if item.get("staged") != staged or item.get("backup") != backup:
         return None
-    return Entry(path, existed, mode, old if isinstance(old, str) else None, new, staged, backup)
+    old_digest = old if isinstance(old, str) else None
+    new_digest = new if isinstance(new, str) else None
+    return Entry(path, existed, mode, old_digest, new_digest, staged, backup)
 
 
 def _path_problems(root: Path, journal: Journal) -> list[str]:

@@ -20,6 +20,7 @@ class Action(StrEnum):
     CONFLICT = "conflict"  # exists with other content; replaced only with --force
     OVERWRITE = "overwrite"  # a conflict the user allowed with --force
     KEPT = "kept"  # a file the user owns (Procfile, compose.yaml) exists: never replaced
+    DELETE = "delete"  # a generated file that goes away (`migrate` off a runner)
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,18 @@ class FileChange:
 
     @property
     def writes(self) -> bool:
-        return self.action in (Action.CREATE, Action.PATCH, Action.OVERWRITE)
+        return self.action in (Action.CREATE, Action.PATCH, Action.OVERWRITE, Action.DELETE)
+
+    @property
+    def removes(self) -> bool:
+        return self.action is Action.DELETE
 
     def diff(self) -> str:
         old = (self.old or "").splitlines(keepends=True)
         new = self.new.splitlines(keepends=True)
         before = f"a/{self.path}" if self.old is not None else "/dev/null"
-        return "".join(difflib.unified_diff(old, new, before, f"b/{self.path}"))
+        after = "/dev/null" if self.removes else f"b/{self.path}"
+        return "".join(difflib.unified_diff(old, new, before, after))
 
 
 @dataclass
@@ -93,6 +99,12 @@ def user_owned(root: Path, rel: str, new: str) -> FileChange:
     )
 
 
+def deleted(root: Path, rel: str, note: str = "") -> FileChange | None:
+    """A file bgtasks generated that the command removes; None when it is gone already."""
+    old = read_existing(root, rel)
+    return None if old is None else FileChange(rel, Action.DELETE, old, "", note)
+
+
 def patched(root: Path, rel: str, old: str, new: str, note: str = "") -> FileChange:
     """A file of the user's that bgtasks edits in place."""
     action = Action.IDENTICAL if old == new else Action.PATCH
@@ -103,7 +115,12 @@ def check_python(changes: list[FileChange]) -> None:
     """Every .py file bgtasks would write must parse; a failure here is a bgtasks bug."""
     for change in changes:
         # conflict markers, asked for with `update --conflicts markers`, never parse
-        if change.writes and change.path.endswith(".py") and MARKERS_NOTE not in change.note:
+        if (
+            change.writes
+            and not change.removes
+            and change.path.endswith(".py")
+            and MARKERS_NOTE not in change.note
+        ):
             try:
                 check_syntax(change.new)
             except SourceSyntaxError as exc:

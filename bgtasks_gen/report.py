@@ -23,6 +23,7 @@ STYLES = {
     Action.CONFLICT: "bold red",
     Action.OVERWRITE: "magenta",
     Action.KEPT: "cyan",
+    Action.DELETE: "red",
 }
 
 # Piped or redirected output is read by programs (grep, git apply, a CI log): it is never
