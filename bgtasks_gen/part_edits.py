@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from bgtasks_gen.patch import schedule
 from bgtasks_gen.patch.definitions import definition_code, definition_names
-from bgtasks_gen.patch.outline import lines_of
 from bgtasks_gen.state import digest
 
 
@@ -46,15 +45,10 @@ def edited_definitions(source: str, snippet: str) -> bool:
 
 def entry_code(source: str, kind: str, name: str) -> str | None:
     """The lines of the schedule/registration entry naming `name`, or None: what
-    schedule.remove_entry would delete (one block of whole lines)."""
-    after = schedule.remove_entry(source, kind, name)
-    if after == source:
-        return None
-    old, new = lines_of(source), lines_of(after)
-    start = 0
-    while start < len(new) and old[start] == new[start]:
-        start += 1
-    return "".join(old[start : start + len(old) - len(new)])
+    schedule.remove_entry would delete (one block of whole lines). Read from the entry's
+    own span: a diff of the text before and after cannot tell where a run of identical
+    entries' lines (`func(` ... `),`) starts."""
+    return schedule.entry_lines(source, kind, name)
 
 
 def _squashed(code: str) -> str:

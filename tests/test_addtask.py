@@ -208,3 +208,26 @@ def test_syntax_error_in_a_generated_module_is_reported(project: Path) -> None:
     code, output = invoke("add-task", "ping", "-p", str(project))
     assert code == 2 and "notifications.py" in output and "syntax error" in output
     assert tree_hashes(project) == before
+
+
+@pytest.mark.parametrize("runner", ["arq", "celery"])
+def test_remove_the_first_of_several_added_tasks_without_force(
+    example,  # type: ignore[no-untyped-def]
+    runner: str,
+) -> None:
+    """Registration entries of added tasks are identical but for their names: the first
+    one's lines must be read from its own span, not from a diff, or its last line and the
+    next entry's first line look edited (and remove-task refuses)."""
+    root: Path = example("layered")
+    assert invoke("init", str(root), "--runner", runner)[0] == 0
+    before = tree_hashes(root)
+    for name in ("first", "second", "third"):
+        code, output = invoke("add-task", name, "-p", str(root), "--every", "60")
+        assert code == 0, output
+    for name in ("first", "second", "third"):
+        code, output = invoke("remove-task", name, "-p", str(root))
+        assert code == 0, (name, output)
+    after = tree_hashes(root)
+    assert {k: v for k, v in after.items() if k != ".bgtasks.toml"} == {
+        k: v for k, v in before.items() if k != ".bgtasks.toml"
+    }

@@ -154,6 +154,14 @@ def add_entries(source: str, kind: str, new: list[tuple[str, str]]) -> str:
     return "".join(lines)
 
 
+def entry_lines(source: str, kind: str, name: str) -> str | None:
+    """The lines of the entry naming `name` (what remove_entry deletes), or None."""
+    for entry in _literal(source, kind).entries:
+        if name in entry.names:
+            return "".join(lines_of(source)[entry.start - 1 : entry.end])
+    return None
+
+
 def remove_entry(source: str, kind: str, name: str) -> str:
     """Delete the lines of the entry naming `name`; unchanged if there is none."""
     lines = lines_of(source)
