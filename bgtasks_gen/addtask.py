@@ -119,6 +119,8 @@ def _snippet_context(project: Project, request: TaskRequest) -> dict[str, object
         "routes_module": project.layout["routes_module"],
         "pydantic_v1": bool(project.layout.get("pydantic_v1", False)),
         "legacy_typing": bool(project.layout.get("legacy_typing", False)),
+        # the routes of another runner this router answers with (`migrate`), or ""
+        "api_shape": str(project.layout.get("api_shape", "")),
         "cron_kwargs": arq_cron_kwargs(request) if scheduled else [],
         "beat_schedule": celery_schedule(request) if scheduled else "",
     }

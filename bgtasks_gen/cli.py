@@ -430,6 +430,49 @@ def update(
     )
 
 
+@app.command(epilog=EXIT_CODES)
+def migrate(
+    project: ProjectArgument = None,
+    to: Annotated[
+        str,
+        typer.Option("--to", help="The runner to move to (from arq: taskiq)."),
+    ] = "taskiq",
+    dry_run: DryRun = False,
+    check: Check = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Move even where arq's generated files or an added task's route/test were "
+            "edited: those edits go with the files.",
+        ),
+    ] = False,
+    as_json: Json = False,
+    project_option: ProjectOption = None,
+) -> None:
+    """Move a project scaffolded for arq onto taskiq, in one all-or-nothing write.
+
+    The taskiq scaffold replaces arq's generated modules; its router keeps arq's paths
+    and response fields, so clients do not notice. Every task added with add-task comes
+    along (arguments, schedule, retries, timeout), and a body you edited is kept line for
+    line (arq's ctx["job_id"] and ctx["job_try"] become control.task_id and
+    control.tries). arq's settings field, processes and requirements go. What cannot be
+    carried safely is refused, naming the lines.
+
+    Example: bgtasks migrate . --to taskiq --dry-run
+    """
+    from bgtasks_gen.migrate import plan_migrate
+
+    root = resolve_project(project, project_option)
+    _locked(
+        root,
+        lambda: plan_migrate(root, to, force=force),
+        dry_run=dry_run,
+        check=check,
+        as_json=as_json,
+    )
+
+
 @app.command("check")
 def check_command(
     project: ProjectArgument = None, as_json: Json = False, project_option: ProjectOption = None

@@ -203,3 +203,44 @@ def merge_procfile(theirs: str, ours: str) -> Merged:
         text = theirs if theirs.endswith(("\n", "\r")) or not theirs else theirs + newline
         merged.text = text + newline.join(extra) + newline
     return merged
+
+
+def without_processes(procfile: str, command: re.Pattern[str]) -> str:
+    """The Procfile without the processes whose command matches `command`."""
+    lines = procfile.splitlines(keepends=True)
+    kept = [
+        line
+        for line in lines
+        if not ((match := re.match(r"^[\w-]+\s*:(.*)$", line)) and command.search(match[1]))
+    ]
+    return "".join(kept)
+
+
+def without_services(compose: str, command: re.Pattern[str]) -> str:
+    """The compose file without the services whose `command:` matches `command`, each
+    with the `# added by bgtasks (...)` line right above it; every other line stays."""
+    lines = compose.splitlines(keepends=True)
+    block = _services_block(lines)
+    if block is None:
+        return compose
+    start, end, indent, _ = block
+    keys = [
+        i
+        for i in range(start + 1, end)
+        if re.match(rf"^ {{{indent}}}[\w.-]+\s*:", lines[i]) and lines[i][indent] != " "
+    ]
+    drop: set[int] = set()
+    for number, first in enumerate(keys):
+        last = keys[number + 1] if number + 1 < len(keys) else end
+        body = lines[first:last]
+        if not any(re.match(r"^\s+command\s*:", line) and command.search(line) for line in body):
+            continue
+        while last > first + 1 and (
+            not lines[last - 1].strip() or lines[last - 1].lstrip().startswith("#")
+        ):
+            last -= 1  # the comments and blank lines before the next service are its own
+        above = first
+        if above > start + 1 and lines[above - 1].strip().startswith("# added by bgtasks ("):
+            above -= 1
+        drop.update(range(above, last))
+    return "".join(line for i, line in enumerate(lines) if i not in drop)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keyword
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -257,9 +257,17 @@ def plan_init(
     force: bool = False,
     with_deps: bool = True,
     merge: str | None = None,
+    api_shape: str | None = None,
+    own_run_file: Callable[[str, str], str] | None = None,
 ) -> Plan:
     """Plan `init` (merge None) or `update` (merge "refuse" or "markers": generated files
-    are merged three ways with the user's edits instead of compared)."""
+    are merged three ways with the user's edits instead of compared).
+
+    `api_shape` names another runner whose routes the generated router answers with
+    (paths, field names), so a project moved by `migrate` keeps its clients; once
+    recorded in the state file, later runs keep it. `own_run_file(path, text)` is how a
+    project's own Procfile or compose file reads before the runner's processes are merged
+    in (`migrate` takes out those of the runner it replaces)."""
     spec = get_runner(runner)
     known = list(dict.fromkeys(b for s in available_runners() for b in s.brokers))
     if broker not in known:
@@ -307,6 +315,10 @@ def plan_init(
 
     fields = choose_fields(spec, layout)
     context = template_context(spec, layout, fields, broker)
+    if api_shape is None and str(state.get("runner")) == spec.name:
+        recorded = state.get("layout", {})
+        api_shape = str(recorded.get("api_shape", "")) if isinstance(recorded, dict) else ""
+    context["api_shape"] = api_shape or ""
     context_extra = {"tests_dir": layout.tests_dir}
     plan = Plan(root)
 
@@ -334,7 +346,9 @@ def plan_init(
     else:
         plan.changes.extend(_merged(root, state, files, merge == "markers"))
     first_time = spec.name not in _list(state.get("runners"))
-    plan.changes.extend(_run_file_changes(root, spec, run_files, first_time, plan_notes))
+    plan.changes.extend(
+        _run_file_changes(root, spec, run_files, first_time, plan_notes, own_run_file)
+    )
     for rel in sorted(pristine):
         base = f"{BASE_DIR}/{rel}.base"
         if merge is None:
@@ -452,6 +466,8 @@ def plan_init(
         "legacy_typing": layout.legacy_typing,
         "broker": broker,
     }
+    if api_shape:
+        state_layout["api_shape"] = api_shape
     tasks = state.get("tasks")
     state_text = render_state(
         runners, state_layout, all_files, tasks if isinstance(tasks, dict) else None
@@ -529,6 +545,7 @@ def _run_file_changes(
     run_files: Mapping[str, str],
     first_time: bool,
     notes: list[str],
+    own_run_file: Callable[[str, str], str] | None = None,
 ) -> list[FileChange]:
     """Procfile and compose file: created once, then the user's. A project that has its
     own gets the runner's processes and services added to it instead, on the first init
@@ -544,10 +561,11 @@ def _run_file_changes(
         if old is None or not first_time:
             changes.append(user_owned(root, target, text))
             continue
+        theirs = own_run_file(target, old) if own_run_file else old
         if rel == "compose.yaml":
-            merged = runfiles.merge_compose(old, text, spec.name)
+            merged = runfiles.merge_compose(theirs, text, spec.name)
         else:
-            merged = runfiles.merge_procfile(old, text)
+            merged = runfiles.merge_procfile(theirs, text)
         if merged.added:
             notes.append(f"{target}: added {', '.join(merged.added)} beside your own")
         notes.extend(merged.notes)

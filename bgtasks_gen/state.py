@@ -257,8 +257,15 @@ class _StateCheck:
         brokers = _brokers()
         if "broker" in layout and self.text("layout.broker", layout["broker"]) not in brokers:
             self.refuse("layout.broker", f"is not one of {', '.join(brokers)}")
+        if "api_shape" in layout:
+            # the runner whose routes a migrated router keeps answering with
+            from bgtasks_gen.runners import runner_names
+
+            shape = self.text("layout.api_shape", layout["api_shape"])
+            if shape not in runner_names():
+                self.refuse("layout.api_shape", f"is {_shown(shape)}, not a runner's name")
         known = {"source_root", "tests_dir", "tasks_module", "routes_module", "settings", "app"}
-        known |= {"pydantic_v1", "legacy_typing", "broker"}
+        known |= {"pydantic_v1", "legacy_typing", "broker", "api_shape"}
         for key, value in layout.items():
             if key not in known:
                 self.scalar(f"layout.{key}", value)

@@ -64,6 +64,8 @@ COMMANDS = {
         lambda p: ["add-task", "nightly_report", "--cron", "0 6 * * 1-5", "-p", str(p)],
         initialised_with="celery",
     ),
+    # deletes arq's files between the renames: undo puts them back, finishing removes them
+    "migrate": Command(lambda p: ["migrate", str(p), "--to", "taskiq"], initialised_with="arq"),
 }
 
 
