@@ -293,6 +293,15 @@ def plan_init(
             "move the project to pydantic 2 and pydantic-settings 2 first "
             "(`from pydantic_settings import BaseSettings`), then run again",
         )
+    if spec.min_python and layout.legacy_typing and spec.min_python > (3, 9):
+        # legacy_typing: the project's requires-python still allows Python 3.9 or older
+        wanted = ".".join(map(str, spec.min_python))
+        others = [s.name for s in available_runners() if s.min_python is None]
+        raise BadInput(
+            f"the {spec.name} runner's packages need Python {wanted}+, and this project's "
+            "requires-python still allows an older Python",
+            f"raise requires-python to >={wanted} first, or use --runner {' or '.join(others)}",
+        )
     if spec.lifespan_module and layout.app.mounted_in:
         raise DiscoveryError(
             f"the {spec.name} router would go on {layout.app.module}:{layout.app.app_var}, a "

@@ -13,7 +13,9 @@ from bgtasks_gen.runners import available_runners, get_runner
 from tests.conftest import invoke
 
 
-@pytest.mark.parametrize("runner", [spec.name for spec in available_runners()])
+@pytest.mark.parametrize(
+    "runner", [spec.name for spec in available_runners() if spec.min_python is None]
+)
 def test_py39_project_gets_py39_compatible_code(example, runner: str) -> None:  # type: ignore[no-untyped-def]
     project: Path = example("layered")
     pyproject = project / "pyproject.toml"
@@ -43,3 +45,14 @@ def test_py39_project_gets_py39_compatible_code(example, runner: str) -> None:  
     # Python 3.9 an `X | None` there is a TypeError at import
     routes = project / "app/api/v1/routes" / f"{get_runner(runner).router_file}.py"
     assert "| None" not in routes.read_text()
+
+
+def test_a_runner_needing_a_newer_python_is_refused(example) -> None:  # type: ignore[no-untyped-def]
+    project: Path = example("layered")
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('">=3.11"', '">=3.9"'))
+    before = {p: p.read_bytes() for p in project.rglob("*") if p.is_file()}
+    code, output = invoke("init", str(project), "--runner", "taskiq")
+    assert code == 2, output
+    assert "Python 3.10+" in output and "requires-python" in output
+    assert {p: p.read_bytes() for p in project.rglob("*") if p.is_file()} == before

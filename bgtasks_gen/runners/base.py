@@ -165,6 +165,9 @@ class RunnerSpec:
     test_file: str = ""
     schedule_kind: str | None = None
     max_timeout: int | None = None  # the largest --timeout add-task accepts
+    # the oldest Python the runner's packages install on (taskiq: 3.10); a project whose
+    # requires-python still allows an older one is refused
+    min_python: tuple[int, int] | None = None
     worker_file: str | None = None
     # broker-specific requirements (celery: "redis" / "rabbitmq"); default: dependencies
     broker_dependencies: Mapping[str, tuple[str, ...]] = field(default_factory=dict)

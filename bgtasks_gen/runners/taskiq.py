@@ -80,6 +80,7 @@ SPEC = RunnerSpec(
     summary="taskiq: async tasks on a Redis stream, a `taskiq worker` and one "
     "`taskiq scheduler` process",
     use_when="Async-native with FastAPI dependencies in tasks, Python 3.10+",
+    min_python=(3, 10),
     caveats=(
         "run exactly one `taskiq scheduler`: taskiq has no leader election (a second one "
         "sends nothing twice, each firing is claimed in Redis, but it is wasted)",
