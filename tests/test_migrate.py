@@ -140,7 +140,9 @@ def test_refuses_arq_only_uses_naming_the_line(tmp_path: Path, body: str, expect
 
 def test_refuses_edits_the_move_would_lose_unless_forced(tmp_path: Path) -> None:
     project = _arq_project(tmp_path)
-    _edit(project, "app/tasks/arq_worker.py", "class WorkerSettings:", "class WorkerSettings:  # mine")
+    _edit(
+        project, "app/tasks/arq_worker.py", "class WorkerSettings:", "class WorkerSettings:  # mine"
+    )
     before = tree_hashes(project)
     code, output = invoke("migrate", str(project), "--to", "taskiq")
     assert code == 1 and "app/tasks/arq_worker.py: line(s)" in output, output
