@@ -295,12 +295,12 @@ def plan_init(
         )
     if spec.min_python and layout.legacy_typing and spec.min_python > (3, 9):
         # legacy_typing: the project's requires-python still allows Python 3.9 or older
-        wanted = ".".join(map(str, spec.min_python))
-        others = [s.name for s in available_runners() if s.min_python is None]
+        needed = ".".join(map(str, spec.min_python))
+        fitting = [s.name for s in available_runners() if s.min_python is None]
         raise BadInput(
-            f"the {spec.name} runner's packages need Python {wanted}+, and this project's "
+            f"the {spec.name} runner's packages need Python {needed}+, and this project's "
             "requires-python still allows an older Python",
-            f"raise requires-python to >={wanted} first, or use --runner {' or '.join(others)}",
+            f"raise requires-python to >={needed} first, or use --runner {' or '.join(fitting)}",
         )
     if spec.lifespan_module and layout.app.mounted_in:
         raise DiscoveryError(
