@@ -126,8 +126,15 @@ def _snippet_context(project: Project, request: TaskRequest) -> dict[str, object
     }
 
 
-def render_snippets(project: Project, request: TaskRequest) -> dict[str, str]:
-    """{part: code} for the parts this task has: task, route, test, schedule."""
+def render_snippets(
+    project: Project, request: TaskRequest, *, styled: bool = True
+) -> dict[str, str]:
+    """{part: code} for the parts this task has: task, route, test, schedule.
+
+    `styled`: the definitions in the project's own ruff style (ruff_style.py), as they
+    stand in its modules once inserted, so that what add-task records and later compares
+    (remove-task, migrate) is what the files hold. A replay restyles whole modules after
+    inserting, so it asks for them unstyled (one ruff run per module, not per part)."""
     import jinja2
 
     folder = snippets_dir(project.spec)
@@ -145,7 +152,26 @@ def render_snippets(project: Project, request: TaskRequest) -> dict[str, str]:
         parts.append("schedule")  # "label" and "decorator": the task snippet carries it
     if (folder / "register.py.jinja").exists():
         parts.append("register")
-    return {part: env.get_template(f"{part}.py.jinja").render(context) for part in parts}
+    rendered = {part: env.get_template(f"{part}.py.jinja").render(context) for part in parts}
+    style = _project_style(project) if styled else None
+    if style is not None and style.active:
+        for part, (where, _) in _places(project).items():
+            rel = where(project)
+            if part in rendered and rel is not None:
+                rendered[part] = style.apply(rel, rendered[part])
+    return rendered
+
+
+_STYLES: dict[tuple[Path, str, str], ProjectStyle] = {}
+
+
+def _project_style(project: Project) -> ProjectStyle:
+    """The project's ruff style, found once per command (one project per process)."""
+    tasks, routes = str(project.layout["tasks_module"]), str(project.layout["routes_module"])
+    key = (project.root, tasks, routes)
+    if key not in _STYLES:
+        _STYLES[key] = ProjectStyle(project.root, first_party_names(tasks, routes))
+    return _STYLES[key]
 
 
 def request_from_state(name: str, options: Mapping[str, object]) -> TaskRequest:
@@ -465,7 +491,7 @@ def _refuse_reserved_args(project: Project, edits: _Edits, request: TaskRequest)
     reserved_args.py): the snippets are rendered with a probe argument to find them."""
     if not request.args:
         return
-    probe = render_snippets(project, replace(request, args=(TaskArg(PROBE, "int"),)))
+    probe = render_snippets(project, replace(request, args=(TaskArg(PROBE, "int"),)), styled=False)
     router = project.router_file
 
     def routes_function(function: str) -> str | None:
@@ -488,7 +514,7 @@ def replay_tasks(project: Project, files: Mapping[str, str]) -> dict[str, str]:
     `init` run again compares like with like (and later, `update` merges like with like)."""
     edits = _Edits(project, files)
     added = [
-        (name, render_snippets(project, request_from_state(name, options)))
+        (name, render_snippets(project, request_from_state(name, options), styled=False))
         for name, options in sorted(project.tasks.items(), key=_added_order)
         if options.get("runner", project.spec.name) == project.spec.name
     ]

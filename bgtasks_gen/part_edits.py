@@ -57,6 +57,25 @@ def _squashed(code: str) -> str:
     return "".join(code.split()).rstrip(",")
 
 
+def _entry_tree(code: str) -> str | None:
+    """The entry as Python sees it (quotes, wrapping and comments aside), or None."""
+    import ast
+
+    entry = code.strip().rstrip(",")
+    for candidate in (entry, "{" + entry + "}"):  # a list item, or a dict's key: value
+        try:
+            return ast.dump(ast.parse(candidate))
+        except SyntaxError:
+            continue
+    return None
+
+
 def edited_entry(source: str, kind: str, name: str, snippet: str) -> bool:
     current = entry_code(source, kind, name)
-    return current is not None and _squashed(current) != _squashed(snippet)
+    if current is None:
+        return False
+    # a project's ruff may have restyled it in place (its quote style): still as written
+    trees = _entry_tree(current), _entry_tree(snippet)
+    if None not in trees:
+        return trees[0] != trees[1]
+    return _squashed(current) != _squashed(snippet)

@@ -231,3 +231,33 @@ def test_remove_the_first_of_several_added_tasks_without_force(
     assert {k: v for k, v in after.items() if k != ".bgtasks.toml"} == {
         k: v for k, v in before.items() if k != ".bgtasks.toml"
     }
+
+
+@pytest.mark.parametrize("runner", ["arq", "celery", "taskiq"])
+def test_remove_task_in_a_project_with_its_own_ruff_style(
+    example,  # type: ignore[no-untyped-def]
+    runner: str,
+) -> None:
+    """The project's ruff restyles the inserted parts (single quotes, its line length):
+    remove-task still sees them as add-task wrote them, and takes them out again."""
+    root: Path = example("layered")
+    pyproject = root / "pyproject.toml"
+    pyproject.write_text(
+        pyproject.read_text()
+        + '\n[tool.ruff]\nline-length = 99\n\n[tool.ruff.format]\nquote-style = "single"\n'
+    )
+    assert invoke("init", str(root), "--runner", runner)[0] == 0
+    before = tree_hashes(root)
+    code, output = invoke("add-task", "resize", "-p", str(root), "--arg", "width:int")
+    assert code == 0, output
+    code, output = invoke("add-task", "tick", "-p", str(root), "--every", "60")
+    assert code == 0, output
+    tasks = next(p for p in (root / "app/tasks").glob("*tasks.py"))
+    assert "'width': width" in tasks.read_text()  # in the project's quote style
+    for name in ("resize", "tick"):
+        code, output = invoke("remove-task", name, "-p", str(root))
+        assert code == 0, output
+    after = tree_hashes(root)
+    assert {k: v for k, v in after.items() if k != ".bgtasks.toml"} == {
+        k: v for k, v in before.items() if k != ".bgtasks.toml"
+    }

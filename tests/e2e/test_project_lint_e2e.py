@@ -23,7 +23,8 @@ from tests.e2e.harness import add_task, runner_python
 pytestmark = pytest.mark.e2e
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-RUNNERS = ["celery", "arq", "builtin", "taskiq"]
+# "arq>taskiq": scaffolded for arq, then moved with `bgtasks migrate --to taskiq`
+RUNNERS = ["celery", "arq", "builtin", "taskiq", "arq>taskiq"]
 # rule families a careful project selects; TRY003 (messages written at the raise) is left
 # out: FastAPI's own HTTPException(detail=...) idiom is exactly that
 STRICT_CONFIG = """
@@ -54,21 +55,36 @@ def _run(command: list[str], cwd: Path) -> str:
 
 def _python(runner: str) -> Path:
     """builtin needs nothing beyond FastAPI: bgtasks' own environment has what it runs."""
-    return Path(sys.executable) if runner == "builtin" else runner_python(runner)
+    final = runner.rpartition(">")[2]
+    return Path(sys.executable) if final == "builtin" else runner_python(final)
 
 
 def _project(tmp_path: Path, runner: str, config: str) -> Path:
     """The example with `config` added, its own code already in that style (as the code
     of a project that runs these tools in CI is), then scaffolded."""
-    project = tmp_path / f"{runner}-project"
+    first, _, moved_to = runner.partition(">")
+    project = tmp_path / f"{first}-project"
     shutil.copytree(EXAMPLES / "layered", project)
     pyproject = project / "pyproject.toml"
     pyproject.write_text(pyproject.read_text() + config)
     ruff = str(_python(runner).parent / "ruff")
     _run([ruff, "check", "--no-cache", "--fix-only", "--quiet", "."], project)
     _run([ruff, "format", "--no-cache", "--quiet", "."], project)
-    _run([sys.executable, "-m", "bgtasks_gen", "init", str(project), "--runner", runner], project)
+    bgtasks = [sys.executable, "-m", "bgtasks_gen"]
+    _run([*bgtasks, "init", str(project), "--runner", first], project)
     add_task(project, "resize_image", "--arg", "image_id:int", "--arg", "scale:float")
+    if moved_to:
+        # an edited body, with arq's job context in it, carried over as it is
+        tasks = project / "app/tasks/arq_tasks.py"
+        text = tasks.read_text()
+        marker = "    return {\n        'image_id': image_id,"
+        assert marker in text or marker.replace("'", '"') in text, text
+        quote = "'" if marker in text else '"'
+        line = f"    logger.info({quote}job %s{quote}, ctx[{quote}job_id{quote}])\n"
+        tasks.write_text(
+            text.replace(marker.replace("'", quote), line + marker.replace("'", quote))
+        )
+        _run([*bgtasks, "migrate", str(project), "--to", moved_to], project)
     return project
 
 
