@@ -48,7 +48,7 @@ from bgtasks_gen.plan import (
 from bgtasks_gen.render import render_runner
 from bgtasks_gen.ruff_style import ProjectStyle
 from bgtasks_gen.runfiles import build_value
-from bgtasks_gen.runners import available_runners, get_runner, runner_names
+from bgtasks_gen.runners import available_runners, call_hook, get_runner, runner_names
 from bgtasks_gen.runners.base import RunnerSpec, SettingsField, TemplateInputs
 from bgtasks_gen.state import BASE_DIR, STATE_FILE, digest, read_state, render_state
 
@@ -493,7 +493,7 @@ def plan_init(
         plan.next_steps = build_steps(
             root,
             spec,
-            spec.next_steps({**context, **context_extra}),
+            call_hook(spec, "next_steps", lambda: spec.next_steps({**context, **context_extra})),
             test_group=test_group,
             test_packages=TEST_REQUIREMENTS,
             dependency_file=dependency_file,
@@ -535,7 +535,9 @@ def runner_context(spec: RunnerSpec, declared: list[str], broker: str) -> dict[s
     """The template answers the runner's spec adds for this project (celery: celery_56)."""
     if spec.template_context is None:
         return {}
-    return dict(spec.template_context(TemplateInputs(tuple(declared), broker)))
+    hook = spec.template_context
+    inputs = TemplateInputs(tuple(declared), broker)
+    return dict(call_hook(spec, "template_context", lambda: hook(inputs)))
 
 
 ROUTER_LIFESPANS = "0.112.2"  # FastAPI merges included routers' lifespans since this

@@ -363,3 +363,28 @@ def test_the_celery_specs_template_hook_follows_the_pins(
     assert ("task_retry_on_worker_lost=True" not in config) is celery_56
     added = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
     assert ("celery[redis]>=5.6,<5.7" in added) is celery_56
+
+
+def test_a_failing_plugin_hook_is_one_clear_message(tmp_path: Path) -> None:
+    """A spec's template_context hook raising: one message naming the runner and hook."""
+    site = make_site(tmp_path)
+    spec = site / "bgtasks_demo_runner" / "__init__.py"
+    spec.write_text(
+        spec.read_text()
+        .replace(
+            "SPEC = RunnerSpec(", "def _context(inputs):\n    return 1 / 0\n\n\nSPEC = RunnerSpec("
+        )
+        .replace(
+            'schedule_kind="decorator",',
+            'schedule_kind="decorator",\n    template_context=_context,',
+        )
+    )
+    project = tmp_path / "layered"
+    shutil.copytree(EXAMPLES / "layered", project)
+    before = tree_hashes(project)
+    result = bgtasks(site, "init", str(project), "--runner", "demo")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "the demo runner's template_context hook failed: ZeroDivisionError" in output
+    assert "Traceback" not in output
+    assert tree_hashes(project) == before

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from bgtasks_gen.errors import BadInput
 
 if TYPE_CHECKING:  # imported when a spec is loaded: `--help` needs the names only
     from bgtasks_gen.runners.base import RunnerSpec
+
+_T = TypeVar("_T")
 
 GROUP = "bgtasks.runners"
 DISTRIBUTION = "bgtasks"
@@ -152,3 +155,19 @@ def available_runners() -> list[RunnerSpec]:
         except BadInput:
             continue
     return specs
+
+
+def call_hook(spec: RunnerSpec, hook: str, call: Callable[[], _T]) -> _T:
+    """A spec's hook called, its failure one message naming the runner, never a
+    traceback: a plugin's bug is not the user's, and nothing has been written yet."""
+    from bgtasks_gen.errors import BgtasksError
+
+    try:
+        return call()
+    except BgtasksError:
+        raise
+    except Exception as exc:  # a plugin's own code: anything can go wrong in it
+        raise BgtasksError(
+            f"the {spec.name} runner's {hook} hook failed: {type(exc).__name__}: {exc}",
+            "a bug in that runner's spec; nothing was written (report it to its authors)",
+        ) from exc
