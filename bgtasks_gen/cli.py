@@ -545,9 +545,11 @@ def list_command(
     out.print(table)
 
 
-def _field_names(project: Path, runner: str) -> dict[str, str]:
-    """Settings field key -> the attribute name the project at `project` uses for it; {}
-    outside a project (then caveats name fields in UPPER case, the default style)."""
+def _field_names(project: Path, runners: list[str]) -> dict[str, dict[str, str]]:
+    """runner -> (settings field key -> the attribute name the project at `project` uses
+    for it); {} outside a project (then caveats name fields in UPPER case, the default
+    style). The project is discovered once for all runners: in a big repository that is
+    the slow part of the command."""
     if not ((project / ".bgtasks.toml").is_file() or (project / "pyproject.toml").is_file()):
         return {}
     from bgtasks_gen.discovery import discover
@@ -558,7 +560,10 @@ def _field_names(project: Path, runner: str) -> dict[str, str]:
         layout = discover(project)
     except BgtasksError:
         return {}
-    return {choice.key: choice.name for choice in choose_fields(get_runner(runner), layout)}
+    return {
+        runner: {c.key: c.name for c in choose_fields(get_runner(runner), layout)}
+        for runner in runners
+    }
 
 
 @app.command()
@@ -587,7 +592,8 @@ def runners(
 
         for problem in problems:
             err.print(f"warning: {escape(problem)}")
-    caveats = {s.name: s.caveats_for(_field_names(root, s.name)) for s in specs}
+    names = _field_names(root, [s.name for s in specs])
+    caveats = {s.name: s.caveats_for(names.get(s.name, {})) for s in specs}
     if as_json:
         rows = [
             {
