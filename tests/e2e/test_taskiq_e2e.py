@@ -20,6 +20,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,11 +83,13 @@ class Stack:
     def start_scheduler(self, name: str) -> Proc:
         return self.start(name, "scheduler", SCHEDULER, TASKS, "--update-interval", "1")
 
-    def post(self, path: str, payload: Any = None, **kwargs: Any) -> httpx.Response:
+    def post(
+        self, path: str, payload: Any = None, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> httpx.Response:
         return httpx.post(
             f"{self.base}/taskiq-tasks{path}",
             json={} if payload is None else payload,
-            headers={"Authorization": f"Bearer {TOKEN}"},
+            headers={"Authorization": f"Bearer {TOKEN}", **(headers or {})},
             timeout=30,
             **kwargs,
         )
@@ -185,6 +188,37 @@ def test_process_data_completes_with_its_result(stack: Stack) -> None:
         "min": 1.5,
         "max": 5.0,
     }
+
+
+def test_an_idempotency_key_queues_one_task(stack: Stack) -> None:
+    """The same key twice, then eight concurrent requests with another one: one task
+    each, every answer naming it; a different key is a different task."""
+    payload = {"data_id": 7, "values": [1, 2, 3]}
+    key = {"Idempotency-Key": f"order-{uuid.uuid4().hex}"}
+    first = stack.post("/process-data", payload, key)
+    again = stack.post("/process-data", payload, key)
+    assert (first.status_code, again.status_code) == (202, 200), again.text
+    task_id = first.json()["task_id"]
+    assert again.json()["task_id"] == task_id and again.json()["duplicate"] is True
+    other = stack.post("/process-data", payload, {"Idempotency-Key": f"other-{uuid.uuid4().hex}"})
+    assert other.status_code == 202 and other.json()["task_id"] != task_id
+    stack.wait_status(task_id, "complete", 20)
+    done = stack.post("/process-data", payload, key)  # finished: still that task
+    assert done.status_code == 200, done.text
+    assert done.json() == {"task_id": task_id, "status": "complete", "duplicate": True}
+
+    burst = {"Idempotency-Key": f"burst-{uuid.uuid4().hex}"}
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: stack.post("/process-data", payload, burst), range(8)))
+    assert sorted(a.status_code for a in answers) == [200] * 7 + [202], [a.text for a in answers]
+    (burst_id,) = {a.json()["task_id"] for a in answers}
+    assert stack.wait_status(burst_id, "complete", 20)["tries"] == 1
+    stack.wait_status(other.json()["task_id"], "complete", 20)
+    log = stack.worker.log()
+    for ran in (task_id, other.json()["task_id"], burst_id):
+        assert log.count(f"Executing task process_data with ID: {ran}") == 1, ran
+    refused = stack.post("/process-data", payload, {"Idempotency-Key": "x" * 65})
+    assert refused.status_code == 422
 
 
 def test_added_task_runs_with_its_arguments(stack: Stack) -> None:

@@ -331,6 +331,35 @@ def test_cancel_a_queued_task_then_409(client: TestClient) -> None:
     assert finished.status_code == 409 and finished.json()["cancelled"] is True
 
 
+def test_an_idempotency_key_queues_once_per_caller(client: TestClient) -> None:
+    path = url(client, "queue_process_data")
+    payload = {"data_id": 3, "values": [1, 2]}
+    key = {"Idempotency-Key": f"order-{uuid.uuid4().hex}"}
+    first = client.post(path, json=payload, headers=key)
+    again = client.post(path, json=payload, headers=key)
+    assert (first.status_code, again.status_code) == (202, 200), again.text
+    task_id = first.json()["task_id"]
+    assert first.json()["duplicate"] is False
+    assert again.json() == {"task_id": task_id, "status": "queued", "duplicate": True}
+    assert run(client, drain) == 1  # one task, however often it was asked for
+    done = client.post(path, json=payload, headers=key)
+    assert done.status_code == 200 and done.json()["status"] == "complete"
+    other_key = {"Idempotency-Key": f"other-{uuid.uuid4().hex}"}
+    other = client.post(path, json=payload, headers=other_key)
+    assert other.status_code == 202 and other.json()["task_id"] != task_id
+
+    async def someone_else(request: Request) -> str:
+        return "another-caller"
+
+    app: Any = client.app
+    app.dependency_overrides[authorize_task_access] = someone_else
+    theirs = client.post(path, json=payload, headers=key)  # their key, not ours
+    assert theirs.status_code == 202 and theirs.json()["task_id"] != task_id
+    assert run(client, drain) == 2
+    refused = client.post(path, json=payload, headers={"Idempotency-Key": "a b"})
+    assert refused.status_code == 422
+
+
 def test_progress_is_an_object_while_it_runs(client: TestClient) -> None:
     task_id = post(client, "queue_long_running", {"steps": 1}).json()["task_id"]
 

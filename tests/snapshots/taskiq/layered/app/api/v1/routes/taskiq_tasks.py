@@ -5,10 +5,17 @@ status and cancel answer 404 for any other id, and for one whose record expired 
 hour after the task finished). A POST must say `Content-Type: application/json` (415
 otherwise; a route without a body takes `{}`).
 
+Idempotency: send an `Idempotency-Key` header (1-64 characters of A-Z a-z 0-9 _ . -)
+to queue a task at most once per caller. While that task's record exists (queued,
+running, or finished within the last hour) the same request from the same caller
+answers 200 with that task's id and status and `"duplicate": true`, instead of 202
+and a new task. The same key from another caller is another task; the task id is a
+keyed hash of caller, task and key (see scoped_task_id), never the key itself.
+
 Who may call these routes is decided by `authorize_task_access` in app.tasks.auth,
 the one place to edit: as generated, callers send `Authorization: Bearer <token>` (the
-BGTASKS_API_TOKEN setting); the identity it returns scopes the email
-rate limit.
+BGTASKS_API_TOKEN setting); the identity it returns scopes idempotency
+keys and the email rate limit.
 
 A request body larger than MAX_BODY_BYTES is refused with 413 before it is read, and a
 422 names what is wrong without echoing the input (see BoundedRoute).
@@ -16,15 +23,22 @@ A request body larger than MAX_BODY_BYTES is refused with 413 before it is read,
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
+import json
 import logging
+import os
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import (
     APIRouter,
     Depends,
+    Header,
     HTTPException,
     Path,
     Query,
@@ -44,6 +58,7 @@ from app.tasks import taskiq_tasks
 from app.tasks.auth import Caller, authorize_task_access
 from app.tasks.taskiq_app import (
     KEEP_PENDING,
+    KEEP_RESULT,
     broker,
     redis_client,
     status_key,
@@ -199,6 +214,70 @@ router = APIRouter(
 
 TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
+# The HMAC secret of the task ids derived from idempotency keys: this variable (a long
+# random value, the same for every web process), else one created once in Redis (then
+# whoever can read Redis can read it). Changing it only means that a key sent before
+# queues a new task.
+SECRET_ENV = "BGTASKS_JOB_ID_SECRET"
+SECRET_REDIS_KEY = "bgtasks:job-id-secret"
+_secret_cache: dict[str, bytes] = {}
+
+
+@dataclass(frozen=True)
+class IdempotencyScope:
+    """An `Idempotency-Key` header together with the caller who sent it."""
+
+    caller: str
+    key: str
+
+
+async def idempotency_scope(
+    caller: Caller,
+    key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=64,
+            pattern=r"^[A-Za-z0-9_.-]+$",
+        ),
+    ] = None,
+) -> IdempotencyScope | None:
+    """The request's `Idempotency-Key` header, scoped to the caller who sent it."""
+    return IdempotencyScope(caller=caller, key=key) if key else None
+
+
+IdempotencyKey = Annotated[IdempotencyScope | None, Depends(idempotency_scope)]
+
+
+async def task_id_secret() -> bytes:
+    """The HMAC secret: the environment variable, else the one kept in Redis."""
+    configured = os.environ.get(SECRET_ENV, "")
+    if configured:
+        return configured.encode()
+    if SECRET_REDIS_KEY not in _secret_cache:
+        async with redis_client() as redis:
+            # NX: the first process to ask creates it, every other one reads that one
+            await redis.set(SECRET_REDIS_KEY, secrets.token_hex(32), nx=True)
+            stored = await redis.get(SECRET_REDIS_KEY)
+        if not stored:
+            raise RedisError(f"{SECRET_REDIS_KEY} vanished from Redis")
+        _secret_cache[SECRET_REDIS_KEY] = _str(stored).encode()
+    return _secret_cache[SECRET_REDIS_KEY]
+
+
+def scoped_task_id(secret: bytes, task_name: str, scope: IdempotencyScope) -> str:
+    """The task id for `scope`'s key sent to `task_name`: the same for the same caller,
+    task and key, unrelated for any other caller; 32 hex digits, like a uuid4's."""
+    # JSON keeps the three parts apart whatever characters the caller's identity holds
+    message = json.dumps([scope.caller, task_name, scope.key]).encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()[:32]
+
+
+def claim_key(task_id: str) -> str:
+    """Held by the request that queued a keyed task (see _claim)."""
+    return f"bgtasks:taskiq:claim:{task_id}"
+
 
 class EmailRequest(BaseModel):
     # Headers: one line each, also once encoded words are decoded (see taskiq_tasks).
@@ -223,6 +302,7 @@ class LongRunningRequest(BaseModel):
 class TaskAccepted(BaseModel):
     task_id: str
     status: str = "queued"
+    duplicate: bool = False
 
 
 class Progress(BaseModel):
@@ -242,6 +322,13 @@ class TaskStatus(BaseModel):
     progress: Progress | None = None  # while a long task runs
 
 
+# a repeated Idempotency-Key: the task it queued before
+DUPLICATE: dict[str, Any] = {
+    "model": TaskAccepted,
+    "description": "Already queued with this Idempotency-Key: that task",
+}
+
+
 class CancelResponse(BaseModel):
     task_id: str
     cancelled: bool
@@ -249,28 +336,72 @@ class CancelResponse(BaseModel):
 
 
 async def _enqueue(
-    task: AsyncTaskiqDecoratedTask[Any, Any], **kwargs: Any
+    task: AsyncTaskiqDecoratedTask[Any, Any],
+    response: Response,
+    idempotency_key: IdempotencyScope | None,
+    **kwargs: Any,
 ) -> TaskAccepted:
-    """Record the id as issued, then send the task under it."""
+    """Record the id as issued, then send the task under it. With an Idempotency-Key
+    the id is derived from it, and only the request that claims it sends the task."""
     task_id = uuid.uuid4().hex
-    key = status_key(task_id)
     with queue_errors_as_503():
+        if idempotency_key is not None:
+            secret = await task_id_secret()
+            task_id = scoped_task_id(secret, task.task_name, idempotency_key)
+            if not await _claim(task_id):
+                # queued before (or being queued right now): that task, nothing sent
+                record = await _read(task_id)
+                response.status_code = 200
+                return TaskAccepted(
+                    task_id=task_id,
+                    status=record.get("state", "queued"),
+                    duplicate=True,
+                )
+        key = status_key(task_id)
         async with redis_client() as redis, redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping={"state": "queued", "task": task.task_name})
             pipe.expire(key, KEEP_PENDING)
             await pipe.execute()
-        await task.kicker().with_task_id(task_id).kiq(**kwargs)
-    return TaskAccepted(task_id=task_id)
+        try:
+            await task.kicker().with_task_id(task_id).kiq(**kwargs)
+        except Exception:
+            if idempotency_key is not None:
+                await _release(task_id)  # not sent: the same request may try again
+            raise
+    return TaskAccepted(task_id=task_id, status="queued")
+
+
+async def _claim(task_id: str) -> bool:
+    """Whether this request is the first to queue `task_id`. SET NX: of two concurrent
+    requests only one takes the claim. It lasts KEEP_RESULT; the record of a task
+    still queued may outlive it, and then that task is the answer too."""
+    async with redis_client() as redis, redis.pipeline(transaction=True) as pipe:
+        pipe.set(claim_key(task_id), "1", nx=True, ex=KEEP_RESULT)
+        pipe.exists(status_key(task_id))
+        claimed, known = await pipe.execute()
+    return bool(claimed) and not known
+
+
+async def _release(task_id: str) -> None:
+    with contextlib.suppress(RedisError, OSError):
+        async with redis_client() as redis:
+            await redis.delete(claim_key(task_id), status_key(task_id))
+
+
+async def _read(task_id: str) -> dict[str, str]:
+    """The task's status hash; {} for an id this app never issued (or that expired)."""
+    with queue_errors_as_503():
+        async with redis_client() as redis:
+            raw = await redis.hgetall(status_key(task_id))
+    return {_str(key): _str(value) for key, value in raw.items()}
 
 
 async def _record(task_id: str) -> dict[str, str]:
     """The task's status hash; 404 for an id this app never issued (or that expired)."""
-    with queue_errors_as_503():
-        async with redis_client() as redis:
-            raw = await redis.hgetall(status_key(task_id))
-    if not raw:
+    record = await _read(task_id)
+    if not record:
         raise HTTPException(status_code=404, detail="task not found")
-    return {_str(key): _str(value) for key, value in raw.items()}
+    return record
 
 
 def _str(value: object) -> str:
@@ -282,11 +413,17 @@ def _str(value: object) -> str:
     status_code=202,
     dependencies=[Depends(limit_email_rate)],
     summary="Queue an email",
-    responses=errors(413, 415, 429),
+    responses={200: DUPLICATE, **errors(413, 415, 429)},
 )
-async def queue_send_email(payload: EmailRequest) -> TaskAccepted:
+async def queue_send_email(
+    payload: EmailRequest,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> TaskAccepted:
     return await _enqueue(
         taskiq_tasks.send_email,
+        response,
+        idempotency_key,
         to=str(payload.to),
         subject=payload.subject,
         body=payload.body,
@@ -297,11 +434,19 @@ async def queue_send_email(payload: EmailRequest) -> TaskAccepted:
     "/process-data",
     status_code=202,
     summary="Queue a batch of numbers to summarise",
-    responses=errors(413, 415),
+    responses={200: DUPLICATE, **errors(413, 415)},
 )
-async def queue_process_data(payload: ProcessDataRequest) -> TaskAccepted:
+async def queue_process_data(
+    payload: ProcessDataRequest,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> TaskAccepted:
     return await _enqueue(
-        taskiq_tasks.process_data, data_id=payload.data_id, values=payload.values
+        taskiq_tasks.process_data,
+        response,
+        idempotency_key,
+        data_id=payload.data_id,
+        values=payload.values,
     )
 
 
@@ -309,10 +454,16 @@ async def queue_process_data(payload: ProcessDataRequest) -> TaskAccepted:
     "/long-running",
     status_code=202,
     summary="Queue a long task that reports progress",
-    responses=errors(413, 415),
+    responses={200: DUPLICATE, **errors(413, 415)},
 )
-async def queue_long_running(payload: LongRunningRequest) -> TaskAccepted:
-    return await _enqueue(taskiq_tasks.long_running_task, steps=payload.steps)
+async def queue_long_running(
+    payload: LongRunningRequest,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> TaskAccepted:
+    return await _enqueue(
+        taskiq_tasks.long_running_task, response, idempotency_key, steps=payload.steps
+    )
 
 
 @router.get(
