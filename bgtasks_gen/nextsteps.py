@@ -217,6 +217,11 @@ def access_steps(
         "in (local development only)",
     )
     route = spec.email_route
+    shape = str(context.get("api_shape") or "")
+    if shape and shape != spec.name:
+        from bgtasks_gen.runners import get_runner
+
+        route = get_runner(shape).email_route  # a router answering another runner's routes
     if not route:
         return token, None
     prefix = str(context.get("api_prefix") or "")

@@ -65,6 +65,7 @@ def test_moves_the_project_and_keeps_the_edited_body(tmp_path: Path) -> None:
     assert tree_hashes(project) == before  # a dry run writes nothing
     code, output = invoke("migrate", str(project), "--to", "taskiq")
     assert code == 0, output
+    assert "curl -X POST http://127.0.0.1:8000/arq-tasks/send-email" in output
 
     for rel in ARQ_FILES:
         assert not (project / rel).exists(), rel
