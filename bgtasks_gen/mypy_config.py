@@ -39,31 +39,61 @@ def _patterns(packages: Sequence[str]) -> list[str]:
     return [f"{name}.*" for name in packages]
 
 
-def _covers(modules: object, package: str) -> bool:
-    names = [modules] if isinstance(modules, str) else modules
-    if not isinstance(names, list):
-        return False
-    return any(name in (f"{package}.*", "*") for name in names if isinstance(name, str))
+@dataclass(frozen=True)
+class _Settings:
+    """What one configuration file says about missing imports, whatever its format."""
+
+    ignore_all: bool  # `ignore_missing_imports` for every module
+    # the module patterns of each override that ignores missing imports
+    ignoring: tuple[tuple[str, ...], ...]
+
+    def missing(self, packages: Sequence[str]) -> list[str]:
+        """The packages no setting covers yet (a `pkg.*` or `*` pattern covers `pkg`)."""
+        if self.ignore_all:
+            return []
+        covered = {
+            package
+            for package in packages
+            for patterns in self.ignoring
+            if f"{package}.*" in patterns or "*" in patterns
+        }
+        return [package for package in packages if package not in covered]
 
 
-def _toml_needs(data: Mapping[str, object], packages: Sequence[str]) -> list[str] | None:
-    """The packages still missing an override, or None when there is no [tool.mypy]."""
+def _toml_settings(data: Mapping[str, object]) -> _Settings | None:
+    """[tool.mypy] and its [[tool.mypy.overrides]]; None when there is no [tool.mypy]."""
     tool = data.get("tool")
     mypy = tool.get("mypy") if isinstance(tool, dict) else None
     if not isinstance(mypy, dict):
         return None
-    if mypy.get("ignore_missing_imports") is True:
-        return []
     overrides = mypy.get("overrides", [])
-    covered = {
-        package
-        for package in packages
-        for override in (overrides if isinstance(overrides, list) else [])
-        if isinstance(override, dict)
-        and override.get("ignore_missing_imports") is True
-        and _covers(override.get("module"), package)
-    }
-    return [package for package in packages if package not in covered]
+    ignoring = []
+    for override in overrides if isinstance(overrides, list) else []:
+        if not isinstance(override, dict) or override.get("ignore_missing_imports") is not True:
+            continue
+        modules = override.get("module")
+        names = [modules] if isinstance(modules, str) else modules
+        if isinstance(names, list):
+            ignoring.append(tuple(name for name in names if isinstance(name, str)))
+    return _Settings(mypy.get("ignore_missing_imports") is True, tuple(ignoring))
+
+
+def _ini_settings(text: str, main: str) -> _Settings | None:
+    """[mypy] and its [mypy-pattern,...] sections; None when there is no [mypy]."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(text)
+    except configparser.Error:
+        return None
+    if not parser.has_section(main):
+        return None
+    ignoring = tuple(
+        tuple(p.strip() for p in section[len(main) + 1 :].split(","))
+        for section in parser.sections()
+        if section.startswith(f"{main}-")
+        and parser.getboolean(section, "ignore_missing_imports", fallback=False)
+    )
+    return _Settings(parser.getboolean(main, "ignore_missing_imports", fallback=False), ignoring)
 
 
 # what strict mode asks of code built on an untyped library, turned off for that code
@@ -92,27 +122,6 @@ def _toml_block(packages: Sequence[str], generated: Sequence[str], newline: str)
             *(f"{flag} = false" for flag in RELAXED),
         ]
     return newline.join(lines) + newline
-
-
-def _ini_needs(text: str, section_prefix: str, packages: Sequence[str]) -> list[str] | None:
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        parser.read_string(text)
-    except configparser.Error:
-        return None
-    main = section_prefix
-    if not parser.has_section(main):
-        return None
-    if parser.getboolean(main, "ignore_missing_imports", fallback=False):
-        return []
-    covered = set()
-    for section in parser.sections():
-        if not section.startswith(f"{main}-"):
-            continue
-        patterns = [p.strip() for p in section[len(main) + 1 :].split(",")]
-        if parser.getboolean(section, "ignore_missing_imports", fallback=False):
-            covered |= {pkg for pkg in packages if f"{pkg}.*" in patterns}
-    return [package for package in packages if package not in covered]
 
 
 def _ini_block(
@@ -156,18 +165,20 @@ def plan_mypy_override(
         ending = "" if not old or old.endswith(("\n", "\r")) else newline
         if rel == "pyproject.toml":
             try:
-                missing = _toml_needs(tomllib.loads(old), packages)
+                settings = _toml_settings(tomllib.loads(old))
             except tomllib.TOMLDecodeError:
                 continue
-            block = _toml_block(missing or [], generated, newline)
         else:
-            prefix = "mypy"
-            missing = _ini_needs(old, prefix, packages)
-            block = _ini_block(prefix, missing or [], generated, newline)
-        if missing is None:
+            settings = _ini_settings(old, "mypy")
+        if settings is None:
             continue  # this file does not configure mypy: mypy would look further
+        missing = settings.missing(packages)
         if not missing:
             return None
+        if rel == "pyproject.toml":
+            block = _toml_block(missing, generated, newline)
+        else:
+            block = _ini_block("mypy", missing, generated, newline)
         new = old + ending + block
         if rel == "pyproject.toml":
             try:

@@ -138,3 +138,18 @@ def test_init_writes_code_that_the_projects_own_ruff_and_mypy_settings_accept(
     # the user's settings module was in the project's style already: it stays so
     config = written["app/core/config.py"]
     assert "CELERY_BROKER_URL: str = 'redis://localhost:6379/0'" in config, config
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "[mypy]\nignore_missing_imports = True\n",
+        "[mypy]\nstrict = True\n\n[mypy-kombu.*,celery.*]\nignore_missing_imports = True\n",
+        "[mypy]\n\n[mypy-*]\nignore_missing_imports = True\n",
+    ],
+)
+def test_nothing_is_added_when_an_ini_configuration_already_accepts_celery(
+    tmp_path: Path, config: str
+) -> None:
+    (tmp_path / "mypy.ini").write_text(config)
+    assert plan_mypy_override(tmp_path, ("celery",)) is None
