@@ -129,7 +129,6 @@ def plan_migrate(root: Path, to: str, *, force: bool = False) -> Plan:
     plan.changes.extend(change for change in gone if change is not None)
     _rewrite_state(plan, taskiq_project, carried, {c.path for c in gone if c is not None})
     check_python(plan.changes)
-    plan.notes = [n for n in plan.notes if not n.startswith(f"{source.name} is already here")]
     plan.notes.append(
         f'routes keep arq\'s paths and fields (`api_shape = "{source.name}"` in {STATE_FILE}); '
         f"{len(carried)} added task(s) carried over"

@@ -315,6 +315,7 @@ def plan_init(
         f"{system} is already here ({where}): bgtasks adds {spec.name} beside it, it does not "
         "move your tasks"
         for system, where in others
+        if where.partition(":")[0] not in owned  # not bgtasks' own generated code
     ]
     for dotted in (layout.tasks_module, layout.routes_module):
         if not all(

@@ -66,6 +66,7 @@ def test_moves_the_project_and_keeps_the_edited_body(tmp_path: Path) -> None:
     code, output = invoke("migrate", str(project), "--to", "taskiq")
     assert code == 0, output
     assert "curl -X POST http://127.0.0.1:8000/arq-tasks/send-email" in output
+    assert "is already here" not in output  # arq's own files are not "another system"
 
     for rel in ARQ_FILES:
         assert not (project / rel).exists(), rel
@@ -167,3 +168,13 @@ def test_refuses_other_moves(tmp_path: Path) -> None:
     assert invoke("init", str(project), "--runner", "builtin")[0] == 0
     code, output = invoke("migrate", str(project), "--to", "taskiq")
     assert code == 2 and "arq -> taskiq" in output, output
+
+
+def test_a_second_init_does_not_take_its_own_code_for_another_system(tmp_path: Path) -> None:
+    project = tmp_path / "layered"
+    shutil.copytree(EXAMPLES / "layered", project)
+    assert invoke("init", str(project), "--runner", "taskiq")[0] == 0
+    code, output = invoke("init", str(project), "--runner", "taskiq")
+    assert code == 0, output
+    assert "nothing to do" in output.lower() or "identical" in output
+    assert "is already here" not in output, output
