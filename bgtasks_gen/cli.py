@@ -100,9 +100,11 @@ else:
 DEFAULT_RUNNER = RunnerName("celery")
 
 
-class Broker(StrEnum):
-    redis = "redis"
-    rabbitmq = "rabbitmq"
+def _complete_brokers(incomplete: str) -> list[str]:
+    from bgtasks_gen.runners import available_runners
+
+    found = dict.fromkeys(b for spec in available_runners() for b in spec.brokers)
+    return [name for name in found if name.startswith(incomplete)]
 
 
 class ConflictMode(StrEnum):
@@ -234,7 +236,14 @@ def init(
         RunnerName,
         typer.Option("--runner", "-r", help="builtin is FastAPI's own BackgroundTasks."),
     ] = DEFAULT_RUNNER,
-    broker: Annotated[Broker, typer.Option(help="Celery's broker.")] = Broker.redis,
+    broker: Annotated[
+        str,
+        typer.Option(
+            help="The broker: redis (every queue runner) or rabbitmq (celery, taskiq); a "
+            "runner plugin may take others. Checked against the runner chosen.",
+            autocompletion=_complete_brokers,
+        ),
+    ] = "redis",
     settings_module: Annotated[
         str | None,
         typer.Option(
@@ -282,7 +291,7 @@ def init(
         lambda: plan_init(
             root,
             runner.value,
-            broker=broker.value,
+            broker=broker,
             overrides=overrides,
             force=force,
             with_deps=not no_deps,

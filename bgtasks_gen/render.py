@@ -63,6 +63,10 @@ def _template_root(spec: RunnerSpec) -> Iterator[Path]:
         root = Path(tmp)
         config = yaml.safe_load((shipped / "copier.yml").read_text(encoding="utf-8"))
         config["runner"]["choices"] = [*config["runner"].get("choices", []), spec.name]
+        # the plugin's brokers are answers too (the engine checked them against its spec)
+        brokers = config["broker"].get("choices", [])
+        config["broker"]["choices"] = [*brokers, *(b for b in spec.brokers if b not in brokers)]
+        config["broker"]["when"] = True
         (root / "copier.yml").write_text(yaml.safe_dump(config, sort_keys=False), "utf-8")
         shutil.copytree(shipped / "_partials", root / "_partials")
         ignore = shutil.ignore_patterns("__pycache__", "*.py[co]")

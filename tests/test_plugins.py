@@ -388,3 +388,22 @@ def test_a_failing_plugin_hook_is_one_clear_message(tmp_path: Path) -> None:
     assert "the demo runner's template_context hook failed: ZeroDivisionError" in output
     assert "Traceback" not in output
     assert tree_hashes(project) == before
+
+
+def test_a_plugin_takes_a_broker_of_its_own(tmp_path: Path) -> None:
+    """--broker is checked against the runners' specs, not a fixed list."""
+    site = make_site(tmp_path)
+    spec = site / "bgtasks_demo_runner" / "__init__.py"
+    spec.write_text(
+        spec.read_text().replace(
+            'schedule_kind="decorator",', 'schedule_kind="decorator",\n    brokers=("memory",),'
+        )
+    )
+    project = tmp_path / "layered"
+    shutil.copytree(EXAMPLES / "layered", project)
+    result = bgtasks(site, "init", str(project), "--runner", "demo", "--broker", "memory")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'broker = "memory"' in (project / ".bgtasks.toml").read_text()
+    wrong = bgtasks(site, "init", str(project), "--runner", "celery", "--broker", "memory")
+    assert wrong.returncode == 2
+    assert "--broker memory only applies to the demo runner" in wrong.stdout + wrong.stderr
