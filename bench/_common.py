@@ -105,6 +105,7 @@ def private_redis(project: Path) -> Iterator[tuple[int, dict[str, str]]]:
             {
                 **os.environ,
                 "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+                "TASKIQ_BROKER_URL": f"redis://127.0.0.1:{port}/0",
                 "CELERY_BROKER_URL": f"redis://127.0.0.1:{port}/0",
                 "CELERY_RESULT_BACKEND": f"redis://127.0.0.1:{port}/1",
                 "PYTHONPATH": str(project),

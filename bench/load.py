@@ -12,9 +12,17 @@ machine hits them all alike):
   `send-email` route whose dependency creates an arq pool per request;
 - the generated queue endpoint.
 
-Printed per endpoint: requests per second, p50/p99 latency, the ratio to each no-op and
-to the seed endpoint, Redis `connected_clients` before and after, and how many messages
-the queue holds against how many 2xx answers the endpoint gave.
+taskiq has no seed endpoint: its queue endpoint is compared with its no-op, and with
+arq's queue endpoint measured in the same turns (every runner's app is served at once,
+each from its own environment against its own redis-server, and the turns go through
+all of their endpoints).
+
+Printed per endpoint: requests per second, p50/p99 latency, the server's CPU time per
+request (user + system time of the uvicorn process over the requests it answered: on a
+shared machine it moves much less than req/s, which also depends on what else gets the
+cores), the ratio to each no-op and to the seed endpoint (arq's queue endpoint for
+taskiq), Redis `connected_clients` before and after, and how many messages the queue
+holds against how many 2xx answers the endpoint gave.
 
 Then, per runner, the broker made unusable: pointed at a TCP listener that accepts and
 never answers, and at a closed port. While 32 requests hit `/health` another 8 keep
@@ -30,7 +38,9 @@ machine is itself the bottleneck (the ratio to the ceiling then says little).
     bash .ci/setup-venvs          # the runner environments, once
     apt-get install -y wrk        # optional, recommended
     .venv/bin/python bench/load.py [--seconds 5] [--concurrency 32] [--runner arq]
-        [--no-outage] [--no-rabbitmq]
+        [--runner taskiq] [--no-outage] [--no-rabbitmq]
+
+The outage cases run for arq and celery only.
 """
 
 from __future__ import annotations
@@ -101,7 +111,18 @@ ENDPOINTS = {
         ),
     ],
 }
+ENDPOINTS["taskiq"] = [
+    Endpoint("no-op", "no-op `async def`", "/bench/noop-async"),
+    Endpoint(
+        "bgtasks",
+        "bgtasks `POST /taskiq-tasks/process-data`",
+        "/taskiq-tasks/process-data",
+        {"data_id": 7, "values": [1.0, 2.0]},
+    ),
+]
 QUEUE_ENDPOINT = {runner: endpoints[-1] for runner, endpoints in ENDPOINTS.items()}
+# the seed endpoints, as the seed document writes them (it has none for taskiq)
+SEEDS: dict[str, str] = {}
 
 NOOP_MODULE = '''"""The benchmark's app: the scaffolded app plus no-op and seed endpoints."""
 
@@ -194,6 +215,9 @@ async def queue_email(
 '''
 
 
+SEEDS.update(celery=CELERY_SEED, arq=ARQ_SEED)
+
+
 def redis_cli(port: int, *args: str) -> str:
     return subprocess.run(
         ["redis-cli", "-p", str(port), *args],
@@ -225,6 +249,13 @@ class Figures:
     p50: float
     p99: float
     answered: int  # requests answered 2xx
+    cpu_us: float = 0.0  # the server's CPU time per answered request
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _milliseconds(text: str) -> float:
@@ -315,14 +346,19 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def prepare(runner: str, workdir: Path, *init_args: str) -> tuple[Path, Path]:
     python, project = scaffold_runner(runner, workdir, *init_args)
-    module = NOOP_MODULE + (CELERY_SEED if runner == "celery" else ARQ_SEED)
-    (project / "bench_app.py").write_text(module)
+    (project / "bench_app.py").write_text(NOOP_MODULE + SEEDS.get(runner, ""))
     return python, project
 
 
+@dataclass(frozen=True)
+class Server:
+    base: str  # its URL
+    pid: int
+
+
 @contextlib.contextmanager
-def serve(python: Path, project: Path, env: dict[str, str]) -> Iterator[str]:
-    """uvicorn (one worker) serving bench_app:app; yields its base URL."""
+def serve(python: Path, project: Path, env: dict[str, str]) -> Iterator[Server]:
+    """uvicorn (one worker) serving bench_app:app."""
     web_port = free_port()
     # the server's log (a traceback per refused publish in the outage cases) stays out
     # of the table
@@ -338,57 +374,91 @@ def serve(python: Path, project: Path, env: dict[str, str]) -> Iterator[str]:
     )
     try:
         wait_port(web_port, timeout=60)
-        yield f"http://127.0.0.1:{web_port}"
+        yield Server(f"http://127.0.0.1:{web_port}", web.pid)
     finally:
         os.killpg(web.pid, signal.SIGTERM)
         web.wait(timeout=20)
         log.close()
 
 
-def bench_runner(
-    runner: str, seconds: float, concurrency: int, repeats: int, workdir: Path
-) -> list[str]:
-    python, project = prepare(runner, workdir)
-    with private_redis(project) as (redis_port, env), serve(python, project, env) as base:
-        endpoints = ENDPOINTS[runner]
-        # warm up every endpoint until each threadpool thread has its connections
-        for endpoint in endpoints:
-            measure(base + endpoint.path, endpoint.body, min(seconds, 3), concurrency)
-        before = connected_clients(redis_port)
-        runs: dict[str, list[Figures]] = {e.label: [] for e in endpoints}
-        queued: dict[str, tuple[int, int]] = {}
-        for _ in range(repeats):
-            for endpoint in endpoints:
-                length = int(redis_cli(redis_port, "llen", "celery") or 0)
-                figures = measure(base + endpoint.path, endpoint.body, seconds, concurrency)
-                runs[endpoint.label].append(figures)
-                added = int(redis_cli(redis_port, "llen", "celery") or 0) - length
-                old = queued.get(endpoint.label, (0, 0))
-                queued[endpoint.label] = (old[0] + added, old[1] + figures.answered)
-        after = connected_clients(redis_port)
-    rows = []
-    noops = [e for e in endpoints if e.kind == "no-op"]
-    (seed,) = [e for e in endpoints if e.kind == "seed"]
+@dataclass
+class App:
+    runner: str
+    server: Server
+    redis_port: int
+    endpoints: list[Endpoint]
+    clients_before: int = 0
+    clients_after: int = 0
 
-    def ratio(endpoint: Endpoint, other: Endpoint) -> str:
-        pairs = zip(runs[endpoint.label], runs[other.label], strict=True)
+
+def bench_runners(
+    runners: list[str], seconds: float, concurrency: int, repeats: int, workdir: Path
+) -> list[str]:
+    """Every runner's app served at once; the turns go through all their endpoints."""
+    with contextlib.ExitStack() as stack:
+        apps = []
+        for runner in runners:
+            (workdir / runner).mkdir()
+            python, project = prepare(runner, workdir / runner)
+            redis_port, env = stack.enter_context(private_redis(project))
+            server = stack.enter_context(serve(python, project, env))
+            apps.append(App(runner, server, redis_port, ENDPOINTS[runner]))
+        # warm up every endpoint until each threadpool thread has its connections
+        for app in apps:
+            for endpoint in app.endpoints:
+                url = app.server.base + endpoint.path
+                measure(url, endpoint.body, min(seconds, 3), concurrency)
+            app.clients_before = connected_clients(app.redis_port)
+        runs: dict[tuple[str, str], list[Figures]] = {
+            (app.runner, e.label): [] for app in apps for e in app.endpoints
+        }
+        queued: dict[tuple[str, str], tuple[int, int]] = {}
+        for _ in range(repeats):
+            for app in apps:
+                for endpoint in app.endpoints:
+                    key = (app.runner, endpoint.label)
+                    length = int(redis_cli(app.redis_port, "llen", "celery") or 0)
+                    cpu = cpu_seconds(app.server.pid)
+                    url = app.server.base + endpoint.path
+                    result = measure(url, endpoint.body, seconds, concurrency)
+                    result.cpu_us = (cpu_seconds(app.server.pid) - cpu) / result.answered * 1e6
+                    runs[key].append(result)
+                    added = int(redis_cli(app.redis_port, "llen", "celery") or 0) - length
+                    old = queued.get(key, (0, 0))
+                    queued[key] = (old[0] + added, old[1] + result.answered)
+        for app in apps:
+            app.clients_after = connected_clients(app.redis_port)
+
+    def ratio(one: tuple[str, str], other: tuple[str, str]) -> str:
+        pairs = zip(runs[one], runs[other], strict=True)
         return f"{statistics.median(a.rate / b.rate for a, b in pairs):.2f}"
 
-    for endpoint in endpoints:
-        figures = runs[endpoint.label]
-        rates = [f.rate for f in figures]
-        messages = ""
-        if endpoint.counted:
-            added, answered = queued[endpoint.label]
-            messages = f"{added} / {answered}"
-        rows.append(
-            f"| {runner} | {endpoint.label} | {statistics.median(rates):.0f} "
-            f"({min(rates):.0f}-{max(rates):.0f}) "
-            f"| {statistics.median(f.p50 for f in figures):.1f} "
-            f"| {statistics.median(f.p99 for f in figures):.1f} "
-            f"| {' / '.join(ratio(endpoint, noop) for noop in noops)} "
-            f"| {ratio(endpoint, seed)} | {before} -> {after} | {messages} |"
-        )
+    rows = []
+    for app in apps:
+        noops = [(app.runner, e.label) for e in app.endpoints if e.kind == "no-op"]
+        seeds = [(app.runner, e.label) for e in app.endpoints if e.kind == "seed"]
+        if app.runner == "taskiq" and "arq" in runners:
+            seeds = [("arq", QUEUE_ENDPOINT["arq"].label)]
+        for endpoint in app.endpoints:
+            key = (app.runner, endpoint.label)
+            figures = runs[key]
+            rates = [f.rate for f in figures]
+            messages = ""
+            if endpoint.counted:
+                added, answered = queued[key]
+                messages = f"{added} / {answered}"
+            versus = ratio(key, seeds[0]) if seeds else ""
+            if seeds and seeds[0][0] != app.runner:  # taskiq, against arq
+                versus = f"{versus} (arq's queue endpoint)" if endpoint.kind == "bgtasks" else ""
+            rows.append(
+                f"| {app.runner} | {endpoint.label} | {statistics.median(rates):.0f} "
+                f"({min(rates):.0f}-{max(rates):.0f}) "
+                f"| {statistics.median(f.p50 for f in figures):.1f} "
+                f"| {statistics.median(f.p99 for f in figures):.1f} "
+                f"| {statistics.median(f.cpu_us for f in figures):.0f} "
+                f"| {' / '.join(ratio(key, noop) for noop in noops)} "
+                f"| {versus} | {app.clients_before} -> {app.clients_after} | {messages} |"
+            )
     return rows
 
 
@@ -433,6 +503,10 @@ def hit_queue(url: str, body: object, stop: threading.Event, out: list[tuple[int
             out.append((status, time.monotonic() - started))
 
 
+# the setting that points each runner's web app at its broker
+OUTAGE_KEY = {"celery": "CELERY_BROKER_URL", "arq": "REDIS_URL"}
+
+
 def bench_outage(runner: str, seconds: float, concurrency: int, workdir: Path) -> list[str]:
     python, project = prepare(runner, workdir)
     endpoint = QUEUE_ENDPOINT[runner]
@@ -442,8 +516,8 @@ def bench_outage(runner: str, seconds: float, concurrency: int, workdir: Path) -
             with contextlib.ExitStack() as stack:
                 port = stack.enter_context(blackhole()) if case == "blackhole" else free_port()
                 dead = f"redis://127.0.0.1:{port}/0"
-                key = "CELERY_BROKER_URL" if runner == "celery" else "REDIS_URL"
-                base = stack.enter_context(serve(python, project, {**env, key: dead}))
+                key = OUTAGE_KEY[runner]
+                base = stack.enter_context(serve(python, project, {**env, key: dead})).base
                 stop = threading.Event()
                 answers: list[tuple[int, float]] = []
                 threads = [
@@ -480,21 +554,27 @@ def bench_rabbitmq(seconds: float, concurrency: int, repeats: int, workdir: Path
         )
         with private_redis(project) as (_port, env):
             env = {**env, "CELERY_BROKER_URL": RABBITMQ_URL}
-            with serve(python, project, env) as base:
+            with serve(python, project, env) as server:
+                base = server.base
                 endpoint = QUEUE_ENDPOINT["celery"]
                 measure(base + endpoint.path, None, min(seconds, 3), concurrency)
-                figures = [
-                    measure(base + endpoint.path, None, seconds, concurrency)
-                    for _ in range(repeats)
-                ]
+                figures = []
+                for _ in range(repeats):
+                    cpu = cpu_seconds(server.pid)
+                    figures.append(measure(base + endpoint.path, None, seconds, concurrency))
+                    spent = cpu_seconds(server.pid) - cpu
+                    figures[-1].cpu_us = spent / figures[-1].answered * 1e6
         rates = [f.rate for f in figures]
         return [
             f"| celery, RabbitMQ broker | {endpoint.label} | {statistics.median(rates):.0f} "
             f"({min(rates):.0f}-{max(rates):.0f}) "
             f"| {statistics.median(f.p50 for f in figures):.1f} "
-            f"| {statistics.median(f.p99 for f in figures):.1f} | | | | all 2xx |"
+            f"| {statistics.median(f.p99 for f in figures):.1f} "
+            f"| {statistics.median(f.cpu_us for f in figures):.0f} | | | | all 2xx |"
         ]
-    return ["| celery, RabbitMQ broker | not reachable on 127.0.0.1:5672: skipped | | | | | | | |"]
+    return [
+        "| celery, RabbitMQ broker | not reachable on 127.0.0.1:5672: skipped | | | | | | | | |"
+    ]
 
 
 def main() -> None:
@@ -509,11 +589,9 @@ def main() -> None:
     runners = args.runner or sorted(ENDPOINTS)
     rows, outages, rabbit = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
+        rows = bench_runners(runners, args.seconds, args.concurrency, args.runs, Path(tmp))
         for runner in runners:
-            work = Path(tmp) / runner
-            work.mkdir()
-            rows += bench_runner(runner, args.seconds, args.concurrency, args.runs, work)
-            if not args.no_outage:
+            if not args.no_outage and runner in OUTAGE_KEY:
                 outage_dir = Path(tmp) / f"{runner}-outage"
                 outage_dir.mkdir()
                 outages += bench_outage(runner, args.seconds, args.concurrency, outage_dir)
@@ -525,10 +603,11 @@ def main() -> None:
         f"endpoint, median of {args.runs} runs (min-max)\n"
     )
     print(
-        "| runner | endpoint | req/s | p50 ms | p99 ms | vs no-op (celery: def / async def) "
-        "| vs seed | Redis clients before -> after | messages queued / 2xx answers |"
+        "| runner | endpoint | req/s | p50 ms | p99 ms | server CPU us/request "
+        "| vs no-op (celery: def / async def) | vs seed | Redis clients before -> after "
+        "| messages queued / 2xx answers |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows + rabbit:
         print(row)
     if outages:

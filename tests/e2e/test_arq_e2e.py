@@ -15,6 +15,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -51,6 +52,7 @@ pytestmark = pytest.mark.e2e
 JOB_TIMEOUT = 5  # ARQ_JOB_TIMEOUT for the stack: in-progress lock = 15 s
 POOL_MAX_CONNECTIONS = 20  # MAX_CONNECTIONS in the generated pool.py
 WORKER_MAX_JOBS = 10  # WorkerSettings.max_jobs
+MAX_BODY_BYTES = 256 * 1024  # MAX_BODY_BYTES in the generated router
 RUFF_RULES = "E,F,W,I,B,UP,ASYNC"
 
 
@@ -313,6 +315,24 @@ def test_concurrent_enqueues_keep_redis_connections_bounded(stack: Stack) -> Non
     assert after_first <= bound and after_second <= bound
     # a second burst of 200 does not add connections: the pool is reused
     assert after_second <= after_first + 2, (after_first, after_second)
+
+
+def test_a_content_length_beside_chunked_framing_leaves_the_body_bounded(
+    stack: Stack,
+) -> None:
+    # The server frames this body as chunked (Transfer-Encoding wins): the small length
+    # it also declares must not let the route skip its own bounded read.
+    host, port = stack.base.removeprefix("http://").split(":")
+    head = (
+        "POST /arq-tasks/process-data HTTP/1.1\r\nHost: test\r\n"
+        f"Authorization: Bearer {API_TOKEN}\r\nContent-Type: application/json\r\n"
+        "Content-Length: 20\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    chunk = b"1" * (MAX_BODY_BYTES + 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head + b"%x\r\n" % len(chunk) + chunk + b"\r\n0\r\n\r\n")
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:300]
 
 
 def test_worker_starts_with_the_cron_job_and_stays_up(stack: Stack) -> None:

@@ -101,6 +101,35 @@ asyncio.run(main())
 """
 
 
+# Serves the app with its lifespan (TestClient in a `with`), queues through the fast
+# path, and counts the other clients of a Redis no one else uses: during the app's life
+# and after its shutdown, with this process still alive (so the OS closed nothing).
+SHUTDOWN = """
+import json, os
+import redis
+from fastapi.testclient import TestClient
+from app.main import app
+
+probe = redis.Redis.from_url(os.environ["CELERY_BROKER_URL"])
+probe_id = probe.client_id()
+
+def others():
+    return sum(1 for c in probe.client_list() if int(c["id"]) != probe_id)
+
+headers = {
+    "Authorization": "Bearer " + os.environ["BGTASKS_API_TOKEN"],
+    "Content-Type": "application/json",
+}
+before = others()
+with TestClient(app) as client:
+    for n in (1, 2, 3):
+        response = client.post(f"/tasks/process-order/{n}", headers=headers)
+        assert response.status_code == 202, response.text
+    during = others()
+print(json.dumps({"before": before, "during": during, "after": others()}))
+"""
+
+
 @dataclass
 class Stack:
     python: Path
@@ -239,3 +268,22 @@ def test_revoke_a_queued_and_cancel_a_running_fast_path_message(stack: Stack) ->
     assert stack.final(marker)["state"] == "SUCCESS"
     assert stack.status(queued_id)["state"] == "REVOKED"
     assert f"process_order[{queued_id}] succeeded" not in stack.worker.log()
+
+
+def test_shutdown_closes_the_fast_path_connections(stack: Stack, tmp_path: Path) -> None:
+    with redis_server(tmp_path) as url:
+        env = {**stack.env, "CELERY_BROKER_URL": f"{url}/0", "CELERY_RESULT_BACKEND": f"{url}/1"}
+        result = subprocess.run(
+            [str(stack.python), "-W", "ignore", "-c", SHUTDOWN],
+            cwd=stack.project,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 0, result.stdout + result.stderr
+    counts = json.loads(result.stdout.splitlines()[-1])
+    # the queue requests opened fast_publish's pool; the router's lifespan closed it
+    assert counts["before"] == 0, counts
+    assert counts["during"] >= 1, counts
+    assert counts["after"] == 0, counts

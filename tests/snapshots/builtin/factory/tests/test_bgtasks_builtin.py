@@ -81,6 +81,29 @@ def client(token: str) -> TestClient:
     return TestClient(API, headers=HEADERS)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_email_counts() -> Iterator[None]:
+    """Each test starts with no emails counted against its caller."""
+    routes._email_times.clear()
+    yield
+    routes._email_times.clear()
+
+
+def test_emails_are_limited_per_caller(
+    client: TestClient, sent: Sent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(routes, "EMAIL_RATE_LIMIT", 3)
+    email = {"to": "ada@example.com", "subject": "Hi", "body": "Welcome"}
+    codes = [client.post(SEND_EMAIL, json=email).status_code for _ in range(4)]
+    assert codes == [202, 202, 202, 429]
+    assert len(sent) == 3
+    # the copy a notification sends counts too
+    notice = {"user_id": 1, "message": "Hello", "email": "ada@example.com"}
+    assert client.post(PROCESS, json=notice).status_code == 429
+    # another caller has a window of its own
+    routes.count_email("someone-else")
+
+
 def test_requests_without_the_token_are_refused(token: str, sent: Sent) -> None:
     payload = {"to": "ada@example.com", "subject": "Hi", "body": "Welcome"}
     for authorization in ("", "Bearer wrong-token", f"Basic {token}", "Bearer "):

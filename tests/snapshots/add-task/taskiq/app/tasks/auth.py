@@ -27,7 +27,7 @@ class TaskAccess:
     task_id: str | None  # the task it reads or cancels; None when queueing
 
 
-async def task_access(request: Request) -> TaskAccess:
+def task_access(request: Request) -> TaskAccess:
     """The action and task id of a request, from its method and path."""
     task_id = request.path_params.get("task_id")
     if task_id is None:
@@ -36,16 +36,15 @@ async def task_access(request: Request) -> TaskAccess:
     return TaskAccess(action, str(task_id))
 
 
-async def authorize_task_access(
-    request: Request, access: Annotated[TaskAccess, Depends(task_access)]
-) -> str:
+async def authorize_task_access(request: Request) -> str:
     """Decide who may queue, read and cancel tasks: the one place to edit.
 
     Every route of the router depends on it. Return the caller's identity, a stable
     string that is not a secret (idempotency keys and the email rate limit are kept
-    per identity), or raise HTTPException(401) / (403) to refuse. `access.action` and
-    `access.task_id` say what is asked: whether a caller may read or cancel a task
-    somebody else queued is your application's policy, decided here.
+    per identity), or raise HTTPException(401) / (403) to refuse. `task_access(request)`
+    says what is asked (`.action`, `.task_id`; a plain call, as a dependency it would
+    cost every request a resolution): whether a caller may read or cancel a
+    task somebody else queued is your application's policy, decided here.
 
     As generated a request passes with the API token, sent as
     `Authorization: Bearer <token>` and set in the environment as
@@ -55,16 +54,14 @@ async def authorize_task_access(
     parameter and decide here:
 
         async def authorize_task_access(
-            request: Request,
-            access: Annotated[TaskAccess, Depends(task_access)],
-            user: Annotated[User, Depends(get_current_user)],
+            request: Request, user: Annotated[User, Depends(get_current_user)]
         ) -> str:
+            access = task_access(request)
             if access.task_id is not None and not owns(user, access.task_id):
                 raise HTTPException(status_code=403, detail="Not your task")
             return f"user:{user.id}"
     """
-    del access  # no per-task policy as generated
-    return api_token_caller(request)
+    return api_token_caller(request)  # no per-task policy as generated
 
 
 def client_identity(request: Request) -> str:

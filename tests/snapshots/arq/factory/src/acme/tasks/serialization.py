@@ -32,9 +32,13 @@ def _encode(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+# one encoder for every record: json.dumps would build a new one per job
+_ENCODER = json.JSONEncoder(default=_encode, separators=(",", ":"))
+
+
 def serialize(data: dict[str, Any]) -> bytes:
     """arq job_serializer: the job (or result) record as compact UTF-8 JSON."""
-    return json.dumps(data, default=_encode, separators=(",", ":")).encode()
+    return _ENCODER.encode(data).encode()
 
 
 def _is_int(value: object) -> bool:

@@ -32,7 +32,8 @@ mode, task-sent events) take the blocking path in the threadpool instead: correc
 first. Signals: before_task_publish and after_task_publish are sent while the message
 is built, just before it is written.
 
-`aclose()` closes the current event loop's connections (at shutdown, or in tests).
+`aclose()` closes the current event loop's connections; `lifespan` calls it at the
+app's shutdown. The generated router runs that lifespan with the app's own.
 """
 
 import asyncio
@@ -42,13 +43,14 @@ import json
 import logging
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, final
 
 import celery
 import kombu
 from celery import Task, signals
+from fastapi import FastAPI
 from kombu import serialization
 from kombu.exceptions import OperationalError
 from kombu.messaging import Producer
@@ -330,6 +332,17 @@ async def aclose() -> None:
     if clients is not None:
         await clients.broker.connection_pool.disconnect()
         await clients.backend.connection_pool.disconnect()
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Close the connections enqueue opened when the app shuts down; left open they
+    outlive the app until the process exits (each TestClient block leaves its own)."""
+    del app
+    try:
+        yield
+    finally:
+        await aclose()
 
 
 def _clients_for_this_loop(found: _Route) -> _Clients:

@@ -57,10 +57,13 @@ class EmailNotSent(Exception):
 
 
 class TaskControl:
-    """A running task's status hash: progress, and whether a cancel was asked for."""
+    """A running task's status hash: progress, and whether a cancel was asked for.
 
-    def __init__(self, task_id: str) -> None:
+    `tries` is the attempt this run is: 1 the first time, 2 on the first retry."""
+
+    def __init__(self, task_id: str, tries: int = 1) -> None:
         self.task_id = task_id
+        self.tries = tries
         self._last_write = 0.0
 
     async def cancel_requested(self) -> bool:
@@ -88,7 +91,9 @@ async def task_control(
     context: Annotated[Context, TaskiqDepends()],
 ) -> TaskControl:
     """Dependency of every task: TaskCancelled before it starts, if it was cancelled."""
-    control = TaskControl(context.message.task_id)
+    # the retry middleware counts the retries so far in the message's labels
+    retries = int(context.message.labels.get("_retries", 0))
+    control = TaskControl(context.message.task_id, tries=retries + 1)
     if await control.cancel_requested():
         logger.info("task %s was cancelled before it started", control.task_id)
         raise TaskCancelled

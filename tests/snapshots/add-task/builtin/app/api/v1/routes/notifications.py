@@ -8,11 +8,14 @@ Who may call these routes is decided by `authorize_task_access` in
 app.tasks.auth,
 the one place to edit: as generated, callers send `Authorization: Bearer <token>`, the
 token being the value of
-BGTASKS_API_TOKEN; anything else is 401. There is no email
-rate limit here (no shared store to count in): add one in that hook, or put the routes
-behind a proxy that limits, before they are reachable from outside.
+BGTASKS_API_TOKEN; anything else is 401. Emails are limited per
+caller (429 beyond EMAIL_RATE_LIMIT a window), counted in this process: BackgroundTasks
+have no shared store, so each web process counts on its own. A limit at the proxy in
+front is the exact one.
 """
 
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, Literal
 
@@ -31,7 +34,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
 
 from app.tasks import notifications as jobs
-from app.tasks.auth import authorize_task_access
+from app.tasks.auth import Caller, authorize_task_access
 from app.tasks.email import (
     checked_recipient,
     checked_subject,
@@ -43,16 +46,42 @@ from app.tasks.email import (
 # an emoji's surrogate pair) sends as about 120 kB.
 MAX_BODY_BYTES = 128 * 1024
 
+# Emails one caller may queue per window, in this process (see above); the callers
+# remembered are bounded, so a flood of distinct tokens cannot grow memory without end.
+EMAIL_RATE_LIMIT = 20
+EMAIL_RATE_WINDOW_SECONDS = 60.0
+EMAIL_RATE_CALLERS = 10_000
+_email_times: OrderedDict[str, deque[float]] = OrderedDict()
+
+
+def count_email(caller: str) -> None:
+    """One more email for `caller`; 429 when the window already holds the limit."""
+    now = time.monotonic()
+    times = _email_times.pop(caller, None) or deque()
+    while times and now - times[0] >= EMAIL_RATE_WINDOW_SECONDS:
+        times.popleft()
+    _email_times[caller] = times  # the most recent caller last: evicted last
+    if len(times) >= EMAIL_RATE_LIMIT:
+        raise HTTPException(status_code=429, detail="Too many emails, try again later")
+    times.append(now)
+    while len(_email_times) > EMAIL_RATE_CALLERS:
+        _email_times.popitem(last=False)
+
+
+async def limit_email_rate(caller: Caller) -> None:
+    count_email(caller)
+
 
 class BoundedRoute(APIRoute):
     """The route class of this router: a bounded request body, 422s without input.
 
     FastAPI reads the whole body before it runs any dependency, so no dependency can
-    bound it, and a router cannot own middleware: this class reads the body first, at
-    most MAX_BODY_BYTES of it, and answers 413 beyond (from Content-Length, or while a
-    chunked body streams in). Its validation errors keep `loc`, `msg` and `type` but
-    drop `input`: that can be as large as the body, hold an address, or be a number
-    JSON cannot carry (1e400 parses as inf, and rendering it would fail with a 500).
+    bound it, and a router cannot own middleware: this class answers 413 to a
+    Content-Length beyond MAX_BODY_BYTES before reading a byte, and reads a body
+    without one (chunked) first, at most MAX_BODY_BYTES of it (413 beyond). Its
+    validation errors keep `loc`, `msg` and `type` but drop `input`: that can be as
+    large as the body, hold an address, or be a number JSON cannot carry (1e400
+    parses as inf, and rendering it would fail with a 500).
 
     A POST whose Content-Type is not JSON is refused with 415 before its body is read:
     a cross-site form or a no-cors fetch cannot send that type without a CORS preflight,
@@ -68,10 +97,17 @@ class BoundedRoute(APIRoute):
                 raise HTTPException(
                     status_code=415, detail="Send Content-Type: application/json"
                 )
-            body = await _read_bounded_body(request)
-            replayed = Request(request.scope, _replay(body, request.receive))
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and "transfer-encoding" not in request.headers:
+                # the server hands over no more than the length declared: bounded
+                # as it is, no need to read it first and replay it
+                if int(declared) > MAX_BODY_BYTES:
+                    raise _too_large()  # refused before a byte of it is read
+            else:
+                body = await _read_bounded_body(request)
+                request = Request(request.scope, _replay(body, request.receive))
             try:
-                return await handle(replayed)
+                return await handle(request)
             except RequestValidationError as exc:
                 errors = [
                     {key: value for key, value in error.items() if key != "input"}
@@ -95,9 +131,6 @@ def _too_large() -> HTTPException:
 
 
 async def _read_bounded_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _too_large()  # refused before a byte of it is read
     chunks: list[bytes] = []
     size = 0
     try:
@@ -184,7 +217,8 @@ class Accepted(BaseModel):
     "/send-email",
     status_code=202,
     summary="Queue an email",
-    responses=errors(413, 415),
+    dependencies=[Depends(limit_email_rate)],
+    responses=errors(413, 415, 429),
 )
 async def send_email_later(
     request: EmailRequest, background_tasks: BackgroundTasks
@@ -200,12 +234,14 @@ async def send_email_later(
     "/process",
     status_code=202,
     summary="Queue a notification",
-    responses=errors(413, 415),
+    responses=errors(413, 415, 429),
 )
 async def process_later(
-    request: NotificationRequest, background_tasks: BackgroundTasks
+    request: NotificationRequest, background_tasks: BackgroundTasks, caller: Caller
 ) -> Accepted:
     """Process a notification (and email it) after the response, each job isolated."""
+    if request.email is not None:
+        count_email(caller)  # the copy by email counts like any other email
     background_tasks.add_task(
         jobs.safely(jobs.process_notification), request.user_id, request.message
     )

@@ -84,7 +84,7 @@ class TaskAccess:
     task_id: str | None  # the task it reads or cancels; None when queueing
 
 
-async def task_access(request: Request) -> TaskAccess:
+def task_access(request: Request) -> TaskAccess:
     """The action and task id of a request, from its method and path."""
     task_id = request.path_params.get("task_id")
     if task_id is None:
@@ -93,16 +93,15 @@ async def task_access(request: Request) -> TaskAccess:
     return TaskAccess(action, str(task_id))
 
 
-async def authorize_task_access(
-    request: Request, access: Annotated[TaskAccess, Depends(task_access)]
-) -> str:
+async def authorize_task_access(request: Request) -> str:
     """Decide who may queue, read and cancel tasks: the one place to edit.
 
     Every route of the router depends on it. Return the caller's identity, a stable
     string that is not a secret (idempotency keys and the email rate limit are kept
-    per identity), or raise HTTPException(401) / (403) to refuse. `access.action` and
-    `access.task_id` say what is asked: whether a caller may read or cancel a task
-    somebody else queued is your application's policy, decided here.
+    per identity), or raise HTTPException(401) / (403) to refuse. `task_access(request)`
+    says what is asked (`.action`, `.task_id`; a plain call, as a dependency it would
+    cost every request a resolution): whether a caller may read or cancel a
+    task somebody else queued is your application's policy, decided here.
 
     As generated a request passes with the API token, sent as
     `Authorization: Bearer <token>` and set in the environment as
@@ -112,16 +111,14 @@ async def authorize_task_access(
     parameter and decide here:
 
         async def authorize_task_access(
-            request: Request,
-            access: Annotated[TaskAccess, Depends(task_access)],
-            user: Annotated[User, Depends(get_current_user)],
+            request: Request, user: Annotated[User, Depends(get_current_user)]
         ) -> str:
+            access = task_access(request)
             if access.task_id is not None and not owns(user, access.task_id):
                 raise HTTPException(status_code=403, detail="Not your task")
             return f"user:{user.id}"
     """
-    del access  # no per-task policy as generated
-    return api_token_caller(request)
+    return api_token_caller(request)  # no per-task policy as generated
 
 
 def client_identity(request: Request) -> str:
@@ -180,11 +177,12 @@ class BoundedRoute(APIRoute):
     """The route class of this router: a bounded request body, 422s without input.
 
     FastAPI reads the whole body before it runs any dependency, so no dependency can
-    bound it, and a router cannot own middleware: this class reads the body first, at
-    most MAX_BODY_BYTES of it, and answers 413 beyond (from Content-Length, or while a
-    chunked body streams in). Its validation errors keep `loc`, `msg` and `type` but
-    drop `input`: that can be as large as the body, hold an address, or be a number
-    JSON cannot carry (1e400 parses as inf, and rendering it would fail with a 500).
+    bound it, and a router cannot own middleware: this class answers 413 to a
+    Content-Length beyond MAX_BODY_BYTES before reading a byte, and reads a body
+    without one (chunked) first, at most MAX_BODY_BYTES of it (413 beyond). Its
+    validation errors keep `loc`, `msg` and `type` but drop `input`: that can be as
+    large as the body, hold an address, or be a number JSON cannot carry (1e400
+    parses as inf, and rendering it would fail with a 500).
 
     A POST whose Content-Type is not JSON is refused with 415 before its body is read:
     a cross-site form or a no-cors fetch cannot send that type without a CORS preflight,
@@ -200,10 +198,17 @@ class BoundedRoute(APIRoute):
                 raise HTTPException(
                     status_code=415, detail="Send Content-Type: application/json"
                 )
-            body = await _read_bounded_body(request)
-            replayed = Request(request.scope, _replay(body, request.receive))
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and "transfer-encoding" not in request.headers:
+                # the server hands over no more than the length declared: bounded
+                # as it is, no need to read it first and replay it
+                if int(declared) > MAX_BODY_BYTES:
+                    raise _too_large()  # refused before a byte of it is read
+            else:
+                body = await _read_bounded_body(request)
+                request = Request(request.scope, _replay(body, request.receive))
             try:
-                return await handle(replayed)
+                return await handle(request)
             except RequestValidationError as exc:
                 errors = [
                     {key: value for key, value in error.items() if key != "input"}
@@ -227,9 +232,6 @@ def _too_large() -> HTTPException:
 
 
 async def _read_bounded_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _too_large()  # refused before a byte of it is read
     chunks: list[bytes] = []
     size = 0
     try:
@@ -286,6 +288,8 @@ router = APIRouter(
     dependencies=[Depends(authorize_task_access)],
     route_class=BoundedRoute,
     responses=errors(401),
+    # fast_publish's Redis connections close with the app that includes this router
+    lifespan=fast_publish.lifespan,
 )
 
 

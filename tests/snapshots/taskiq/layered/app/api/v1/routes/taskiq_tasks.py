@@ -102,11 +102,12 @@ class BoundedRoute(APIRoute):
     """The route class of this router: a bounded request body, 422s without input.
 
     FastAPI reads the whole body before it runs any dependency, so no dependency can
-    bound it, and a router cannot own middleware: this class reads the body first, at
-    most MAX_BODY_BYTES of it, and answers 413 beyond (from Content-Length, or while a
-    chunked body streams in). Its validation errors keep `loc`, `msg` and `type` but
-    drop `input`: that can be as large as the body, hold an address, or be a number
-    JSON cannot carry (1e400 parses as inf, and rendering it would fail with a 500).
+    bound it, and a router cannot own middleware: this class answers 413 to a
+    Content-Length beyond MAX_BODY_BYTES before reading a byte, and reads a body
+    without one (chunked) first, at most MAX_BODY_BYTES of it (413 beyond). Its
+    validation errors keep `loc`, `msg` and `type` but drop `input`: that can be as
+    large as the body, hold an address, or be a number JSON cannot carry (1e400
+    parses as inf, and rendering it would fail with a 500).
 
     A POST whose Content-Type is not JSON is refused with 415 before its body is read:
     a cross-site form or a no-cors fetch cannot send that type without a CORS preflight,
@@ -122,10 +123,17 @@ class BoundedRoute(APIRoute):
                 raise HTTPException(
                     status_code=415, detail="Send Content-Type: application/json"
                 )
-            body = await _read_bounded_body(request)
-            replayed = Request(request.scope, _replay(body, request.receive))
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and "transfer-encoding" not in request.headers:
+                # the server hands over no more than the length declared: bounded
+                # as it is, no need to read it first and replay it
+                if int(declared) > MAX_BODY_BYTES:
+                    raise _too_large()  # refused before a byte of it is read
+            else:
+                body = await _read_bounded_body(request)
+                request = Request(request.scope, _replay(body, request.receive))
             try:
-                return await handle(replayed)
+                return await handle(request)
             except RequestValidationError as exc:
                 errors = [
                     {key: value for key, value in error.items() if key != "input"}
@@ -149,9 +157,6 @@ def _too_large() -> HTTPException:
 
 
 async def _read_bounded_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _too_large()  # refused before a byte of it is read
     chunks: list[bytes] = []
     size = 0
     try:
