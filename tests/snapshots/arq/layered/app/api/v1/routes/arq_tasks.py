@@ -66,7 +66,7 @@ from app.tasks.idempotency import (
     job_id_secret,
     scoped_job_id,
 )
-from app.tasks.pool import TaskQueue, lifespan, queue_errors_as_503
+from app.tasks.pool import lifespan, queue_errors_as_503, queue_of
 from app.tasks.serialization import error_kind
 
 logger = logging.getLogger(__name__)
@@ -173,11 +173,23 @@ def api_token_caller(request: Request) -> str:
 Caller = Annotated[str, Depends(authorize_task_access)]
 
 
-async def limit_email_rate(caller: Caller, queue: TaskQueue) -> None:
+async def remember_caller(request: Request, caller: Caller) -> None:
+    """The router's dependency: runs the hook once per request and keeps its answer for
+    the routes (see caller_of). Every dependency costs FastAPI a resolution per request,
+    so the routes read the caller, the pool and the Idempotency-Key without one each."""
+    request.state.bgtasks_caller = caller
+
+
+def caller_of(request: Request) -> str:
+    """The identity authorize_task_access returned for this request."""
+    return str(request.state.bgtasks_caller)
+
+
+async def limit_email_rate(request: Request) -> None:
     """At most EMAILS_PER_MINUTE emails per caller per minute (429 beyond)."""
-    key = f"bgtasks:email-rate:{caller}:{int(time.time() // 60)}"
+    key = f"bgtasks:email-rate:{caller_of(request)}:{int(time.time() // 60)}"
     with queue_errors_as_503():
-        async with queue.pipeline(transaction=True) as pipe:
+        async with queue_of(request).pipeline(transaction=True) as pipe:
             pipe.incr(key)
             pipe.expire(key, 60)
             count, _ = await pipe.execute()
@@ -297,7 +309,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 router = APIRouter(
     prefix="/arq-tasks",
     tags=["arq-tasks"],
-    dependencies=[Depends(authorize_task_access)],
+    dependencies=[Depends(remember_caller)],
     route_class=BoundedRoute,
     responses=errors(401),
     # the Redis pool opens and closes with the app that includes this router
@@ -305,25 +317,15 @@ router = APIRouter(
 )
 
 
-async def idempotency_scope(
-    caller: Caller,
-    key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            min_length=1,
-            max_length=64,
-            pattern=r"^[A-Za-z0-9_.-]+$",
-        ),
-    ] = None,
-) -> IdempotencyScope | None:
-    """The request's `Idempotency-Key` header, scoped to the caller who sent it."""
-    return IdempotencyScope(caller=caller, key=key) if key else None
-
-
+# A plain header parameter, validated by FastAPI; its caller scope is added in _enqueue.
 IdempotencyKey = Annotated[
-    IdempotencyScope | None,
-    Depends(idempotency_scope),
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+    ),
 ]
 JobId = Annotated[
     str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
@@ -402,17 +404,19 @@ def _job(queue: ArqRedis, job_id: str) -> Job:
 
 
 async def _enqueue(
-    queue: ArqRedis,
+    request: Request,
     response: Response,
     function: str,
-    idempotency_key: IdempotencyScope | None,
+    idempotency_key: str | None,
     **kwargs: Any,
 ) -> JobAccepted:
+    queue = queue_of(request)
     with queue_errors_as_503():
         job_id = None
-        if idempotency_key is not None:
+        if idempotency_key:
             secret = await job_id_secret(queue)
-            job_id = scoped_job_id(secret, function, idempotency_key)
+            scope = IdempotencyScope(caller=caller_of(request), key=idempotency_key)
+            job_id = scoped_job_id(secret, function, scope)
         job = await queue.enqueue_job(function, _job_id=job_id, **kwargs)
         if job is not None:
             return JobAccepted(job_id=job.job_id, status=JobStatus.queued.value)
@@ -434,12 +438,12 @@ async def _enqueue(
 )
 async def queue_send_email(
     payload: EmailRequest,
-    queue: TaskQueue,
+    request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> JobAccepted:
     return await _enqueue(
-        queue,
+        request,
         response,
         "send_email",
         idempotency_key,
@@ -457,12 +461,12 @@ async def queue_send_email(
 )
 async def queue_process_data(
     payload: ProcessDataRequest,
-    queue: TaskQueue,
+    request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> JobAccepted:
     return await _enqueue(
-        queue,
+        request,
         response,
         "process_data",
         idempotency_key,
@@ -479,12 +483,12 @@ async def queue_process_data(
 )
 async def queue_long_running(
     payload: LongRunningRequest,
-    queue: TaskQueue,
+    request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> JobAccepted:
     return await _enqueue(
-        queue, response, "long_running_task", idempotency_key, steps=payload.steps
+        request, response, "long_running_task", idempotency_key, steps=payload.steps
     )
 
 
@@ -493,8 +497,9 @@ async def queue_long_running(
     summary="Read a job's status",
     responses=errors(404, 503),
 )
-async def get_job_status(job_id: JobId, queue: TaskQueue) -> JobStatusResponse:
+async def get_job_status(job_id: JobId, request: Request) -> JobStatusResponse:
     """The job's state; its result once it succeeded; 404 for an unknown id."""
+    queue = queue_of(request)
     job = _job(queue, job_id)
     with queue_errors_as_503():
         state = await job.status()
@@ -531,7 +536,7 @@ async def get_job_status(job_id: JobId, queue: TaskQueue) -> JobStatusResponse:
 )
 async def abort_job(
     job_id: JobId,
-    queue: TaskQueue,
+    request: Request,
     response: Response,
     wait: Annotated[float, Query(ge=0, le=30, allow_inf_nan=False)] = 5.0,
 ) -> AbortResponse:
@@ -542,6 +547,7 @@ async def abort_job(
     it ended aborted); 202 when it has not stopped yet (the abort stays requested: a
     queued job is dropped when a worker reaches it).
     """
+    queue = queue_of(request)
     job = _job(queue, job_id)
     with queue_errors_as_503():
         state = await job.status()
