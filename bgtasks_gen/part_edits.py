@@ -57,17 +57,36 @@ def _squashed(code: str) -> str:
     return "".join(code.split()).rstrip(",")
 
 
-def _entry_tree(code: str) -> str | None:
-    """The entry as Python sees it (quotes, wrapping and comments aside), or None."""
+def _entry_tokens(code: str) -> list[str] | None:
+    """The entry's tokens with what a formatter may change taken out: whitespace and
+    line breaks, the quotes of a string, a trailing comma before a closing bracket.
+    Comments stay: one the user added is an edit. None when it does not tokenize."""
     import ast
+    import io
+    import tokenize
 
-    entry = code.strip().rstrip(",")
-    for candidate in (entry, "{" + entry + "}"):  # a list item, or a dict's key: value
-        try:
-            return ast.dump(ast.parse(candidate))
-        except SyntaxError:
+    skipped = {tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT}
+    skipped |= {tokenize.ENDMARKER}
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(code.strip()).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return None
+    words = []
+    for token in tokens:
+        if token.type in skipped:
             continue
-    return None
+        text = token.string
+        if token.type == tokenize.STRING:
+            try:
+                text = repr(ast.literal_eval(text))
+            except (ValueError, SyntaxError):
+                pass
+        words.append(text)
+    return [
+        word
+        for index, word in enumerate(words)
+        if not (word == "," and (index + 1 == len(words) or words[index + 1] in ")]}"))
+    ]
 
 
 def edited_entry(source: str, kind: str, name: str, snippet: str) -> bool:
@@ -75,7 +94,7 @@ def edited_entry(source: str, kind: str, name: str, snippet: str) -> bool:
     if current is None:
         return False
     # a project's ruff may have restyled it in place (its quote style): still as written
-    trees = _entry_tree(current), _entry_tree(snippet)
-    if None not in trees:
-        return trees[0] != trees[1]
+    tokens = _entry_tokens(current), _entry_tokens(snippet)
+    if None not in tokens:
+        return tokens[0] != tokens[1]
     return _squashed(current) != _squashed(snippet)

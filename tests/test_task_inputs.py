@@ -253,7 +253,7 @@ def test_bindings_in_a_module_newer_than_the_interpreter() -> None:
         ("arq", "logger:str", "a name the task function"),
         ("builtin", "logger:str", "a name the task function"),
         ("arq", "function:str", "a parameter of _enqueue()"),
-        ("arq", "queue:str", "a parameter of the route"),
+        ("arq", "request:str", "a parameter of the route"),
         ("celery", "request:int", "a parameter of the route"),
         ("builtin", "background_tasks:int", "a parameter of the route"),
         ("builtin", "func:int", "a parameter of background_tasks.add_task()"),
