@@ -393,6 +393,8 @@ def _app_file(project: Project) -> str | None:
 def _without_arq_processes(path: str, text: str) -> str:
     if PurePosixPath(path).name == "Procfile":
         return without_processes(text, ARQ_WORKER)
+    # the heading comment of a compose file arq's init wrote names its worker
+    text = text.replace("and an arq worker (generated", "and taskiq's processes (generated", 1)
     return without_services(text, ARQ_WORKER)
 
 
@@ -481,6 +483,10 @@ def _take_out_arq_edits(
                 for line in new.splitlines(keepends=True)
                 if not any(line.split("=")[0].strip().upper().endswith(n) for n in names)
             )
+            # the group heading arq's fields had: the variables under it are taskiq's now
+            named = {f.comment for f in source.settings_fields if source.name in f.comment}
+            for group in named:
+                new = new.replace(f"# {group}\n", "# Background tasks\n")
         if new != change.new:
             plan.changes[index] = patched(plan.root, change.path, change.old or "", new)
 

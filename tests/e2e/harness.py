@@ -7,6 +7,7 @@ when CI=true, so CI can never go green by skipping.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -289,3 +290,37 @@ def restartable_redis(workdir: Path) -> Iterator[RestartableRedis]:
         yield server
     finally:
         server.stop()
+
+
+def bgtasks(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real `bgtasks <args> -p project`; the caller judges its exit code."""
+    return subprocess.run(
+        [sys.executable, "-m", "bgtasks_gen", *args, "-p", str(project)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+# Imports the app without serving it (nothing connects at import) and prints its routes.
+_OPENAPI_ROUTES = """
+import importlib, json, sys
+module, _, name = sys.argv[1].partition(":")
+app = getattr(importlib.import_module(module), name)
+print(json.dumps(sorted([p, m] for p, ops in app.openapi()["paths"].items() for m in ops)))
+"""
+
+
+def openapi_routes(python: Path, project: Path, target: str) -> set[tuple[str, str]]:
+    """The (path, method) pairs of `target`'s ("pkg.module:app") OpenAPI, as `python`
+    imports it from `project`."""
+    result = subprocess.run(
+        [str(python), "-c", _OPENAPI_ROUTES, target],
+        cwd=project,
+        env={**os.environ, "PYTHONPATH": str(project), "BGTASKS_API_TOKEN": API_TOKEN},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {(path, method) for path, method in json.loads(result.stdout)}
