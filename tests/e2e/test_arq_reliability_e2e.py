@@ -38,7 +38,7 @@ from tests.e2e.harness import (
 pytestmark = pytest.mark.e2e
 
 # the hook's identity, made a header of the test's choosing (behind the token check)
-GENERATED_IDENTITY = "    return api_token_caller(request)\n"
+GENERATED_IDENTITY = "    return api_token_caller(request)  # no per-task policy as generated\n"
 TEST_IDENTITY = (
     "    api_token_caller(request)\n"
     '    return "user:" + request.headers.get("X-Test-User", "anonymous")\n'
