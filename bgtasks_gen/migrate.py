@@ -29,6 +29,7 @@ from bgtasks_gen.addtask import (
     Project,
     _edited_parts,
     _Edits,
+    _project_style,
     _remove_parts,
     _snippet_hash,
     load_project,
@@ -38,16 +39,14 @@ from bgtasks_gen.addtask import (
 )
 from bgtasks_gen.deps import _declared, canonical, requirement_name
 from bgtasks_gen.discovery import Overrides
-from bgtasks_gen.discovery.layout import first_party_names
 from bgtasks_gen.errors import BadInput, ConflictError
 from bgtasks_gen.part_edits import edited_body
 from bgtasks_gen.patch.definitions import definition_code
 from bgtasks_gen.plan import Action, FileChange, Plan, check_python, deleted, patched, read_existing
-from bgtasks_gen.ruff_style import ProjectStyle
 from bgtasks_gen.runfiles import without_processes, without_services
 from bgtasks_gen.runners import get_runner
 from bgtasks_gen.runners.base import RunnerSpec
-from bgtasks_gen.scaffold import FIELDS_HEADER, plan_init
+from bgtasks_gen.scaffold import FIELDS_HEADER, _fields_under_header, plan_init
 from bgtasks_gen.state import BASE_DIR, STATE_FILE, render_state
 
 # (from, to): the moves bgtasks knows how to make
@@ -99,9 +98,19 @@ def plan_migrate(root: Path, to: str, *, force: bool = False) -> Plan:
         if options.get("runner", source.name) == source.name
     }
     problems: list[str] = []
-    carried = [_carry(project, target, name, options, problems) for name, options in added.items()]
-    edits = _arq_edits(project, added, problems, force)
-    _refuse_imports_of(project, edits, problems)
+    edits = _Edits(project)  # read once; a syntax error is one message, not a traceback
+    tasks_text = edits.get(project.tasks_file) if added else ""
+    tasks_tree = ast.parse(tasks_text)
+    snippets = {
+        name: render_snippets(project, request_from_state(name, options))
+        for name, options in added.items()
+    }
+    carried = [
+        _carry(project, tasks_text, tasks_tree, name, options, snippets[name]["task"], problems)
+        for name, options in added.items()
+    ]
+    _refuse_arq_edits(project, edits, snippets, problems, force)
+    _refuse_imports_of(project, problems)
     if problems:
         raise ConflictError(
             f"{len(problems)} thing(s) cannot be carried over to {to} safely:\n  - "
@@ -123,11 +132,17 @@ def plan_migrate(root: Path, to: str, *, force: bool = False) -> Plan:
         own_run_file=_without_arq_processes,
     )
     taskiq_project = _moved_project(project, target, carried)
-    _carry_into_files(plan, taskiq_project, carried)
+    taskiq_tasks = {
+        task.name: render_snippets(taskiq_project, request_from_state(task.name, task.options))[
+            "task"
+        ]
+        for task in carried
+    }
+    _carry_into_files(plan, taskiq_project, carried, taskiq_tasks)
     gone = _removals(project, plan)
     _take_out_arq_edits(plan, project, source, target)
     plan.changes.extend(change for change in gone if change is not None)
-    _rewrite_state(plan, taskiq_project, carried, {c.path for c in gone if c is not None})
+    _rewrite_state(plan, taskiq_project, taskiq_tasks, {c.path for c in gone if c is not None})
     check_python(plan.changes)
     plan.notes.append(
         f'routes keep arq\'s paths and fields (`api_shape = "{source.name}"` in {STATE_FILE}); '
@@ -145,27 +160,28 @@ def plan_migrate(root: Path, to: str, *, force: bool = False) -> Plan:
 
 def _carry(
     project: Project,
-    target: RunnerSpec,
+    text: str,
+    tree: ast.Module,
     name: str,
     options: Mapping[str, object],
+    snippet: str,
     problems: list[str],
 ) -> Carried:
+    """Task `name` of the arq tasks module (`text`, parsed as `tree`) on its way over;
+    `snippet`: its function as add-task wrote it."""
     rel = project.tasks_file
-    text = read_existing(project.root, rel) or ""
-    request = request_from_state(name, options)
-    snippet = render_snippets(project, request)["task"]
     recorded = options.get("hash")
-    if definition_code(text, [name]) is None:
+    function = _function(tree, name)
+    if function is None:
         problems.append(f"task {name!r}: its function is gone from {rel}")
         return Carried(name, options, None)
     if not edited_body(text, name, str(recorded) if recorded else None, snippet):
         return Carried(name, options, None)
-    body = _translated_body(text, rel, name, snippet, problems)
+    generated = _function(ast.parse(snippet), name)
+    assert generated is not None
+    body = _translated_body(text, rel, function, generated, problems)
     if body is None:
         return Carried(name, options, None)
-    tree, written = ast.parse(text), ast.parse(snippet)
-    function, generated = _function(tree, name), _function(written, name)
-    assert function is not None and generated is not None
     docstring = ast.get_docstring(function, clean=False)
     if docstring is not None and docstring == ast.get_docstring(generated, clean=False):
         first = _header_end(function)
@@ -193,14 +209,16 @@ def _header_end(function: ast.AsyncFunctionDef | ast.FunctionDef) -> int:
 
 
 def _translated_body(
-    text: str, rel: str, name: str, snippet: str, problems: list[str]
+    text: str,
+    rel: str,
+    function: ast.AsyncFunctionDef | ast.FunctionDef,
+    written: ast.AsyncFunctionDef | ast.FunctionDef,
+    problems: list[str],
 ) -> list[str] | None:
-    """The edited body's lines with arq's job context spelled the taskiq way; a problem
-    per line that uses arq in a way taskiq has no equivalent for."""
-    tree = ast.parse(text)
-    function = _function(tree, name)
-    written = _function(ast.parse(snippet), name)
-    assert function is not None and written is not None
+    """The edited body's lines (`function`, of `text`) with arq's job context spelled the
+    taskiq way; a problem per line that uses arq in a way taskiq has no equivalent for.
+    `written`: the function as add-task wrote it."""
+    name = function.name
     if ast.dump(function.args) != ast.dump(written.args):
         problems.append(
             f"task {name!r} ({rel}:{function.lineno}): its arguments changed since add-task "
@@ -266,28 +284,27 @@ def _ctx_key(parent: ast.AST | None, node: ast.Name) -> str | None:
     return None
 
 
-def _arq_edits(
+def _refuse_arq_edits(
     project: Project,
-    added: Mapping[str, Mapping[str, object]],
+    edits: _Edits,
+    snippets: Mapping[str, Mapping[str, str]],
     problems: list[str],
     force: bool,
-) -> _Edits:
-    """The arq files as they are, with the added tasks taken out; each generated file
-    that then differs from its pristine copy is a problem (unless --force): those edits
-    would be lost with the file."""
-    edits = _Edits(project)
-    for name, options in added.items():
-        snippets = render_snippets(project, request_from_state(name, options))
+) -> None:
+    """Take the added tasks (`snippets`: each one's parts) out of the arq files as they
+    are (`edits`); each generated file that then differs from its pristine copy is a
+    problem (unless --force): those edits would be lost with the file."""
+    for name, parts in snippets.items():
         if not force:
-            parts = [p for p in _edited_parts(project, edits, name, snippets) if "body" not in p]
+            edited = [p for p in _edited_parts(project, edits, name, parts) if "body" not in p]
             problems.extend(
                 f"task {name!r}: {part} was edited; migrate writes taskiq's instead "
                 "(pass --force to let your edit go)"
-                for part in parts
+                for part in edited
             )
-        _remove_parts(project, edits, name, snippets)
+        _remove_parts(project, edits, name, parts)
     if force:
-        return edits
+        return
     for rel in sorted(_owned(project)):
         base = read_existing(project.root, f"{BASE_DIR}/{rel}.base")
         now = edits.new.get(rel, read_existing(project.root, rel))
@@ -301,7 +318,6 @@ def _arq_edits(
                 "the file goes away in the move (carry the change over by hand afterwards, "
                 "then pass --force)"
             )
-    return edits
 
 
 def _changed_lines(old: str, new: str) -> str:
@@ -332,7 +348,7 @@ def _module_name(project: Project, rel: str) -> str | None:
     return ".".join(parts)
 
 
-def _refuse_imports_of(project: Project, edits: _Edits, problems: list[str]) -> None:
+def _refuse_imports_of(project: Project, problems: list[str]) -> None:
     """Code of the project's own that imports a module going away would break."""
     owned = _owned(project)
     leaving = {m for rel in owned if (m := _module_name(project, rel))}
@@ -406,22 +422,22 @@ def _moved_project(project: Project, target: RunnerSpec, carried: list[Carried])
     return Project(project.root, state, target, layout)
 
 
-def _carry_into_files(plan: Plan, project: Project, carried: list[Carried]) -> None:
+def _carry_into_files(
+    plan: Plan, project: Project, carried: list[Carried], written_tasks: Mapping[str, str]
+) -> None:
     """Put the carried tasks into the freshly planned taskiq files, as `init` run again
-    replays added tasks, then the edited bodies in place of the generated ones."""
+    replays added tasks, then the edited bodies in place of the generated ones
+    (`written_tasks`: each task's taskiq function as add-task writes it)."""
     if not carried:
         return
     created = {c.path: c for c in plan.changes if c.action is Action.CREATE}
     files = {rel: change.new for rel, change in created.items()}
-    first_party = first_party_names(
-        str(project.layout["tasks_module"]), str(project.layout["routes_module"])
-    )
-    grown = ProjectStyle(project.root, first_party).apply_all(replay_tasks(project, files))
+    grown = _project_style(project).apply_all(replay_tasks(project, files))
     rel = project.tasks_file
     for task in carried:
         if task.body is None:
             continue
-        snippet = render_snippets(project, request_from_state(task.name, task.options))["task"]
+        snippet = written_tasks[task.name]
         written = _function(ast.parse(snippet), task.name)
         assert written is not None
         lines = snippet.splitlines(keepends=True)
@@ -521,8 +537,7 @@ def _without_include(text: str, alias: str, rel: str) -> str:
 def _without_fields(text: str, class_name: str, keys: set[str]) -> str:
     """The settings class without the fields bgtasks added for arq alone (below its
     header comment, spelled as the project spells them)."""
-    _, _, below = text.partition(f"# {FIELDS_HEADER}")
-    ours = set(re.findall(r"^\s+(\w+)\s*:", below, flags=re.MULTILINE))
+    ours = _fields_under_header(text)
     tree = ast.parse(text)
     drop: set[int] = set()
     for node in tree.body:
@@ -553,20 +568,19 @@ def _without_requirements(text: str, requirements: list[str]) -> str:
     return "".join(kept)
 
 
-def _rewrite_state(plan: Plan, project: Project, carried: list[Carried], removed: set[str]) -> None:
-    """The state file as taskiq's alone: its files, its tasks with their new hashes."""
+def _rewrite_state(
+    plan: Plan, project: Project, written_tasks: Mapping[str, str], removed: set[str]
+) -> None:
+    """The state file as taskiq's alone: its files, its tasks (`project.tasks`) with the
+    hashes of their functions as add-task writes them (`written_tasks`)."""
     for index, change in enumerate(plan.changes):
         if change.path != STATE_FILE:
             continue
         data = tomllib.loads(change.new)
         files = {k: str(v) for k, v in data.get("files", {}).items() if k not in removed}
-        tasks = {}
-        for task in carried:
-            snippet = render_snippets(project, request_from_state(task.name, task.options))
-            tasks[task.name] = {
-                **task.options,
-                "runner": project.spec.name,
-                "hash": _snippet_hash(snippet["task"], task.name),
-            }
+        tasks = {
+            name: {**options, "hash": _snippet_hash(written_tasks[name], name)}
+            for name, options in project.tasks.items()
+        }
         text = render_state([project.spec.name], dict(data.get("layout", {})), files, tasks)
         plan.changes[index] = patched(plan.root, STATE_FILE, change.old or "", text)
