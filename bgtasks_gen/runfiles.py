@@ -18,6 +18,8 @@ from typing import Any
 COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
 DOCKERFILES = ("Dockerfile", "docker/Dockerfile", "Dockerfile.prod", "deploy/Dockerfile")
 TOP_LEVEL_KEY = re.compile(r"^[A-Za-z_][\w-]*\s*:")
+# the comment above the services merge_compose adds (without_services takes it out too)
+ADDED_SERVICES = "# added by bgtasks ({runner})"
 
 
 @dataclass
@@ -141,7 +143,7 @@ def merge_compose(theirs: str, ours: str, runner: str) -> Merged:
     if end and not lines[end - 1].endswith(("\n", "\r")):
         lines[end - 1] += newline
     dumped = _dump(additions, step)
-    header = f"{' ' * indent}# added by bgtasks ({runner})"
+    header = " " * indent + ADDED_SERVICES.format(runner=runner)
     insert = [header + newline] + [
         (" " * indent + line if line.strip() else line) + newline for line in dumped.splitlines()
     ]
@@ -240,7 +242,8 @@ def without_services(compose: str, command: re.Pattern[str]) -> str:
         ):
             last -= 1  # the comments and blank lines before the next service are its own
         above = first
-        if above > start + 1 and lines[above - 1].strip().startswith("# added by bgtasks ("):
+        heading = ADDED_SERVICES.partition("{")[0]
+        if above > start + 1 and lines[above - 1].strip().startswith(heading):
             above -= 1
         drop.update(range(above, last))
     return "".join(line for i, line in enumerate(lines) if i not in drop)
