@@ -176,13 +176,25 @@ Caller = Annotated[str, Depends(authorize_task_access)]
 async def remember_caller(request: Request, caller: Caller) -> None:
     """The router's dependency: runs the hook once per request and keeps its answer for
     the routes (see caller_of). Every dependency costs FastAPI a resolution per request,
-    so the routes read the caller, the pool and the Idempotency-Key without one each."""
+    so the routes read the caller and the Idempotency-Key without one each."""
     request.state.bgtasks_caller = caller
 
 
 def caller_of(request: Request) -> str:
     """The identity authorize_task_access returned for this request."""
     return str(request.state.bgtasks_caller)
+
+
+# A plain header parameter, validated by FastAPI; scoped to the caller when queueing.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+    ),
+]
 
 
 async def limit_email_rate(request: Request) -> None:
@@ -317,16 +329,6 @@ router = APIRouter(
 )
 
 
-# A plain header parameter, validated by FastAPI; its caller scope is added in _enqueue.
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9_.-]+$",
-    ),
-]
 JobId = Annotated[
     str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
 ]

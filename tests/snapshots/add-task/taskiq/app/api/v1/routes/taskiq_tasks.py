@@ -55,7 +55,7 @@ from taskiq import AsyncTaskiqDecoratedTask
 from taskiq.exceptions import SendTaskError
 
 from app.tasks import taskiq_tasks
-from app.tasks.auth import Caller, authorize_task_access
+from app.tasks.auth import Caller
 from app.tasks.taskiq_app import (
     KEEP_PENDING,
     KEEP_RESULT,
@@ -86,9 +86,33 @@ def queue_errors_as_503() -> Iterator[None]:
         raise HTTPException(status_code=503, detail="task queue unavailable") from None
 
 
-async def limit_email_rate(caller: Caller) -> None:
+async def remember_caller(request: Request, caller: Caller) -> None:
+    """The router's dependency: runs the hook once per request and keeps its answer for
+    the routes (see caller_of). Every dependency costs FastAPI a resolution per request,
+    so the routes read the caller and the Idempotency-Key without one each."""
+    request.state.bgtasks_caller = caller
+
+
+def caller_of(request: Request) -> str:
+    """The identity authorize_task_access returned for this request."""
+    return str(request.state.bgtasks_caller)
+
+
+# A plain header parameter, validated by FastAPI; scoped to the caller when queueing.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+    ),
+]
+
+
+async def limit_email_rate(request: Request) -> None:
     """At most EMAILS_PER_MINUTE emails per caller per minute (429 beyond)."""
-    key = f"bgtasks:email-rate:{caller}:{int(time.time() // 60)}"
+    key = f"bgtasks:email-rate:{caller_of(request)}:{int(time.time() // 60)}"
     with queue_errors_as_503():
         async with redis_client() as redis, redis.pipeline(transaction=True) as pipe:
             pipe.incr(key)
@@ -210,7 +234,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 router = APIRouter(
     prefix="/taskiq-tasks",
     tags=["taskiq-tasks"],
-    dependencies=[Depends(authorize_task_access)],
+    dependencies=[Depends(remember_caller)],
     route_class=BoundedRoute,
     responses=errors(401, 503),
     # the broker starts and stops with the app that includes this router
@@ -234,25 +258,6 @@ class IdempotencyScope:
 
     caller: str
     key: str
-
-
-async def idempotency_scope(
-    caller: Caller,
-    key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            min_length=1,
-            max_length=64,
-            pattern=r"^[A-Za-z0-9_.-]+$",
-        ),
-    ] = None,
-) -> IdempotencyScope | None:
-    """The request's `Idempotency-Key` header, scoped to the caller who sent it."""
-    return IdempotencyScope(caller=caller, key=key) if key else None
-
-
-IdempotencyKey = Annotated[IdempotencyScope | None, Depends(idempotency_scope)]
 
 
 async def task_id_secret() -> bytes:
@@ -342,17 +347,19 @@ class CancelResponse(BaseModel):
 
 async def _enqueue(
     task: AsyncTaskiqDecoratedTask[Any, Any],
+    request: Request,
     response: Response,
-    idempotency_key: IdempotencyScope | None,
+    idempotency_key: str | None,
     **kwargs: Any,
 ) -> TaskAccepted:
     """Record the id as issued, then send the task under it. With an Idempotency-Key
     the id is derived from it, and only the request that claims it sends the task."""
     task_id = uuid.uuid4().hex
     with queue_errors_as_503():
-        if idempotency_key is not None:
+        if idempotency_key:
             secret = await task_id_secret()
-            task_id = scoped_task_id(secret, task.task_name, idempotency_key)
+            scope = IdempotencyScope(caller=caller_of(request), key=idempotency_key)
+            task_id = scoped_task_id(secret, task.task_name, scope)
             if not await _claim(task_id):
                 # queued before (or being queued right now): that task, nothing sent
                 record = await _read(task_id)
@@ -422,11 +429,13 @@ def _str(value: object) -> str:
 )
 async def queue_send_email(
     payload: EmailRequest,
+    request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> TaskAccepted:
     return await _enqueue(
         taskiq_tasks.send_email,
+        request,
         response,
         idempotency_key,
         to=str(payload.to),
@@ -443,11 +452,13 @@ async def queue_send_email(
 )
 async def queue_process_data(
     payload: ProcessDataRequest,
+    request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> TaskAccepted:
     return await _enqueue(
         taskiq_tasks.process_data,
+        request,
         response,
         idempotency_key,
         data_id=payload.data_id,
@@ -463,11 +474,16 @@ async def queue_process_data(
 )
 async def queue_long_running(
     payload: LongRunningRequest,
+    request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> TaskAccepted:
     return await _enqueue(
-        taskiq_tasks.long_running_task, response, idempotency_key, steps=payload.steps
+        taskiq_tasks.long_running_task,
+        request,
+        response,
+        idempotency_key,
+        steps=payload.steps,
     )
 
 
@@ -566,11 +582,13 @@ class ResizeImageRequest(BaseModel):
 )
 async def queue_resize_image(
     payload: ResizeImageRequest,
+    request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> TaskAccepted:
     return await _enqueue(
         taskiq_tasks.resize_image,
+        request,
         response,
         idempotency_key,
         **payload.model_dump(),
@@ -584,11 +602,13 @@ async def queue_resize_image(
     responses={200: DUPLICATE, **errors(413, 415)},
 )
 async def queue_nightly_report(
+    request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> TaskAccepted:
     return await _enqueue(
         taskiq_tasks.nightly_report,
+        request,
         response,
         idempotency_key,
     )
