@@ -8,8 +8,14 @@ redis-server, one call at a time (no concurrency, so no GIL or pool contention):
   app configures it (its result backend skips Celery's per-publish SUBSCRIBE), the
   same with Celery's stock Redis backend, and the construction of one `redis.Redis`
   client object, which kombu's Redis transport does on every publish;
+  Then the generated fast path the `async def` endpoints use: `fast_publish.build`
+  (Celery's create_task_message from a template, unsent) and `fast_publish.enqueue`
+  (build, then one Lua call with the issued-id record);
 - arq: arq's own `enqueue_job` (WATCH, EXISTS, MULTI/EXEC) against the generated
   `QueueClient.enqueue_job` (one Lua script call).
+
+For the generated enqueues, also 32 at a time (`asyncio.gather`, per message): calls
+made together share a script call (`Batches`), which is what a loaded web process does.
 
 Each figure is microseconds per call, the median of several batches (min and max
 beside it). Compare them with the no-op request time bench/load.py implies
@@ -61,6 +67,48 @@ out = {
         lambda: redis.Redis(connection_pool=pool)
     ),
 }
+"""
+
+# The generated fast path: run after CELERY_PROBE, in the same process.
+CELERY_FAST_PROBE = """
+import asyncio
+from app.tasks import fast_publish
+
+assert fast_publish.route() is not None, "fast_publish is off"
+
+def build():
+    fast_publish.build(tasks.process_order, {"order_id": 1}, str(uuid.uuid4()))
+
+async def enqueue():
+    await fast_publish.enqueue(
+        tasks.process_order, {"order_id": 1}, task_id=str(uuid.uuid4()),
+        ttl=RESULT_EXPIRES,
+    )
+
+async def per_message(together):
+    await enqueue()
+    figures = []
+    for _ in range(batches):
+        start = time.perf_counter()
+        for _ in range(calls // together):
+            await asyncio.gather(*(enqueue() for _ in range(together)))
+        figures.append((time.perf_counter() - start) / (calls // together * together) * 1e6)
+    return figures
+
+async def main():
+    out = {
+        "fast_publish.build (from a template, unsent)": per_call(build),
+        "fast_publish.enqueue (1 Lua call)": await per_message(1),
+        "fast_publish.enqueue, 32 at a time (per message)": await per_message(32),
+    }
+    await fast_publish.aclose()
+    return out
+
+out.update(asyncio.run(main()))
+"""
+
+# Last, as it changes the app's result backend (the fast path needs the generated one).
+CELERY_STOCK_PROBE = """
 # Celery's stock backend: it subscribes to every published task's result channel.
 celery_app.backend_cls = None
 celery_app._backend_cache = None
@@ -85,19 +133,24 @@ async def main():
         job_deserializer=ours.job_deserializer,
     )
 
-    async def per_call(queue):
+    async def per_call(queue, together=1):
         await queue.enqueue_job("process_data", data_id=1, values=[1.0])
         figures = []
         for _ in range(batches):
             start = time.perf_counter()
-            for _ in range(calls):
-                await queue.enqueue_job("process_data", data_id=1, values=[1.0])
-            figures.append((time.perf_counter() - start) / calls * 1e6)
+            for _ in range(calls // together):
+                await asyncio.gather(*(
+                    queue.enqueue_job("process_data", data_id=1, values=[1.0])
+                    for _ in range(together)
+                ))
+            figures.append((time.perf_counter() - start) / (calls // together * together) * 1e6)
         return figures
 
     out = {
         "arq's enqueue_job (3 round trips)": await per_call(stock),
         "generated QueueClient.enqueue_job (1 Lua call)": await per_call(ours),
+        "arq's enqueue_job, 32 at a time (per job)": await per_call(stock, 32),
+        "generated QueueClient.enqueue_job, 32 at a time (per job)": await per_call(ours, 32),
     }
     await ours.aclose(close_connection_pool=True)
     print(json.dumps(out))
@@ -105,7 +158,10 @@ async def main():
 asyncio.run(main())
 """
 
-PROBES = {"celery": CELERY_PROBE, "arq": ARQ_PROBE}
+PROBES = {
+    "celery": CELERY_PROBE + CELERY_FAST_PROBE + CELERY_STOCK_PROBE,
+    "arq": ARQ_PROBE,
+}
 
 
 def probe(runner: str, batches: int, calls: int, workdir: Path) -> dict[str, list[float]]:

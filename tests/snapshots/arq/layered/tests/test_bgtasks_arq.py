@@ -589,6 +589,39 @@ def test_queue_client_stores_jobs_as_arq_does(redis_url: str, queue_name: str) -
     assert abs(outcome["ttls"][0] - outcome["ttls"][1]) < 5_000
 
 
+def test_enqueues_made_together_queue_each_id_once(
+    redis_url: str, queue_name: str
+) -> None:
+    """Concurrent enqueues share script calls (pool.Batches): none is lost, and an id
+    given by several of them is still queued once."""
+    shared_id = f"shared-{uuid.uuid4().hex}"
+
+    async def scenario() -> list[Any]:
+        queue = create_queue()
+        queue.default_queue_name = queue_name
+        try:
+            return await asyncio.gather(
+                *(
+                    queue.enqueue_job(
+                        "process_data",
+                        _job_id=shared_id if number % 2 else None,
+                        data_id=number,
+                        values=[number],
+                    )
+                    for number in range(1, 41)
+                )
+            )
+        finally:
+            await queue.aclose(close_connection_pool=True)
+
+    jobs = asyncio.run(scenario())
+    shared = [job for job in jobs[0::2] if job is not None]
+    own = [job for job in jobs[1::2] if job is not None]
+    assert [job.job_id for job in shared] == [shared_id]
+    assert len({job.job_id for job in own}) == 20
+    assert asyncio.run(drain_queue(redis_url, queue_name)).jobs_complete == 21
+
+
 def test_abort_queued_job(client: TestClient, redis_url: str, queue_name: str) -> None:
     response = client.post("/arq-tasks/long-running", json={"steps": 50})
     job_id = response.json()["job_id"]

@@ -27,6 +27,7 @@ import kombu
 import kombu.entity
 import pytest
 import redis
+from celery.utils.saferepr import saferepr
 
 from acme.tasks import fast_publish, registry
 from acme.tasks import tasks as celery_tasks
@@ -171,6 +172,64 @@ def test_fast_path_stores_what_apply_async_stores(
         _cleanup(broker, fast_queue)
         _cleanup(broker, celery_queue)
         registry.forget(task_id)
+
+
+def test_messages_queued_together_are_each_written_and_issued(
+    broker: redis.Redis,
+) -> None:
+    # concurrent enqueues share batches (fast_publish._Batches): none may be lost
+    queue = f"bgtasks-burst-{uuid.uuid4().hex[:12]}"
+    ids = [str(uuid.uuid4()) for _ in range(100)]
+
+    async def burst() -> None:
+        try:
+            await asyncio.gather(
+                *(
+                    fast_publish.enqueue(
+                        celery_tasks.process_order,
+                        {"order_id": number},
+                        task_id=task_id,
+                        ttl=TTL,
+                        queue=queue,
+                    )
+                    for number, task_id in enumerate(ids, start=1)
+                )
+            )
+        finally:
+            await fast_publish.aclose()
+
+    try:
+        asyncio.run(burst())
+        stored = [v for v in _stored(broker, queue).values() if isinstance(v, list)]
+        messages = [m for listed in stored for m in listed if isinstance(m, dict)]
+        assert sorted(m["headers"]["id"] for m in messages) == sorted(ids)
+        numbers = sorted(m["body"][1]["order_id"] for m in messages)
+        assert numbers == list(range(1, len(ids) + 1))
+        assert all(registry.was_issued(task_id) for task_id in ids)
+    finally:
+        _cleanup(broker, queue)
+        for task_id in ids:
+            registry.forget(task_id)
+
+
+# keyword arguments whose repr fast_publish writes itself rather than Celery's saferepr
+PLAIN_KWARGS: list[dict[str, Any]] = [
+    {},
+    {"order_id": 7},
+    {"quote": "it's", "escapes": "a\nb\t\\c", "wide": "é😀", "none": None},
+    {"flag": True, "ratio": 1.5, "infinite": float("inf"), "big": 10**30},
+    {"long": "x" * 1000},
+]
+
+
+def test_plain_kwargs_repr_is_celerys_saferepr() -> None:
+    maxsize = celery_app.amqp.kwargsrepr_maxsize
+    for kwargs in PLAIN_KWARGS:
+        given = fast_publish.plain_kwargs_repr(kwargs, maxsize)
+        assert given == saferepr(kwargs, maxsize), kwargs
+    # too long to show whole, or not flat: Celery's own saferepr runs
+    assert fast_publish.plain_kwargs_repr({"long": "x" * maxsize}, maxsize) is None
+    assert fast_publish.plain_kwargs_repr({"nested": [1]}, maxsize) is None
 
 
 def test_a_publish_it_cannot_reproduce_takes_the_blocking_path(

@@ -18,6 +18,7 @@ Everything on the wire is JSON (taskiq's default for messages; the result backen
 set to JSON here, its own default is pickle).
 """
 
+import gc
 import logging
 import random
 import time
@@ -323,8 +324,9 @@ taskiq_fastapi.init(broker, "acme.server:app")
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Start the broker with the web app, stop it at exit. Inside the worker (which
-    runs the app's lifespan too) the worker owns the broker: nothing to do here."""
+    """Start the broker with the web app (and freeze what is loaded by then: see
+    freeze_startup_objects), stop it at exit. Inside the worker (which runs the app's
+    lifespan too) the worker owns the broker: nothing to do here."""
     if broker.is_worker_process:
         yield
         return
@@ -337,8 +339,29 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             type(exc).__name__,
             exc_info=True,
         )
+    if FREEZE_STARTUP_OBJECTS:
+        freeze_startup_objects()
     try:
         yield
     finally:
         await broker.shutdown()
         await redis_pool.disconnect()
+
+
+# False leaves Python's garbage collector as it is at the app's startup.
+FREEZE_STARTUP_OBJECTS = True
+
+
+def freeze_startup_objects() -> None:
+    """Keep Python's cyclic garbage collector off what the process has loaded so far.
+
+    Modules, the task queue's client, the routes live as long as the process. Under
+    load, the objects of the requests in flight survive young collections, and once
+    enough have, the collector walks every tracked object of the process: with FastAPI,
+    pydantic and the queue's libraries loaded, a pause of tens of milliseconds on the
+    event loop, several times a second, which is the queue endpoints' p99. Frozen
+    objects are left out of those walks (reference counting still frees them).
+    Process-wide, as any `gc.freeze()`; `gc.unfreeze()` undoes it.
+    """
+    gc.collect()
+    gc.freeze()
