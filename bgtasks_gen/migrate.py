@@ -43,7 +43,7 @@ from bgtasks_gen.errors import BadInput, ConflictError
 from bgtasks_gen.part_edits import edited_body
 from bgtasks_gen.patch.definitions import definition_code
 from bgtasks_gen.plan import Action, FileChange, Plan, check_python, deleted, patched, read_existing
-from bgtasks_gen.runfiles import without_processes, without_services
+from bgtasks_gen.runfiles import COMPOSE_NAMES, without_processes, without_services
 from bgtasks_gen.runners import get_runner
 from bgtasks_gen.runners.base import RunnerSpec
 from bgtasks_gen.scaffold import FIELDS_HEADER, _fields_under_header, plan_init
@@ -57,6 +57,9 @@ CTX_KEYS = {"job_id": "control.task_id", "job_try": "control.tries"}
 
 # the processes arq's run files start: `arq <tasks module>.arq_worker.WorkerSettings`
 ARQ_WORKER = re.compile(r"\barq\s+\S*WorkerSettings\b")
+TASKIQ_WORKER = re.compile(r"\btaskiq\s+worker\b")
+# the note merge_compose leaves when the project's app service is reused as it is
+SAME_ENVIRONMENT_NOTE = "give it the same environment as the added services"
 
 
 @dataclass(frozen=True)
@@ -492,6 +495,10 @@ def _take_out_arq_edits(
             new = _without_fields(new, settings[2], fields)
         if change.path == deps_rel:
             new = _without_requirements(new, dropped)
+        if PurePosixPath(change.path).name in COMPOSE_NAMES:
+            new, done = _web_environment_for_taskiq(new)
+            if done:
+                plan.notes[:] = [n for n in plan.notes if SAME_ENVIRONMENT_NOTE not in n]
         if PurePosixPath(change.path).name == ".env.example":
             names = {f.upper() for f in fields}
             new = "".join(
@@ -505,6 +512,42 @@ def _take_out_arq_edits(
                 new = new.replace(f"# {group}\n", "# Background tasks\n")
         if new != change.new:
             plan.changes[index] = patched(plan.root, change.path, change.old or "", new)
+
+
+def _web_environment_for_taskiq(text: str) -> tuple[str, bool]:
+    """The compose file with arq's generated web service given what the added taskiq
+    worker's environment has and its own lacks (taskiq's broker URL: the app queues
+    there now). Only in the block arq's template writes (`environment: &environment`,
+    a `NAME: value` a line), and only if the file then reads as meant; otherwise the
+    text as it is and the note merge_compose left. Returns (text, whether changed)."""
+    import yaml
+
+    services = (yaml.safe_load(text) or {}).get("services") or {}
+    web = services.get("web")
+    worker = next(
+        (
+            service
+            for service in services.values()
+            if isinstance(service, dict) and TASKIQ_WORKER.search(str(service.get("command")))
+        ),
+        None,
+    )
+    if not isinstance(web, dict) or not isinstance(worker, dict):
+        return text, False
+    have, want = web.get("environment"), worker.get("environment")
+    if not isinstance(have, dict) or not isinstance(want, dict):
+        return text, False
+    missing = {name: value for name, value in want.items() if name not in have}
+    block = re.search(r"(?m)^ +environment: &environment\r?\n(?P<inner> +)\S", text)
+    if not missing or block is None:
+        return text, False
+    newline = "\r\n" if "\r\n" in text else "\n"
+    lines = "".join(f"{block['inner']}{name}: {value}{newline}" for name, value in missing.items())
+    new = text[: block.start("inner")] + lines + text[block.start("inner") :]
+    after = (yaml.safe_load(new) or {}).get("services", {}).get("web", {}).get("environment")
+    if not isinstance(after, dict) or any(after.get(k) != v for k, v in missing.items()):
+        return text, False
+    return new, True
 
 
 def _without_include(text: str, alias: str, rel: str) -> str:

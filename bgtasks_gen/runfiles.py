@@ -144,7 +144,9 @@ def merge_compose(theirs: str, ours: str, runner: str) -> Merged:
         lines[end - 1] += newline
     dumped = _dump(additions, step)
     header = " " * indent + ADDED_SERVICES.format(runner=runner)
-    insert = [header + newline] + [
+    # set apart from the service above, as compose files (and ours) space them
+    apart = [newline] if end and lines[end - 1].strip() else []
+    insert = [*apart, header + newline] + [
         (" " * indent + line if line.strip() else line) + newline for line in dumped.splitlines()
     ]
     lines[end:end] = insert
@@ -245,5 +247,7 @@ def without_services(compose: str, command: re.Pattern[str]) -> str:
         heading = ADDED_SERVICES.partition("{")[0]
         if above > start + 1 and lines[above - 1].strip().startswith(heading):
             above -= 1
+        if above > start + 1 and not lines[above - 1].strip():
+            above -= 1  # the blank line that set it apart from the service above
         drop.update(range(above, last))
     return "".join(line for i, line in enumerate(lines) if i not in drop)

@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import EXAMPLES, invoke, tree_hashes
 
@@ -100,7 +101,13 @@ def test_moves_the_project_and_keeps_the_edited_body(tmp_path: Path) -> None:
     procfile = (project / "Procfile").read_text()
     assert "arq " not in procfile and "worker: taskiq worker" in procfile
     assert "scheduler: taskiq scheduler" in procfile
-    assert "arq app.tasks" not in (project / "compose.yaml").read_text()
+    compose = yaml.safe_load((project / "compose.yaml").read_text())["services"]
+    assert not any("arq " in str(service.get("command")) for service in compose.values())
+    # the web service arq's init wrote queues on taskiq's broker now: its environment
+    # is the added worker's (nothing left for the user to copy by hand)
+    assert compose["web"]["environment"] == compose["worker"]["environment"]
+    assert compose["web"]["environment"]["TASKIQ_BROKER_URL"] == "redis://redis:6379/0"
+    assert "same environment" not in output
 
     # the carried tasks are add-task's: listed so, and the edited one refused by remove-task
     code, output = invoke("list", str(project), "--json")
