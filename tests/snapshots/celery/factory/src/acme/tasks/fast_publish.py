@@ -373,6 +373,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 # False leaves Python's garbage collector as it is at the app's startup.
 FREEZE_STARTUP_OBJECTS = True
+_frozen = False
 
 
 def freeze_startup_objects() -> None:
@@ -384,8 +385,14 @@ def freeze_startup_objects() -> None:
     pydantic and the queue's libraries loaded, a pause of tens of milliseconds on the
     event loop, several times a second, which is the queue endpoints' p99. Frozen
     objects are left out of those walks (reference counting still frees them).
-    Process-wide, as any `gc.freeze()`; `gc.unfreeze()` undoes it.
+    Process-wide, as any `gc.freeze()`; `gc.unfreeze()` undoes it. Once per process: a
+    later startup (each TestClient block of a test session) leaves it be, so what dies
+    after it, such as a test's app, is collected as usual.
     """
+    global _frozen
+    if _frozen:
+        return
+    _frozen = True
     gc.collect()
     gc.freeze()
 
