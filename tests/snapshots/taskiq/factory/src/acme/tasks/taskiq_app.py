@@ -18,19 +18,23 @@ Everything on the wire is JSON (taskiq's default for messages; the result backen
 set to JSON here, its own default is pickle).
 """
 
+import asyncio
 import gc
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import taskiq_fastapi
 from fastapi import FastAPI
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from taskiq import (
     AckableMessage,
+    BrokerMessage,
     ScheduleSource,
     TaskiqMessage,
     TaskiqMiddleware,
@@ -91,9 +95,23 @@ redis_pool = BlockingConnectionPool.from_url(
 )
 
 
-def redis_client() -> Redis:
-    """A client on redis_pool; `async with` it, so its connection goes back."""
-    return Redis(connection_pool=redis_pool)
+_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Redis]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def redis_client(pool: ConnectionPool = redis_pool) -> Redis:
+    """This event loop's client on `pool`; `async with` it, so its connection goes back.
+
+    One client per event loop and pool, not one per call: redis-py copies some 170
+    response callbacks into every client it builds, which costs more CPU than the
+    command sent with it.
+    """
+    clients = _clients.setdefault(asyncio.get_running_loop(), {})
+    client = clients.get(id(pool))
+    if client is None:
+        client = clients[id(pool)] = Redis(connection_pool=pool)
+    return client
 
 
 def capped_timeout(seconds: int) -> int:
@@ -104,6 +122,115 @@ def capped_timeout(seconds: int) -> int:
 def status_key(task_id: str) -> str:
     """Redis hash of a task this app issued: state, tries, progress, cancel flag."""
     return f"bgtasks:taskiq:task:{task_id}"
+
+
+# Marks tasks queued: KEYS their status hashes; ARGV the hashes' TTL, then each task's
+# name.
+QUEUED_SCRIPT = """
+for i = 1, #KEYS do
+    redis.call('HSET', KEYS[i], 'state', 'queued', 'task', ARGV[i + 1])
+    redis.call('EXPIRE', KEYS[i], ARGV[1])
+end
+return #KEYS
+"""
+# The longest record_queued waits, for its batch's turn and Redis's answer together.
+RECORD_TIMEOUT = SOCKET_TIMEOUT + 1.0
+
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
+# The most items one batch sends.
+MAX_BATCH = 64
+
+
+@dataclass(eq=False)
+class _Waiting(Generic[ItemT, ResultT]):
+    item: ItemT
+    done: asyncio.Future[ResultT]
+
+
+class Batches(Generic[ItemT, ResultT]):
+    """One event loop's calls to Redis, sent a batch at a time by one `send(items)`.
+
+    One batch is in flight at a time; the items submitted meanwhile go together in the
+    next one. Under load one round trip, and one pass through redis-py (which costs
+    more CPU per call than building a message), serves many requests; an idle app
+    sends each item at once, without waiting for company. A batch that takes longer
+    than `timeout` fails with TimeoutError. An item given up on (its caller cancelled
+    or timed out) before its batch went is never sent.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[list[ItemT]], Awaitable[list[ResultT]]],
+        timeout: float,
+    ) -> None:
+        self._send = send
+        self._timeout = timeout
+        self._waiting: list[_Waiting[ItemT, ResultT]] = []
+        self._sender: asyncio.Task[None] | None = None
+
+    async def submit(self, item: ItemT) -> ResultT:
+        """Send `item` with the next batch; its result, or the batch's exception."""
+        loop = asyncio.get_running_loop()
+        waiting: _Waiting[ItemT, ResultT] = _Waiting(item, loop.create_future())
+        self._waiting.append(waiting)
+        if self._sender is None:
+            self._sender = loop.create_task(self._send_all())
+        try:
+            return await waiting.done
+        except BaseException:
+            if waiting in self._waiting:  # its batch never went
+                self._waiting.remove(waiting)
+            raise
+
+    async def _send_all(self) -> None:
+        try:
+            while self._waiting:
+                batch = self._waiting[:MAX_BATCH]
+                del self._waiting[:MAX_BATCH]
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        results = await self._send([waiting.item for waiting in batch])
+                except BaseException as exc:
+                    for waiting in batch:
+                        if not waiting.done.done():
+                            waiting.done.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise  # cancelled: the event loop is closing
+                else:
+                    for index, waiting in enumerate(batch):
+                        if not waiting.done.done():
+                            waiting.done.set_result(results[index])
+        finally:
+            self._sender = None
+
+
+_queued: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Batches[Any, None]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def record_queued(task_id: str, task_name: str) -> None:
+    """Write the status hash of a task about to be sent (state "queued", kept
+    KEEP_PENDING seconds). Concurrent calls share one script call (Batches)."""
+    loop = asyncio.get_running_loop()
+    batches = _queued.get(loop)
+    if batches is None:
+        batches = _queued[loop] = Batches(_write_queued, RECORD_TIMEOUT)
+    async with asyncio.timeout(RECORD_TIMEOUT):
+        await batches.submit((status_key(task_id), task_name))
+
+
+async def _write_queued(records: list[tuple[str, str]]) -> list[None]:
+    async with redis_client() as redis:
+        await redis.eval(
+            QUEUED_SCRIPT,
+            len(records),
+            *(key for key, _ in records),
+            KEEP_PENDING,
+            *(name for _, name in records),
+        )
+    return [None] * len(records)
 
 
 class TransientError(Exception):
@@ -236,6 +363,18 @@ class ReclaimingStreamBroker(RedisStreamBroker):
     was killed would wait for the next task to arrive. This one looks after every read.
     XAUTOCLAIM is atomic: two workers never take over the same entry.
     """
+
+    async def kick(self, message: BrokerMessage) -> None:
+        """taskiq-redis's kick (an XADD of the message) on this event loop's client
+        (see redis_client) rather than on a client built for each message."""
+        queue_name = message.labels.get("queue_name") or self.queue_name
+        async with redis_client(self.connection_pool) as redis:
+            await redis.xadd(
+                queue_name,
+                {b"data": message.message},
+                maxlen=self.maxlen,
+                approximate=self.approximate,
+            )
 
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:
         async with Redis(connection_pool=self.connection_pool) as redis:

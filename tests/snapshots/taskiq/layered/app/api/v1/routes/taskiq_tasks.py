@@ -60,6 +60,7 @@ from app.tasks.taskiq_app import (
     KEEP_PENDING,
     KEEP_RESULT,
     broker,
+    record_queued,
     redis_client,
     status_key,
 )
@@ -369,11 +370,7 @@ async def _enqueue(
                     status=record.get("state", "queued"),
                     duplicate=True,
                 )
-        key = status_key(task_id)
-        async with redis_client() as redis, redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={"state": "queued", "task": task.task_name})
-            pipe.expire(key, KEEP_PENDING)
-            await pipe.execute()
+        await record_queued(task_id, task.task_name)
         try:
             await task.kicker().with_task_id(task_id).kiq(**kwargs)
         except Exception:
