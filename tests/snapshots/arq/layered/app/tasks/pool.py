@@ -42,8 +42,9 @@ from app.tasks.serialization import deserialize, serialize
 
 logger = logging.getLogger(__name__)
 
-# Most Redis connections the web process opens. Each enqueue holds one for a few round
-# trips, so a small pool serves hundreds of concurrent requests.
+# Most Redis connections the web process opens. Enqueues share one (a batch in flight,
+# see Batches) and a status read holds one for a round trip, so a small pool serves
+# hundreds of concurrent requests.
 MAX_CONNECTIONS = 20
 # Seconds a request waits for a free connection, then for Redis itself, before failing
 # with 503 instead of hanging.
