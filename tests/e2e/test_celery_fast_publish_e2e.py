@@ -10,6 +10,7 @@ task and the cancel of a running one.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -221,6 +222,29 @@ def test_endpoints_messages_succeed_with_results_and_progress(stack: Stack) -> N
     assert status["state"] == "SUCCESS", (status, stack.worker.log())
     assert seen and seen == sorted(seen), seen
     assert "Traceback" not in stack.worker.log(), stack.worker.log()
+
+
+def test_requests_queued_together_all_run(stack: Stack) -> None:
+    """Concurrent requests share fast_publish's script calls (its Batches): the worker
+    runs every one of them, each with its own arguments."""
+    numbers = range(200, 224)
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(
+            base_url=f"{stack.base}/tasks", headers=HEADERS, timeout=30
+        ) as client:
+            return list(
+                await asyncio.gather(*(client.post(f"/process-order/{n}") for n in numbers))
+            )
+
+    responses = asyncio.run(burst())
+    refused = [r.text for r in responses if r.status_code != 202]
+    assert not refused, refused
+    assert len({r.json()["task_id"] for r in responses}) == len(numbers)
+    for n, response in zip(numbers, responses, strict=True):
+        final = stack.final(response.json()["task_id"], timeout=60)
+        assert final["state"] == "SUCCESS", (final, stack.worker.log())
+        assert final["result"] == {"order_id": n, "status": "processed"}
 
 
 def test_retry_countdown_and_eta_of_fast_path_messages(stack: Stack) -> None:

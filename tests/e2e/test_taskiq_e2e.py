@@ -190,6 +190,23 @@ def test_process_data_completes_with_its_result(stack: Stack) -> None:
     }
 
 
+def test_requests_queued_together_all_run(stack: Stack) -> None:
+    """Concurrent requests share the status record's script call (Batches) and one
+    Redis client: every task is queued, recorded and run with its own arguments."""
+    numbers = range(500, 530)
+    with ThreadPoolExecutor(max_workers=15) as pool:
+        answers = list(
+            pool.map(lambda n: stack.post("/process-data", {"data_id": n, "values": [n]}), numbers)
+        )
+    refused = [a.text for a in answers if a.status_code != 202]
+    assert not refused, refused
+    assert len({a.json()["task_id"] for a in answers}) == len(numbers)
+    for n, answer in zip(numbers, answers, strict=True):
+        body = stack.wait_status(answer.json()["task_id"], "complete", 30)
+        assert body["success"] is True, body
+        assert body["result"]["data_id"] == n and body["result"]["total"] == n
+
+
 def test_an_idempotency_key_queues_one_task(stack: Stack) -> None:
     """The same key twice, then eight concurrent requests with another one: one task
     each, every answer naming it; a different key is a different task."""
