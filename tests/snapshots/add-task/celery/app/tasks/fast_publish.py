@@ -587,6 +587,8 @@ def plain_kwargs_repr(kwargs: dict[str, Any], maxsize: int) -> str | None:
     str, int, float, bool or None and a text shorter than maxsize; None otherwise."""
     parts = []
     for key, value in kwargs.items():
+        if type(key) is not str:
+            return None
         kind = type(value)
         if kind is str:
             shown = "'" + value.replace("'", "\\'") + "'"
@@ -595,8 +597,6 @@ def plain_kwargs_repr(kwargs: dict[str, Any], maxsize: int) -> str | None:
         elif value is None:
             shown = "None"
         else:
-            return None
-        if type(key) is not str:
             return None
         parts.append("'" + key.replace("'", "\\'") + "': " + shown)
     text = "{" + ", ".join(parts) + "}"

@@ -95,7 +95,8 @@ redis_pool = BlockingConnectionPool.from_url(
 )
 
 
-_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Redis]]" = (
+_PoolClients = dict[ConnectionPool, Redis]
+_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _PoolClients]" = (
     weakref.WeakKeyDictionary()
 )
 
@@ -108,9 +109,9 @@ def redis_client(pool: ConnectionPool = redis_pool) -> Redis:
     command sent with it.
     """
     clients = _clients.setdefault(asyncio.get_running_loop(), {})
-    client = clients.get(id(pool))
+    client = clients.get(pool)
     if client is None:
-        client = clients[id(pool)] = Redis(connection_pool=pool)
+        client = clients[pool] = Redis(connection_pool=pool)
     return client
 
 
