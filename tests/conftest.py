@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,20 @@ def invoke(*args: str) -> tuple[int, str]:
 
     result = CliRunner().invoke(app, list(args))
     return result.exit_code, result.output
+
+
+def partial_module(name: str, imports: str, **context: Any) -> types.ModuleType:
+    """templates/_partials/<name>.py.jinja rendered with `context` after `imports`, as
+    a module of its own (dataclasses look their class's module up in sys.modules)."""
+    import jinja2
+
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(REPO / "templates"))
+    source = environment.get_template(f"_partials/{name}.py.jinja").render(**context)
+    suffix = "_".join(f"{key}_{value}" for key, value in sorted(context.items()))
+    module = types.ModuleType(f"generated_{name}_{suffix}")
+    sys.modules[module.__name__] = module
+    exec(compile(imports + source, f"{name}.py", "exec"), module.__dict__)
+    return module
 
 
 def write_tree(root: Path, files: dict[str, str]) -> Path:

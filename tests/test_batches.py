@@ -1,18 +1,15 @@
-"""The Batches class the celery and arq web modules share (templates/_partials):
+"""The Batches class the celery, arq and taskiq web modules share (templates/_partials):
 rendered as generated, run against a fake Redis call that records each batch."""
 
 from __future__ import annotations
 
 import asyncio
-import sys
-import types
-from pathlib import Path
 from typing import Any
 
-import jinja2
 import pytest
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+from tests.conftest import partial_module
+
 IMPORTS = """
 import asyncio
 from collections.abc import Awaitable, Callable
@@ -22,15 +19,7 @@ from typing import Generic, Optional, TypeVar
 
 
 def batches_class(legacy_typing: bool) -> Any:
-    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES))
-    source = environment.get_template("_partials/batches.py.jinja").render(
-        legacy_typing=legacy_typing
-    )
-    # a module of its own: dataclasses look their class's module up in sys.modules
-    module = types.ModuleType(f"generated_batches_{int(legacy_typing)}")
-    sys.modules[module.__name__] = module
-    exec(compile(IMPORTS + source, "batches.py", "exec"), module.__dict__)
-    return module.Batches
+    return partial_module("batches", IMPORTS, legacy_typing=legacy_typing).Batches
 
 
 class FakeRedis:

@@ -5,23 +5,16 @@ from __future__ import annotations
 
 import gc
 import sys
-import types
-from pathlib import Path
 from typing import Any
 
-import jinja2
 import pytest
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+from tests.conftest import partial_module
 
 
 @pytest.fixture
 def module() -> Any:
-    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES))
-    source = environment.get_template("_partials/startup_freeze.py.jinja").render()
-    generated = types.ModuleType("generated_startup_freeze")
-    sys.modules[generated.__name__] = generated
-    exec(compile("import gc\n" + source, "startup_freeze.py", "exec"), generated.__dict__)
+    generated = partial_module("startup_freeze", "import gc\n")
     yield generated
     del sys.modules[generated.__name__]
     gc.unfreeze()  # this test process goes on as it was
