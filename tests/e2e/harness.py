@@ -206,14 +206,19 @@ def scaffold(example: str, dest: Path, *args: str) -> Path:
     return project
 
 
-def add_task(project: Path, name: str, *args: str) -> None:
-    """Run the real `bgtasks add-task` on a scaffolded project."""
-    result = subprocess.run(
-        [sys.executable, "-m", "bgtasks_gen", "add-task", name, "-p", str(project), *args],
+def bgtasks(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real `bgtasks <args> -p project`; the caller judges its exit code."""
+    return subprocess.run(
+        [sys.executable, "-m", "bgtasks_gen", *args, "-p", str(project)],
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def add_task(project: Path, name: str, *args: str) -> None:
+    """Run the real `bgtasks add-task` on a scaffolded project."""
+    result = bgtasks(project, "add-task", name, *args)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -290,16 +295,6 @@ def restartable_redis(workdir: Path) -> Iterator[RestartableRedis]:
         yield server
     finally:
         server.stop()
-
-
-def bgtasks(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the real `bgtasks <args> -p project`; the caller judges its exit code."""
-    return subprocess.run(
-        [sys.executable, "-m", "bgtasks_gen", *args, "-p", str(project)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 # Imports the app without serving it (nothing connects at import) and prints its routes.
