@@ -5,18 +5,23 @@ from __future__ import annotations
 import configparser
 import shutil
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from bgtasks_gen.mypy_config import plan_mypy_override
-from bgtasks_gen.ruff_style import ProjectStyle
+from bgtasks_gen.ruff_style import ProjectStyle, find_ruff
 from bgtasks_gen.scaffold import plan_init
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-RUFF = Path(sys.executable).parent / "ruff"
+
+
+def _own_ruff() -> str:
+    """bgtasks' own ruff: a dependency, so always there."""
+    found = find_ruff({})
+    assert found is not None
+    return found.path
 
 
 def _overrides(text: str) -> list[dict[str, object]]:
@@ -89,7 +94,6 @@ def test_without_a_ruff_configuration_the_code_is_left_as_rendered(tmp_path: Pat
     assert style.apply("a.py", "x = 'a'\n") == "x = 'a'\n"
 
 
-@pytest.mark.skipif(not RUFF.is_file(), reason="ruff is installed with the test extras")
 def test_the_projects_ruff_style_is_applied_in_memory(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text(
         '[tool.ruff]\nline-length = 120\n[tool.ruff.format]\nquote-style = "single"\n'
@@ -102,7 +106,6 @@ def test_the_projects_ruff_style_is_applied_in_memory(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pyproject.toml"]  # nothing written
 
 
-@pytest.mark.skipif(not RUFF.is_file(), reason="ruff is installed with the test extras")
 def test_init_writes_code_that_the_projects_own_ruff_and_mypy_settings_accept(
     tmp_path: Path,
 ) -> None:
@@ -127,7 +130,7 @@ def test_init_writes_code_that_the_projects_own_ruff_and_mypy_settings_accept(
     assert "app/tasks/celery_app.py" in modules and "app/core/config.py" in modules
     for rel in modules:
         check = subprocess.run(
-            [str(RUFF), "format", "--check", "--stdin-filename", str(project / rel), "-"],
+            [_own_ruff(), "format", "--check", "--stdin-filename", str(project / rel), "-"],
             input=written[rel],
             capture_output=True,
             text=True,
