@@ -122,6 +122,9 @@ def _snippet_context(project: Project, request: TaskRequest) -> dict[str, object
         # the routes of another runner this router answers with (`migrate`), or ""
         "api_shape": str(project.layout.get("api_shape", "")),
         "cron_kwargs": arq_cron_kwargs(request) if scheduled else [],
+        # a test module that finds the router's served prefix itself (a project
+        # scaffolded before it did gets the bare path its tests use)
+        "served_paths": "\ndef served(" in (read_existing(project.root, project.test_file) or ""),
         "beat_schedule": celery_schedule(request) if scheduled else "",
     }
 
@@ -464,7 +467,9 @@ def restart_hint(spec: RunnerSpec, *, scheduled: bool) -> str:
 def _route_url(project: Project, request: TaskRequest) -> str:
     router = read_existing(project.root, project.router_file) or ""
     prefix = re.search(r'prefix="([^"]*)"', router)
-    return f"{prefix.group(1) if prefix else ''}/{'-'.join(request.name.split('_'))}"
+    # the include's prefix (recorded by init) comes before the router's own
+    served = str(project.layout.get("api_prefix") or "")
+    return f"{served}{prefix.group(1) if prefix else ''}/{'-'.join(request.name.split('_'))}"
 
 
 def _refuse_taken(project: Project, edits: _Edits, name: str, snippets: Mapping[str, str]) -> None:

@@ -459,8 +459,12 @@ def _carry_into_files(
 def _removals(project: Project, plan: Plan) -> list[FileChange | None]:
     """arq's generated files and their pristine copies, unless taskiq writes them too."""
     kept = {c.path for c in plan.changes}
+    # a package arq's init created stays one while taskiq's modules live in it
+    folders = {str(PurePosixPath(rel).parent) for rel in kept}
     gone = []
     for rel in sorted(_owned(project) - kept):
+        if PurePosixPath(rel).name == "__init__.py" and str(PurePosixPath(rel).parent) in folders:
+            continue
         gone.append(deleted(project.root, rel, "arq's, replaced by taskiq's"))
         gone.append(deleted(project.root, f"{BASE_DIR}/{rel}.base"))
     return gone

@@ -183,14 +183,30 @@ def build_steps(
     return [step.line() for step in steps]
 
 
-def literal_prefix(include_keywords: Sequence[tuple[str, str]]) -> str:
-    """The `prefix=` of the router's include when it is a string literal, else ""."""
+def served_prefix(
+    include_keywords: Sequence[tuple[str, str]],
+    field_types: Mapping[str, tuple[str, str | None]] | None = None,
+) -> str:
+    """The path prefix the router is served under, from its include's `prefix=`: a
+    string literal, or a settings field read there (`settings.API_V1_STR`) whose default
+    is one; "" when it cannot be known without running the project."""
     source = dict(include_keywords).get("prefix", "")
+    if not source:
+        return ""
     try:
-        value = ast.literal_eval(source) if source else ""
+        expression = ast.parse(source, mode="eval").body
+    except SyntaxError:
+        return ""
+    if isinstance(expression, ast.Attribute) and field_types:
+        default = field_types.get(expression.attr, ("", None))[1]
+        if default is None:
+            return ""
+        source = default
+    try:
+        value = ast.literal_eval(source)
     except (ValueError, SyntaxError):
         return ""
-    return value if isinstance(value, str) and value.startswith("/") else ""
+    return value.rstrip("/") if isinstance(value, str) and value.startswith("/") else ""
 
 
 def access_steps(

@@ -19,6 +19,7 @@ from bgtasks_gen.deps import (
 from bgtasks_gen.discovery import (
     Overrides,
     ProjectLayout,
+    SettingsLayout,
     discover,
     present_runners,
     project_index,
@@ -28,9 +29,9 @@ from bgtasks_gen.mypy_config import plan_mypy_override
 from bgtasks_gen.nextsteps import (
     ENV_EXAMPLE,
     build_steps,
-    literal_prefix,
     merge_env_example,
     render_env_example,
+    served_prefix,
 )
 from bgtasks_gen.patch.app_router import include_router
 from bgtasks_gen.patch.settings_fields import NewField, add_settings_fields
@@ -126,10 +127,31 @@ def choose_fields(spec: RunnerSpec, layout: ProjectLayout) -> list[FieldChoice]:
             continue  # an optional meaning the generated code can do without
         own = field.key if field.key.startswith(f"{spec.name}_") else f"{spec.name}_{field.key}"
         own = own.upper() if settings.upper_case else own
+        added_before = _added_beside(field, own, settings)
+        if added_before is not None:
+            # added by an earlier init beside the unusable field: this runner's (reading
+            # it again is the same choice, not a missing field), or another runner's
+            # (its value is what the deployment already sets: a migrated project keeps it)
+            note = "" if added_before.lower() == own.lower() else f"reused {added_before}"
+            choices.append(FieldChoice(field.key, added_before, False, note))
+            continue
         choices.append(
             FieldChoice(field.key, own, True, f"{found} not reused ({why_not}): added {own}")
         )
     return choices
+
+
+def _added_beside(field: SettingsField, own: str, settings: SettingsLayout) -> str | None:
+    """The field a runner's init added in place of an existing one it could not reuse
+    (`CELERY_SMTP_HOST` beside `SMTP_HOST: str | None`), this runner's first, when it
+    can serve; None when there is none."""
+    existing = {name.lower(): name for name in settings.fields}
+    others = [f"{name}_{field.key}" for name in runner_names() if not own.lower().startswith(name)]
+    for candidate in (own, *others):
+        found = existing.get(candidate.lower())
+        if found is not None and not can_serve(field, settings.field_types.get(found)):
+            return found
+    return None
 
 
 def app_target(layout: ProjectLayout) -> str:
@@ -478,6 +500,10 @@ def plan_init(
     }
     if api_shape:
         state_layout["api_shape"] = api_shape
+    # the path the router is served under, for every later command's URLs
+    api_prefix = served_prefix(layout.app.include_keywords, layout.settings.field_types)
+    if api_prefix:
+        state_layout["api_prefix"] = api_prefix
     tasks = state.get("tasks")
     state_text = render_state(
         runners, state_layout, all_files, tasks if isinstance(tasks, dict) else None
@@ -500,7 +526,7 @@ def plan_init(
             dependency_file=dependency_file,
             env_example=True,
             other_steps=dependency_steps,
-            access={**context, "api_prefix": literal_prefix(layout.app.include_keywords)},
+            access={**context, "api_prefix": api_prefix},
         )
     plan.notes.extend(plan_notes)
     plan.notes.append(f"settings: {layout.settings.found_by}")
