@@ -528,7 +528,7 @@ def list_command(
 
     from bgtasks_gen.addtask import load_project
     from bgtasks_gen.apply import project_lock
-    from bgtasks_gen.inventory import list_tasks
+    from bgtasks_gen.inventory import TABLE_COLUMNS, list_tasks
 
     project = resolve_project(project, project_option)
     try:
@@ -545,12 +545,10 @@ def list_command(
     from bgtasks_gen.report import out
 
     table = Table(title=f"Tasks in {project}")
-    for column in ("task", "route", "schedule", "retries", "timeout", "added by"):
+    for column in TABLE_COLUMNS:
         table.add_column(column)
     for task in tasks:
-        table.add_row(
-            task.name, task.route, task.schedule, task.retries, task.timeout, task.added_by
-        )
+        table.add_row(*task.cells())
     out.print(table)
 
 

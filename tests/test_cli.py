@@ -236,10 +236,10 @@ def test_list_shows_builtin_send_email_and_arq_numbers(example) -> None:  # type
     assert invoke("init", str(arq), "--runner", "arq")[0] == 0
     assert invoke("add-task", "ping", str(arq), "--retries", "3", "--timeout", "45")[0] == 0
     tasks = {t["name"]: t for t in json.loads(invoke("list", str(arq), "--json")[1])}
-    assert (tasks["ping"]["retries"], tasks["ping"]["timeout"]) == ("3", "45")
-    assert (tasks["process_data"]["retries"], tasks["process_data"]["timeout"]) == ("2", "120")
+    assert (tasks["ping"]["retries"], tasks["ping"]["timeout"]) == (3, 45)
+    assert (tasks["process_data"]["retries"], tasks["process_data"]["timeout"]) == (2, 120)
     # a named constant is read from the tasks module: SEND_EMAIL_MAX_TRIES = 5
-    assert tasks["send_email"]["retries"] == "4"
+    assert tasks["send_email"]["retries"] == 4
 
 
 def test_runners_names_fields_as_the_project_spells_them(tmp_path: Path) -> None:
