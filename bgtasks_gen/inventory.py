@@ -325,7 +325,9 @@ def _routes(project: Project) -> dict[str, str]:
         return {}
     source = module.code
     prefix_match = re.search(r'prefix="([^"]*)"', source)
-    prefix = prefix_match.group(1) if prefix_match else ""
+    # the include's prefix (recorded by init) comes before the router's own
+    served = str(project.layout.get("api_prefix") or "")
+    prefix = served + (prefix_match.group(1) if prefix_match else "")
     found: dict[str, str] = {}
     for statement in module.body:
         if not isinstance(statement, cst.FunctionDef):

@@ -101,3 +101,15 @@ def test_migrate_keeps_reading_the_mail_field_arq_added(tmp_path: Path) -> None:
     assert "ARQ_SMTP_HOST=" in (tmp_path / ".env.example").read_text()
     code, output = invoke("check", str(tmp_path))
     assert code == 0, output
+
+
+def test_list_names_routes_as_the_app_serves_them(tmp_path: Path) -> None:
+    import json
+
+    write_tree(tmp_path, OPTIONAL_SMTP)
+    code, output = invoke("init", str(tmp_path), "--runner", "celery", "--no-deps")
+    assert code == 0, output
+    code, output = invoke("list", str(tmp_path), "--json")
+    assert code == 0, output
+    routes = {row["name"]: row["route"] for row in json.loads(output)}
+    assert routes["send_email"] == "POST /api/v1/tasks/send-email"
