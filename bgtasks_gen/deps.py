@@ -2,10 +2,13 @@
 
 Understood: PEP 621 `[project] dependencies` (uv, hatch, pdm, setuptools), poetry's
 `[tool.poetry.dependencies]` table, `requirements.in`/`requirements.txt`, and a
-`requirements/` folder (base.txt first). The first found, walking from the app's source
-folder up to the project root, is the one edited. The edit is textual and minimal (new
-lines inserted where the list ends, in the file's own newline style), so comments and
-order survive.
+`requirements/` folder (base.txt first). The files edited are those the project's own
+install commands use (install_files.py: a Dockerfile's `pip install -r`, `uv sync`...);
+without any, the first list found walking from the app's source folder up to the project
+root. A compiled requirements lock gets the packages in its `.in` source. The edit is
+textual and minimal (new lines inserted where the list ends, in the file's own newline
+style), so comments and order survive. Pin choices read the project's dependency truth
+(dependency_truth.py): its constraints and the versions its lock pins.
 """
 
 from __future__ import annotations
@@ -16,7 +19,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bgtasks_gen.dependency_truth import (
+    DependencyTruth,
+    is_locked_requirements,
+    pyproject_requirements,
+    read_dependency_truth,
+    requirement_specifier,
+)
+from bgtasks_gen.dependency_truth import caps_below as specifier_caps_below
 from bgtasks_gen.errors import BadInput
+from bgtasks_gen.install_files import InstallUse, install_files
 from bgtasks_gen.runners.base import PinRule
 
 NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
@@ -40,6 +52,8 @@ class DependencyEdit:
     added: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     next_steps: list[str] = field(default_factory=list)
+    # further files the packages went into (several install commands): path -> (old, new)
+    more: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 REQUIREMENTS_FOLDER_FILES = ("base.txt", "common.txt", "main.txt", "prod.txt", "production.txt")
@@ -61,13 +75,9 @@ def _declared_in(folder: Path) -> tuple[Path | None, str, str, list[str]]:
     pyproject = folder / "pyproject.toml"
     if pyproject.is_file():
         text = _read(pyproject)
-        data = tomllib.loads(text)
-        project = data.get("project", {})
-        if isinstance(project, dict) and isinstance(project.get("dependencies"), list):
-            return pyproject, "pep621", text, [str(d) for d in project["dependencies"]]
-        poetry = data.get("tool", {}).get("poetry", {}).get("dependencies")
-        if isinstance(poetry, dict):
-            return pyproject, "poetry", text, [str(k) for k in poetry if k != "python"]
+        found = pyproject_requirements(text)  # poetry's entries as PEP 508 strings
+        if found is not None:
+            return pyproject, found[0], text, found[1]
     candidates = [folder / "requirements.in", folder / "requirements.txt"]
     candidates += [folder / "requirements" / name for name in REQUIREMENTS_FOLDER_FILES]
     for path in candidates:
@@ -89,30 +99,21 @@ def _declared(root: Path, start: Path | None = None) -> tuple[Path | None, str, 
 
 
 def declared_requirements(root: Path, start: Path | None = None) -> list[str]:
-    """The requirement strings of the project's dependency list ([] when it has none)."""
-    return _declared(root, start)[3]
+    """The requirement strings of the project's dependency lists: those its install
+    commands use, else the one found from `start` up ([] when it has none)."""
+    return [r for target in edit_targets(root, start) for r in target.existing]
 
 
-def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+def dependency_list(root: Path, start: Path | None = None) -> Path | None:
+    """The dependency list found from `start` up to `root`, None when there is none."""
+    return _declared(root, start)[0]
 
 
 def caps_below(requirement: str, version: str) -> bool:
     """True when `requirement` rules out `version` and everything after it (an upper
-    bound or pin below it): `fastapi<0.110`, `fastapi==0.109.2`, `fastapi~=0.100.0`."""
-    wanted = _version(version)
-    for operator, bound in re.findall(r"(==|<=|<|~=|\^)\s*([\d.]+)", requirement):
-        limit = _version(bound)
-        if operator == "<" and limit <= wanted:
-            return True
-        if operator in ("<=", "==") and limit < wanted:
-            return True
-        if operator in ("~=", "^"):
-            # ~=0.100.0 allows 0.100.*, ^0.100 allows 0.100.*: below 0.112 both
-            head = limit[:-1] if operator == "~=" and len(limit) > 1 else limit[:2]
-            if head < wanted[: len(head)]:
-                return True
-    return False
+    bound or pin below it): `fastapi<0.110`, `fastapi==0.109.2`, `fastapi~=0.100.0`,
+    poetry's `fastapi^0.100`."""
+    return specifier_caps_below(requirement_specifier(requirement), version)
 
 
 def pin_rules() -> tuple[PinRule, ...]:
@@ -124,25 +125,30 @@ def pin_rules() -> tuple[PinRule, ...]:
 
 
 def choose_requirements(
-    wanted: list[str], existing: list[str], rules: Sequence[PinRule] | None = None
+    wanted: list[str],
+    existing: list[str],
+    rules: Sequence[PinRule] | None = None,
+    truth: DependencyTruth | None = None,
 ) -> tuple[list[str], list[str]]:
     """The requirements to add given what the project has, and notes explaining choices
-    (`rules`: the pin-conflict rules to apply, by default every runner's).
+    (`rules`: the pin-conflict rules to apply, by default every runner's; `truth`: the
+    project's constraints and locked versions, which version-bound rules read).
 
     Raises BadInput when the runner cannot be installed beside what is there.
     """
     rules = pin_rules() if rules is None else rules
     names = {requirement_name(r): r for r in existing}
+    older_than = truth.older_than if truth is not None else None
     notes: list[str] = []
     chosen = []
     for requirement in wanted:
         name = requirement_name(requirement)
-        applying = [rule for rule in rules if rule.applies(name, names)]
+        applying = [rule for rule in rules if rule.applies(name, names, older_than)]
         replacing = next((rule for rule in applying if rule.replace_with), None)
         if replacing is not None and replacing.replace_with is not None:
             requirement = replacing.replace_with
             if replacing.note:
-                notes.append(replacing.note.format(declared=names[replacing.declared]))
+                notes.append(_rule_text(replacing.note, replacing, names, truth))
         if name == "pydantic-settings" and _pins_pydantic_1(names.get("pydantic", "")):
             notes.append(
                 f"the project pins {names['pydantic']}: pydantic-settings 2 needs pydantic 2, "
@@ -151,17 +157,27 @@ def choose_requirements(
             continue
         refusing = next((rule for rule in applying if rule.refuse), None)
         if refusing is not None and refusing.refuse is not None:
-            declared = names[refusing.declared]
             message, hint = refusing.refuse
-            raise BadInput(message.format(declared=declared), hint.format(declared=declared))
+            raise BadInput(
+                _rule_text(message, refusing, names, truth),
+                _rule_text(hint, refusing, names, truth),
+            )
         if name in names:
             continue  # already declared: left as the project has it
         chosen.append(requirement)
     return chosen, notes
 
 
+def _rule_text(
+    text: str, rule: PinRule, names: dict[str, str], truth: DependencyTruth | None
+) -> str:
+    declared = names.get(rule.declared, rule.declared)
+    evidence = truth.evidence(rule.declared) if truth is not None else declared
+    return text.format(declared=declared, evidence=evidence)
+
+
 def _pins_pydantic_1(requirement: str) -> bool:
-    return bool(re.search(r"<\s*2(\.0)*\b|==\s*1\.|~=\s*1\.|\^\s*1\.", requirement))
+    return bool(requirement) and caps_below(requirement, "2")
 
 
 def _pep621(text: str, additions: list[str]) -> str:
@@ -253,29 +269,168 @@ def _requirements_txt(text: str, additions: list[str]) -> str:
     return text + newline.join(additions) + newline
 
 
+@dataclass(frozen=True)
+class EditTarget:
+    """One dependency file the runner's packages go into, and why that one."""
+
+    path: Path
+    kind: str  # "pep621", "poetry" or "requirements"
+    text: str
+    existing: list[str]  # its requirement strings
+    why: str = ""  # the install command that uses it ("" when found by walking up)
+    relock: str = ""  # a next step that re-compiles the lock made from this file
+    unpinned_lock: bool = False  # a lock with no source: the packages go in unpinned
+
+
+def edit_targets(root: Path, start: Path | None = None) -> list[EditTarget]:
+    """The files the project's install commands use (the runtime ones: a dev/test file
+    only when nothing else is installed), else the first list found from `start` up."""
+    root = root.resolve()
+    targets: list[EditTarget] = []
+    for use in install_files(root):
+        target = _target_for(root, use)
+        if target is not None and all(t.path != target.path for t in targets):
+            targets.append(target)
+    runtime = [t for t in targets if not DEV_FILE.search(t.path.relative_to(root).as_posix())]
+    targets = runtime or targets
+    if not targets:
+        where, kind, text, existing = _declared(root, start)
+        targets = [EditTarget(where, kind, text, existing)] if where is not None else []
+    # the root pyproject.toml first: the test group edit builds on it
+    return sorted(targets, key=lambda t: t.path != root / "pyproject.toml")
+
+
+DEV_FILE = re.compile(r"(^|[/_.-])(dev|develop|test|tests|testing|lint|docs)([/_.-]|$)")
+
+
+def _target_for(root: Path, use: InstallUse) -> EditTarget | None:
+    path = root / use.path
+    why = f"{use.evidence} installs {use.path} (`{use.command}`)"
+    if path.name == "pyproject.toml":
+        found = pyproject_requirements(_read(path))
+        if found is None:  # a pyproject that builds the package but lists nothing
+            return None
+        return EditTarget(path, found[0], _read(path), found[1], why)
+    path = _included_base(root, path)
+    text = _read(path)
+    rel = path.relative_to(root).as_posix()
+    if path != root / use.path:
+        why += f", which includes {rel}"
+    if not is_locked_requirements(text):
+        return EditTarget(path, "requirements", text, _requirements_lines(text), why)
+    source = _lock_source(root, path, text)
+    if source is None:
+        return EditTarget(
+            path, "requirements", text, _requirements_lines(text), why, unpinned_lock=True
+        )
+    source_text = _read(source)
+    source_rel = source.relative_to(root).as_posix()
+    found = pyproject_requirements(source_text) if source.name == "pyproject.toml" else None
+    kind, existing = found or ("requirements", _requirements_lines(source_text))
+    relock = f"{_compile_command(text, source_rel, rel)}  # {rel} is compiled from {source_rel}"
+    return EditTarget(
+        source, kind, source_text, existing, f"{why}; it is compiled from {source_rel}", relock
+    )
+
+
+INCLUDE = re.compile(r"^\s*(?:-r\s*|--requirement[\s=]+)(\S+)")
+
+
+def _included_base(root: Path, path: Path, seen: frozenset[Path] = frozenset()) -> Path:
+    """The file a requirements file builds on (`-r base.txt`, followed to the end): the
+    runtime packages belong there, not in the dev file that includes it."""
+    for line in _read(path).splitlines():
+        match = INCLUDE.match(line)
+        if match is None:
+            continue
+        included = (path.parent / match.group(1)).resolve()
+        if included.is_file() and root in included.parents and included not in seen:
+            return _included_base(root, included, seen | {path})
+        break
+    return path
+
+
+def _lock_source(root: Path, lock: Path, text: str) -> Path | None:
+    """The file a compiled requirements lock is made from: the one its header command
+    names (pip-compile, uv pip compile), else `NAME.in` beside it."""
+    header = [line for line in text.splitlines()[:20] if line.lstrip().startswith("#")]
+    for word in " ".join(header).replace("#", " ").split():
+        if word.endswith((".in", "pyproject.toml")):
+            for base in (lock.parent, root):
+                candidate = (base / word).resolve()
+                if candidate.is_file() and root in candidate.parents:
+                    return candidate
+    sibling = lock.with_suffix(".in")
+    return sibling if sibling.is_file() else None
+
+
+def _compile_command(text: str, source: str, lock: str) -> str:
+    """The command the lock's header says made it, else pip-compile's."""
+    for line in text.splitlines()[:20]:
+        command = line.lstrip("# \t").strip()
+        if command.startswith(("pip-compile", "uv pip compile")):
+            return command
+    return f"pip-compile {source} -o {lock}"
+
+
 def plan_dependencies(
     root: Path, wanted: list[str], start: Path | None = None, *, uses_uvicorn: bool = False
 ) -> DependencyEdit:
-    where, kind, text, existing = _declared(root, start)
-    if uses_uvicorn and not _declares_uvicorn(existing):
-        wanted = [*wanted, "uvicorn>=0.30"]
-    additions, notes = choose_requirements(wanted, existing)
-    if where is None:
-        return DependencyEdit(
-            None, "", "", [], notes + [f"no dependency list found: install {' '.join(additions)}"]
+    """The runtime packages added to each file the project installs from (the first in
+    `path`/`old`/`new`, the others in `more`), with notes saying why those files."""
+    root = root.resolve()
+    truth = read_dependency_truth(root, start)
+    targets = edit_targets(root, start)
+    if not targets:
+        additions, notes = choose_requirements(
+            _with_uvicorn(wanted, [], uses_uvicorn), [], truth=truth
         )
-    rel = where.relative_to(root.resolve()).as_posix()
+        message = f"no dependency list found: install {' '.join(additions)}"
+        return DependencyEdit(None, "", "", [], [*notes, message])
+    edits = [_edit_one(root, t, wanted, truth, uses_uvicorn=uses_uvicorn) for t in targets]
+    first = edits[0]
+    for other in edits[1:]:
+        if other.new != other.old and other.path is not None:
+            first.more[other.path] = (other.old, other.new)
+        first.added += [r for r in other.added if r not in first.added]
+        first.notes += [n for n in other.notes if n not in first.notes]
+        first.next_steps += [s for s in other.next_steps if s not in first.next_steps]
+    return first
+
+
+def _with_uvicorn(wanted: list[str], existing: list[str], uses_uvicorn: bool) -> list[str]:
+    if uses_uvicorn and not _declares_uvicorn(existing):
+        return [*wanted, "uvicorn>=0.30"]
+    return wanted
+
+
+def _edit_one(
+    root: Path, target: EditTarget, wanted: list[str], truth: DependencyTruth, *, uses_uvicorn: bool
+) -> DependencyEdit:
+    wanted = _with_uvicorn(wanted, target.existing, uses_uvicorn)
+    additions, notes = choose_requirements(wanted, target.existing, truth=truth)
+    rel = target.path.relative_to(root).as_posix()
+    text = target.text
+    if target.why:
+        notes.append(f"dependencies go into {rel}: {target.why}")
     if not additions:
         return DependencyEdit(rel, text, text, [], notes)
-    if kind == "pep621":
+    if target.kind == "pep621":
         new = _pep621(text, additions)
-    elif kind == "poetry":
+    elif target.kind == "poetry":
         new = _poetry(text, additions)
     else:
         new = _requirements_txt(text, additions)
     edit = DependencyEdit(rel, text, new, additions, notes)
+    if target.unpinned_lock:
+        edit.notes.append(
+            f"{rel} is a lock (every line pinned) with no .in source: the new packages are "
+            "added unpinned; re-lock it so they get pins too"
+        )
+    if target.relock:
+        edit.next_steps.append(target.relock)
     for lock, command in LOCK_COMMANDS.items():
-        if (where.parent / lock).is_file():
+        if (target.path.parent / lock).is_file():
             edit.next_steps.append(f"{command}  # {lock} is stale after the dependency edit")
     return edit
 

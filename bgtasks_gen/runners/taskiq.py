@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from bgtasks_gen.runners.base import (
     Detection,
     DevProcess,
+    PinRule,
     RunnerSpec,
     RunnerSteps,
     SettingsField,
@@ -47,6 +48,22 @@ TASKIQ_DEPENDENCIES = (
     "taskiq-fastapi>=0.5,<0.6",
     "aiosmtplib>=3",
     "email-validator>=2.0",
+)
+
+
+# taskiq-fastapi 0.5 requires fastapi>=0.133,<1; 0.4 accepts fastapi>=0.93. A project
+# whose FastAPI is locked below 0.133, or may resolve below it, gets 0.4, which installs
+# beside it (its `init(broker, "module:app")` is the same).
+TASKIQ_FASTAPI_BEFORE_0_133 = "taskiq-fastapi>=0.4,<0.5"
+PIN_RULES = (
+    PinRule(
+        "taskiq-fastapi",
+        "fastapi",
+        below="0.133",
+        replace_with=TASKIQ_FASTAPI_BEFORE_0_133,
+        note="{evidence}: taskiq-fastapi 0.5 needs fastapi>=0.133, so bgtasks adds "
+        f"{TASKIQ_FASTAPI_BEFORE_0_133} (it accepts fastapi>=0.93)",
+    ),
 )
 
 
@@ -94,6 +111,7 @@ SPEC = RunnerSpec(
     settings_fields=(*TASKIQ_FIELDS, *SMTP_FIELDS, *AUTH_FIELDS),
     router_file="taskiq_tasks",
     dependencies=TASKIQ_DEPENDENCIES,
+    pin_rules=PIN_RULES,
     brokers=("redis", "rabbitmq"),
     broker_dependencies={
         "redis": TASKIQ_DEPENDENCIES,

@@ -1,0 +1,212 @@
+"""New packages go into the files the project's own install commands use."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from bgtasks_gen.deps import declared_requirements, plan_dependencies
+from bgtasks_gen.install_files import install_files
+from tests.conftest import EXAMPLES, invoke, write_tree
+
+PYPROJECT = '[project]\nname = "shop"\ndependencies = [\n    "fastapi>=0.115",\n]\n'
+DOCKERFILE = """FROM python:3.12-slim
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt
+COPY . .
+CMD ["uvicorn", "app.main:app"]
+"""
+ARQ = "arq>=0.28,<0.29"
+
+
+def _uses(root: Path) -> list[tuple[str, str]]:
+    return [(use.path, use.evidence) for use in install_files(root)]
+
+
+def test_a_dockerfile_requirements_file_is_edited_not_the_unused_pyproject(
+    tmp_path: Path,
+) -> None:
+    write_tree(
+        tmp_path,
+        {"pyproject.toml": PYPROJECT, "requirements.txt": "fastapi\n", "Dockerfile": DOCKERFILE},
+    )
+    assert _uses(tmp_path) == [("requirements.txt", "Dockerfile:4")]
+    edit = plan_dependencies(tmp_path, [ARQ])
+    assert edit.path == "requirements.txt"
+    assert edit.new == f"fastapi\n{ARQ}\n"
+    assert edit.more == {}  # nothing installs pyproject.toml: left alone
+    assert any("Dockerfile:4 installs requirements.txt" in note for note in edit.notes)
+
+
+def test_every_live_file_is_edited(tmp_path: Path) -> None:
+    write_tree(
+        tmp_path,
+        {
+            "pyproject.toml": PYPROJECT,
+            "requirements.txt": "fastapi\n",
+            "Dockerfile": DOCKERFILE,
+            "Makefile": "install:\n\tpython -m pip install -e '.[dev]'\n",
+        },
+    )
+    assert _uses(tmp_path) == [
+        ("requirements.txt", "Dockerfile:4"),
+        ("pyproject.toml", "Makefile:2"),
+    ]
+    edit = plan_dependencies(tmp_path, [ARQ])
+    assert edit.path == "pyproject.toml"  # first: the test group edit builds on it
+    assert tomllib.loads(edit.new)["project"]["dependencies"] == ["fastapi>=0.115", ARQ]
+    assert edit.more == {"requirements.txt": ("fastapi\n", f"fastapi\n{ARQ}\n")}
+
+
+def test_a_makefile_target_names_the_file(tmp_path: Path) -> None:
+    write_tree(
+        tmp_path,
+        {
+            "pyproject.toml": PYPROJECT,
+            "requirements/prod.txt": "fastapi\ngunicorn\n",
+            "Makefile": "setup:\n\t@echo installing\n"
+            "\t$(VENV) && pip3 install -r requirements/prod.txt\n",
+        },
+    )
+    assert _uses(tmp_path) == [("requirements/prod.txt", "Makefile:3")]
+    assert plan_dependencies(tmp_path, [ARQ]).path == "requirements/prod.txt"
+
+
+def test_a_ci_workflow_installing_the_dev_file_edits_the_file_it_includes(tmp_path: Path) -> None:
+    workflow = """name: ci
+on: push
+jobs:
+  test:
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/checkout@v4
+      - run: |
+          python -m pip install --upgrade pip
+          python -m pip install -r requirements-dev.txt
+      - run: pytest
+"""
+    write_tree(
+        tmp_path,
+        {
+            "pyproject.toml": PYPROJECT,
+            "requirements.txt": "fastapi\n",
+            "requirements-dev.txt": "-r requirements.txt\npytest\n",
+            ".github/workflows/ci.yml": workflow,
+        },
+    )
+    assert _uses(tmp_path) == [("requirements-dev.txt", ".github/workflows/ci.yml:10")]
+    edit = plan_dependencies(tmp_path, [ARQ])
+    assert edit.path == "requirements.txt"
+    assert edit.new == f"fastapi\n{ARQ}\n"
+
+
+@pytest.mark.parametrize("command", ["uv sync --frozen", "poetry install --no-root", "pdm install"])
+def test_project_installers_mean_the_pyproject(tmp_path: Path, command: str) -> None:
+    write_tree(
+        tmp_path,
+        {
+            "pyproject.toml": PYPROJECT,
+            "requirements.txt": "fastapi\n",  # a leftover nothing installs
+            ".github/workflows/ci.yaml": f"jobs:\n  t:\n    steps:\n      - run: {command}\n",
+        },
+    )
+    assert _uses(tmp_path) == [("pyproject.toml", ".github/workflows/ci.yaml:4")]
+    edit = plan_dependencies(tmp_path, [ARQ])
+    assert edit.path == "pyproject.toml" and edit.more == {}
+
+
+def test_a_compose_build_context_locates_the_dockerfile_and_its_files(tmp_path: Path) -> None:
+    compose = (
+        "services:\n  api:\n    build:\n      context: ./backend\n"
+        "      dockerfile: docker/api.Dockerfile\n"
+    )
+    write_tree(
+        tmp_path,
+        {
+            "compose.yaml": compose,
+            "backend/requirements.txt": "fastapi\n",
+            "backend/docker/api.Dockerfile": "FROM python:3.12\nCOPY requirements.txt /srv/\n"
+            "RUN pip install \\\n    --no-cache-dir \\\n    -r /srv/requirements.txt\n",
+        },
+    )
+    assert _uses(tmp_path) == [("backend/requirements.txt", "backend/docker/api.Dockerfile:3")]
+
+
+def test_a_compiled_lock_gets_the_packages_in_its_source(tmp_path: Path) -> None:
+    lock = (
+        "#\n# This file is autogenerated by pip-compile with Python 3.12\n"
+        "# by the following command:\n#\n#    pip-compile --output-file=requirements.txt "
+        "requirements.in\n#\nanyio==4.4.0\n    # via starlette\nfastapi==0.115.0\n"
+        "    # via -r requirements.in\n"
+    )
+    write_tree(
+        tmp_path,
+        {"requirements.in": "fastapi\n", "requirements.txt": lock, "Dockerfile": DOCKERFILE},
+    )
+    edit = plan_dependencies(tmp_path, [ARQ])
+    assert edit.path == "requirements.in"
+    assert edit.new == f"fastapi\n{ARQ}\n"
+    assert edit.more == {}  # the lock itself is re-compiled, not hand-edited
+    assert any(
+        step.startswith("pip-compile --output-file=requirements.txt requirements.in")
+        for step in edit.next_steps
+    )
+
+
+def test_a_lock_without_a_source_gets_unpinned_lines_and_a_note(tmp_path: Path) -> None:
+    write_tree(
+        tmp_path,
+        {"requirements.txt": "fastapi==0.115.0\nuvicorn==0.30.1\n", "Dockerfile": DOCKERFILE},
+    )
+    edit = plan_dependencies(tmp_path, [ARQ])
+    assert edit.path == "requirements.txt"
+    assert edit.new.endswith(f"uvicorn==0.30.1\n{ARQ}\n")
+    assert any("re-lock it" in note for note in edit.notes)
+
+
+def test_without_install_commands_the_list_nearest_the_app_is_edited(tmp_path: Path) -> None:
+    write_tree(
+        tmp_path,
+        {
+            "pyproject.toml": PYPROJECT,
+            "requirements.txt": "fastapi\n",
+            "Dockerfile": "FROM python:3.12\nRUN pip install gunicorn\n",
+        },
+    )
+    assert _uses(tmp_path) == []
+    edit = plan_dependencies(tmp_path, [ARQ])
+    assert edit.path == "pyproject.toml"
+    assert not any("installs" in note for note in edit.notes)
+
+
+def test_init_edits_the_requirements_file_the_dockerfile_installs(tmp_path: Path) -> None:
+    project = tmp_path / "shop"
+    shutil.copytree(EXAMPLES / "layered", project)
+    write_tree(
+        project,
+        {"requirements.txt": "fastapi>=0.115\npydantic-settings>=2.0\n", "Dockerfile": DOCKERFILE},
+    )
+    code, output = invoke("init", str(project), "--runner", "arq", "--dry-run", "--json")
+    assert code == 0, output
+    summary = json.loads(output)
+    actions = {f["path"]: f["action"] for f in summary["files"]}
+    assert actions.get("requirements.txt") == "patch"
+    assert "pyproject.toml" not in actions
+    assert any("Dockerfile:4 installs requirements.txt" in note for note in summary["notes"])
+
+
+def test_what_the_project_declares_is_read_from_the_file_it_installs(tmp_path: Path) -> None:
+    write_tree(
+        tmp_path,
+        {
+            "pyproject.toml": PYPROJECT,
+            "requirements.txt": "fastapi\ncelery[redis]>=5.6,<5.7\n",
+            "Dockerfile": DOCKERFILE,
+        },
+    )
+    assert declared_requirements(tmp_path) == ["fastapi", "celery[redis]>=5.6,<5.7"]
