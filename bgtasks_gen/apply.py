@@ -28,6 +28,7 @@ from bgtasks_gen import journal
 from bgtasks_gen.errors import ApplyError, BadInput, BgtasksError, ConflictError
 from bgtasks_gen.journal import JOURNAL, JOURNAL_DIR, TEMP_PREFIX, Entry, Journal
 from bgtasks_gen.plan import FileChange, Plan
+from bgtasks_gen.state import outside_through_link
 
 __all__ = ["TEMP_PREFIX", "apply", "project_lock"]
 
@@ -78,9 +79,10 @@ def _signals_unwind() -> Iterator[None]:
 
 
 def _refuse_outside(root: Path, target: Path) -> None:
-    """Never write through a link that leaves the project."""
-    resolved = target.resolve()
-    if not resolved.is_relative_to(root.resolve()):
+    """Never write through a link that leaves the project. Planning refuses such a path
+    already (state.refuse_link_outside); this holds for a link made since."""
+    resolved = outside_through_link(root, target)
+    if resolved is not None:
         raise ApplyError(
             f"{target} resolves to {resolved}, outside the project",
             "bgtasks does not write through links that leave the project; nothing was written",

@@ -174,10 +174,13 @@ def schedule_fields(runner: str, request: TaskRequest) -> ScheduleFields:
 
 
 def refuse_never_firing(runner: str, request: TaskRequest, now: datetime | None = None) -> None:
-    """Raise BadInput when the request's --cron would never fire on `runner`."""
+    """Raise BadInput when the request's --cron would never fire on `runner`, or its
+    --every is an interval the runner's scheduler cannot keep."""
     cron = request.cron
     if cron is None:
-        return  # --every: a period always comes round (arq's clock fields: schedules.py)
+        if request.every:
+            refuse_unkept_interval(runner, request.every)
+        return
     try:
         fields = schedule_fields(runner, request)
     except UnreadableField as exc:
@@ -211,4 +214,38 @@ def both_day_fields_note(runner: str, request: TaskRequest) -> str | None:
         f"schedule: {runner} runs {request.name} only on days that match both the day of "
         f"month ({cron.day_of_month}) and the day of week ({cron.day_of_week}); standard "
         "cron would run it on days matching either"
+    )
+
+
+# how a message names a clock period, and the unit of the period before it
+PERIOD_NAMES = {60: "a minute", 3600: "an hour", 86400: "a day"}
+UNIT_NAMES = {1: "seconds", 60: "whole minutes", 3600: "whole hours"}
+
+
+def refuse_unkept_interval(runner: str, seconds: int) -> None:
+    """Raise BadInput when `runner` cannot run a job every `seconds` seconds: a scheduler
+    that matches clock fields (its spec's every_clock_periods) repeats only at steps that
+    divide one of those periods evenly, in whole units of the period before it."""
+    from bgtasks_gen.runners import get_runner
+
+    periods = get_runner(runner).every_clock_periods
+    if not periods:
+        return
+    units = (1, *periods[:-1])
+    if any(
+        seconds % unit == 0 and period % seconds == 0
+        for unit, period in zip(units, periods, strict=True)
+    ):
+        return
+    names = [
+        f"{UNIT_NAMES.get(unit, f'multiples of {unit} s')} that divide "
+        f"{PERIOD_NAMES.get(period, f'{period} s')}"
+        for unit, period in zip(units, periods, strict=True)
+    ]
+    spelled = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    examples = sorted({p // d for p in periods for d in (12, 2) if p % d == 0})[:4]
+    raise BadInput(
+        f"--every {seconds}: {runner} cannot run a job every {seconds} seconds: its "
+        f"scheduler fires on clock values, so the interval must be {spelled}",
+        f"use a number of seconds such as {', '.join(map(str, examples))}, or --cron",
     )

@@ -33,6 +33,7 @@ import json
 import os
 import re
 import signal
+import stat
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -147,8 +148,16 @@ def signals_blocked() -> Iterator[None]:
 
 def pending(root: Path) -> bool:
     """Does the project carry a journal a killed bgtasks left behind (or one a running
-    bgtasks is using right now)?"""
-    return os.path.lexists(root / JOURNAL)
+    bgtasks is using right now)? BadInput when what is there is not a journal bgtasks
+    wrote (not a regular file, or content bgtasks never writes): every command, `check`
+    and --dry-run too, says so rather than reporting a run to finish."""
+    try:
+        read(root)
+    except FileNotFoundError:  # none, or a running bgtasks committed it just now
+        return False
+    except NotADirectoryError:  # .bgtasks is a file: it cannot hold a journal
+        return False
+    return True
 
 
 UNFINISHED = "an interrupted bgtasks run left changes half written"
@@ -299,10 +308,14 @@ def _remove_journal(root: Path, journal: Journal) -> None:
 def recover(root: Path) -> str | None:
     """Finish or undo the write a killed bgtasks left in `root`; one line saying what was
     done, or None when there was nothing to recover. The caller holds the project lock."""
-    if not root.is_dir() or not pending(root):
+    if not root.is_dir():
         return None
-    with signals_blocked():
+    try:
+        # read before signals are blocked: a Ctrl-C can still stop a slow read
         journal = read(root)
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # no journal (.bgtasks may even be a file)
+    with signals_blocked():
         if journal is None:
             # only the first, in-place write of a journal can be torn, and nothing is
             # staged before it is complete: there is nothing to undo but the journal
@@ -322,7 +335,8 @@ def recover(root: Path) -> str | None:
 
 
 def read(root: Path) -> Journal | None:
-    """The journal in `root`, checked; None when it is torn (not complete JSON)."""
+    """The journal in `root`, checked; None when it is torn (not complete JSON).
+    FileNotFoundError when there is none."""
     resolved = root.resolve()
     path = root / JOURNAL
     if not path.resolve().is_relative_to(resolved):
@@ -330,12 +344,17 @@ def read(root: Path) -> Journal | None:
             f"{path} leads outside the project through a link",
             f"remove the link {root / JOURNAL_DIR} or {path}",
         )
-    with path.open("rb") as handle:
-        raw = handle.read(MAX_JOURNAL_BYTES + 1)
+    raw = _read_regular_file(path, MAX_JOURNAL_BYTES + 1)
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
+    except RecursionError:
+        # nested deeper than the parser goes: bgtasks writes three levels
+        raise BadInput(
+            f"{path} is not a journal bgtasks wrote: it nests too deeply to read",
+            f"if no bgtasks command was interrupted here, delete {path}",
+        ) from None
     journal = _parse(data)
     if journal is None or _path_problems(resolved, journal):
         raise BadInput(
@@ -343,6 +362,44 @@ def read(root: Path) -> Journal | None:
             f"if no bgtasks command was interrupted here, delete {path}",
         )
     return journal
+
+
+def _read_regular_file(path: Path, limit: int) -> bytes:
+    """At most `limit` bytes of `path`, which must be a regular file. Its type is checked
+    before it is opened: opening a FIFO waits for a writer that never comes (and a
+    recovery runs with Ctrl-C blocked), opening a device may act on it. The open itself
+    neither blocks nor follows a link, in case the path is swapped in between."""
+    info = os.lstat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise BadInput(
+            f"{path} is {_file_kind(info.st_mode)}, not a journal bgtasks wrote",
+            f"if no bgtasks command was interrupted here, remove {path}",
+        )
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise
+        raise BadInput(
+            f"cannot read {path}: {exc.strerror}",
+            f"if no bgtasks command was interrupted here, remove {path}",
+        ) from exc
+    with os.fdopen(descriptor, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise BadInput(f"{path} changed into something other than a file while read")
+        return handle.read(limit)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {
+        stat.S_ISDIR: "a folder",
+        stat.S_ISFIFO: "a named pipe (FIFO)",
+        stat.S_ISLNK: "a symbolic link",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+    }
+    return next((kind for test, kind in kinds.items() if test(mode)), "not a regular file")
 
 
 def _parse(data: object) -> Journal | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +156,45 @@ def read_source(path: Path) -> str:
             "bgtasks only edits UTF-8 source files; convert the file and run again",
         ) from exc
     return text
+
+
+def read_project_file(root: Path, rel: str) -> str | None:
+    """A file of the project as text, newlines kept exactly; None when there is no file.
+    Refused (BadInput) when the path leads out of the project through a link, so a
+    --dry-run never shows, and a write never plans from, a file that is not the
+    project's; and when the file is not UTF-8."""
+    from bgtasks_gen.state import refuse_link_outside
+
+    path = root / rel
+    refuse_link_outside(root, path)
+    if not path.is_file():
+        return None
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise BadInput(f"cannot read {rel}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise BadInput(
+            f"{rel} is not UTF-8 (byte {exc.start} cannot be decoded)",
+            "bgtasks only edits UTF-8 files; convert the file and run again",
+        ) from exc
+
+
+def check_module_path(target: str, where: str) -> str:
+    """Refuse a MODULE[:NAME] that Python would import as another name. Python reads
+    identifiers in NFKC form, so `app.main` spelled in fullwidth letters imports
+    `app.main`, while bgtasks would read (or create) a file of the fullwidth name and
+    report a scaffold that cannot import; uvicorn's lookup of NAME does not normalise at
+    all. ASCII names are the ones every tool agrees on."""
+    normal = unicodedata.normalize("NFKC", target)
+    if normal != target or not target.isascii():
+        shown = f", which Python reads as {normal!r}" if normal != target else ""
+        raise BadInput(
+            f"{where} {target!r} is not an ASCII module path{shown}",
+            "name modules and their attributes in ASCII letters, digits and underscores, "
+            "e.g. app.main:app",
+        )
+    return target
 
 
 def parse_source(source: str, path: Path) -> cst.Module:

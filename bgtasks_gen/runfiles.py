@@ -13,7 +13,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from bgtasks_gen.errors import BadInput
 
 COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
 DOCKERFILES = ("Dockerfile", "docker/Dockerfile", "Dockerfile.prod", "deploy/Dockerfile")
@@ -88,12 +90,60 @@ def _services_block(lines: list[str]) -> tuple[int, int, int, int] | None:
     return start, end, indent or 2, step or 2
 
 
-def merge_compose(theirs: str, ours: str, runner: str) -> Merged:
-    """Add the services of `ours` that `theirs` lacks; reuse its Redis/RabbitMQ and app."""
+COMPOSE_HINT = (
+    "fix {path} so that `docker compose config` reads it (services: a mapping of service "
+    "names to their settings), then run again"
+)
+
+
+def _malformed(path: str, problem: str) -> BadInput:
+    return BadInput(f"{path} {problem}", COMPOSE_HINT.format(path=path))
+
+
+def compose_services(text: str, path: str) -> dict[str, Any]:
+    """The `services` mapping of the project's compose file, its shape checked: bgtasks
+    reads every service to find the project's broker and app, and inserts beside them."""
     import yaml
 
-    existing = yaml.safe_load(theirs) or {}
-    services = existing.get("services") or {}
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "cannot be parsed"
+        raise _malformed(path, f"is not valid YAML: {problem}{where}") from None
+    except RecursionError:
+        raise _malformed(path, "is not valid YAML: it nests too deeply to read") from None
+    if document is None:
+        return {}  # an empty file: the services go into a new block
+    if not isinstance(document, dict):
+        return _refuse_shape(path, "the file", document, "a mapping (services:, volumes:, ...)")
+    services = document.get("services")
+    if services is None:
+        return {}
+    if not isinstance(services, dict):
+        return _refuse_shape(path, "`services`", services, "a mapping of service names")
+    for name, service in services.items():
+        if not isinstance(service, dict):
+            what = f"the service {name!r}"
+            _refuse_shape(path, what, service, "a mapping of its settings (image:, ...)")
+    return services
+
+
+def _refuse_shape(path: str, what: str, value: object, expected: str) -> NoReturn:
+    kinds = {str: "a text", list: "a list", int: "a number", float: "a number", bool: "true/false"}
+    found = kinds.get(type(value), type(value).__name__)
+    raise _malformed(
+        path, f"is not a compose file bgtasks can extend: {what} is {found}, not {expected}"
+    )
+
+
+def merge_compose(theirs: str, ours: str, runner: str, path: str = "compose.yaml") -> Merged:
+    """Add the services of `ours` that `theirs` (the project's file `path`) lacks; reuse
+    its Redis/RabbitMQ and app. BadInput when `theirs` is not a compose file."""
+    import yaml
+
+    services = compose_services(theirs, path)
     wanted = (yaml.safe_load(ours) or {}).get("services") or {}
     merged = Merged(theirs)
     hosts: dict[str, str] = {}
@@ -152,8 +202,21 @@ def merge_compose(theirs: str, ours: str, runner: str) -> Merged:
     lines[end:end] = insert
     merged.text = "".join(lines)
     merged.added = list(additions)
-    after = yaml.safe_load(merged.text)["services"]
-    assert all(after[name] == services[name] for name in services)  # theirs unchanged
+    # the text was inserted by lines: prove the project's services read as before and the
+    # added ones are there (a flow-style `services: {...}` cannot be extended by lines)
+    try:
+        after = compose_services(merged.text, path)
+    except BadInput:
+        after = {}
+    if any(after.get(name) != services[name] for name in services) or not all(
+        name in after for name in additions
+    ):
+        raise BadInput(
+            f"{path}: bgtasks cannot add its services to the `services:` block as written "
+            "(a block written in flow style, {...}, or indented unevenly)",
+            f"write the services block of {path} one service per indented line, or add "
+            f"these services by hand: {', '.join(additions)}",
+        )
     if app_service:
         merged.notes.append(
             f"the project's {app_service} service runs the app: give it the same "

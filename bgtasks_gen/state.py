@@ -109,6 +109,13 @@ def read_state(root: Path) -> dict[str, object]:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise BadInput(f"{path} is not valid TOML: {exc}", _HINT) from exc
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively; the state file
+        # bgtasks writes nests two levels deep
+        raise BadInput(
+            f"{path} is not a state file bgtasks wrote: its values nest too deeply to read",
+            _HINT,
+        ) from None
     _StateCheck(root, path).run(data)
     return data
 
@@ -127,6 +134,29 @@ def project_path_problem(root: Path, rel: str) -> str | None:
     if not (root / pure).resolve().is_relative_to(root):
         return "leads outside the project through a link"
     return None
+
+
+def outside_through_link(root: Path, target: Path) -> Path | None:
+    """Where `target` really leads when a link takes it out of the project `root`; None
+    when it stays inside. A link loop counts as leading out: it leads nowhere readable."""
+    try:
+        resolved = target.resolve()
+        inside = resolved.is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+        return target
+    return None if inside else resolved
+
+
+def refuse_link_outside(root: Path, target: Path) -> None:
+    """Planning reads and writes nothing through a link that leaves the project: what a
+    --dry-run shows, `--check` compares and a write does must be the same decision."""
+    resolved = outside_through_link(root, target)
+    if resolved is not None:
+        raise BadInput(
+            f"{target} resolves to {resolved}, outside the project",
+            "bgtasks neither reads nor writes through links that leave the project; replace "
+            "the link with a file of the project's own; nothing was written",
+        )
 
 
 _HINT = f"restore {STATE_FILE} from version control, or delete it and run `bgtasks init` again"
@@ -212,9 +242,15 @@ class _StateCheck:
             self.refuse(key, f"must be a string, number or boolean, not {_type_name(value)}")
 
     def dotted(self, key: str, value: object) -> list[str]:
+        from bgtasks_gen.modules import check_module_path
+
         parts = self.text(key, value).split(".")
         if not all(p.isidentifier() and not keyword.iskeyword(p) for p in parts):
             self.refuse(key, f"is {_shown(str(value))}, not a dotted module name")
+        try:
+            check_module_path(str(value), key)
+        except BadInput as error:
+            raise BadInput(f"{self.path}: {error.message}", _HINT) from None
         return parts
 
     def inside(self, key: str, rel: str) -> None:

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 
 from bgtasks_gen.errors import BadInput
+from bgtasks_gen.state import MAX_ARGS
 
 # the argument types a task may take: they travel as JSON through every broker
 SCALARS = ("int", "float", "str", "bool")
@@ -153,6 +154,12 @@ def build_request(
     route: bool,
 ) -> TaskRequest:
     validate_name(name)
+    if len(args) > MAX_ARGS:
+        # the state file refuses more: writing them would lock every later command out
+        raise BadInput(
+            f"{len(args)} --arg options: a task takes at most {MAX_ARGS} arguments",
+            "pass one structured argument (a dict[str, T] or list[T]) instead of many",
+        )
     parsed = tuple(parse_arg(a) for a in args)
     names = [a.name for a in parsed]
     repeated = sorted({n for n in names if names.count(n) > 1})

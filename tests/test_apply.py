@@ -17,6 +17,7 @@ from bgtasks_gen import journal, scaffold
 from bgtasks_gen.apply import TEMP_PREFIX, apply, project_lock
 from bgtasks_gen.errors import ApplyError, BadInput, ConflictError, ExitCode
 from bgtasks_gen.journal import JOURNAL
+from bgtasks_gen.plan import Action, FileChange, Plan
 from bgtasks_gen.scaffold import plan_init
 from tests.conftest import REPO, invoke, tree_hashes
 
@@ -105,9 +106,12 @@ def test_symlink_leaving_the_project_is_never_written_through(
     outside.mkdir()
     (project / "tests").symlink_to(outside, target_is_directory=True)
     before = tree_hashes(project)
-    plan = plan_init(project, "builtin")
+    with pytest.raises(BadInput, match="outside the project"):  # planning refuses it
+        plan_init(project, "builtin")
+    # and a write refuses it too, for a link made after planning
+    created = FileChange("tests/test_x.py", Action.CREATE, None, "x = 1\n")
     with pytest.raises(ApplyError, match="outside the project"):
-        apply(plan)
+        apply(Plan(project, [created]))
     assert tree_hashes(project) == before
     assert list(outside.iterdir()) == []
 

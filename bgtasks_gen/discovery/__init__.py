@@ -20,7 +20,7 @@ from bgtasks_gen.discovery.present import existing_runners, other_task_systems
 from bgtasks_gen.discovery.served import served_targets
 from bgtasks_gen.discovery.settings import SettingsFinder
 from bgtasks_gen.errors import BadInput, DiscoveryError
-from bgtasks_gen.modules import ModuleIndex
+from bgtasks_gen.modules import ModuleIndex, check_module_path
 from bgtasks_gen.state import read_state
 
 __all__ = [
@@ -129,6 +129,11 @@ def discover(
         settings_module=given.settings_module or _str(config.get("settings-module")),
         app_module=given.app_module or _str(config.get("app-module")),
     )
+    # a name Python would import as another module is refused before any lookup
+    for given_value, key in ((given.settings_module, "settings"), (given.app_module, "app")):
+        where = f"--{key}-module" if given_value else f"[tool.bgtasks] {key}-module"
+        check_module_path(given_value or _str(config.get(f"{key}-module")) or "", where)
+    check_module_path(_str(config.get("tasks-module")) or "", "[tool.bgtasks] tasks-module")
     index = index or ModuleIndex(root)
     notes: list[str] = []
 

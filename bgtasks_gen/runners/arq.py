@@ -77,6 +77,8 @@ SPEC = RunnerSpec(
     # add-task registers functions in WorkerSettings.functions (func(...)) and
     # schedules in WorkerSettings.cron_jobs (cron(...)), both in arq_worker.py
     schedule_kind="cron",
+    # cron(second=..., minute=..., hour=...) fires on clock values, never "7 s after"
+    every_clock_periods=(60, 3600, 86400),
     worker_file="arq_worker.py",
     pin_rules=(
         PinRule(
