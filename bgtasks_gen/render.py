@@ -95,7 +95,10 @@ def render_runner(spec: RunnerSpec, context: Mapping[str, object]) -> dict[str, 
             defaults=True,
             quiet=True,
             overwrite=True,
-            unsafe=False,
+            # the one "unsafe" feature used is copier.yml's _jinja_extensions, naming our
+            # own `py` filter; the copier.yml is always ours (a plugin's folder is
+            # rendered under a copy of it), so no template can add tasks of its own
+            unsafe=True,
         )
         out = Path(tmp)
         files = {}

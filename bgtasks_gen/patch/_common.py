@@ -7,6 +7,9 @@ import sys
 import libcst as cst
 from libcst.helpers import get_full_name_for_node
 
+from bgtasks_gen.errors import PatchError
+from bgtasks_gen.template_filters import is_identifier
+
 
 def _import_sort_key(name: str) -> tuple[int, str]:
     """isort/ruff "order by type": CONSTANTS, then Classes, then functions."""
@@ -66,9 +69,7 @@ def add_import(
             body[position] = line.with_changes(body=[merged])
             return module.with_changes(body=body)
 
-    text = f"from {from_module} import {name}" + (f" as {alias}" if alias else "") + "\n"
-    statement = cst.parse_statement(text)
-    assert isinstance(statement, cst.SimpleStatementLine)
+    statement = cst.SimpleStatementLine(body=[_import_from(from_module, name, alias)])
     group = import_group(from_module, first_party)
     same = [(p, d) for p, _, d in imports if import_group(d, first_party) == group]
     lower = [p for p, _, d in imports if import_group(d, first_party) < group]
@@ -100,6 +101,41 @@ def add_import(
     return module.with_changes(body=body)
 
 
+def name_node(name: str) -> cst.Name:
+    """A name of generated code, refused unless it reads back as itself (not NFKC-folded,
+    not a keyword): nothing but a checked name is written as code."""
+    if not is_identifier(name):
+        raise PatchError(
+            f"{name!r} is not a plain Python name",
+            "rename it to ASCII letters, digits and underscores (not a keyword)",
+        )
+    return cst.Name(name)
+
+
+def dotted_node(dotted: str) -> cst.Name | cst.Attribute:
+    """`a.b.c` as libcst nodes, each part checked by name_node."""
+    first, *rest = dotted.split(".")
+    node: cst.Name | cst.Attribute = name_node(first)
+    for part in rest:
+        node = cst.Attribute(value=node, attr=name_node(part))
+    return node
+
+
+def _import_from(from_module: str, name: str, alias: str | None) -> cst.ImportFrom:
+    """`from from_module import name [as alias]`, built from checked names."""
+    bare = from_module.lstrip(".")
+    return cst.ImportFrom(
+        module=dotted_node(bare) if bare else None,
+        relative=[cst.Dot() for _ in range(len(from_module) - len(bare))],
+        names=[
+            cst.ImportAlias(
+                name=name_node(name),
+                asname=cst.AsName(name=name_node(alias)) if alias else None,
+            )
+        ],
+    )
+
+
 def _insert_name(
     node: cst.ImportFrom, name: str, present: list[tuple[str, str | None]]
 ) -> list[cst.ImportAlias]:
@@ -113,7 +149,7 @@ def _insert_name(
         inner = names[0].comma
     elif node.lpar is not None:
         inner = cst.Comma(whitespace_after=node.lpar.whitespace_after)
-    new = cst.ImportAlias(name=cst.Name(name))
+    new = cst.ImportAlias(name=name_node(name))
     if index == len(names):
         # the new last name takes over the old last one's ending (trailing comma or none)
         new = new.with_changes(comma=names[-1].comma)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import libcst as cst
 
 from bgtasks_gen.errors import PatchError
-from bgtasks_gen.patch._common import add_import, top_level_function
+from bgtasks_gen.patch._common import add_import, name_node, top_level_function
 
 
 def _include_call(statement: cst.BaseStatement, app_var: str) -> cst.Call | None:
@@ -44,17 +44,73 @@ def _binds_app(statement: cst.BaseStatement, app_var: str) -> bool:
     )
 
 
-def _include_text(app_var: str, arguments: list[str], layout: str) -> str:
-    """The new include, laid out like the project's last one: one argument a line when
+def _include_statement(
+    app_var: str, alias: str, keywords: tuple[tuple[str, str], ...], layout: str
+) -> cst.SimpleStatementLine:
+    """The new include, built from checked names and the project's own keyword values (each
+    one expression), laid out like the project's last include: one argument a line when
     that one spreads over lines, on one line otherwise."""
+    arguments = [cst.Arg(value=name_node(alias))]
+    for name, value in keywords:
+        arguments.append(
+            cst.Arg(
+                keyword=name_node(name),
+                value=_keyword_value(name, value),
+                equal=cst.AssignEqual(
+                    whitespace_before=cst.SimpleWhitespace(""),
+                    whitespace_after=cst.SimpleWhitespace(""),
+                ),
+            )
+        )
+    opening: cst.BaseParenthesizableWhitespace = cst.SimpleWhitespace("")
+    spread = _spread_indents(layout)
+    if spread is not None:
+        inner, closing = spread
+        opening = _line_break(inner)
+        arguments = [
+            argument.with_changes(
+                comma=cst.Comma(
+                    whitespace_after=_line_break(closing if last else inner),
+                )
+            )
+            for last, argument in ((i == len(arguments) - 1, a) for i, a in enumerate(arguments))
+        ]
+    call = cst.Call(
+        func=cst.Attribute(value=name_node(app_var), attr=cst.Name("include_router")),
+        args=arguments,
+        whitespace_before_args=opening,
+    )
+    return cst.SimpleStatementLine(body=[cst.Expr(value=call)])
+
+
+def _spread_indents(layout: str) -> tuple[str, str] | None:
+    """(argument indent, closing indent) of an include written one argument a line."""
     lines = layout.strip("\n").split("\n")
     code_lines = [line for line in lines if not line.lstrip().startswith("#")]
     if len(code_lines) < 3 or not code_lines[0].rstrip().endswith("("):
-        return f"{app_var}.include_router({', '.join(arguments)})\n"
+        return None
     inner = code_lines[1][: len(code_lines[1]) - len(code_lines[1].lstrip())]
     closing = code_lines[-1][: len(code_lines[-1]) - len(code_lines[-1].lstrip())]
-    body = "".join(f"{inner}{argument},\n" for argument in arguments)
-    return f"{app_var}.include_router(\n{body}{closing})\n"
+    return inner, closing
+
+
+def _line_break(indent: str) -> cst.ParenthesizedWhitespace:
+    return cst.ParenthesizedWhitespace(
+        first_line=cst.TrailingWhitespace(),
+        indent=True,  # `indent` comes after the block's own, as code_for_node shows it
+        last_line=cst.SimpleWhitespace(indent),
+    )
+
+
+def _keyword_value(name: str, value: str) -> cst.BaseExpression:
+    try:
+        return cst.parse_expression(value)
+    except cst.ParserSyntaxError:
+        raise PatchError(
+            f"the {name}= argument of the project's include_router calls ({value!r}) is not "
+            "one Python expression",
+            "report this as a bug, with that include_router(...) call",
+        ) from None
 
 
 def include_router(
@@ -110,10 +166,8 @@ def include_router(
                 f"cannot find where `{app_var}` is created in {factory or 'the module'}",
                 "pass --app-module MODULE:APP naming where the app is created",
             )
-        arguments = [alias, *(f"{name}={value}" for name, value in keywords)]
         layout = module.code_for_node(body[last_include]) if last_include is not None else ""
-        statement = cst.parse_statement(_include_text(app_var, arguments, layout))
-        assert isinstance(statement, cst.SimpleStatementLine)
+        statement = _include_statement(app_var, alias, keywords, layout)
         if last_include is None:
             statement = statement.with_changes(leading_lines=[cst.EmptyLine(indent=False)])
         body.insert(anchor + 1, statement)

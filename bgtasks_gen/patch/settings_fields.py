@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import libcst as cst
 
 from bgtasks_gen.errors import PatchError
-from bgtasks_gen.patch._common import add_import
+from bgtasks_gen.patch._common import add_import, name_node
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,30 @@ def _is_placeholder(statement: cst.BaseStatement) -> bool:
     )
 
 
+def _field_line(field: NewField) -> cst.SimpleStatementLine:
+    """`name: annotation = default`: the name a checked node, the annotation and default
+    each exactly one expression (the runner's own source text)."""
+    return cst.SimpleStatementLine(
+        body=[
+            cst.AnnAssign(
+                target=name_node(field.name),
+                annotation=cst.Annotation(_expression(field.annotation, field.name)),
+                value=_expression(field.default, field.name),
+            )
+        ]
+    )
+
+
+def _expression(source: str, field_name: str) -> cst.BaseExpression:
+    try:
+        return cst.parse_expression(source)
+    except cst.ParserSyntaxError:
+        raise PatchError(
+            f"the settings field {field_name} has {source!r}, which is not one Python expression",
+            "fix the runner's SettingsField (annotation and default are Python source)",
+        ) from None
+
+
 def add_settings_fields(
     source: str,
     class_name: str,
@@ -68,9 +92,8 @@ def add_settings_fields(
 
     new_lines: list[cst.BaseStatement] = []
     for position, field in enumerate(missing):
-        statement = cst.parse_statement(f"{field.name}: {field.annotation} = {field.default}\n")
+        statement = _field_line(field)
         if position == 0:
-            assert isinstance(statement, cst.SimpleStatementLine)
             statement = statement.with_changes(
                 leading_lines=[
                     cst.EmptyLine(indent=False),
