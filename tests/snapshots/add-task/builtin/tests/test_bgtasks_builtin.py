@@ -396,7 +396,7 @@ def test_resize_image_runs_after_the_response(
         "sizes": [1],
     }
     response = client.post(
-        "/notifications/resize-image",
+        str(API.url_path_for("resize_image_later")),
         json=payload,
     )
     assert response.status_code == 202

@@ -9,6 +9,7 @@ asyncio.run.
 
 import asyncio
 import base64
+import functools
 import logging
 import os
 import pickle
@@ -125,6 +126,23 @@ def the_app() -> FastAPI:
     return application
 
 
+@functools.cache
+def _router_prefix() -> str:
+    """The path the app serves the job router under: whatever prefix its include
+    gives it (`prefix=settings.API_V1_STR`), read from the app itself."""
+    tail = "/arq-tasks/status/{job_id}"
+    # the OpenAPI paths, not app.routes: newer FastAPI keeps included routers nested
+    for path in the_app().openapi().get("paths", {}):
+        if path.endswith(tail):
+            return str(path[: -len(tail)])
+    raise AssertionError(f"the app serves no {tail} route: is the job router included?")
+
+
+def served(path: str) -> str:
+    """A path of the job router (`/arq-tasks/...`) as the app serves it."""
+    return f"{_router_prefix()}{path}"
+
+
 @pytest.fixture
 def token(monkeypatch: pytest.MonkeyPatch) -> str:
     """The API accepts TOKEN, and nothing without it, whatever the environment says."""
@@ -216,7 +234,7 @@ class SmtpSink:
 
 
 def status_of(client: TestClient, job_id: str) -> dict[str, Any]:
-    response = client.get(f"/arq-tasks/status/{job_id}")
+    response = client.get(served(f"/arq-tasks/status/{job_id}"))
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
@@ -226,10 +244,10 @@ def test_requests_without_the_token_are_refused(token: str) -> None:
     application = the_app()
     unknown = uuid.uuid4().hex
     requests = [
-        ("POST", "/arq-tasks/send-email"),
-        ("POST", "/arq-tasks/process-data"),
-        ("GET", f"/arq-tasks/status/{unknown}"),
-        ("POST", f"/arq-tasks/abort/{unknown}"),
+        ("POST", served("/arq-tasks/send-email")),
+        ("POST", served("/arq-tasks/process-data")),
+        ("GET", served(f"/arq-tasks/status/{unknown}")),
+        ("POST", served(f"/arq-tasks/abort/{unknown}")),
     ]
     payload = {"to": "a@example.com", "subject": "Hi", "body": "b"}
     for authorization in ("", "Bearer wrong-token", f"Basic {token}", "Bearer "):
@@ -247,7 +265,7 @@ def test_anonymous_requests_pass_only_when_allowed(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(CONFIG, "BGTASKS_ALLOW_ANONYMOUS", True)
-    path = f"/arq-tasks/status/{uuid.uuid4().hex}"
+    path = served(f"/arq-tasks/status/{uuid.uuid4().hex}")
     anonymous = client.get(path, headers={"authorization": ""})
     assert anonymous.status_code == 404  # past the hook: an unknown id
     wrong = client.get(path, headers={"authorization": "Bearer wrong-token"})
@@ -258,12 +276,12 @@ def test_a_post_that_is_not_json_is_refused(token: str) -> None:
     # What a cross-site form or no-cors fetch can send without a CORS preflight.
     caller = TestClient(the_app(), headers=HEADERS)
     form = caller.post(
-        "/arq-tasks/send-email",
+        served("/arq-tasks/send-email"),
         data={"to": "a@example.com", "subject": "Hi", "body": "b"},
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
     assert form.status_code == 415, form.text
-    abort_path = f"/arq-tasks/abort/{uuid.uuid4().hex}"
+    abort_path = served(f"/arq-tasks/abort/{uuid.uuid4().hex}")
     for content_type in ("text/plain", "multipart/form-data; boundary=x"):
         response = caller.post(abort_path, headers={"content-type": content_type})
         assert response.status_code == 415, content_type
@@ -279,7 +297,7 @@ def test_openapi_declares_the_real_responses() -> None:
         ("/abort/{job_id}", "post"): {"200", "202", "401", "404", "409", "415", "503"},
     }
     for (path, method), codes in declared.items():
-        operation = schema[f"/arq-tasks{path}"][method]
+        operation = schema[served(f"/arq-tasks{path}")][method]
         assert codes <= set(operation["responses"]), (path, operation["responses"])
         assert operation["summary"] and "Queue Send" not in operation["summary"], path
         refused = operation["responses"]["401"]["content"]["application/json"]
@@ -372,7 +390,7 @@ def test_send_email_job_delivers(
     client: TestClient, redis_url: str, queue_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     response = client.post(
-        "/arq-tasks/send-email",
+        served("/arq-tasks/send-email"),
         json={"to": "user@example.com", "subject": "Welcome", "body": "Hello!"},
     )
     assert response.status_code == 202, response.text
@@ -401,7 +419,7 @@ def test_the_worker_log_names_the_job_not_its_arguments(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     payload = {"to": "private.person@example.com", "subject": "Hi", "body": "Secret"}
-    response = client.post("/arq-tasks/send-email", json=payload)
+    response = client.post(served("/arq-tasks/send-email"), json=payload)
     assert response.status_code == 202, response.text
 
     async def deliver() -> list[Message]:
@@ -420,11 +438,11 @@ def test_the_worker_log_names_the_job_not_its_arguments(
 def test_encoded_line_breaks_are_refused(client: TestClient) -> None:
     for subject in (*SUBJECT_PROBES, "a\r\nBcc: x", "tab\there", "line\u2028break"):
         payload = {"to": "a@example.com", "subject": subject, "body": "b"}
-        response = client.post("/arq-tasks/send-email", json=payload)
+        response = client.post(served("/arq-tasks/send-email"), json=payload)
         assert response.status_code == 422, subject
     for to in RECIPIENT_PROBES:
         payload = {"to": to, "subject": "Hi", "body": "b"}
-        assert client.post("/arq-tasks/send-email", json=payload).status_code == 422
+        assert client.post(served("/arq-tasks/send-email"), json=payload).status_code == 422
 
 
 def test_the_job_refuses_what_the_api_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -456,10 +474,10 @@ def test_non_finite_numbers_and_large_bodies_are_refused(client: TestClient) -> 
     # could not be written as JSON (a 500).
     for raw in ("1e400", "NaN", "-Infinity"):
         body = '{"data_id": 1, "values": [1, ' + raw + "]}"
-        response = client.post("/arq-tasks/process-data", content=body, headers=JSON)
+        response = client.post(served("/arq-tasks/process-data"), content=body, headers=JSON)
         assert response.status_code == 422, raw
         assert "input" not in response.json()["detail"][0]
-    abort_path = f"/arq-tasks/abort/{uuid.uuid4().hex}"
+    abort_path = served(f"/arq-tasks/abort/{uuid.uuid4().hex}")
     assert client.post(abort_path, params={"wait": "nan"}).status_code == 422
     oversized = b'{"data_id": 1, "values": [' + b"1," * 200_000 + b"1]}"
 
@@ -469,7 +487,7 @@ def test_non_finite_numbers_and_large_bodies_are_refused(client: TestClient) -> 
             yield oversized[start : start + 16_384]
 
     for content in (oversized, chunked()):
-        response = client.post("/arq-tasks/process-data", content=content, headers=JSON)
+        response = client.post(served("/arq-tasks/process-data"), content=content, headers=JSON)
         assert response.status_code == 413
 
 
@@ -477,7 +495,7 @@ def test_process_data_job_result(
     client: TestClient, redis_url: str, queue_name: str
 ) -> None:
     response = client.post(
-        "/arq-tasks/process-data", json={"data_id": 7, "values": [1, 2, 3.5]}
+        served("/arq-tasks/process-data"), json={"data_id": 7, "values": [1, 2, 3.5]}
     )
     assert response.status_code == 202, response.text
     job_id = response.json()["job_id"]
@@ -488,8 +506,8 @@ def test_process_data_job_result(
 
 
 def test_unknown_job_is_404(client: TestClient) -> None:
-    assert client.get(f"/arq-tasks/status/{uuid.uuid4().hex}").status_code == 404
-    assert client.post(f"/arq-tasks/abort/{uuid.uuid4().hex}").status_code == 404
+    assert client.get(served(f"/arq-tasks/status/{uuid.uuid4().hex}")).status_code == 404
+    assert client.post(served(f"/arq-tasks/abort/{uuid.uuid4().hex}")).status_code == 404
 
 
 def test_idempotency_key_enqueues_once(
@@ -498,8 +516,8 @@ def test_idempotency_key_enqueues_once(
     key = uuid.uuid4().hex
     payload = {"data_id": 1, "values": [1]}
     headers = {"Idempotency-Key": key}
-    first = client.post("/arq-tasks/process-data", json=payload, headers=headers)
-    second = client.post("/arq-tasks/process-data", json=payload, headers=headers)
+    first = client.post(served("/arq-tasks/process-data"), json=payload, headers=headers)
+    second = client.post(served("/arq-tasks/process-data"), json=payload, headers=headers)
     assert first.status_code == 202 and second.status_code == 200
     assert first.json()["duplicate"] is False and second.json()["duplicate"] is True
     job_id = first.json()["job_id"]
@@ -529,7 +547,7 @@ def test_idempotency_keys_are_per_caller(
         for caller in ("user:alice", "user:bob"):
             application.dependency_overrides[authorize_task_access] = as_caller(caller)
             response = client.post(
-                "/arq-tasks/process-data",
+                served("/arq-tasks/process-data"),
                 json=payload,
                 headers={"Idempotency-Key": key},
             )
@@ -623,10 +641,10 @@ def test_enqueues_made_together_queue_each_id_once(
 
 
 def test_abort_queued_job(client: TestClient, redis_url: str, queue_name: str) -> None:
-    response = client.post("/arq-tasks/long-running", json={"steps": 50})
+    response = client.post(served("/arq-tasks/long-running"), json={"steps": 50})
     job_id = response.json()["job_id"]
     # no worker runs yet: the abort is recorded, the job has not stopped
-    pending = client.post(f"/arq-tasks/abort/{job_id}", params={"wait": 0})
+    pending = client.post(served(f"/arq-tasks/abort/{job_id}"), params={"wait": 0})
     assert pending.status_code == 202
     assert pending.json() == {"job_id": job_id, "aborted": False, "status": "queued"}
 
@@ -636,7 +654,7 @@ def test_abort_queued_job(client: TestClient, redis_url: str, queue_name: str) -
     body = status_of(client, job_id)
     assert body["status"] == "complete" and body["error"] == "aborted"
     assert body["result"] is None
-    done = client.post(f"/arq-tasks/abort/{job_id}")
+    done = client.post(served(f"/arq-tasks/abort/{job_id}"))
     assert done.status_code == 409  # finished: nothing left to abort
     assert done.json() == {"job_id": job_id, "aborted": True, "status": "complete"}
 
@@ -664,9 +682,9 @@ def test_daily_cleanup_drops_stale_abort_requests(redis_url: str) -> None:
 
 def test_inputs_are_bounded(client: TestClient) -> None:
     bad_email = {"to": "not-an-address", "subject": "s", "body": "b"}
-    assert client.post("/arq-tasks/send-email", json=bad_email).status_code == 422
+    assert client.post(served("/arq-tasks/send-email"), json=bad_email).status_code == 422
     injected = {"to": "a@example.com", "subject": "a\r\nBcc: x", "body": "b"}
-    assert client.post("/arq-tasks/send-email", json=injected).status_code == 422
-    assert client.post("/arq-tasks/long-running", json={"steps": 0}).status_code == 422
+    assert client.post(served("/arq-tasks/send-email"), json=injected).status_code == 422
+    assert client.post(served("/arq-tasks/long-running"), json={"steps": 0}).status_code == 422
     too_many = {"data_id": 1, "values": [0] * 10_001}
-    assert client.post("/arq-tasks/process-data", json=too_many).status_code == 422
+    assert client.post(served("/arq-tasks/process-data"), json=too_many).status_code == 422
