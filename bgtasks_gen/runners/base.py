@@ -72,9 +72,12 @@ class PinRule:
 
     It applies when the runner wants `wanted` (a package name) and the project declares
     `declared`, with a requirement matching the regular expression `when` ("" = any) and
-    not matching `unless` ("" = never excepted). Then `replace_with` is added instead of
-    the runner's requirement, explained by `note`; or, with `refuse` (message, hint), the
-    runner cannot be added at all. `{declared}` in the texts is the project's requirement.
+    not matching `unless` ("" = never excepted). With `below`, it applies instead when
+    the project runs, or may run, a `declared` release older than that version (the
+    locked one, else the oldest its constraints allow), declared or only locked. Then
+    `replace_with` is added instead of the runner's requirement, explained by `note`; or,
+    with `refuse` (message, hint), the runner cannot be added at all. `{declared}` in the
+    texts is the project's requirement, `{evidence}` the file and version that decided.
     """
 
     wanted: str
@@ -84,14 +87,27 @@ class PinRule:
     replace_with: str | None = None
     note: str = ""
     refuse: tuple[str, str] | None = None
+    below: str = ""
 
-    def applies(self, wanted: str, declared: Mapping[str, str]) -> bool:
+    def applies(
+        self,
+        wanted: str,
+        declared: Mapping[str, str],
+        older_than: Callable[[str, str], bool] | None = None,
+    ) -> bool:
+        """`older_than(package, version)`: whether the project runs, or may run, a
+        release of `package` older than `version` (needed by `below` rules)."""
         requirement = declared.get(self.declared)
-        if wanted != self.wanted or requirement is None:
+        if wanted != self.wanted:
             return False
-        if self.when and not re.search(self.when, requirement):
+        if self.below:
+            if older_than is None or not older_than(self.declared, self.below):
+                return False
+        elif requirement is None:
             return False
-        return not (self.unless and re.search(self.unless, requirement))
+        if self.when and not re.search(self.when, requirement or ""):
+            return False
+        return not (self.unless and re.search(self.unless, requirement or ""))
 
 
 @dataclass(frozen=True)
@@ -195,6 +211,11 @@ class RunnerSpec:
     # extra template answers that depend on the project (celery: celery_56)
     template_context: Callable[[TemplateInputs], Mapping[str, object]] | None = None
     cron_reader: str = "cron"  # see CRON_READERS
+    # add-task --every: the clock periods (seconds, ascending) an interval must divide
+    # evenly, in whole units of the period before it, for a scheduler that matches clock
+    # fields (arq: seconds of a minute, minutes of an hour, hours of a day); empty: any
+    # whole number of seconds from 1
+    every_clock_periods: tuple[int, ...] = ()
     # add-task --retries/--timeout: False for a runner that never retries nor limits time
     retries_and_timeouts: bool = True
     # what must be restarted to load a new task: (unscheduled, scheduled); None: nothing
