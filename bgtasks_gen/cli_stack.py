@@ -54,9 +54,17 @@ def dev(
             "--no-smtp", help="Send email through the configured SMTP server, not the local sink."
         ),
     ] = False,
+    no_reload: Annotated[
+        bool,
+        typer.Option(
+            "--no-reload",
+            help="Keep the worker and beat/scheduler running when the task code changes.",
+        ),
+    ] = False,
 ) -> None:
-    """Run the scaffolded stack locally: the API (uvicorn --reload), the worker and beat
-    (celery) or the arq worker, Redis and a local SMTP sink, in one terminal.
+    """Run the scaffolded stack locally: the API (uvicorn --reload), the runner's worker
+    and scheduler (celery beat, taskiq's scheduler), Redis and a local SMTP sink, in one
+    terminal.
 
     Redis is the configured one when it answers, else a private redis-server on a free
     port (from PATH, or the one bundled with `pip install 'bgtasks[dev]'`). Every email
@@ -64,7 +72,10 @@ def dev(
     URLs, SMTP host and port) are handed to every process through the environment, under
     the names your settings class reads. The project's source folder goes first on
     PYTHONPATH, so the working tree runs even when the project is not pip-installed.
-    Ctrl-C stops everything (SIGTERM, then SIGKILL after 10 s).
+    When a .py file of the tasks or routes package changes (`bgtasks add-task`, a save),
+    the worker and beat/scheduler are restarted, as uvicorn --reload restarts the API;
+    Redis and the sink keep running. Ctrl-C stops everything (SIGTERM, then SIGKILL
+    after 10 s).
 
     Example: bgtasks dev . --python .venv/bin/python --port 8001
     """
@@ -77,6 +88,7 @@ def dev(
             host=host,
             port=port,
             smtp=not no_smtp,
+            reload=not no_reload,
         )
     except MissingPieces as missing:
         from rich.markup import escape

@@ -10,6 +10,10 @@ Printer (time, coloured name, line), and supervises them itself rather than with
 honcho's Manager: Redis must answer before the worker and the app's lifespan connect
 to it, it must stop after them, a child that stops on its own (even with exit code 0)
 is a crash of the stack, and the SMTP sink runs in this process.
+
+The processes that import the task code (the worker, beat, the scheduler) are restarted
+when a `*.py` file of the tasks or routes package changes (dev_watch.py), as uvicorn's
+--reload restarts the web app: a new task is known to the worker once it is saved.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from types import FrameType
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
+from bgtasks_gen.dev_watch import ChangeWatcher
 from bgtasks_gen.doctor import (
     AMQP_SCHEMES,
     LABELS,
@@ -52,11 +57,13 @@ from bgtasks_gen.doctor import (
     redis_ping,
 )
 from bgtasks_gen.errors import BadInput, BgtasksError
+from bgtasks_gen.install_hint import declared_names, install_fix
 from bgtasks_gen.project_env import (
     Interpreter,
     StackProject,
     find_interpreter,
     load_stack_project,
+    mask_credentials,
     mask_url,
     process_environment,
     run_probe,
@@ -94,6 +101,9 @@ class ProcessSpec:
     name: str
     argv: list[str]
     env: dict[str, str]
+    # restarted when the task code changes: it imports the tasks, and (unlike uvicorn
+    # --reload) does not reload them itself
+    reloads: bool = False
 
 
 @dataclass
@@ -107,6 +117,7 @@ class StackPlan:
     flower_url: str = ""
     notes: list[str] = field(default_factory=list)
     workdir: Path | None = None  # private Redis data, beat's schedule: removed at exit
+    watched: list[Path] = field(default_factory=list)  # the task code: see ProcessSpec.reloads
 
     def banner(self) -> str:
         """The first line: where everything is."""
@@ -162,17 +173,6 @@ def _tools_beside_bgtasks(smtp: bool) -> list[str]:
     ]
 
 
-def _declared_names(project: StackProject) -> set[str]:
-    from bgtasks_gen.deps import declared_requirements, requirement_name
-
-    return {
-        requirement_name(r)
-        for r in declared_requirements(project.root, project.source_root)
-        # a requirement with a marker may not apply to this Python: not asked about
-        if ";" not in r and requirement_name(r)
-    }
-
-
 def _piece(check: Check) -> str:
     """A failed package check as one line: what is wrong, then the command that fixes it."""
     verb = "is " if check.detail.startswith(NOT_INSTALLED) else ""
@@ -201,7 +201,7 @@ class _Planner:
         """Ask the project's interpreter once: its packages, and the settings' values."""
         project, interpreter = self.project, self.interpreter
         settings = project.settings
-        declared = _declared_names(project)
+        declared = declared_names(project.root, project.source_root)
         request = {
             "distributions": sorted(
                 {*distributions_to_probe(project), "uvicorn", "flower", *declared}
@@ -243,9 +243,12 @@ class _Planner:
             )
         loaded = answer.get("settings", {})
         if "error" in loaded:
+            problem = str(loaded["error"])
+            uninstalled = [n for n in declared if not self.distributions.get(n)]
+            fix = install_fix(project.root, project.source_root, interpreter, problem, uninstalled)
             self.pieces.append(
-                f"the settings do not load in {interpreter.path}: {loaded['error']}: set the "
-                "value it names in the environment or in .env"
+                f"the settings do not load in {interpreter.path}: {mask_credentials(problem)}: "
+                + (fix or "set the value it names in the environment or in .env")
             )
         self.values = loaded.get("values", {})
 
@@ -329,6 +332,7 @@ def plan_stack(
     host: str = LOCALHOST,
     port: int = 8000,
     smtp: bool = True,
+    reload: bool = True,
 ) -> StackPlan:
     """Everything `run_stack` needs; MissingPieces (nothing started) when something is."""
     project = load_stack_project(root)
@@ -376,10 +380,35 @@ def plan_stack(
     names = {"worker_module": str(project.worker_module), "tasks_module": project.tasks_module}
     for process in project.spec.dev_processes:
         argv = [part.format(**names) for part in process.argv]
-        plan.processes.append(ProcessSpec(process.name, [*python_m, *argv], env))
+        plan.processes.append(ProcessSpec(process.name, [*python_m, *argv], env, reloads=True))
     if "celery-beat" in project.spec.capabilities and workdir is not None:
         _celery_processes(plan, python_m, env, workdir, planner.distributions)
+    reloaded = [spec.name for spec in plan.processes if spec.reloads]
+    if reload and reloaded:
+        plan.watched = task_code_folders(project)
+        shown = ", ".join(_shown(project.root, folder) for folder in plan.watched)
+        verb = "restarts" if len(reloaded) == 1 else "restart"
+        plan.notes.append(
+            f"watching {shown}: {', '.join(reloaded)} {verb} when a .py file there changes "
+            "(--no-reload: never)"
+        )
     return plan
+
+
+def _shown(root: Path, path: Path) -> str:
+    """`path` relative to the project, when it is inside it."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def task_code_folders(project: StackProject) -> list[Path]:
+    """The tasks package and the routes package (add-task edits both), as folders."""
+    layout = project.state_layout
+    dotted = [project.tasks_module, str(layout.get("routes_module") or "")]
+    folders = [project.source_root.joinpath(*name.split(".")) for name in dotted if name]
+    return list(dict.fromkeys(folder for folder in folders if folder.exists()))
 
 
 def _celery_processes(
@@ -402,7 +431,7 @@ def _celery_processes(
     else:
         schedule = str(workdir / "celerybeat-schedule")  # kept out of the project's tree
         beat = [*celery, "beat", "--loglevel=info", "--schedule", schedule]
-        plan.processes.append(ProcessSpec("beat", beat, env))
+        plan.processes.append(ProcessSpec("beat", beat, env, reloads=True))
     if distributions.get("flower") is not None:
         flower_port = FLOWER_PORT if port_free(LOCALHOST, FLOWER_PORT) else free_port()
         password = secrets.token_urlsafe(12)
@@ -464,6 +493,8 @@ class _Child:
     started_at: float
     pid: int | None = None
     returncode: int | None = None
+    restarting: bool = False  # stopped by a reload: its exit is not a crash
+    reloaded: bool = False  # started by a reload: broken code must not stop the stack
 
 
 class _Stack:
@@ -486,6 +517,7 @@ class _Stack:
         self.signals: list[str] = []
         self.signals_told = 0
         self.failure = ""  # what went wrong, "" while nothing did
+        self.watcher = ChangeWatcher(plan.watched) if plan.watched else None
 
     # output and events ---------------------------------------------------------------
     def say(self, text: str, name: str = DEV_PREFIX, colour: str | None = None) -> None:
@@ -520,8 +552,14 @@ class _Stack:
             self.say(f"{message.name} started (pid {child.pid})")
         elif message.type == "stop" and child is not None:
             child.returncode = int(message.data["returncode"])
-            if self.signals or self.failure:
+            if self.signals or self.failure or child.restarting:
                 self.say(f"{message.name} stopped (exit code {child.returncode})")
+            elif child.reloaded:
+                # saved code that does not run yet: the next save starts it again
+                self.say(
+                    f"{message.name} exited with code {child.returncode} after the change: "
+                    "it starts again when the code changes"
+                )
             else:
                 self.failure = f"{message.name} exited with code {child.returncode}"
                 self.say(f"{self.failure}: stopping the others")
@@ -598,6 +636,32 @@ class _Stack:
         self.kill_groups(children)
         return self.wait_gone(left, KILL_WAIT)
 
+    def reload_if_changed(self) -> None:
+        """Restart the processes that import the task code once a burst of changes to it
+        is over; the others (the web app reloads itself, Redis) keep running."""
+        children = [c for c in self.children.values() if c.spec.reloads]
+        if self.watcher is None or any(c.pid is None for c in children):
+            return  # a child still starting could not be stopped yet: asked again later
+        changed = self.watcher.poll()
+        if not changed or not children:
+            return
+        files = [_shown(self.plan.project.root, path) for path in changed]
+        more = f", {len(files) - 3} more" if len(files) > 3 else ""
+        names = ", ".join(c.spec.name for c in children)
+        self.say(f"tasks changed: restarting {names} ({', '.join(files[:3])}{more})")
+        running = [c for c in children if c.returncode is None]
+        for child in running:
+            child.restarting = True
+        left = self.stop(running)
+        if self.stopping:
+            return  # Ctrl-C (or a crash elsewhere) during the restart: finish() stops all
+        if left:
+            self.failure = f"{', '.join(c.spec.name for c in left)} would not stop for the restart"
+            self.say(self.failure)
+            return
+        for child in children:
+            self.start(child.spec).reloaded = True
+
     def wait_for_redis(self, child: _Child) -> bool:
         deadline = time.monotonic() + REDIS_READY_TIMEOUT
         while time.monotonic() < deadline:
@@ -643,6 +707,7 @@ class _Stack:
             while not self.stopping:
                 self.pump(0.2)
                 self.check_started()
+                self.reload_if_changed()
             return self.finish()
         finally:
             if controller is not None:

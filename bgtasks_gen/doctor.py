@@ -48,6 +48,8 @@ RABBITMQ_EXCLUSIVE_SINCE = (4, 3)
 EXCLUSIVE_SETTINGS = ("control_queue_exclusive", "event_queue_exclusive")
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
+# what pydantic reads as True from the environment
+TRUE_WORDS = ("1", "true", "yes", "on", "t", "y")
 
 
 @dataclass(frozen=True)
@@ -491,6 +493,7 @@ class _Doctor:
         self.interpreter: Interpreter | None = None
         self.packages: dict[str, Any] = {}
         self.live: dict[str, Any] = {}
+        self.uninstalled: list[str] = []  # declared packages the interpreter lacks
 
     def add(self, name: str, status: str, detail: str, fix: str = "") -> None:
         self.checks.append(Check(name, status, detail, fix))
@@ -518,6 +521,7 @@ class _Doctor:
         if self.interpreter is not None:
             self.imports()
         self.settings()
+        self.api_token()
         self.services()
         if self.interpreter is not None:
             self.code_checks()
@@ -527,12 +531,17 @@ class _Doctor:
         return Diagnosis(self.project, self.interpreter, self.checks)
 
     def environment(self) -> None:
+        from bgtasks_gen.install_hint import declared_names
+
+        project = self.project
+        declared = declared_names(project.root, project.source_root)
+        runner_names = distributions_to_probe(project)
         try:
             self.interpreter = find_interpreter(self.project.root, self.python, self.environ)
             env = process_environment(self.project)
             answer = run_probe(
                 self.interpreter,
-                {"distributions": distributions_to_probe(self.project)},
+                {"distributions": sorted({*runner_names, *declared})},
                 cwd=self.project.root,
                 env=env,
                 timeout=PACKAGES_TIMEOUT,
@@ -548,9 +557,11 @@ class _Doctor:
             PASS,
             f"{self.interpreter.path} (Python {python}, {self.interpreter.found_by})",
         )
-        self.checks.extend(
-            package_checks(self.project, self.interpreter, answer["distributions"], python)
-        )
+        found = answer["distributions"]
+        self.uninstalled = sorted(name for name in declared if found.get(name) is None)
+        # the runner's packages are checked one by one; the project's own, as a whole
+        runner_found = {name: found.get(name) for name in runner_names}
+        self.checks.extend(package_checks(self.project, self.interpreter, runner_found, python))
 
     def imports(self) -> None:
         assert self.interpreter is not None
@@ -603,7 +614,8 @@ class _Doctor:
                 FAIL,
                 f"{project.settings.class_name} does not load: "
                 + mask_credentials(str(live["error"])),
-                "fix the value named above (in the environment or .env)",
+                self.install_fix(str(live["error"]))
+                or "fix the value named above (in the environment or .env)",
             )
         set_here = [
             f"{s.env_name} ({s.source})" for s in sources if s.source in ("environment", ".env")
@@ -614,6 +626,58 @@ class _Doctor:
                 f"set: {', '.join(set_here) or 'none'}; defaults: {', '.join(defaults) or 'none'}"
             )
             self.add("settings", PASS, detail)
+
+    def install_fix(self, error: str) -> str | None:
+        """The install command when `error` is a package missing from the environment."""
+        from bgtasks_gen.install_hint import install_fix
+
+        if self.interpreter is None:
+            return None
+        project = self.project
+        return install_fix(
+            project.root, project.source_root, self.interpreter, error, self.uninstalled
+        )
+
+    def api_token(self) -> None:
+        """The generated auth hook refuses every request (401) while the token is empty,
+        unless anonymous access is on or the app's own auth guards the router."""
+        from bgtasks_gen.nextsteps import MAKE_TOKEN
+
+        project = self.project
+        if project.layout is None or "bgtasks_api_token" not in project.fields:
+            return
+        project_auth = dict(project.layout.app.include_keywords).get("dependencies", "")
+        if project_auth:
+            self.add(
+                "api token",
+                PASS,
+                f"the router is included with the app's own auth (dependencies={project_auth}), "
+                "which the generated hook trusts",
+            )
+            return
+        token_env = project.env_name("bgtasks_api_token")
+        if "bgtasks_allow_anonymous" in project.fields:
+            allowed = (self.value("bgtasks_allow_anonymous") or "").strip().lower()
+            if allowed in TRUE_WORDS:
+                anonymous_env = project.env_name("bgtasks_allow_anonymous")
+                self.add(
+                    "api token",
+                    PASS,
+                    f"{anonymous_env} is on: the task routes accept requests without a token "
+                    "(local development only)",
+                )
+                return
+        if (self.value("bgtasks_api_token") or "").strip():
+            self.add("api token", PASS, f"{token_env} is set")
+            return
+        self.add(
+            "api token",
+            FAIL,
+            f"{token_env} is empty: every request to the task routes is refused (401)",
+            f"generate one with {MAKE_TOKEN} and set it as {token_env}=<token> in "
+            f"{project.root / '.env'} (or export it); clients send it as "
+            "`Authorization: Bearer <token>`",
+        )
 
     def services(self) -> None:
         names = {
@@ -692,7 +756,8 @@ class _Doctor:
                     name,
                     FAIL,
                     f"{dotted}: {mask_credentials(str(error))}",
-                    f"fix it; the whole traceback: {python} -c 'import {dotted}'",
+                    self.install_fix(str(error))
+                    or f"fix it; the whole traceback: {python} -c 'import {dotted}'",
                 )
         self.schedules()
         self.lifespan()
@@ -726,6 +791,21 @@ class _Doctor:
                 for name, how in scheduled
                 if name not in defined
             ]
+        worker = self.project.worker_module
+        import_error = self.live.get("modules", {}).get(worker) if worker else None
+        if import_error is not None:
+            # the worker's own schedule is what it builds at import: not read, not counted
+            unread = f"not read: {worker} does not import (see worker import)"
+            if problems:
+                self.add(
+                    "schedules",
+                    FAIL,
+                    "; ".join([*problems, unread]),
+                    "define the task again or remove the entry (bgtasks remove-task NAME)",
+                )
+            else:
+                self.add("schedules", SKIP, unread, "fix the worker import first")
+            return
         celery = self.live.get("celery")
         if isinstance(celery, dict) and "beat" in celery:
             registered = set(celery["registered"])

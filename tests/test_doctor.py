@@ -39,7 +39,11 @@ from tests.e2e.harness import (
 )
 
 CELERY_APP = "app.tasks.celery_app"
-SETTINGS_PREFIXES = ("CELERY_", "REDIS_", "SMTP_", "EMAIL_", "SECRET_KEY", "VIRTUAL_ENV")
+SETTINGS_PREFIXES = (
+    *("CELERY_", "REDIS_", "SMTP_", "EMAIL_", "SECRET_KEY", "VIRTUAL_ENV", "BGTASKS_"),
+)
+# the token the task routes accept: an empty one refuses every request (test_doctor_gaps.py)
+API_TOKEN = {"BGTASKS_API_TOKEN": "doctor-test-token"}
 
 
 # -- running doctor ---------------------------------------------------------------------
@@ -146,6 +150,7 @@ def celery_env(redis_url: str, sink: SmtpSink, **values: str) -> dict[str, str]:
         "CELERY_RESULT_BACKEND": f"{redis_url}/1",
         "SMTP_HOST": sink.host,
         "SMTP_PORT": str(sink.port),
+        **API_TOKEN,
     }
     return clean_environment(**{**defaults, **values})
 
@@ -165,7 +170,7 @@ def test_a_healthy_celery_project_passes_every_check(
     assert code == 0, checks
     passed(checks, "environment", "celery", "kombu", "redis-py", "settings", "broker")
     passed(checks, "result backend", "smtp", "worker import", "app import", "schedules")
-    passed(checks, "lifespan", "celery beat")
+    passed(checks, "lifespan", "celery beat", "api token")
     assert "kombu 5." in checks["redis-py"]["detail"], "redis-py is checked against kombu"
     assert "SMTP_HOST (environment)" in checks["settings"]["detail"]
     assert "SMTP_TIMEOUT" in checks["settings"]["detail"].split("defaults:")[1]
@@ -366,7 +371,7 @@ def test_a_second_celery_beat_is_found(
 
 def arq_env(redis_url: str, sink: SmtpSink) -> dict[str, str]:
     return clean_environment(
-        REDIS_URL=f"{redis_url}/0", SMTP_HOST=sink.host, SMTP_PORT=str(sink.port)
+        REDIS_URL=f"{redis_url}/0", SMTP_HOST=sink.host, SMTP_PORT=str(sink.port), **API_TOKEN
     )
 
 
