@@ -22,7 +22,7 @@ SPEC = RunnerSpec(
     caveats=(
         "not durable: tasks are lost when the process stops or is redeployed",
         "never retried; tasks of one request run one after another",
-        "no status, progress or cancel: use celery or arq when you need them",
+        "no status, progress or cancel: use celery, arq or taskiq when you need them",
     ),
     settings_fields=(*SMTP_FIELDS, *AUTH_FIELDS),
     router_file="notifications",
