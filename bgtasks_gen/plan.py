@@ -8,6 +8,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from bgtasks_gen.errors import BgtasksError
+from bgtasks_gen.modules import read_project_file
 from bgtasks_gen.patch.outline import SourceSyntaxError, check_syntax
 
 MARKERS_NOTE = "conflict markers"
@@ -68,12 +69,9 @@ class Plan:
 
 
 def read_existing(root: Path, rel: str) -> str | None:
-    path = root / rel
-    if not path.is_file():
-        return None
-    # newline="" keeps CRLF as it is, so an unchanged file compares equal
-    with path.open(encoding="utf-8", newline="") as handle:
-        return handle.read()
+    # CRLF kept as it is, so an unchanged file compares equal; a link out of the project
+    # or a file that is not UTF-8 is refused while planning (BadInput)
+    return read_project_file(root, rel)
 
 
 def generated(root: Path, rel: str, new: str, *, force: bool, note: str = "") -> FileChange:
