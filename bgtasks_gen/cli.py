@@ -6,6 +6,9 @@ so `bgtasks --help` stays fast.
 
 from __future__ import annotations
 
+import io
+import os
+import sys
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -18,6 +21,8 @@ from bgtasks_gen.cli_project import ProjectArgument, ProjectOption, resolve_proj
 from bgtasks_gen.errors import BgtasksError, ExitCode
 
 if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
     from bgtasks_gen.plan import Plan
 
 EXIT_CODES = (
@@ -30,7 +35,7 @@ EXIT_CODES = (
 app = typer.Typer(
     name="bgtasks",
     help=(
-        "Scaffold production-grade background tasks (Celery, ARQ or FastAPI's own "
+        "Scaffold production-grade background tasks (Celery, ARQ, taskiq or FastAPI's own "
         "BackgroundTasks) into an existing FastAPI project. Your settings class and app "
         "are edited in place, never overwritten; --dry-run shows the diff first."
     ),
@@ -637,5 +642,59 @@ from bgtasks_gen.cli_stack import register as _register_stack  # noqa: E402
 _register_stack(app)
 
 
+class _ReaderMayLeave(io.RawIOBase):
+    """A standard stream's file descriptor whose reader may stop reading early (`| head`).
+
+    The write that finds the reader gone points the descriptor at os.devnull, as Python's
+    SIGPIPE recipe does, and counts the bytes as written: the command carries on, finishes
+    its work and exits with its own code, instead of ending at that print (typer turns a
+    BrokenPipeError into exit 1, whatever the command did).
+    """
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return os.isatty(self._fd)
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        try:
+            return os.write(self._fd, data)
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._fd)
+            os.close(devnull)
+            return memoryview(data).nbytes
+
+
+def _tolerate_closed_output() -> None:
+    """stdout and stderr through _ReaderMayLeave, with their encoding and buffering."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # closed at start, or not a file
+            continue
+        stream.flush()
+        setattr(
+            sys,
+            name,
+            io.TextIOWrapper(
+                io.BufferedWriter(_ReaderMayLeave(fd)),
+                encoding=stream.encoding,
+                errors=stream.errors,
+                line_buffering=stream.line_buffering,
+            ),
+        )
+
+
 def main() -> None:
+    _tolerate_closed_output()
     app()

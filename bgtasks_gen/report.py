@@ -66,7 +66,7 @@ def show_plan(plan: Plan, *, dry_run: bool, diff: bool, written: bool) -> None:
     if plan.nothing_to_do:
         out.print("[green]nothing to do[/green]: the project is already up to date")
     elif dry_run:
-        out.print(f"[bold]dry run[/bold]: {len(plan.writes)} file(s) would change; nothing written")
+        out.print(f"[bold]dry run[/bold]: {escape(would_change(plan))}; nothing written")
     elif written:
         out.print(f"[green]done[/green]: {len(plan.writes)} file(s) written")
     if written and plan.next_steps:
@@ -77,18 +77,34 @@ def show_plan(plan: Plan, *, dry_run: bool, diff: bool, written: bool) -> None:
             out.print(f"  $ {escape(command)}{comment}")
 
 
+def would_change(plan: Plan) -> str:
+    """The dry-run summary: the files a run would write and, apart, the conflicts that
+    would stop it (they are why `--check` fails even when no file would be written)."""
+    summary = f"{len(plan.writes)} file(s) would change"
+    conflicts = plan.conflicts
+    if conflicts:
+        paths = ", ".join(c.path for c in conflicts)
+        summary += f" and {len(conflicts)} conflict(s) would stop the run ({paths})"
+    return summary
+
+
 def patch_text(change: FileChange) -> str:
     """The change as a git-style patch that `git apply` and `patch -p1` take: a header per
-    file (so an empty new file is created too) and the no-newline marker where it applies."""
+    file (so an empty file is created or deleted too; without the mode line `git apply`
+    would leave a deleted file behind, empty) and the no-newline marker where it applies."""
+    created, removed = change.old is None, change.removes
     old = (change.old or "").splitlines(keepends=True)
-    new = change.new.splitlines(keepends=True)
-    before = f"a/{change.path}" if change.old is not None else "/dev/null"
-    lines = list(difflib.unified_diff(old, new, before, f"b/{change.path}"))
-    if not lines and change.old is not None:
+    new = [] if removed else change.new.splitlines(keepends=True)
+    before = "/dev/null" if created else f"a/{change.path}"
+    after = "/dev/null" if removed else f"b/{change.path}"
+    lines = list(difflib.unified_diff(old, new, before, after))
+    if not lines and not (created or removed):
         return ""
     header = f"diff --git a/{change.path} b/{change.path}\n"
-    if change.old is None:
+    if created:
         header += "new file mode 100644\n"
+    elif removed:
+        header += "deleted file mode 100644\n"
     body = []
     for line in lines:
         if line.endswith("\n"):
