@@ -18,7 +18,13 @@ from pathlib import Path
 from bgtasks_gen.cron_check import both_day_fields_note, refuse_never_firing
 from bgtasks_gen.discovery.layout import first_party_names
 from bgtasks_gen.errors import BadInput, ConflictError
-from bgtasks_gen.part_edits import body_hash, edited_body, edited_definitions, edited_entry
+from bgtasks_gen.part_edits import (
+    as_written,
+    body_hash,
+    edited_body,
+    edited_definitions,
+    edited_entry,
+)
 from bgtasks_gen.patch import schedule
 from bgtasks_gen.patch.definitions import (
     add_definitions,
@@ -32,7 +38,7 @@ from bgtasks_gen.plan import Plan, check_python, patched, read_existing
 from bgtasks_gen.render import snippets_dir
 from bgtasks_gen.reserved_args import PROBE, reserved_argument_names
 from bgtasks_gen.ruff_style import ProjectStyle
-from bgtasks_gen.runners import available_runners, get_runner
+from bgtasks_gen.runners import available_runners, get_runner, runner_names
 from bgtasks_gen.runners.base import RunnerSpec
 from bgtasks_gen.schedules import arq_cron_kwargs, celery_schedule
 from bgtasks_gen.state import STATE_FILE, read_state, render_state
@@ -90,7 +96,8 @@ def load_project(root: Path) -> Project:
     if not state:
         raise BadInput(
             f"{root} has no {STATE_FILE}: no task runner was set up here by bgtasks",
-            f"run `bgtasks init {root} --runner celery` (or arq, builtin) first",
+            f"run `bgtasks init {root} --runner RUNNER` first "
+            f"(RUNNER: {', '.join(runner_names())})",
         )
     spec = get_runner(str(state["runner"]))
     layout = state.get("layout", {})
@@ -103,8 +110,14 @@ def load_project(root: Path) -> Project:
 
 
 def _snippet_context(project: Project, request: TaskRequest) -> dict[str, object]:
+    from bgtasks_gen.template_filters import require_dotted
+
     words = request.name.split("_")
     scheduled = bool(request.cron or request.every)
+    # the snippets write both as code: the state file is text anyone can edit
+    state_file = project.root / STATE_FILE
+    for key in ("tasks_module", "routes_module"):
+        require_dotted(str(project.layout[key]), f"[layout] {key}", state_file)
     return {
         "name": request.name,
         "args": request.args,
@@ -121,7 +134,10 @@ def _snippet_context(project: Project, request: TaskRequest) -> dict[str, object
         "legacy_typing": bool(project.layout.get("legacy_typing", False)),
         # the routes of another runner this router answers with (`migrate`), or ""
         "api_shape": str(project.layout.get("api_shape", "")),
-        "cron_kwargs": arq_cron_kwargs(request) if scheduled else [],
+        # the fields of a `cron(...)` element: only a runner whose schedules are those
+        "cron_kwargs": arq_cron_kwargs(request)
+        if scheduled and project.spec.schedule_kind == "cron"
+        else [],
         # a test module that finds the router's served prefix itself (a project
         # scaffolded before it did gets the bare path its tests use)
         "served_paths": "\ndef served(" in (read_existing(project.root, project.test_file) or ""),
@@ -140,6 +156,8 @@ def render_snippets(
     inserting, so it asks for them unstyled (one ruff run per module, not per part)."""
     import jinja2
 
+    from bgtasks_gen.template_filters import add_filters
+
     folder = snippets_dir(project.spec)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(folder)),
@@ -147,6 +165,7 @@ def render_snippets(
         keep_trailing_newline=True,
         autoescape=False,
     )
+    add_filters(env)
     context = _snippet_context(project, request)
     parts = ["task", "test"] + (["route"] if request.route else [])
     if (request.cron or request.every) and project.spec.schedule_kind in ENTRY_KINDS + (
@@ -455,13 +474,17 @@ def plan_add_task(
 
 
 def restart_hint(spec: RunnerSpec, *, scheduled: bool) -> str:
-    """Which running processes load the new task only when restarted (RunnerSpec.restart);
-    the web app reloads by itself under `bgtasks dev` and `uvicorn --reload`."""
+    """Which running processes load the new task only when restarted (RunnerSpec.restart),
+    which `bgtasks dev` does when the task code changes; the web app reloads by itself
+    under `bgtasks dev` and `uvicorn --reload`."""
     web = "the web app reloads by itself under `bgtasks dev` (or `uvicorn --reload`)"
     if spec.restart is None:
         return f"restart: nothing to restart, {web}"
     processes = spec.restart[1] if scheduled else spec.restart[0]
-    return f"restart {processes} (under `bgtasks dev`: stop it and start it again); {web}"
+    return (
+        f"restart {processes} (under `bgtasks dev` that happens by itself, unless it runs "
+        f"with --no-reload); {web}"
+    )
 
 
 def _route_url(project: Project, request: TaskRequest) -> str:
@@ -514,15 +537,22 @@ def _refuse_reserved_args(project: Project, edits: _Edits, request: TaskRequest)
             )
 
 
-def replay_tasks(project: Project, files: Mapping[str, str]) -> dict[str, str]:
+def replay_tasks(
+    project: Project, files: Mapping[str, str], *, as_on_disk: bool = False
+) -> dict[str, str]:
     """The freshly rendered files with every task add-task added put back in, so that
-    `init` run again compares like with like (and later, `update` merges like with like)."""
+    `init` run again compares like with like (and later, `update` merges like with like).
+
+    `as_on_disk`: each added definition as the project's file holds it (a task body the
+    user filled in is theirs, not a difference from the scaffold), where it is there."""
     edits = _Edits(project, files)
     added = [
         (name, render_snippets(project, request_from_state(name, options), styled=False))
         for name, options in sorted(project.tasks.items(), key=_added_order)
         if options.get("runner", project.spec.name) == project.spec.name
     ]
+    if as_on_disk:
+        added = [(name, _parts_on_disk(project, snippets)) for name, snippets in added]
     # one splice per file for all tasks: the same text as adding them one by one
     batched: dict[str, str] = {}
     places = _places(project)
@@ -532,6 +562,15 @@ def replay_tasks(project: Project, files: Mapping[str, str]) -> dict[str, str]:
                 batched[part] = batched.get(part, "") + code + "\n\n"
     _add_parts(project, edits, "", batched, entries=added)
     return {**files, **edits.new}
+
+
+def _parts_on_disk(project: Project, snippets: Mapping[str, str]) -> dict[str, str]:
+    parts = dict(snippets)
+    for part, (where, _) in _places(project).items():
+        rel = where(project)
+        if part in parts and rel is not None:
+            parts[part] = as_written(read_existing(project.root, rel), parts[part])
+    return parts
 
 
 def _added_order(item: tuple[str, dict[str, object]]) -> int:

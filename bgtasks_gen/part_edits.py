@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from bgtasks_gen.patch import schedule
 from bgtasks_gen.patch.definitions import definition_code, definition_names
+from bgtasks_gen.patch.outline import SourceSyntaxError
 from bgtasks_gen.state import digest
 
 
@@ -31,6 +32,19 @@ def edited_body(source: str, name: str, recorded_hash: str | None, snippet: str)
     if recorded_hash is None:  # a state file from before the hash was recorded
         return _normalised(current) != _normalised(definition_code(snippet, [name]) or "")
     return body_hash(current) != recorded_hash
+
+
+def as_written(source: str | None, snippet: str) -> str:
+    """The snippet's definitions as they stand in `source`, edits included: once added, a
+    task is the user's to change. The snippet itself where one of them is not there (or
+    `source` does not parse), as add-task would write it."""
+    if source is None:
+        return snippet
+    try:
+        current = definition_code(source, definition_names(snippet))
+    except SourceSyntaxError:
+        return snippet
+    return snippet if current is None else current
 
 
 def edited_definitions(source: str, snippet: str) -> bool:

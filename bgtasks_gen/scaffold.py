@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import keyword
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import libcst as cst
+
+from bgtasks_gen.dependency_truth import DependencyTruth, read_dependency_truth
 from bgtasks_gen.deps import (
     TEST_REQUIREMENTS,
-    caps_below,
     declared_requirements,
     plan_dependencies,
     plan_test_dependencies,
-    requirement_name,
 )
 from bgtasks_gen.discovery import (
     Overrides,
@@ -52,6 +52,7 @@ from bgtasks_gen.runfiles import build_value
 from bgtasks_gen.runners import available_runners, call_hook, get_runner, runner_names
 from bgtasks_gen.runners.base import RunnerSpec, SettingsField, TemplateInputs
 from bgtasks_gen.state import BASE_DIR, STATE_FILE, digest, read_state, render_state
+from bgtasks_gen.template_filters import require_dotted, require_env_prefix, require_identifier
 
 FIELDS_HEADER = "Background tasks (added by bgtasks)"
 BOM = "\ufeff"
@@ -167,6 +168,7 @@ def app_target(layout: ProjectLayout) -> str:
 def template_context(
     spec: RunnerSpec, layout: ProjectLayout, fields: list[FieldChoice], broker: str
 ) -> dict[str, object]:
+    require_code_names(layout, fields)
     declared = declared_requirements(layout.root, layout.source_root)
     return {
         "runner": spec.name,
@@ -184,12 +186,68 @@ def template_context(
         "app_target": app_target(layout),
         "own_settings": _own_settings(spec, layout, fields, broker),
         "build": build_value(layout.root),
-        "router_lifespan": router_lifespans(declared),
+        "router_lifespan": router_lifespans(read_dependency_truth(layout.root, layout.source_root)),
         **runner_context(spec, declared, broker),
         # the project's own auth on its includes, copied onto ours: the hook trusts it
         "project_auth": dict(layout.app.include_keywords).get("dependencies", ""),
         **spec.extra_context,
     }
+
+
+def require_code_names(layout: ProjectLayout, fields: list[FieldChoice]) -> None:
+    """Refuse a project whose names would not read back as themselves in generated code.
+
+    Names (modules, the settings and app objects, settings fields) are written as code,
+    so cannot be quoted; the include's keyword values are the project's own expressions,
+    copied as they are, so each must stay one expression."""
+    settings, app = layout.settings, layout.app
+    settings_file = _shown(layout, settings.path)
+    app_file = _shown(layout, app.path)
+    if layout.package:
+        require_dotted(layout.package, "the app's package", app_file)
+    for key in ("tasks_module", "routes_module"):
+        dotted = getattr(layout, key)
+        require_dotted(dotted, f"the {key.replace('_', ' ')}", _layout_source(layout, key))
+    require_dotted(settings.access_module, "the settings module", settings_file, relative=True)
+    require_identifier(settings.access_name, "the settings object", settings_file)
+    require_identifier(settings.class_name, "the settings class", settings_file)
+    require_env_prefix(settings.env_prefix, settings_file)
+    for choice in fields:
+        require_identifier(choice.name, "the settings field", settings_file)
+    require_dotted(app.import_module or app.module, "the app module", app_file, relative=True)
+    for name in (app.import_name or app.app_var, app.app_var, app.factory):
+        if name:
+            require_identifier(name, "the app object", app_file)
+    served_module, _, served_name = app_target(layout).split()[0].partition(":")
+    require_dotted(served_module, "the served app module", app_file)
+    require_identifier(served_name.removesuffix("()"), "the served app", app_file)
+    for keyword_name, value in app.include_keywords:
+        require_identifier(keyword_name, "the include_router keyword", app_file)
+        try:
+            cst.parse_expression(value)
+        except cst.ParserSyntaxError:
+            raise BadInput(
+                f"the include_router argument {keyword_name}={value!r} in {app_file} is not "
+                "one Python expression",
+                "report this as a bug, with that include_router(...) call",
+            ) from None
+
+
+def _shown(layout: ProjectLayout, path: Path) -> str:
+    """A project file as messages name it: relative to the project when inside it."""
+    inside = path.is_relative_to(layout.root)
+    return path.relative_to(layout.root).as_posix() if inside else str(path)
+
+
+def _layout_source(layout: ProjectLayout, key: str) -> str:
+    """Where discovery read the tasks or routes module from: the state file, the
+    project's [tool.bgtasks] table, or else the app's package."""
+    recorded = read_state(layout.root).get("layout")
+    if isinstance(recorded, dict) and key in recorded:
+        return STATE_FILE
+    if key.replace("_", "-") in (read_existing(layout.root, "pyproject.toml") or ""):
+        return "pyproject.toml [tool.bgtasks]"
+    return _shown(layout, layout.app.path)
 
 
 def layout_env_names(layout: ProjectLayout, fields: list[FieldChoice]) -> dict[str, str]:
@@ -339,11 +397,6 @@ def plan_init(
         for system, where in others
         if where.partition(":")[0] not in owned  # not bgtasks' own generated code
     ]
-    for dotted in (layout.tasks_module, layout.routes_module):
-        if not all(
-            part.isidentifier() and not keyword.iskeyword(part) for part in dotted.split(".")
-        ):
-            raise BadInput(f"{dotted!r} is not a valid dotted module name")
 
     fields = choose_fields(spec, layout)
     context = template_context(spec, layout, fields, broker)
@@ -370,7 +423,7 @@ def plan_init(
     if state.get("tasks") and str(state.get("runner")) == spec.name:
         from bgtasks_gen.addtask import load_project, replay_tasks
 
-        files = style.apply_all(replay_tasks(load_project(root), files))
+        files = style.apply_all(replay_tasks(load_project(root), files, as_on_disk=True))
     plan_notes.extend(style.notes)
     if merge is None:
         for rel in sorted(files):
@@ -431,10 +484,11 @@ def plan_init(
         # a FastAPI older than router lifespans: the app's own FastAPI(...) call is edited
         from bgtasks_gen.patch.lifespan import add_lifespan
 
+        evidence = read_dependency_truth(root, layout.source_root).evidence("fastapi")
         plan_notes.append(
-            f"the project's FastAPI is pinned below {ROUTER_LIFESPANS} (no router "
-            f"lifespans): the {spec.lifespan_module} module's lifespan is added to the "
-            "app's FastAPI(...) call"
+            f"the project's FastAPI is pinned below {ROUTER_LIFESPANS} or may resolve "
+            f"below it ({evidence}): no router lifespans, so the {spec.lifespan_module} "
+            "module's lifespan is added to the app's FastAPI(...) call"
         )
         created = layout.app.created_path or layout.app.path
         rel, text = edit(created)
@@ -466,6 +520,7 @@ def plan_init(
         uses_uvicorn = any("uvicorn " in text for text in run_files.values())
         deps = plan_dependencies(root, wanted, layout.source_root, uses_uvicorn=uses_uvicorn)
         edited = {deps.path: deps.new} if deps.path is not None else {}
+        edited.update({rel: new for rel, (_, new) in deps.more.items()})
         tests_deps = plan_test_dependencies(root, edited)
         test_group = tests_deps.group
         if tests_deps.path is not None:
@@ -475,6 +530,8 @@ def plan_init(
         if deps.path is not None:
             dependency_file = deps.path
             plan.changes.append(patched(root, deps.path, deps.old, edited[deps.path]))
+        for rel, (old, _) in deps.more.items():  # every further file an install uses
+            plan.changes.append(patched(root, rel, old, edited[rel]))
         plan.notes.extend(deps.notes)
         dependency_steps = deps.next_steps
         _plan_mypy_override(plan, spec, layout, edited)
@@ -570,11 +627,10 @@ def runner_context(spec: RunnerSpec, declared: list[str], broker: str) -> dict[s
 ROUTER_LIFESPANS = "0.112.2"  # FastAPI merges included routers' lifespans since this
 
 
-def router_lifespans(declared: list[str]) -> bool:
-    """Whether the project's FastAPI runs an included router's lifespan, given its
-    declared requirements (unless it pins a release older than that)."""
-    fastapi = [r for r in declared if requirement_name(r) == "fastapi"]
-    return not any(caps_below(r, ROUTER_LIFESPANS) for r in fastapi)
+def router_lifespans(truth: DependencyTruth) -> bool:
+    """Whether the project's FastAPI runs an included router's lifespan: the version it
+    locks, else the oldest its constraints allow, is 0.112.2 or later."""
+    return truth.runs_at_least("fastapi", ROUTER_LIFESPANS)
 
 
 def _run_file_changes(
@@ -601,7 +657,7 @@ def _run_file_changes(
             continue
         theirs = own_run_file(target, old) if own_run_file else old
         if rel == "compose.yaml":
-            merged = runfiles.merge_compose(theirs, text, spec.name)
+            merged = runfiles.merge_compose(theirs, text, spec.name, path=target)
         else:
             merged = runfiles.merge_procfile(theirs, text)
         if merged.added:
