@@ -255,17 +255,31 @@ def _replace_host(value: str, hosts: dict[str, str]) -> str:
     return value
 
 
-def merge_procfile(theirs: str, ours: str) -> Merged:
-    """The project's Procfile with the processes it lacks appended (comments kept)."""
-    names = {m.group(1) for m in re.finditer(r"(?m)^([\w-]+)\s*:", theirs)}
+def merge_procfile(theirs: str, ours: str, runner: str = "") -> Merged:
+    """The project's Procfile with the processes it lacks appended (comments kept). A
+    process whose name the project already uses for another command (an arq `worker:`
+    when celery's is added) gets the runner's name before it (`celery-worker:`); the
+    project's own `web:` serves as it is."""
+    existing = {
+        m.group(1): m.group(2).strip() for m in re.finditer(r"(?m)^([\w-]+)\s*:(.*)$", theirs)
+    }
     newline = "\r\n" if "\r\n" in theirs else "\n"
     merged = Merged(theirs)
     extra = []
     for line in ours.splitlines():
-        match = re.match(r"^([\w-]+)\s*:", line)
-        if match and match.group(1) not in names:
-            extra.append(line)
-            merged.added.append(match.group(1))
+        match = re.match(r"^([\w-]+)\s*:(.*)$", line)
+        if not match:
+            continue
+        name, command = match.group(1), match.group(2).strip()
+        if command in existing.values() or (name == "web" and name in existing):
+            continue
+        if name in existing and runner:
+            name = f"{runner}-{name}"
+        if name in existing:
+            continue
+        extra.append(f"{name}:{match.group(2)}")
+        existing[name] = command
+        merged.added.append(name)
     if extra:
         text = theirs if theirs.endswith(("\n", "\r")) or not theirs else theirs + newline
         merged.text = text + newline.join(extra) + newline

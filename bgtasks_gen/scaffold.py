@@ -659,7 +659,7 @@ def _run_file_changes(
         if rel == "compose.yaml":
             merged = runfiles.merge_compose(theirs, text, spec.name, path=target)
         else:
-            merged = runfiles.merge_procfile(theirs, text)
+            merged = runfiles.merge_procfile(theirs, text, spec.name)
         if merged.added:
             notes.append(f"{target}: added {', '.join(merged.added)} beside your own")
         notes.extend(merged.notes)

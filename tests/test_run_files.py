@@ -103,3 +103,24 @@ def test_the_dockerfile_is_found_where_it_is_or_its_absence_said(example) -> Non
     bare: Path = example("factory")
     result = cli.invoke(app, ["init", str(bare), "--runner", "arq"])
     assert result.exit_code == 0 and "no Dockerfile in the project" in result.output
+
+
+def test_a_second_runner_gets_its_own_process_names(example) -> None:  # type: ignore[no-untyped-def]
+    """celery beside arq: arq's `worker:` is taken, celery's worker is added as
+    `celery-worker:` (a process name that was skipped before), beat as it is."""
+    project: Path = example("layered")
+    assert cli.invoke(app, ["init", str(project), "--runner", "arq"]).exit_code == 0
+    arq_procfile = (project / "Procfile").read_text()
+    result = cli.invoke(app, ["init", str(project), "--runner", "celery"])
+    assert result.exit_code == 0, result.output
+    procfile = (project / "Procfile").read_text()
+    assert procfile.startswith(arq_procfile)
+    processes = dict(
+        line.split(":", 1) for line in procfile.splitlines() if line and not line.startswith("#")
+    )
+    assert "arq " in processes["worker"]
+    assert "celery -A app.tasks.celery_app worker" in processes["celery-worker"]
+    assert "celery -A app.tasks.celery_app beat" in processes["beat"]
+    assert list(processes).count("web") == 1
+    again = cli.invoke(app, ["init", str(project), "--runner", "celery", "--check"])
+    assert again.exit_code == 0, again.output
