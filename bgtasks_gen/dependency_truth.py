@@ -271,7 +271,7 @@ def pyproject_requirements(text: str) -> tuple[str, list[str]] | None:
     """("pep621" or "poetry", requirement strings) of a pyproject.toml's runtime list."""
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         return None
     project = data.get("project", {})
     if isinstance(project, dict) and isinstance(project.get("dependencies"), list):
@@ -353,7 +353,7 @@ def _toml_lock(path: Path) -> dict[str, Version]:
     """`[[package]] name = ..., version = ...` of uv.lock, poetry.lock and pdm.lock."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
         return {}
     versions: dict[str, Version] = {}
     packages = data.get("package", [])

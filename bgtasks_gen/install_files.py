@@ -95,8 +95,8 @@ def _compose_builds(root: Path) -> dict[Path, Path]:
             continue
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError):
-            continue
+        except (yaml.YAMLError, UnicodeDecodeError, RecursionError):
+            continue  # run files refuse it with the reason when they read it
         services = data.get("services") if isinstance(data, dict) else None
         for service in services.values() if isinstance(services, dict) else ():
             build = service.get("build") if isinstance(service, dict) else None

@@ -38,6 +38,7 @@ MALFORMED_COMPOSE = {
     "a service as a scalar": ("services:\n  web: nginx\n", "the service 'web' is a text"),
     "a syntax error": ("services:\n  web:\n    image: [a\n", "is not valid YAML"),
     "flow style": ("services: {web: {image: nginx}}\n", "cannot add its services"),
+    "nested past the parser": ("services: " + "[" * 100_000 + "\n", "nests too deeply"),
 }
 
 
