@@ -442,7 +442,10 @@ def test_encoded_line_breaks_are_refused(client: TestClient) -> None:
         assert response.status_code == 422, subject
     for to in RECIPIENT_PROBES:
         payload = {"to": to, "subject": "Hi", "body": "b"}
-        assert client.post(served("/arq-tasks/send-email"), json=payload).status_code == 422
+        assert (
+            client.post(served("/arq-tasks/send-email"), json=payload).status_code
+            == 422
+        )
 
 
 def test_the_job_refuses_what_the_api_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -474,7 +477,9 @@ def test_non_finite_numbers_and_large_bodies_are_refused(client: TestClient) -> 
     # could not be written as JSON (a 500).
     for raw in ("1e400", "NaN", "-Infinity"):
         body = '{"data_id": 1, "values": [1, ' + raw + "]}"
-        response = client.post(served("/arq-tasks/process-data"), content=body, headers=JSON)
+        response = client.post(
+            served("/arq-tasks/process-data"), content=body, headers=JSON
+        )
         assert response.status_code == 422, raw
         assert "input" not in response.json()["detail"][0]
     abort_path = served(f"/arq-tasks/abort/{uuid.uuid4().hex}")
@@ -487,7 +492,9 @@ def test_non_finite_numbers_and_large_bodies_are_refused(client: TestClient) -> 
             yield oversized[start : start + 16_384]
 
     for content in (oversized, chunked()):
-        response = client.post(served("/arq-tasks/process-data"), content=content, headers=JSON)
+        response = client.post(
+            served("/arq-tasks/process-data"), content=content, headers=JSON
+        )
         assert response.status_code == 413
 
 
@@ -506,8 +513,12 @@ def test_process_data_job_result(
 
 
 def test_unknown_job_is_404(client: TestClient) -> None:
-    assert client.get(served(f"/arq-tasks/status/{uuid.uuid4().hex}")).status_code == 404
-    assert client.post(served(f"/arq-tasks/abort/{uuid.uuid4().hex}")).status_code == 404
+    assert (
+        client.get(served(f"/arq-tasks/status/{uuid.uuid4().hex}")).status_code == 404
+    )
+    assert (
+        client.post(served(f"/arq-tasks/abort/{uuid.uuid4().hex}")).status_code == 404
+    )
 
 
 def test_idempotency_key_enqueues_once(
@@ -516,8 +527,12 @@ def test_idempotency_key_enqueues_once(
     key = uuid.uuid4().hex
     payload = {"data_id": 1, "values": [1]}
     headers = {"Idempotency-Key": key}
-    first = client.post(served("/arq-tasks/process-data"), json=payload, headers=headers)
-    second = client.post(served("/arq-tasks/process-data"), json=payload, headers=headers)
+    first = client.post(
+        served("/arq-tasks/process-data"), json=payload, headers=headers
+    )
+    second = client.post(
+        served("/arq-tasks/process-data"), json=payload, headers=headers
+    )
     assert first.status_code == 202 and second.status_code == 200
     assert first.json()["duplicate"] is False and second.json()["duplicate"] is True
     job_id = first.json()["job_id"]
@@ -682,9 +697,18 @@ def test_daily_cleanup_drops_stale_abort_requests(redis_url: str) -> None:
 
 def test_inputs_are_bounded(client: TestClient) -> None:
     bad_email = {"to": "not-an-address", "subject": "s", "body": "b"}
-    assert client.post(served("/arq-tasks/send-email"), json=bad_email).status_code == 422
+    assert (
+        client.post(served("/arq-tasks/send-email"), json=bad_email).status_code == 422
+    )
     injected = {"to": "a@example.com", "subject": "a\r\nBcc: x", "body": "b"}
-    assert client.post(served("/arq-tasks/send-email"), json=injected).status_code == 422
-    assert client.post(served("/arq-tasks/long-running"), json={"steps": 0}).status_code == 422
+    assert (
+        client.post(served("/arq-tasks/send-email"), json=injected).status_code == 422
+    )
+    assert (
+        client.post(served("/arq-tasks/long-running"), json={"steps": 0}).status_code
+        == 422
+    )
     too_many = {"data_id": 1, "values": [0] * 10_001}
-    assert client.post(served("/arq-tasks/process-data"), json=too_many).status_code == 422
+    assert (
+        client.post(served("/arq-tasks/process-data"), json=too_many).status_code == 422
+    )
