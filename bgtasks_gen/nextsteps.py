@@ -88,12 +88,14 @@ def _install(
     if tooling == "uv":
         option = {"extra": f" --extra {group}", "group": f" --group {group}"}.get(kind, "")
         # uv syncs the dev group by default
-        return [Step("uv sync" + ("" if group == "dev" and kind == "group" else option), why)]
+        command = "uv sync" + ("" if group == "dev" and kind == "group" else option)
+        return [Step(command, f"{why}, into the project's .venv (uv's own)")]
     if tooling == "poetry":
         return [
             Step("poetry lock", "poetry.lock is stale after the dependency edit"),
-            Step("poetry install", why),
+            Step("poetry install", f"{why}, into poetry's environment for the project"),
         ]
+    why = f"{why}, {_pip_environment(root)}"
     installable = (root / "pyproject.toml").is_file() or (root / "setup.py").is_file()
     if installable:
         command = f'pip install -e ".[{group}]"' if kind == "extra" else "pip install -e ."
@@ -106,6 +108,17 @@ def _install(
     if command == "pip install":
         return []
     return [Step(command, why)]
+
+
+def _pip_environment(root: Path) -> str:
+    """Which environment a pip step installs into: the one the app and workers run in."""
+    for name in (".venv", "venv"):
+        if (root / name / "pyvenv.cfg").is_file():
+            return f"into the project's {name} (activate it first: . {name}/bin/activate)"
+    return (
+        "into the environment the app and its workers run in (none in the project: "
+        "python3 -m venv .venv && . .venv/bin/activate first)"
+    )
 
 
 def build_steps(

@@ -256,3 +256,22 @@ def test_no_token_step_when_the_projects_own_auth_guards_the_router(tmp_path: Pa
     auth = (root / "app" / "tasks" / "auth.py").read_text()
     assert "dependencies=[Depends(current_user)]" in auth
     assert "return client_identity(request)" in auth
+
+
+@pytest.mark.parametrize(
+    ("venv", "said"),
+    [
+        (None, "python3 -m venv .venv && . .venv/bin/activate first"),
+        ("venv", "into the project's venv (activate it first: . venv/bin/activate)"),
+    ],
+)
+def test_the_install_step_says_which_environment(
+    tmp_path: Path, venv: str | None, said: str
+) -> None:
+    root = _project(tmp_path)
+    if venv:
+        write_tree(root, {f"{venv}/pyvenv.cfg": "home = /usr/bin\n"})
+    code, output = invoke("init", str(root), "--runner", "arq", "--json")
+    assert code == 0, output
+    install = json.loads(output)["next_steps"][0]
+    assert install.startswith("pip install -e .  # ") and said in install, install
