@@ -498,16 +498,22 @@ def check_command(
     import json
 
     from bgtasks_gen.check import check_project
+    from bgtasks_gen.image_updates import older_images
 
     project = resolve_project(project, project_option)
     try:
         findings = check_project(project)
     except BgtasksError as error:  # not a bgtasks project at all: bad input, not a finding
         _fail(error, as_json)
+    # advice, not a finding: the run files are the user's once written
+    updates = older_images(project)
     if as_json:
-        typer.echo(
-            json.dumps({"ok": not findings, "findings": [f.as_dict() for f in findings]}, indent=2)
-        )
+        report = {
+            "ok": not findings,
+            "findings": [f.as_dict() for f in findings],
+            "updates_available": [u.as_dict() for u in updates],
+        }
+        typer.echo(json.dumps(report, indent=2))
     else:
         from rich.markup import escape
 
@@ -520,6 +526,11 @@ def check_command(
             out.print(f"    [dim]fix:[/dim] {escape(finding.fix)}")
         if not findings:
             out.print("[green]✓[/green] the scaffold is wired and current")
+        for update in updates:
+            out.print(
+                f"[yellow]update available:[/yellow] {escape(update.image)} -> "
+                f"{escape(update.current)}  [dim]({escape(update.where)})[/dim]"
+            )
     raise typer.Exit(int(ExitCode.CHANGES if findings else ExitCode.OK))
 
 
