@@ -157,6 +157,7 @@ def _finish(
     """Report a plan, write it unless told not to, and exit with the documented code."""
     from bgtasks_gen.apply import apply
     from bgtasks_gen.errors import ConflictError
+    from bgtasks_gen.plan import USER_FILE_HINT, USER_FILE_NOTE
     from bgtasks_gen.report import out, plan_json, show_plan
 
     mode = "check" if check else "dry-run" if dry_run else "apply"
@@ -167,6 +168,8 @@ def _finish(
             plan_json(plan, mode=mode, written=False)
         else:
             show_plan(plan, dry_run=False, diff=False, written=False)
+        if any(c.note == USER_FILE_NOTE for c in plan.conflicts):
+            conflict_hint = USER_FILE_HINT  # never --force over the project's own code
         error = ConflictError(f"{len(plan.conflicts)} conflict(s): {paths}", conflict_hint)
         _fail(error, as_json)
     if not (dry_run or check) and plan.writes:

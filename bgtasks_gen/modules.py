@@ -540,7 +540,9 @@ class ModuleIndex:
         parts = [path.stem] if path.name != "__init__.py" else []
         if packages:
             parts = [os.path.basename(f) for f in reversed(folders[: packages[-1] + 1])] + parts
-        elif len(folders) == 1 and rel[0] != "src":
+        elif len(folders) == 1 and rel[0] != "src" and rel[0].isidentifier():
+            # a plain folder with a name no import can spell (`my-service/`) is put on
+            # sys.path itself (`WORKDIR`, `cd`): its modules are top-level
             parts.insert(0, rel[0])
         name = ".".join(parts)
         self._names[path] = name

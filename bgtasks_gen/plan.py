@@ -74,6 +74,17 @@ def read_existing(root: Path, rel: str) -> str | None:
     return read_project_file(root, rel)
 
 
+USER_FILE_NOTE = (
+    "yours, not written by bgtasks: rename it, or choose another folder for the "
+    "generated routes with [tool.bgtasks] routes-module in pyproject.toml"
+)
+USER_FILE_HINT = (
+    "nothing was written; these files are the project's own, not bgtasks': rename them, "
+    "or set [tool.bgtasks] routes-module (or tasks-module) in pyproject.toml to a "
+    "folder where the generated names are free"
+)
+
+
 def generated(root: Path, rel: str, new: str, *, force: bool, note: str = "") -> FileChange:
     """A file bgtasks owns: created, identical, or a conflict with what is on disk."""
     old = read_existing(root, rel)
@@ -82,7 +93,22 @@ def generated(root: Path, rel: str, new: str, *, force: bool, note: str = "") ->
     if old == new:
         return FileChange(rel, Action.IDENTICAL, old, new, note)
     action = Action.OVERWRITE if force else Action.CONFLICT
+    if not _bgtasks_wrote(root, rel):
+        # the project's own module under the generated file's name (its `tasks.py` routes):
+        # replacing it would delete the user's code, so that is never the advice
+        return FileChange(rel, action, old, new, USER_FILE_NOTE)
     return FileChange(rel, action, old, new, note or "exists with other content")
+
+
+def _bgtasks_wrote(root: Path, rel: str) -> bool:
+    """Whether the state records `rel` as a file bgtasks generated (its own state file and
+    base copies are always its own)."""
+    from bgtasks_gen.state import BASE_DIR, STATE_FILE, read_state
+
+    if rel == STATE_FILE or rel.startswith(f"{BASE_DIR}/"):
+        return True
+    files = read_state(root).get("files", {})
+    return isinstance(files, dict) and rel in files
 
 
 def user_owned(root: Path, rel: str, new: str) -> FileChange:

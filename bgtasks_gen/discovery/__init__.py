@@ -106,9 +106,13 @@ def present_runners(
     so a project with its own Celery app hears that before anything about its settings."""
     index = index or ModuleIndex(_check_root(root))
     runners = existing_runners(index)
-    # a system that is also a runner (taskiq) is reported once, as the runner it is
-    known = {name for name, _ in runners}
-    return runners, [other for other in other_task_systems(index) if other[0] not in known]
+    # a system that is also a runner (taskiq) is reported once, as the runner it is; a
+    # runner's setup is also a task system already here for any other runner asked for
+    known: dict[str, str] = {}
+    for name, where in runners:
+        known.setdefault(name, where.partition(":")[0])
+    others = [other for other in other_task_systems(index) if other[0] not in known]
+    return runners, sorted(others + list(known.items()))
 
 
 def project_index(root: Path) -> ModuleIndex:
@@ -134,6 +138,7 @@ def discover(
         where = f"--{key}-module" if given_value else f"[tool.bgtasks] {key}-module"
         check_module_path(given_value or _str(config.get(f"{key}-module")) or "", where)
     check_module_path(_str(config.get("tasks-module")) or "", "[tool.bgtasks] tasks-module")
+    check_module_path(_str(config.get("routes-module")) or "", "[tool.bgtasks] routes-module")
     index = index or ModuleIndex(root)
     notes: list[str] = []
 
@@ -172,8 +177,10 @@ def discover(
             f"{tasks_module}.settings (TaskSettings, read from the same environment variables)"
         )
 
-    routes_module = _str(saved.get("routes_module")) or _routes_module(
-        index, apps, source_root, package, tasks_module, notes
+    routes_module = (
+        _str(saved.get("routes_module"))
+        or _str(config.get("routes-module"))
+        or _routes_module(index, apps, source_root, package, tasks_module, notes)
     )
     return ProjectLayout(
         root=root,

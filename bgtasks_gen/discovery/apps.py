@@ -10,6 +10,7 @@ API sub-app that holds them.
 
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from bgtasks_gen.discovery.layout import AppLayout
 from bgtasks_gen.discovery.served import ServedTarget
 from bgtasks_gen.errors import DiscoveryError
 from bgtasks_gen.modules import CallSite, Include, ModuleIndex, ModuleInfo
+from bgtasks_gen.patch.outline import dotted_name, parse_ast
 
 FASTAPI_CLASSES = frozenset({"fastapi.FastAPI", "fastapi.applications.FastAPI"})
 FASTAPI_CALL = re.compile(r"\bFastAPI\b")
@@ -54,10 +56,14 @@ class AppObject:
     factory: str | None  # the function returning it, None when created at module level
     factory_params: int = 0
     bindings: list[Site] = field(default_factory=list)  # module-level names bound to it
+    # module-level names other modules import it under (`from .application import app`)
+    reexports: list[Site] = field(default_factory=list)
+    # built in a method (`class Server: def create(self)`): where FastAPI(...) is called
+    method: Site | None = None
 
     @property
     def sites(self) -> list[Site]:
-        return [self.created, *self.bindings]
+        return [self.created, *self.bindings, *self.reexports]
 
     def names(self) -> set[str]:
         """Fully qualified names this app object is reachable by."""
@@ -107,6 +113,71 @@ class AppFinder:
                 if returns:
                     obj.bindings = self._bindings(info, call.function)
                 objects.append(obj)
+            objects += self._built_in_methods(info)
+        for obj in objects:
+            obj.reexports = self._reexports(obj)
+        return objects
+
+    def _reexports(self, obj: AppObject) -> list[Site]:
+        """Module-level imports of the app's names elsewhere, followed through chains
+        (`pkg/apps/__init__.py` re-exporting it, `main.py` importing it from there)."""
+        names = {f"{s.info.name}.{s.name}": s.name for s in obj.sites if s.function is None}
+        found: list[Site] = []
+        seen = set(names)
+        while names:
+            pattern = re.compile(
+                r"\b(" + "|".join(sorted(map(re.escape, set(names.values())))) + r")\b"
+            )
+            fresh: dict[str, str] = {}
+            for path in self.index.grep(pattern):
+                if not_served_path(self.root, path):
+                    continue
+                info = self.index.load(path)
+                for local, target in info.imports.items():
+                    qualified = f"{info.name}.{local}"
+                    if target in names and qualified not in seen:
+                        seen.add(qualified)
+                        fresh[qualified] = local
+                        found.append(Site(info, None, local))
+            names = fresh
+        return found
+
+    def _built_in_methods(self, info: ModuleInfo) -> list[AppObject]:
+        """Apps a class method builds and returns, bound at module level by a call of it
+        (`app = Server().create()`, `app = Server.build()`): the binding is the app."""
+        if not any(cls for cls in info.classes):
+            return []
+        tree = parse_ast(info.source)
+        if tree is None:
+            return []
+        built: dict[tuple[str, str], tuple[ast.Call, str]] = {}  # (class, method) -> call
+        for statement in tree.body:
+            if not isinstance(statement, ast.ClassDef):
+                continue
+            for method in statement.body:
+                if not isinstance(method, ast.FunctionDef | ast.AsyncFunctionDef):
+                    continue
+                found = _returned_fastapi(info, method)
+                if found is not None:
+                    built[(statement.name, method.name)] = found
+        objects = []
+        for statement in tree.body:
+            target, value = _binding(statement)
+            if target is None or not isinstance(value, ast.Call):
+                continue
+            func = value.func
+            if not isinstance(func, ast.Attribute):
+                continue
+            owner = func.value.func if isinstance(func.value, ast.Call) else func.value
+            key = (dotted_name(owner), func.attr)
+            if key not in built:
+                continue
+            call, variable = built[key]
+            keywords = tuple(k.arg for k in call.keywords if k.arg)
+            site = CallSite(variable or None, "FastAPI", keywords, None, call.lineno)
+            obj = AppObject(Site(info, None, target), site, None)
+            obj.method = Site(info, f"{key[0]}.{key[1]}", variable)
+            objects.append(obj)
         return objects
 
     def _bindings(self, info: ModuleInfo, factory: str) -> list[Site]:
@@ -243,10 +314,12 @@ class AppFinder:
         target = obj
         note = ""
         own = self.includes_on(obj)
-        if not own and follow_mounts:
-            # a main app that only mounts an API sub-app: routers go where that one has them
+        if follow_mounts:
+            # a main app that mounts an API sub-app (`app.mount("/api/v1", api)`) holding
+            # more of the project's routers than itself (a health check, say): routers
+            # go on the sub-app, under its prefix and its dependencies
             subs = [o for o in objects if o is not obj and self.mounted(o, objects) is obj]
-            with_routers = [o for o in subs if self.includes_on(o)]
+            with_routers = [o for o in subs if _count(self.includes_on(o)) > _count(own)]
             if len(with_routers) == 1:
                 target = with_routers[0]
                 own = self.includes_on(target)
@@ -264,8 +337,8 @@ class AppFinder:
             )
         served, import_site, is_factory = self._served(obj)
         keywords, pattern = _shared_keywords(own.get(site, []))
-        rel = site.info.path.relative_to(self.root)
-        created = target.created
+        created = target.method or target.created
+        rel = created.info.path.relative_to(self.root)
         return AppLayout(
             module=site.info.name,
             path=site.info.path,
@@ -304,16 +377,21 @@ class AppFinder:
         if bindings:
             named = self.named.get(id(obj), [])
 
-            def preference(site: Site) -> tuple[bool, bool, str]:
+            def preference(site: Site) -> tuple[bool, bool, bool, str]:
                 evidence = any(site.info.name == m and a in (None, site.name) for m, a in named)
                 conventional = site.info.name.rpartition(".")[2] in SERVED_NAMES
-                return (not evidence, not conventional, site.info.name)
+                imported = site in obj.reexports
+                return (not evidence, imported, not conventional, site.info.name)
 
             site = min(bindings, key=preference)
             return f"{site.info.name}:{site.name}", (site.info.name, site.name), False
         module = obj.created.info.name
         factory = obj.factory or obj.created.function or ""
         return f"{module}:{factory} --factory", (module, factory), True
+
+
+def _count(includes: dict[Site, list[Include]]) -> int:
+    return sum(len(found) for found in includes.values())
 
 
 def _split(target: str) -> tuple[str, str | None]:
@@ -344,3 +422,39 @@ def _shared_keywords(includes: list[Include]) -> tuple[tuple[tuple[str, str], ..
         rest = [s for s in seen if "differ" in s]
         return tuple(shared), "; ".join([note, *rest])
     return (), "; ".join(seen)
+
+
+def _binding(statement: ast.stmt) -> tuple[str | None, ast.expr | None]:
+    """(name, value) of a module-level `name = value` or `name: T = value`."""
+    if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
+        if isinstance(statement.targets[0], ast.Name):
+            return statement.targets[0].id, statement.value
+    if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
+        return statement.target.id, statement.value
+    return None, None
+
+
+def _returned_fastapi(
+    info: ModuleInfo, method: ast.FunctionDef | ast.AsyncFunctionDef
+) -> tuple[ast.Call, str] | None:
+    """The FastAPI(...) call a method returns, and the name it binds it to ("" if none)."""
+    returned = {
+        node.value.id
+        for node in ast.walk(method)
+        if isinstance(node, ast.Return) and isinstance(node.value, ast.Name)
+    }
+    for node in ast.walk(method):
+        target, value = (None, None)
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            target, value = _binding(node)
+        elif isinstance(node, ast.Return):
+            value = node.value
+        if not isinstance(value, ast.Call):
+            continue
+        if info.resolve(dotted_name(value.func)) not in FASTAPI_CLASSES:
+            continue
+        if isinstance(node, ast.Return):
+            return value, ""
+        if target in returned:
+            return value, target or ""
+    return None

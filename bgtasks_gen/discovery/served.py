@@ -8,12 +8,14 @@ evidence for one app, the strongest a project gives short of saying it in config
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bgtasks_gen.modules import SKIPPED_DIRS, ModuleIndex
+from bgtasks_gen.modules import SKIPPED_DIRS, ModuleIndex, ModuleInfo
+from bgtasks_gen.patch.outline import parse_ast
 
 SERVERS = re.compile(r"\b(uvicorn|gunicorn|hypercorn|granian|daphne)\b([^\n]*)")
 FASTAPI_CLI = re.compile(r"\bfastapi\s+(?:run|dev)\b([^\n]*)")
@@ -121,6 +123,20 @@ def served_targets(root: Path, index: ModuleIndex) -> list[ServedTarget]:
                         f"served by uvicorn.run in {rel}",
                     )
                 )
+            elif call.function and call.first_arg in _parameter_defaults(info, call.function):
+                # a console script: `def serve(target: str = typer.Option("pkg.app:app"))`
+                default = _parameter_defaults(info, call.function)[call.first_arg]
+                named = TARGET.match(default)
+                if named:
+                    targets.append(
+                        ServedTarget(
+                            named.group(1),
+                            named.group(2),
+                            "factory" in call.keywords,
+                            f"served by uvicorn.run in {rel} (the default of "
+                            f"{call.function}'s {call.first_arg})",
+                        )
+                    )
             elif call.first_arg.isidentifier():
                 # uvicorn.run(app): the object this module has under that name
                 target = info.resolve(call.first_arg)
@@ -152,3 +168,55 @@ def _instruction(line: str, kind: str) -> str:
     if kind == "compose":
         return "command"
     return ""
+
+
+def _string(node: ast.expr | None) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def _parameter_defaults(info: ModuleInfo, function: str) -> dict[str, str]:
+    """A top-level function's parameters whose default is a string: given plainly
+    (`target="pkg.app:app"`), through typer (`typer.Option("pkg.app:app")`) or a click
+    decorator (`@click.option("--target", default="pkg.app:app")`)."""
+    tree = parse_ast(info.source)
+    if tree is None:
+        return {}
+    node = next(
+        (
+            n
+            for n in tree.body
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == function
+        ),
+        None,
+    )
+    if node is None:
+        return {}
+    found: dict[str, str] = {}
+    arguments = node.args
+    positional = arguments.posonlyargs + arguments.args
+    pairs = list(
+        zip(
+            positional[len(positional) - len(arguments.defaults) :], arguments.defaults, strict=True
+        )
+    )
+    pairs += [(a, d) for a, d in zip(arguments.kwonlyargs, arguments.kw_defaults, strict=True) if d]
+    for argument, default in pairs:
+        value = _string(default)
+        if value is None and isinstance(default, ast.Call):
+            keyword = next((k.value for k in default.keywords if k.arg == "default"), None)
+            value = _string(default.args[0] if default.args else keyword)
+        if value is not None:
+            found[argument.arg] = value
+    for decorator in node.decorator_list:
+        if not isinstance(decorator, ast.Call):
+            continue
+        given = next((_string(k.value) for k in decorator.keywords if k.arg == "default"), None)
+        flags = [_string(a) for a in decorator.args]
+        names = [f.lstrip("-").replace("-", "_") for f in flags if f]
+        if given is not None and names:
+            # click names the parameter after its last flag written without dashes, or the
+            # longest one
+            plain = [f for f in flags if f and not f.startswith("-")]
+            name = plain[-1] if plain else max(names, key=len)
+            found.setdefault(name, given)
+    return found

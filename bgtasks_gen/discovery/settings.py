@@ -15,6 +15,7 @@ project uses them; classes with no accessor are the fallback.
 
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from bgtasks_gen.discovery.apps import not_served_path
 from bgtasks_gen.discovery.layout import SettingsLayout
 from bgtasks_gen.errors import DiscoveryError
 from bgtasks_gen.modules import ModuleIndex, ModuleInfo
+from bgtasks_gen.patch.outline import dotted_name, parse_ast
 
 SETTINGS_ROOTS_V2 = frozenset(
     {"pydantic_settings.BaseSettings", "pydantic_settings.main.BaseSettings"}
@@ -34,6 +36,10 @@ HINT = (
     "(or [tool.bgtasks] settings-module in pyproject.toml)"
 )
 MAX_DEPTH = 20
+# an instance a factory of another class reads to choose what to build (a bootstrap)
+BOOTSTRAP = -40
+# a class whose env_prefix names the one subsystem it configures (AuthSettings, AUTH_)
+SUBSYSTEM = -30
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class SettingsFinder:
         self.index = index
         self._roots: dict[str, str | None] = {}
         self._classes: list[str] | None = None
+        self._trees: dict[str, ast.Module | None] = {}
 
     # the classes ------------------------------------------------------------------------
     def settings_root(self, qualified: str, depth: int = 0) -> str | None:
@@ -142,8 +149,12 @@ class SettingsFinder:
         factories: dict[str, str] = {}  # qualified factory -> class
         modules = [self.index.load(p) for p in self.index.grep(pattern)]
         for info in modules:
+            found += self._module_level_choices(info)
             for function in info.functions.values():
-                cls = self._returned_class(info, function.name)
+                # several classes built in its returns first: the first call is one of them
+                cls = self._returned_built(info, function.name) or self._returned_class(
+                    info, function.name
+                )
                 if cls:
                     factories[f"{info.name}.{function.name}"] = cls[0]
                     found.append(Accessor(info, function.name, "factory", cls[0], cls[1]))
@@ -211,6 +222,99 @@ class SettingsFinder:
                 )
         return None
 
+    def _tree(self, info: ModuleInfo) -> ast.Module | None:
+        if info.name not in self._trees:
+            self._trees[info.name] = parse_ast(info.source)
+        return self._trees[info.name]
+
+    def _built(self, info: ModuleInfo, expression: ast.expr) -> list[str]:
+        """The project's settings classes an expression instantiates: `A() if x else B()`,
+        `{"dev": A, "prod": B}[env]()`."""
+        found: list[str] = []
+        for node in ast.walk(expression):
+            if not isinstance(node, ast.Call):
+                continue
+            names = [dotted_name(node.func)]
+            if isinstance(node.func, ast.Subscript):
+                names = [
+                    dotted_name(n) for n in ast.walk(node.func.value) if isinstance(n, ast.expr)
+                ]
+            for name in names:
+                cls = self.qualified_class(info, name) if name else None
+                if cls and cls not in found:
+                    found.append(cls)
+        return found
+
+    def _chosen(self, built: list[str], annotation: str | None) -> str | None:
+        """The class to patch for an object built as one of `built`: the annotated class
+        when they all derive from it, else their nearest common base."""
+        if annotation and all(annotation in (c, *self.ancestors(c)) for c in built):
+            return annotation
+        return self.common_base(built)
+
+    def _returned_built(self, info: ModuleInfo, function: str) -> tuple[str, str] | None:
+        """What a factory returns when it builds one of several classes in its return
+        statements (`return Prod() if production else Dev()`, one `return` per branch)."""
+        tree = self._tree(info)
+        if tree is None or "return" not in info.source:
+            return None
+        node = next(
+            (
+                n
+                for n in tree.body
+                if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == function
+            ),
+            None,
+        )
+        if node is None:
+            return None
+        built: list[str] = []
+        returns = [n for n in ast.walk(node) if isinstance(n, ast.Return) and n.value]
+        for item in sorted(returns, key=lambda n: (n.lineno, n.col_offset)):
+            assert item.value is not None
+            built += [c for c in self._built(info, item.value) if c not in built]
+        if len(built) < 2:
+            return None
+        annotated = self.qualified_class(info, info.functions[function].return_annotation)
+        cls = self._chosen(built, annotated)
+        if cls is None:
+            return None
+        chosen = ", ".join(c.rpartition(".")[2] for c in built)
+        return cls, (
+            f"{function}() builds {chosen}; {cls.rpartition('.')[2]}, which they all "
+            "are, gets the fields"
+        )
+
+    def _module_level_choices(self, info: ModuleInfo) -> list[Accessor]:
+        """`settings = Prod() if production else Dev()` at module level."""
+        tree = self._tree(info)
+        if tree is None:
+            return []
+        found = []
+        for statement in tree.body:
+            target: ast.expr | None = None
+            annotation: ast.expr | None = None
+            if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
+                target, value = statement.targets[0], statement.value
+            elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
+                target, value, annotation = statement.target, statement.value, statement.annotation
+            else:
+                continue
+            if not isinstance(target, ast.Name) or (
+                isinstance(value, ast.Call) and dotted_name(value.func)
+            ):
+                continue  # a plain call: the CallSite rules see it
+            built = self._built(info, value)
+            if len(built) < 2:
+                continue
+            written = dotted_name(annotation) if annotation is not None else None
+            cls = self._chosen(built, self.qualified_class(info, written))
+            if cls:
+                chosen = ", ".join(c.rpartition(".")[2] for c in built)
+                how = f"module-level instance of one of {chosen}, chosen at run time"
+                found.append(Accessor(info, target.id, "instance", cls, how))
+        return found
+
     # the choice -------------------------------------------------------------------------
     def choose(
         self,
@@ -238,6 +342,12 @@ class SettingsFinder:
             users = self._users(accessor)
             if users:
                 candidate.add(min(users, 10), f"used by {users} module(s)")
+            chooser = self._consulted_by(accessor, accessors)
+            if chooser:
+                candidate.add(BOOTSTRAP, f"read by {chooser}() to build the settings it returns")
+            scope = self._subsystem(accessor)
+            if scope:
+                candidate.add(SUBSYSTEM, scope)
             reason = not_served_path(self.index.root, accessor.info.path)
             if reason:
                 candidate.add(ev.EXCLUDED, reason)
@@ -261,6 +371,40 @@ class SettingsFinder:
             if len({c.value.cls for c in tied}) == 1:
                 return sorted(tied, key=lambda c: (c.value.kind != "instance", c.label))[0]
             raise
+
+    def _consulted_by(self, accessor: Accessor, accessors: list[Accessor]) -> str | None:
+        """The factory, of another settings class, that reads this instance to decide what
+        to build (`bootstrap = Bootstrap()`, then `get_settings()` checks bootstrap.env)."""
+        if accessor.kind != "instance":
+            return None
+        qualified = f"{accessor.info.name}.{accessor.name}"
+        for other in accessors:
+            if other.kind != "factory" or other.cls == accessor.cls:
+                continue
+            facts = other.info.functions.get(other.name)
+            if facts is None:
+                continue
+            for name in facts.referenced:
+                if other.info.resolve(name) == qualified:
+                    return other.name
+        return None
+
+    def _subsystem(self, accessor: Accessor) -> str | None:
+        """Why a class configures one part of the app only: its env_prefix names it
+        (`AuthSettings` reading `AUTH_*`), and that is not the project's own name."""
+        located = self.index.locate(accessor.cls)
+        if located is None:
+            return None
+        info, name = located
+        prefix = info.classes[name].config.get("env_prefix")
+        if not isinstance(prefix, str):
+            return None
+        scope = prefix.strip("_").lower()
+        stem = re.sub(r"(settings|config|configuration)$", "", name.lower()).strip("_")
+        package = info.name.split(".")[0].lower()
+        if not scope or scope != stem or scope == package:
+            return None
+        return f"configures one part only (env_prefix={prefix!r})"
 
     def _overridden(self, accessor: Accessor, module: str, name: str) -> bool:
         class_module, _, class_name = accessor.cls.rpartition(".")
