@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import libcst as cst
@@ -363,6 +363,13 @@ def plan_init(
     owned = set(state_files) if isinstance(state_files, dict) else set()
     _refuse_existing_runner(spec, present, owned)
     layout = discover(root, overrides, index)
+    moved_off = ""
+    if spec.lifespan_module and layout.app.mounted_in and not (overrides and overrides.app_module):
+        # Starlette never runs a mounted sub-app's lifespan, where this runner's connections
+        # live: its router goes on the app that mounts the project's API sub-app
+        moved_off = f"{layout.app.module}:{layout.app.app_var}"
+        outer = replace(overrides or Overrides(), app_module=layout.app.mounted_in)
+        layout = discover(root, outer, index)
     root = layout.root
     if layout.settings.pydantic_v1:
         # the generated request validation (header checks after decoding encoded words,
@@ -391,6 +398,13 @@ def plan_init(
             f"include it on the main app instead: --app-module {layout.app.mounted_in}",
         )
     plan_notes = list(layout.notes)
+    if moved_off:
+        plan_notes.append(
+            f"the project's routers are on {moved_off}, a mounted sub-app whose lifespan "
+            f"Starlette never runs: the {spec.name} router (its connections live in the "
+            f"lifespan) is included on {layout.app.module}:{layout.app.app_var} instead, "
+            "without the sub-app's prefix and dependencies; the router's own token check guards it"
+        )
     plan_notes += [
         f"{system} is already here ({where}): bgtasks adds {spec.name} beside it, it does not "
         "move your tasks"

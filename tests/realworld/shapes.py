@@ -280,7 +280,7 @@ SHAPES = [
         tasks_module="shop.tasks",
         routes_module="shop.routers",
         prefix="/api",
-        runners=("builtin", "celery"),  # arq: refused, see test_arq_on_a_mounted_sub_app
+        runners=("builtin", "celery"),  # arq: on the main app, see test_arq_on_a_mounted_sub_app
         notes=("sub-app",),
         openapi_at="/api/openapi.json",
     ),
