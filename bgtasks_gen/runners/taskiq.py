@@ -38,6 +38,9 @@ TASKIQ_FIELDS = (
     # this + 10 s is handed to another worker, so it also bounds how long a task whose
     # worker was killed waits before it runs again.
     SettingsField("taskiq_task_timeout", "int", "300"),
+    # Tasks waiting or running at most on the Redis stream: beyond it the API answers
+    # 503 "queue full" and queues nothing (nothing queued is ever trimmed).
+    SettingsField("taskiq_max_queued", "int", "100000"),
 )
 
 
