@@ -197,6 +197,101 @@ def test_poison_record_is_dropped_and_the_worker_keeps_serving(stack: Stack, kin
     assert stack.worker.alive(), stack.worker.log()[-3000:]
 
 
+def _worker_pid_and_log_size(stack: Stack) -> tuple[int, int]:
+    return stack.worker.popen.pid, len(stack.worker.log())
+
+
+def _good_job_completes_on_the_same_worker(stack: Stack, pid: int) -> None:
+    good = _process(stack, 11)
+    assert good.status_code == 202, good.text
+    body = stack.wait_complete(good.json()["job_id"], 20)
+    assert body["success"] is True, body
+    assert stack.worker.alive() and stack.worker.popen.pid == pid, stack.worker.log()[-3000:]
+
+
+# Queue entries arq's own loop cannot take: an id that is not UTF-8 (arq decodes every
+# id it reads from the queue), and scores that are no time (arq converts them to int).
+QUEUE_POISON: dict[str, tuple[bytes, str]] = {
+    "id-not-utf8": (b"poison-\xff\xfe\x80-" + uuid.uuid4().hex.encode(), "now"),
+    "score-minus-infinity": (f"poison-{uuid.uuid4().hex}".encode(), "-inf"),
+    "score-zero": (f"poison-{uuid.uuid4().hex}".encode(), "0"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(QUEUE_POISON))
+def test_poison_queue_entry_is_dropped_and_the_worker_keeps_serving(
+    stack: Stack, kind: str
+) -> None:
+    member, score = QUEUE_POISON[kind]
+    pid, log_start = _worker_pid_and_log_size(stack)
+    if score == "now":
+        score = str(int(time.time() * 1000))
+    # a job record beside it, as a writer that queued it would leave
+    for command in (
+        [b"set", b"arq:job:" + member, b'{"f":"process_data"}'],
+        [b"zadd", QUEUE.encode(), score.encode(), member],
+    ):
+        subprocess.run(
+            [b"redis-cli", b"-p", str(stack.redis.port).encode(), *command],
+            capture_output=True,
+            timeout=10,
+            check=True,
+        )
+    wait_until(
+        lambda: stack.redis_cli("zcard", QUEUE) == "0",
+        20,
+        f"poison entry {kind} off the queue\n{stack.worker.log()[-3000:]}",
+    )
+    assert stack.worker.alive(), stack.worker.log()[-3000:]
+    log = stack.worker.log()[log_start:]
+    assert f"({len(member)} bytes)" in log, log
+    assert stack.redis_cli("exists", "arq:job:" + member.decode(errors="replace")) == "0"
+    raw_key = subprocess.run(
+        [b"redis-cli", b"-p", str(stack.redis.port).encode(), b"exists", b"arq:job:" + member],
+        capture_output=True,
+        timeout=10,
+        check=True,
+    ).stdout.strip()
+    assert raw_key == b"0"
+    _good_job_completes_on_the_same_worker(stack, pid)
+
+
+# Job records whose fields have the right types but values arq cannot use: it turns
+# the enqueue time into a datetime before the job starts, outside any error handling.
+RECORD_POISON: dict[str, dict[str, Any]] = {
+    "enqueue-time-1e20": _job_record(et=10**20),
+    "enqueue-time-negative": _job_record(et=-(10**20)),
+    "try-1e30": _job_record(t=10**30),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(RECORD_POISON))
+def test_out_of_range_record_is_dropped_and_the_worker_keeps_serving(
+    stack: Stack, kind: str
+) -> None:
+    pid, log_start = _worker_pid_and_log_size(stack)
+    job_id = f"poison-{kind}-{uuid.uuid4().hex[:8]}"
+    raw = json.dumps(RECORD_POISON[kind]).encode()
+    subprocess.run(
+        ["redis-cli", "-p", str(stack.redis.port), "-x", "set", f"arq:job:{job_id}"],
+        input=raw,
+        capture_output=True,
+        timeout=10,
+        check=True,
+    )
+    stack.redis_cli("zadd", QUEUE, str(int(time.time() * 1000)), job_id)
+    wait_until(
+        lambda: stack.redis_cli("zscore", QUEUE, job_id) == "" or not stack.worker.alive(),
+        20,
+        f"poison record {kind} dropped\n{stack.worker.log()[-3000:]}",
+    )
+    assert stack.worker.alive(), stack.worker.log()[-3000:]
+    log = stack.worker.log()[log_start:]
+    assert f"({len(raw)} bytes)" in log, log
+    assert stack.status(job_id)["success"] is False
+    _good_job_completes_on_the_same_worker(stack, pid)
+
+
 @pytest.mark.parametrize("outage", [1.0, 5.0])
 def test_worker_survives_a_redis_restart_and_every_accepted_job_completes(
     stack: Stack, outage: float
