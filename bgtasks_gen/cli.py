@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
     from bgtasks_gen.plan import Plan
+    from bgtasks_gen.project_env import Interpreter
 
 EXIT_CODES = (
     "Exit codes: 0 done or nothing to do; 1 a conflict stopped the run (a file changed "
@@ -271,6 +272,22 @@ def init(
             "--no-deps", help="Leave the project's dependency list (pyproject/requirements) alone."
         ),
     ] = False,
+    no_verify: Annotated[
+        bool,
+        typer.Option(
+            "--no-verify",
+            help="Skip the proofs: resolving the dependencies with pip before writing, and "
+            "serving the app once in the project's environment after.",
+        ),
+    ] = False,
+    python: Annotated[
+        Path | None,
+        typer.Option(
+            "--python",
+            help="The project environment's interpreter, to serve the app in after writing "
+            "(default: the project's .venv or venv).",
+        ),
+    ] = None,
     dry_run: DryRun = False,
     check: Check = False,
     force: Force = False,
@@ -288,27 +305,74 @@ def init(
     Example: bgtasks init . --runner celery --dry-run
     """
     from bgtasks_gen.discovery import Overrides
+    from bgtasks_gen.errors import BadInput
+    from bgtasks_gen.nextsteps import with_doctor_step
+    from bgtasks_gen.resolve import resolution_request, resolve
     from bgtasks_gen.scaffold import plan_init
     from bgtasks_gen.state import STATE_FILE
+    from bgtasks_gen.verify import project_interpreter, prove_written
 
     root = resolve_project(project, project_option)
     overrides = Overrides(settings_module=settings_module, app_module=app_module)
     scaffolded = (root / STATE_FILE).is_file()
-    _locked(
-        root,
-        lambda: plan_init(
+    proving = not (no_verify or check)
+    planned: list[Plan] = []
+    environment: list[Interpreter] = []
+
+    def build() -> Plan:
+        # discover -> plan -> resolve -> (write, in _finish) -> serve, below
+        plan = plan_init(
             root,
             runner.value,
             broker=broker,
             overrides=overrides,
             force=force,
             with_deps=not no_deps,
-        ),
-        dry_run=dry_run,
-        check=check,
-        as_json=as_json,
-        check_failed=UP_TO_DATE if scaffolded else "the project is not scaffolded yet",
-    )
+        )
+        planned.append(plan)
+        if not (proving and plan.writes):
+            return plan
+        if not no_deps:
+            verdict = resolve(resolution_request(plan))
+            if verdict.refuses:
+                raise BadInput(verdict.message, verdict.hint)
+            if verdict.message:
+                plan.notes.append(verdict.message)
+        if not dry_run:
+            found = project_interpreter(plan.root, python)
+            if found is None:
+                plan.next_steps = with_doctor_step(plan.next_steps)
+            else:
+                environment.append(found)
+        return plan
+
+    try:
+        _locked(
+            root,
+            build,
+            dry_run=dry_run,
+            check=check,
+            as_json=as_json,
+            check_failed=UP_TO_DATE if scaffolded else "the project is not scaffolded yet",
+        )
+    except typer.Exit as done:
+        if done.exit_code != 0 or not (planned and environment and planned[0].writes):
+            raise
+        from rich.markup import escape
+
+        from bgtasks_gen.report import err, out
+
+        served = prove_written(planned[0].root, environment[0])
+        console = err if as_json else out  # stdout holds the JSON document
+        if not served.failed:
+            console.print(f"  [dim]note:[/dim] {escape(served.message)}")
+            if served.fix:
+                console.print(f"    [dim]next:[/dim] {escape(served.fix)}")
+            raise
+        console.print(f"[bold red]not served[/bold red]: {escape(served.message)}")
+        console.print(f"[dim]fix:[/dim] {escape(served.fix)}")
+        console.print("[dim]the files stay written; `bgtasks doctor` checks again once fixed[/dim]")
+        raise typer.Exit(int(ExitCode.CHANGES)) from None
 
 
 @app.command("add-task", epilog=EXIT_CODES)

@@ -525,6 +525,7 @@ class _Doctor:
         self.services()
         if self.interpreter is not None:
             self.code_checks()
+            self.served()
         if "celery-inspect" in self.project.spec.capabilities:
             self.rabbitmq()
             self.beats()
@@ -761,6 +762,21 @@ class _Doctor:
                 )
         self.schedules()
         self.lifespan()
+
+    def served(self) -> None:
+        """The app served once in the project's interpreter, with its lifespans, and the
+        generated status route asked for an unknown id (verify.py)."""
+        from bgtasks_gen.install_hint import declared_names
+        from bgtasks_gen.verify import PROVEN, serve, serve_request
+
+        assert self.interpreter is not None
+        project = self.project
+        result = serve(
+            serve_request(project, self.interpreter),
+            declared=frozenset(declared_names(project.root, project.source_root)),
+        )
+        status = FAIL if result.failed else PASS if result.outcome == PROVEN else SKIP
+        self.add("served", status, mask_credentials(result.message), result.fix)
 
     def schedules(self) -> None:
         """Static (the worker file's entries against the tasks file's definitions, as

@@ -323,3 +323,22 @@ def merge_env_example(existing: str, ours: str) -> tuple[str, list[str]]:
     text = existing if not existing or existing.endswith(("\n", "\r")) else existing + newline
     block = [f"{newline}# Background tasks (added by bgtasks)", *missing]
     return text + newline.join(block) + newline, [line.partition("=")[0] for line in missing]
+
+
+DOCTOR_HINT = (
+    "then `bgtasks doctor` serves the app once in the project's environment, with its "
+    "lifespans, and asks the status route (init found no environment to prove it in)"
+)
+
+
+def with_doctor_step(steps: Sequence[str]) -> list[str]:
+    """The steps, the one before the processes start (install and settings are done by
+    then) saying that `bgtasks doctor` proves the app serves: init had no environment of
+    the project's to serve it in. Only the comment changes: no command is added."""
+    lines = list(steps)
+    at = next((i for i, line in enumerate(lines) if line.startswith("bgtasks dev ")), len(lines))
+    if at == 0:
+        return lines
+    command, hash_, why = lines[at - 1].partition("  # ")
+    lines[at - 1] = f"{command}  # {why}; {DOCTOR_HINT}" if hash_ else f"{command}  # {DOCTOR_HINT}"
+    return lines

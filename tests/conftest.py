@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import sys
 import types
@@ -11,6 +12,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
+
+# `init` resolves the dependencies with pip against the package index; the suite runs
+# without it, except where a test sets the timeout itself (tests/test_resolve.py,
+# tests/e2e/test_init_proves_e2e.py)
+os.environ.setdefault("BGTASKS_RESOLVE_TIMEOUT", "0")
 
 # the snapshot trees hold scaffolded projects' own test files: data here, not tests
 collect_ignore = ["snapshots"]
