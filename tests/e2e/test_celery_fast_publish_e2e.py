@@ -311,3 +311,72 @@ def test_shutdown_closes_the_fast_path_connections(stack: Stack, tmp_path: Path)
     assert counts["before"] == 0, counts
     assert counts["during"] >= 1, counts
     assert counts["after"] == 0, counts
+
+
+# Wraps Task.apply_async the way a tracing integration does (sentry-sdk's Celery
+# integration adds sentry-trace and baggage headers this way), then queues several
+# messages of one task through fast_publish: each must carry the header the wrapper
+# made for it, not a copy of the first message's.
+WRAPPED = """
+import asyncio, functools, json, logging, sys, uuid
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+from celery.app.task import Task
+from app.tasks import fast_publish, tasks
+
+added = {}
+original = Task.apply_async
+
+@functools.wraps(original)
+def apply_async(self, *args, **kwargs):
+    trace = uuid.uuid4().hex
+    kwargs["headers"] = {**(kwargs.get("headers") or {}), "e2e-trace": trace}
+    result = original(self, *args, **kwargs)
+    added[result.id] = trace
+    return result
+
+Task.apply_async = apply_async
+
+async def main():
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    for n, task_id in enumerate(ids, 1):
+        await fast_publish.enqueue(
+            tasks.process_order, {"order_id": n}, task_id=task_id, ttl=600
+        )
+    await fast_publish.aclose()
+    print(json.dumps({"ids": ids, "added": added}))
+
+asyncio.run(main())
+"""
+
+
+def test_each_message_carries_the_headers_a_wrapper_added_for_it(
+    stack: Stack, tmp_path: Path
+) -> None:
+    with redis_server(tmp_path) as url:
+        env = {**stack.env, "CELERY_BROKER_URL": f"{url}/0", "CELERY_RESULT_BACKEND": f"{url}/1"}
+        result = subprocess.run(
+            [str(stack.python), "-c", WRAPPED],
+            cwd=stack.project,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        sent = json.loads(result.stdout.splitlines()[-1])
+        raw = subprocess.run(
+            ["redis-cli", "-u", f"{url}/0", "--raw", "LRANGE", "celery", "0", "-1"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.splitlines()
+    headers = {h["id"]: h for h in (json.loads(line)["headers"] for line in raw)}
+    assert sorted(headers) == sorted(sent["ids"]), (raw, sent)
+    # the wrapper ran for every message, and each carries its own trace
+    assert sorted(sent["added"]) == sorted(sent["ids"]), sent
+    for task_id, trace in sent["added"].items():
+        assert headers[task_id].get("e2e-trace") == trace, (task_id, headers[task_id])
+    assert len({h.get("e2e-trace") for h in headers.values()}) == len(sent["ids"])
+    warnings = [line for line in result.stderr.splitlines() if "steps aside" in line]
+    assert len(warnings) == 1 and "Task.apply_async is wrapped" in warnings[0], result.stderr

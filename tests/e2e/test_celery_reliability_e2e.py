@@ -15,25 +15,30 @@ import re
 import signal
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
 from tests.e2e.harness import (
+    RestartableRedis,
     SmtpSink,
     add_task,
     redis_server,
+    restartable_redis,
     runner_python,
     running,
     scaffold,
     smtp_sink,
     wait_until,
 )
-from tests.e2e.test_celery_e2e import Stack, _env, _run, _serve
+from tests.e2e.test_celery_e2e import READY_STATES, Stack, _env, _run, _serve
 
 pytestmark = pytest.mark.e2e
 
@@ -270,3 +275,162 @@ def scaffold_from(source: Path, dest: Path) -> Path:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return project
+
+
+# A broker restart while tasks run: each order takes ORDER_SECONDS, a batch of them runs
+# on a prefork pool, and Redis (append-only, fsync always) is stopped and started again
+# under it, twice. Every task must end SUCCESS: redelivered if need be, never REVOKED.
+RESTART_ORDERS = 40
+RESTART_CONCURRENCY = 4
+RESTART_ORDER_SECONDS = 1.5
+RESTART_VISIBILITY_TIMEOUT = 30
+
+
+@pytest.fixture(scope="module")
+def restart_stack(workdir: Path, sink: SmtpSink) -> Iterator[tuple[Stack, RestartableRedis]]:
+    python = runner_python("celery")
+    project = scaffold("layered", workdir / "restart", "--runner", "celery")
+    config = project / "app" / "tasks" / "celery_app.py"
+    text = config.read_text()
+    formula = "VISIBILITY_TIMEOUT = 2 * TASK_TIME_LIMIT + RETRY_BACKOFF_MAX"
+    assert formula in text
+    config.write_text(text.replace(formula, f"VISIBILITY_TIMEOUT = {RESTART_VISIBILITY_TIMEOUT}"))
+    tasks = project / "app" / "tasks" / "tasks.py"
+    text = tasks.read_text()
+    assert "ORDER_SECONDS = 0.5" in text
+    tasks.write_text(
+        text.replace("ORDER_SECONDS = 0.5", f"ORDER_SECONDS = {RESTART_ORDER_SECONDS}")
+    )
+    data = workdir / "restart-redis"
+    data.mkdir()
+    logs = workdir / "restart-logs"
+    logs.mkdir()
+    with restartable_redis(data) as server:
+        env = _env(f"{server.url}/0", f"{server.url}/1", sink)
+        stack = Stack(python, project, env, logs, sink)
+        with running(_serve(stack)):
+            yield stack, server
+
+
+def _state_or_none(stack: Stack, task_id: str) -> str | None:
+    try:
+        return str(stack.status(task_id)["state"])
+    except (httpx.HTTPError, AssertionError):
+        return None  # the API answers 503 while Redis is down
+
+
+def _any_started(stack: Stack, ids: list[str]) -> bool:
+    return any(_state_or_none(stack, task_id) == "STARTED" for task_id in ids)
+
+
+def test_a_redis_restart_mid_run_loses_no_running_task(
+    restart_stack: tuple[Stack, RestartableRedis],
+) -> None:
+    stack, server = restart_stack
+    worker = stack.worker("restart", concurrency=RESTART_CONCURRENCY)
+    with running(worker):
+        ids = [stack.queue(f"/process-order/{n}") for n in range(1, RESTART_ORDERS + 1)]
+        restarts = 0
+        for batch in (ids[:10], ids[15:25]):
+            # tasks of this batch are running: pull the broker from under them
+            wait_until(partial(_any_started, stack, batch), 30, "a running task", interval=0.05)
+            time.sleep(0.3)
+            server.stop()
+            time.sleep(1.0)
+            server.start()
+            restarts += 1
+        states: dict[str, str | None] = {}
+
+        def all_done() -> bool:
+            for task_id in ids:
+                if states.get(task_id) not in READY_STATES:
+                    states[task_id] = _state_or_none(stack, task_id)
+            return all(state in READY_STATES for state in states.values())
+
+        wait_until(
+            all_done,
+            RESTART_ORDERS * RESTART_ORDER_SECONDS / RESTART_CONCURRENCY
+            + RESTART_VISIBILITY_TIMEOUT
+            + 60,
+            f"every order to finish: {states}\n{worker.log()}",
+            interval=0.5,
+        )
+        assert worker.alive(), worker.log()
+    log = worker.log()
+    revoked = [i for i, state in states.items() if state == "REVOKED"]
+    assert restarts == 2
+    assert not revoked, (f"{len(revoked)} of {len(ids)} REVOKED", revoked, log)
+    assert set(states.values()) == {"SUCCESS"}, (Counter(states.values()), states, log)
+    assert "Terminating it instead" not in log, log
+
+
+# Protocol-2 headers the worker converts (eta, expires, timelimit, retries) holding
+# what no Celery client would send. Each must be dropped, acknowledged and recorded,
+# while the same worker process goes on serving.
+HEADER_POISON: dict[str, dict[str, Any]] = {
+    "timelimit not numbers": {"timelimit": ["a", "b"]},
+    "timelimit of three": {"timelimit": [10, 5, 1]},
+    "timelimit of one": {"timelimit": [10]},
+    "timelimit not a list": {"timelimit": "soon"},
+    "timelimit negative": {"timelimit": [-1, None]},
+    "eta not a time": {"eta": "tomorrow"},
+    "eta a number": {"eta": 12},
+    "eta out of range": {"eta": "9999-12-31T23:59:59-23:00"},
+    "expires not a time": {"expires": "never"},
+    "expires a list": {"expires": [1]},
+    "retries not a number": {"retries": "many"},
+    "retries negative": {"retries": -3},
+    "task name not a string": {"task": [ORDER]},
+    "root id not a string": {"root_id": {"a": 1}},
+    "group not a string": {"group": [1]},
+}
+
+
+# Run by the celery environment's interpreter (kombu lives there): publishes one message
+# with the given headers to the generated queue, as any kombu client can.
+_PUBLISH_RAW = """
+import json, sys
+from kombu import Connection, Exchange
+with Connection(sys.argv[1], connect_timeout=5) as conn:
+    conn.Producer(serializer="json").publish(
+        [[], {"order_id": 1}, {}],
+        exchange=Exchange("celery", type="direct"),
+        routing_key="celery",
+        headers=json.loads(sys.argv[2]),
+        retry=False,
+    )
+"""
+
+
+def _publish_raw(stack: Stack, url: str, headers: dict[str, Any]) -> None:
+    _run([str(stack.python), "-c", _PUBLISH_RAW, url, json.dumps(headers)], stack.project)
+
+
+def test_poison_headers_are_dropped_and_the_worker_keeps_serving(
+    stack: Stack, redis_url: str
+) -> None:
+    broker = redis.Redis.from_url(f"{redis_url}/0")
+    results = redis.Redis.from_url(f"{redis_url}/1")
+    worker = stack.worker("poison-headers")
+    pid = worker.popen.pid
+    with running(worker):
+        for kind, bad in HEADER_POISON.items():
+            headers = {**_headers(ORDER), **bad}
+            _publish_raw(stack, f"{redis_url}/0", headers)
+            order = stack.queue("/process-order/9")
+            final = stack.final(order, timeout=30)
+            assert final["state"] == "SUCCESS", (kind, worker.log())
+            assert worker.alive() and worker.popen.pid == pid, (kind, worker.log())
+            # dropped for good: nothing waits on the queue or unacknowledged
+            assert broker.llen("celery") == 0, kind
+            assert broker.hlen("unacked") == 0, (kind, broker.hkeys("unacked"))
+            meta = results.get(f"celery-task-meta-{headers['id']}")
+            if isinstance(headers.get("task"), str):
+                # recorded, so a status request does not wait forever
+                assert meta is not None and json.loads(meta)["status"] == "FAILURE", kind
+        time.sleep(1)
+        assert worker.alive() and worker.popen.pid == pid, worker.log()
+    log = worker.log()
+    assert "Unrecoverable error" not in log, log
+    assert log.count("dropped a malformed") >= len(HEADER_POISON) - 1, log
+    assert "its timelimit" in log and "its eta" in log and "its retries" in log, log
