@@ -336,6 +336,10 @@ def test_malformed_records_are_refused() -> None:
         {**JOB_RECORD, "k": [1]},
         {**JOB_RECORD, "t": "1"},
         {**JOB_RECORD, "et": None},
+        # in range for JSON, not for arq: a datetime beyond year 9999, a try count
+        {**JOB_RECORD, "et": 10**20},
+        {**JOB_RECORD, "et": -1},
+        {**JOB_RECORD, "t": 10**30},
         {**JOB_RECORD, "s": True, "st": "now", "ft": 3},
     ]
     for record in poisoned:

@@ -3,7 +3,6 @@
 import asyncio
 import base64
 import logging
-import smtplib
 import ssl
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -327,7 +326,8 @@ class FakeSession:
 
 
 class FakeSMTP:
-    """Stands in for smtplib.SMTP: `with FakeSMTP(...) as smtp` gives a FakeSession."""
+    """Stands in for the email module's MailSession (smtplib.SMTP): `with
+    FakeSMTP(...) as smtp` gives a FakeSession."""
 
     sessions: ClassVar[list[FakeSession]] = []
 
@@ -346,7 +346,7 @@ def test_send_email_uses_a_timeout_and_verified_tls(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     FakeSMTP.sessions.clear()
-    monkeypatch.setattr(smtplib, "SMTP", FakeSMTP)
+    monkeypatch.setattr(email_module, "MailSession", FakeSMTP)
     config = get_settings()
     monkeypatch.setattr(config, "smtp_starttls", True)
     monkeypatch.setattr(config, "smtp_user", "")
@@ -366,7 +366,7 @@ def test_settings_of_other_types_are_read_as_the_mailer_needs(
 ) -> None:
     # A reused settings field may be a str: "false" must not switch STARTTLS on.
     FakeSMTP.sessions.clear()
-    monkeypatch.setattr(smtplib, "SMTP", FakeSMTP)
+    monkeypatch.setattr(email_module, "MailSession", FakeSMTP)
     config = get_settings()
     monkeypatch.setattr(config, "smtp_port", "2525")
     monkeypatch.setattr(config, "smtp_timeout", "7")

@@ -19,15 +19,27 @@ waits the same way to unregister, until its stop grace period runs out.
 
 The worker's log names each job it runs, never the job's arguments or result: those are
 addresses, message text and whatever your own jobs take (see HideJobArguments).
+
+A queue entry arq cannot take (an id that is not UTF-8, a score that is no time) or a
+job record it cannot use (serialization.py) would stop arq's loop, and the next
+worker's after it. Such an entry is logged with its reason and size and dropped (see
+drop_poison_entries); the worker goes on with the next job.
 """
 
 import datetime
 import logging
+import math
 import random
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from arq import cron, func
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings
+from arq.constants import (
+    default_queue_name,
+    in_progress_key_prefix,
+    job_key_prefix,
+    retry_key_prefix,
+)
 from arq.cron import CronJob
 from arq.worker import Function
 from redis.asyncio.retry import Retry
@@ -123,6 +135,69 @@ def resilient_redis_settings(url: str) -> RedisSettings:
     return settings
 
 
+def _unusable(member: bytes, score: float) -> str:
+    """Why arq's loop cannot take this queue entry ("" when it can)."""
+    try:
+        member.decode()
+    except UnicodeDecodeError:
+        return "job id is not UTF-8"
+    # a time in ms: arq turns it into an int, and skips a 0 forever
+    if not math.isfinite(score) or score <= 0:
+        return f"score {score!r} is not a time"
+    return ""
+
+
+async def _drop_entries(redis: ArqRedis, queue: str, entries: list[bytes]) -> None:
+    """Remove unusable entries from `queue`, with what arq keeps beside each job."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zrem(queue, *entries)
+        for member in entries:
+            pipe.delete(
+                job_key_prefix.encode() + member,
+                in_progress_key_prefix.encode() + member,
+                retry_key_prefix.encode() + member,
+            )
+        await pipe.execute()
+
+
+async def drop_poison_entries(ctx: dict[str, Any]) -> None:
+    """on_startup: the worker's queue reads skip and drop entries arq cannot take.
+
+    arq (0.28) decodes every job id it reads from the queue and turns every score into
+    an int outside any error handling: one foreign entry there stops the worker, and
+    every worker started after it. The worker's reads of its queue go through here:
+    such an entry is logged (reason, size) and removed, the others are returned.
+    """
+    redis: ArqRedis = ctx["redis"]
+    queue = redis.default_queue_name or default_queue_name
+    read = redis.zrangebyscore
+
+    async def zrangebyscore(name: Any, *args: Any, **kwargs: Any) -> Any:
+        if name != queue:
+            return await read(name, *args, **kwargs)
+        withscores = kwargs.pop("withscores", False)
+        entries = await read(name, *args, **{**kwargs, "withscores": True})
+        usable: list[Any] = []
+        poison: list[bytes] = []
+        for member, score in entries:
+            reason = _unusable(member, score)
+            if not reason:
+                usable.append((member, score) if withscores else member)
+                continue
+            poison.append(member)
+            _redis_logger.error(
+                "dropped queue entry %r (%d bytes): %s",
+                member[:40],
+                len(member),
+                reason,
+            )
+        if poison:
+            await _drop_entries(redis, queue, poison)
+        return usable
+
+    redis.zrangebyscore = zrangebyscore  # type: ignore[method-assign]
+
+
 def capped_timeout(seconds: int) -> int:
     """`seconds`, capped by the ARQ_JOB_TIMEOUT setting.
 
@@ -138,6 +213,8 @@ class WorkerSettings:
     # JSON, never pickle: the web app's pool (pool.py) uses the same pair
     job_serializer = serialize
     job_deserializer = deserialize
+    # keep it when you add your own on_startup: call it from there first
+    on_startup = drop_poison_entries
 
     # Function objects with explicit names: the names the API enqueues by.
     functions: ClassVar[list[Function]] = [

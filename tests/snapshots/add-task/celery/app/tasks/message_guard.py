@@ -13,11 +13,13 @@ out of the worker's event loop.
 """
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import InvalidTaskError
+from celery.utils.iso8601 import parse_iso8601
 from celery.worker import strategy
 from kombu.transport import redis as kombu_redis
 
@@ -33,6 +35,9 @@ def problem_with(message: Any) -> str | None:
     headers = message.headers
     if not isinstance(headers, dict) or not isinstance(headers.get("id"), str):
         return "its headers carry no task id"
+    problem = problem_with_headers(headers)
+    if problem is not None:
+        return problem
     try:
         payload = message.payload
     except Exception as exc:  # any decoding failure: the body cannot be read
@@ -48,6 +53,63 @@ def problem_with(message: Any) -> str | None:
     if embed is not None and not isinstance(embed, dict):
         return "its embed (callbacks, chain) is not an object"
     return None
+
+
+# Header fields that hold a task id or a name: the worker, the result backend and the
+# events use them as strings.
+TEXT_HEADERS = ("task", "root_id", "parent_id", "group", "shadow")
+
+
+def problem_with_headers(headers: dict[str, Any]) -> str | None:
+    """Why the worker could not use these headers, or None when it can.
+
+    The worker converts eta, expires, timelimit and retries without checking them
+    first; a bad value there raises in the worker's main process (a timelimit of
+    ["a", "b"] stops it) instead of failing one task. (A countdown is no header: the
+    client turns it into an eta before it publishes.)
+    """
+    for name in TEXT_HEADERS:
+        if headers.get(name) is not None and not isinstance(headers[name], str):
+            return f"its {name} is not a string"
+    for name in ("eta", "expires"):
+        if not _is_time(headers.get(name)):
+            return f"its {name} is not an ISO 8601 time"
+    timelimit = headers.get("timelimit")
+    if timelimit is not None and timelimit != []:
+        if not isinstance(timelimit, (list, tuple)) or len(timelimit) != 2:
+            return "its timelimit is not [hard, soft]"
+        if not all(limit is None or _is_seconds(limit) for limit in timelimit):
+            return "its timelimit holds something other than seconds"
+    retries = headers.get("retries")
+    if retries is not None and not (
+        isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0
+    ):
+        return "its retries is not a count"
+    return None
+
+
+def _is_seconds(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
+def _is_time(value: Any) -> bool:
+    if value is None:
+        return True
+    if not isinstance(value, str):
+        return False
+    try:
+        when = parse_iso8601(value)
+        # The worker converts it to the system's time zone, then to a timestamp: this
+        # fails where that would.
+        when.astimezone().timestamp()
+    except (ValueError, TypeError, OverflowError):
+        return False
+    return True
 
 
 def guarded_strategy(
@@ -83,6 +145,26 @@ def guarded_strategy(
 
 class GuardedRedisChannel(kombu_redis.Channel):
     """kombu's Redis channel, minus the crash on a queue entry that is not a message."""
+
+    def basic_consume(
+        self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any
+    ) -> Any:
+        def guarded(message: Any) -> Any:
+            headers = message.headers
+            task = headers.get("task") if isinstance(headers, dict) else None
+            if task is not None and not isinstance(task, str):
+                # Celery looks the task up by this name before any task's check runs
+                # (a list there raises in the worker's event loop).
+                logger.error(
+                    "dropped a malformed message (task id %s): "
+                    "its task is not a string",
+                    headers.get("id"),
+                )
+                message.ack()
+                return None
+            return callback(message)
+
+        return super().basic_consume(queue, no_ack, guarded, consumer_tag, **kwargs)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

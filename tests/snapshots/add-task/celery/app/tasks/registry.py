@@ -1,4 +1,5 @@
-"""Task bookkeeping in Redis: issued ids, cancel flags, liveness, the beat lock.
+"""Task bookkeeping in Redis: issued ids, cancel flags, liveness, the beat lock, and
+whether an email task's message may already have gone out.
 
 Celery reports an id it has never seen as PENDING forever, so the API records every
 id it hands out and answers 404 for the rest. A running task cannot be revoked safely
@@ -74,6 +75,30 @@ def request_cancel(task_id: str, ttl: int) -> None:
 
 def cancel_requested(task_id: str) -> bool:
     return bool(client().exists(_cancel_key(task_id)))
+
+
+def _mail_key(task_id: str) -> str:
+    return f"{KEY_PREFIX}:mail:{task_id}"
+
+
+# What became of an email task's message: MAIL_MAYBE_SENT from the moment the end of
+# its data goes to the SMTP server until the server answers, then MAIL_SENT (or no
+# record, when the server refused it).
+MAIL_MAYBE_SENT = "may-have-been-sent"
+MAIL_SENT = "sent"
+
+
+def record_mail(task_id: str, outcome: str, ttl: int) -> None:
+    client().set(_mail_key(task_id), outcome, ex=ttl)
+
+
+def mail_outcome(task_id: str) -> str | None:
+    outcome = client().get(_mail_key(task_id))
+    return outcome.decode() if isinstance(outcome, bytes) else None
+
+
+def forget_mail(task_id: str) -> None:
+    client().delete(_mail_key(task_id))
 
 
 def _alive_key(task_id: str) -> str:

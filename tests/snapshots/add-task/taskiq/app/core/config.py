@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     TASKIQ_BROKER_URL: str = "redis://localhost:6379/0"
     REDIS_URL: str = "redis://localhost:6379/0"
     TASKIQ_TASK_TIMEOUT: int = 300
+    TASKIQ_MAX_QUEUED: int = 100000
     SMTP_HOST: str = "localhost"
     SMTP_PORT: int = 587
     SMTP_USER: str = ""

@@ -8,6 +8,10 @@ progress and notice a cancel through it.
 Every email header is checked before it is written (see compose_message): a subject,
 sender or recipient that could break into a second header line fails the task with
 ValueError, whoever queued it.
+
+An email is sent at most once per task: its hand-over to the mail server is recorded in
+the task's status before the message goes, and a task whose server never answered the
+end of the message (it may have delivered it) is not sent again (DeliveryUnconfirmed).
 """
 
 import asyncio
@@ -21,7 +25,7 @@ from email.errors import MessageError
 from email.header import decode_header, make_header
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import aiosmtplib
 from pydantic import SecretStr
@@ -30,6 +34,7 @@ from taskiq import Context, TaskiqDepends
 from app.core.config import settings
 from app.tasks.taskiq_app import (
     KEEP_PENDING,
+    DeliveryUnconfirmed,
     TaskCancelled,
     TransientError,
     broker,
@@ -42,6 +47,13 @@ logger = logging.getLogger(__name__)
 
 SEND_EMAIL_MAX_TRIES = 5
 SEND_EMAIL_RETRY_DELAY = 10  # seconds before the first retry, doubled for each next
+# The wait for the server's reply to the end of a message (RFC 5321 4.5.3.2.6: 10
+# minutes; a server may scan the message before it answers). Every other SMTP reply is
+# awaited for the SMTP_TIMEOUT setting, and the task's time limit bounds them all.
+DATA_END_TIMEOUT = 600
+# The status hash field of a send_email task: "handed_over" once the message is on its
+# way to the server, "sent" once the server accepted it.
+MAIL_FIELD = "mail"
 # long_running_task: one step stands in for one unit of real async work.
 STEP_SECONDS = 0.1
 PROGRESS_WRITE_INTERVAL = 0.5  # seconds between progress writes (and cancel checks)
@@ -252,6 +264,43 @@ def build_message(to: str, subject: str, body: str) -> EmailMessage:
     return compose_message(sender, to, subject, body)
 
 
+async def _record_mail(task_id: str, state: str | None) -> None:
+    """Record how far this task's email got (see MAIL_FIELD); None: not handed over."""
+    async with redis_client() as redis:
+        if state is None:
+            await redis.hdel(status_key(task_id), MAIL_FIELD)
+        else:
+            await redis.hset(status_key(task_id), MAIL_FIELD, state)
+
+
+async def _mail_state(task_id: str) -> str:
+    """How far an earlier run of this task got with its email ("" for nowhere)."""
+    async with redis_client() as redis:
+        state = await redis.hget(status_key(task_id), MAIL_FIELD)
+    return state.decode() if isinstance(state, bytes) else str(state or "")
+
+
+class HandOverSMTP(aiosmtplib.SMTP):
+    """aiosmtplib's client that records the hand-over of the message in the task's
+    status before sending it (its DATA command), then waits DATA_END_TIMEOUT for the
+    server's reply to the end of the message."""
+
+    def __init__(self, task_id: str, **options: Any) -> None:
+        super().__init__(**options)
+        self.task_id = task_id
+        self.handed_over = False
+
+    async def data(
+        self,
+        message: str | bytes,
+        /,
+        **_options: Any,  # aiosmtplib's timeout: the end of data has its own
+    ) -> aiosmtplib.SMTPResponse:
+        await _record_mail(self.task_id, "handed_over")
+        self.handed_over = True
+        return await super().data(message, timeout=DATA_END_TIMEOUT)
+
+
 def _is_transient(exc: Exception) -> bool:
     """True for failures worth another try: the server or network may recover."""
     if isinstance(exc, aiosmtplib.SMTPResponseException):
@@ -282,7 +331,8 @@ def _without_reply_text(exc: Exception) -> Exception:
 
 @broker.task(
     task_name="send_email",
-    timeout=capped_timeout(60),
+    # room for the reply to the end of the message (see DATA_END_TIMEOUT)
+    timeout=capped_timeout(DATA_END_TIMEOUT + 60),
     retry_on_error=True,
     max_retries=SEND_EMAIL_MAX_TRIES,
     retry_delay=SEND_EMAIL_RETRY_DELAY,
@@ -293,40 +343,72 @@ async def send_email(
     body: str,
     control: TaskControl = TASK_CONTROL,
 ) -> dict[str, str]:
-    """Send one plain-text email. Transient SMTP failures are retried with backoff."""
+    """Send one plain-text email. Transient SMTP failures are retried with backoff, as
+    long as the server never received the message: at most one copy per task."""
     config = settings
     message = build_message(to, subject, body)
+    earlier = await _mail_state(control.task_id)
+    if earlier == "sent":  # a run before this one (its worker died since)
+        logger.info("send_email task %s: sent before, not sent again", control.task_id)
+        return {"status": "sent"}
+    if earlier == "handed_over":
+        logger.warning(
+            "send_email task %s: an earlier run handed the message over without a "
+            "reply, it may have been delivered: not sent again",
+            control.task_id,
+        )
+        raise DeliveryUnconfirmed
     user = _text(config.SMTP_USER)
     implicit, starttls = _implicit_tls(config), _starttls(config)
     login = _logs_in(config, user)
     password = _text(config.SMTP_PASSWORD)
+    client = HandOverSMTP(
+        control.task_id,
+        hostname=_text(config.SMTP_HOST),
+        port=int(_number(config.SMTP_PORT)),
+        # log in only when a user is configured
+        username=user if login else None,
+        password=password if login else None,
+        use_tls=implicit,
+        start_tls=starttls,
+        # verified certificate and host name: no password for an impostor
+        tls_context=_tls_context(config) if implicit or starttls else None,
+        timeout=_number(config.SMTP_TIMEOUT),
+    )
     try:
-        await aiosmtplib.send(
-            message,
-            hostname=_text(config.SMTP_HOST),
-            port=int(_number(config.SMTP_PORT)),
-            # log in only when a user is configured
-            username=user if login else None,
-            password=password if login else None,
-            use_tls=implicit,
-            start_tls=starttls,
-            # verified certificate and host name: no password for an impostor
-            tls_context=_tls_context(config) if implicit or starttls else None,
-            timeout=_number(config.SMTP_TIMEOUT),
-        )
+        async with client:
+            await client.send_message(message)
+            await _record_mail(control.task_id, "sent")
+    except aiosmtplib.SMTPDataError as exc:
+        # the server answered the message with a refusal: it has no copy to deliver
+        await _record_mail(control.task_id, None)
+        _raise_send_failure(exc, control.task_id)
     except (aiosmtplib.SMTPException, OSError) as exc:
-        if _is_transient(exc):
+        if client.handed_over:  # no reply to the message: it may have been delivered
             logger.warning(
-                "send_email task %s failed (%s), retried with backoff",
+                "send_email task %s: no reply to the message (%s), it may have been "
+                "delivered: not sent again",
                 control.task_id,
                 type(exc).__name__,
             )
-            # the type only: the retry middleware retries TransientError alone
-            raise TransientError(type(exc).__name__) from None
-        raise _without_reply_text(exc) from None
+            raise DeliveryUnconfirmed(type(exc).__name__) from None
+        _raise_send_failure(exc, control.task_id)
     logger.info("send_email task %s: sent", control.task_id)
     # the result is kept in Redis: no address or content in it
     return {"status": "sent"}
+
+
+def _raise_send_failure(exc: Exception, task_id: str) -> NoReturn:
+    """TransientError for a failure worth another try, else EmailNotSent."""
+    if _is_transient(exc):
+        logger.warning(
+            "send_email task %s failed (%s), retried with backoff",
+            task_id,
+            type(exc).__name__,
+        )
+        # the type only: the retry middleware retries TransientError alone
+        raise TransientError(type(exc).__name__) from None
+    raise _without_reply_text(exc) from None
 
 
 @broker.task(task_name="process_data", timeout=capped_timeout(120))

@@ -9,6 +9,13 @@ shutdown.
 Never open a pool per request: each opens its own connections, so 200 concurrent
 requests would open (and leak) 200 of them. The pool is bounded too: a request waits
 briefly for a free connection instead of opening one more.
+
+An enqueue that fails before its job reached Redis raises the Redis error (the API
+answers 503: not queued). One that Redis may have received but did not confirm in time
+(a Redis that hangs, then runs what it was sent once it resumes) raises
+EnqueueOutcomeUnknown with the job id (the API answers 504, never 503): the job may be
+queued. Retrying with the same `_job_id` (the API's Idempotency-Key) never queues it
+twice.
 """
 
 import asyncio
@@ -19,6 +26,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import (
@@ -148,8 +156,57 @@ class Batches(Generic[ItemT, ResultT]):
             self._sender = None
 
 
-# One job of a batch: its keys and arguments for ENQUEUE_SCRIPT.
-_Job = tuple[list[str], list[Any]]
+class EnqueueOutcomeUnknown(RedisError):
+    """Redis may have received the job but did not confirm it: it may be queued.
+
+    A Redis that stops answering (paused, overloaded, a network that holds packets)
+    still runs what it was sent once it resumes, after the client gave up. Retry with
+    the same job id (an Idempotency-Key) to be sure: an existing id is never queued
+    twice.
+    """
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"enqueue of job {job_id} not confirmed")
+        self.job_id = job_id
+
+
+@dataclass(eq=False)
+class _Handover:
+    """Where a job of a batch stands. `started`: its batch got a connection to Redis,
+    from then on the job may run. `abandoned`: its caller gave up first (and answered
+    "not queued"), so its batch must never be sent. Both are set by synchronous code
+    on one event loop: exactly one of them is ever true."""
+
+    started: bool = False
+    abandoned: bool = False
+
+
+# The handovers of the batch being sent, in the task that sends it.
+_SENDING: ContextVar[tuple[_Handover, ...]] = ContextVar("_SENDING", default=())
+
+
+class EnqueuePool(BlockingConnectionPool):
+    """A BlockingConnectionPool that hands the batch being sent over to Redis once it
+    holds a connected connection. A failure before that (no free connection, Redis
+    refusing connections or not answering while one is set up) means nothing reached
+    Redis. A batch one of whose callers gave up meanwhile is not sent at all: that
+    caller has answered "not queued"."""
+
+    async def get_connection(
+        self, command_name: Any = None, *keys: Any, **options: Any
+    ) -> Any:
+        connection = await super().get_connection(command_name, *keys, **options)
+        batch = _SENDING.get()
+        if any(handover.abandoned for handover in batch):
+            await self.release(connection)
+            raise RedisTimeoutError("enqueue given up before it was sent")
+        for handover in batch:
+            handover.started = True
+        return connection
+
+
+# One job of a batch: its keys and arguments for ENQUEUE_SCRIPT, and its handover.
+_Job = tuple[list[str], list[Any], _Handover]
 
 
 class QueueClient(ArqRedis):
@@ -168,9 +225,13 @@ class QueueClient(ArqRedis):
         )
 
     async def _enqueue_batch(self, jobs: list[_Job]) -> list[int]:
-        keys = [key for job_keys, _ in jobs for key in job_keys]
-        args = [arg for _, job_args in jobs for arg in job_args]
-        created = await self._enqueue_script(keys=keys, args=args)
+        keys = [key for job_keys, _, _ in jobs for key in job_keys]
+        args = [arg for _, job_args, _ in jobs for arg in job_args]
+        sending = _SENDING.set(tuple(handover for _, _, handover in jobs))
+        try:
+            created = await self._enqueue_script(keys=keys, args=args)
+        finally:
+            _SENDING.reset(sending)
         return [int(flag) for flag in created]
 
     async def enqueue_job(
@@ -205,12 +266,26 @@ class QueueClient(ArqRedis):
             serializer=self.job_serializer,
         )
         keys = [job_key_prefix + job_id, result_key_prefix + job_id, queue_name]
+        handover = _Handover()
         try:
             async with asyncio.timeout(ENQUEUE_TIMEOUT):
                 job_args = [expires_ms, job, score, job_id]
-                created = await self._batches.submit((keys, job_args))
+                created = await self._batches.submit((keys, job_args, handover))
         except TimeoutError as exc:
+            if handover.started:
+                raise EnqueueOutcomeUnknown(job_id) from exc
+            handover.abandoned = True  # its batch, still connecting, is never sent
             raise RedisTimeoutError(f"enqueue of job {job_id} timed out") from exc
+        except RedisError as exc:
+            # sent, then no answer: an error reply, a timeout or a lost connection
+            # cannot tell whether the script ran
+            if handover.started:
+                raise EnqueueOutcomeUnknown(job_id) from exc
+            raise
+        except BaseException:
+            # cancelled (the client went away): nobody was told it is queued
+            handover.abandoned = not handover.started
+            raise
         if not created:
             return None
         return Job(
@@ -220,7 +295,7 @@ class QueueClient(ArqRedis):
 
 def create_queue() -> ArqRedis:
     """A QueueClient on a bounded connection pool, with the JSON serializers."""
-    connections = BlockingConnectionPool.from_url(
+    connections = EnqueuePool.from_url(
         str(settings.REDIS_URL),
         max_connections=MAX_CONNECTIONS,
         timeout=POOL_TIMEOUT,
@@ -367,11 +442,30 @@ async def get_task_queue(request: Request) -> ArqRedis:
 TaskQueue = Annotated[ArqRedis, Depends(get_task_queue)]
 
 
+# the body of a 504: the job may be queued (see EnqueueOutcomeUnknown)
+UNCONFIRMED_MESSAGE = (
+    "the task queue did not confirm in time: the job may be queued; retry with the "
+    "same Idempotency-Key (never queued twice) or read its status"
+)
+
+
 @contextlib.contextmanager
 def queue_errors_as_503() -> Iterator[None]:
-    """Turn a Redis outage into 503 for the client (and one log line), not a 500."""
+    """Turn a Redis outage into 503 for the client (and one log line), not a 500.
+
+    503 means not queued. An enqueue Redis may have run without confirming it is
+    504, with the job id (its outcome is unknown, see EnqueueOutcomeUnknown).
+    """
     try:
         yield
+    except EnqueueOutcomeUnknown as exc:
+        logger.warning("job %s: enqueue not confirmed by Redis", exc.job_id)
+        detail = {
+            "message": UNCONFIRMED_MESSAGE,
+            "job_id": exc.job_id,
+            "outcome": "unknown",
+        }
+        raise HTTPException(status_code=504, detail=detail) from None
     except RedisError as exc:
         logger.warning("task queue unavailable: %s", type(exc).__name__)
         raise HTTPException(status_code=503, detail="task queue unavailable") from None

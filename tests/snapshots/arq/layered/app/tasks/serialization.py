@@ -11,13 +11,18 @@ Job.result_info() and use error_kind() below instead.
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+logger = logging.getLogger(__name__)
+
 ERROR_KEY = "__error__"
+# arq_tasks.EmailMayHaveBeenSent, by name: this module never imports the tasks
+MAY_HAVE_BEEN_SENT = "EmailMayHaveBeenSent"
 
 
 def _encode(value: object) -> object:
@@ -45,41 +50,74 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# A time in ms since 1970 that arq can turn into a datetime: from 1970 up to the
+# year 3000 (10**20 ms would raise inside arq's loop and stop the worker).
+MAX_TIME_MS = 32_503_680_000_000
+# A job's try count: arq compares and stores it, a small number in any real job.
+MAX_JOB_TRY = 2**31
+
+
+def _is_time(value: object) -> bool:
+    return _is_int(value) and isinstance(value, int) and 0 <= value <= MAX_TIME_MS
+
+
+def _is_try(value: object) -> bool:
+    if value is None:  # what enqueue_job stores for a new job
+        return True
+    return _is_int(value) and isinstance(value, int) and 0 <= value <= MAX_JOB_TRY
+
+
 # The fields arq reads from every record, and what each must be. arq trusts them: a
-# job try or enqueue time that is not a number, or a function name that is not a
-# string, raises inside the worker's own loop and stops the worker (and the next one
-# that picks the job up, once its in-progress lock expires).
+# job try or enqueue time that is not a number (or one out of range), or a function
+# name that is not a string, raises inside the worker's own loop and stops the worker
+# (and the next one that picks the job up, once its in-progress lock expires).
 _RECORD_FIELDS: dict[str, Callable[[object], bool]] = {
     "f": lambda value: isinstance(value, str),
     "a": lambda value: isinstance(value, list),
     "k": lambda value: isinstance(value, dict),
-    "t": lambda value: value is None or _is_int(value),
-    "et": _is_int,
+    "t": _is_try,
+    "et": _is_time,
 }
 # and those of a result record ("s" marks one)
 _RESULT_FIELDS: dict[str, Callable[[object], bool]] = {
     "s": lambda value: isinstance(value, bool),
-    "st": _is_int,
-    "ft": _is_int,
+    "st": _is_time,
+    "ft": _is_time,
 }
+
+
+class RecordRefused(ValueError):
+    """A record arq could not use; says why, never what the record holds."""
+
+
+def _refuse(raw: bytes, reason: str) -> RecordRefused:
+    # the size, not the content: a record holds a job's arguments
+    logger.error("refused an arq record (%d bytes): %s", len(raw), reason)
+    return RecordRefused(reason)
 
 
 def deserialize(raw: bytes) -> dict[str, Any]:
     """arq job_deserializer: a JSON object with the fields arq expects, or an error.
 
-    Refuses an old pickle, a record that is not JSON, and one with a missing or
-    mistyped field. arq turns any error into DeserializationError: the worker
-    logs it, records the job as failed and drops it, and goes on with the next job.
+    Refuses an old pickle, a record that is not JSON, and one with a missing,
+    mistyped or out-of-range field, and logs why (with the record's size). arq turns
+    any error into DeserializationError: the worker logs it, records the job as failed
+    and drops it, and goes on with the next job.
     """
-    data = json.loads(raw)
+    try:
+        data = json.loads(raw)
+    except ValueError:  # also not UTF-8, or digits beyond Python's limit
+        raise _refuse(raw, "not JSON") from None
+    except RecursionError:
+        raise _refuse(raw, "nested too deeply") from None
     if not isinstance(data, dict):
-        raise TypeError("an arq record must be a JSON object")
+        raise _refuse(raw, "not a JSON object")
     fields = {**_RECORD_FIELDS, **(_RESULT_FIELDS if "s" in data else {})}
     for name, valid in fields.items():
         if name not in data:
-            raise ValueError(f"arq record without its {name!r} field")
+            raise _refuse(raw, f"no {name!r} field")
         if not valid(data[name]):
-            raise ValueError(f"arq record with a malformed {name!r} field")
+            raise _refuse(raw, f"malformed or out-of-range {name!r} field")
     return data
 
 
@@ -90,4 +128,6 @@ def error_kind(result: object) -> str:
         return "aborted"
     if name == TimeoutError.__name__:
         return "timed_out"
+    if name == MAY_HAVE_BEEN_SENT:
+        return "may_have_been_sent"
     return "failed"

@@ -1,4 +1,11 @@
-"""Send email over SMTP with a timeout and a verified STARTTLS connection."""
+"""Send email over SMTP with a timeout and a verified STARTTLS connection.
+
+A message handed to the server is never sent twice: BackgroundTasks never retry, and
+the reply to the end of the data gets the 10 minutes RFC 5321 gives it (the server may
+answer only once it has delivered the message). A server that hangs up or never
+answers once it has the data may have delivered it: that is logged as such, not as a
+failure.
+"""
 
 import email.policy
 import logging
@@ -19,6 +26,11 @@ from app.core.config import settings
 # logger of the app's own prints nothing under plain `uvicorn`. This one uses
 # uvicorn's level and handlers there, and the root logger's elsewhere.
 logger = logging.getLogger(f"uvicorn.error.{__name__}")
+
+
+# RFC 5321 4.5.3.2.6: the client waits 10 minutes for the reply to the end of the data.
+# Every other command keeps the timeout setting.
+DATA_REPLY_TIMEOUT = 600.0
 
 
 class EmailNotSent(Exception):
@@ -169,13 +181,33 @@ def _logs_in(config: Any, user: str) -> bool:
     return bool(user)
 
 
-def _connect(config: Any, host: str) -> smtplib.SMTP:
+class MailSession(smtplib.SMTP):
+    """smtplib.SMTP whose DATA command waits up to DATA_REPLY_TIMEOUT for the server's
+    replies, and which says how far the message got."""
+
+    handed_over = False  # the DATA command was sent
+    accepted = False  # the server answered 250 to the end of the data
+
+    def data(self, msg: Any) -> tuple[int, bytes]:
+        self.handed_over = True
+        if self.sock is not None:
+            self.sock.settimeout(DATA_REPLY_TIMEOUT)
+        reply = super().data(msg)  # SMTPDataError unless 250
+        self.accepted = True
+        return reply
+
+
+class MailSessionTLS(MailSession, smtplib.SMTP_SSL):
+    """MailSession over TLS from the first byte (port 465)."""
+
+
+def _connect(config: Any, host: str) -> MailSession:
     port = int(_number(config.SMTP_PORT))
     timeout = _number(config.SMTP_TIMEOUT)
     if _implicit_tls(config):
         context = _tls_context(config)
-        return smtplib.SMTP_SSL(host, port, timeout=timeout, context=context)
-    return smtplib.SMTP(host, port, timeout=timeout)
+        return MailSessionTLS(host, port, timeout=timeout, context=context)
+    return MailSession(host, port, timeout=timeout)
 
 
 def build_message(to: str, subject: str, body: str) -> EmailMessage:
@@ -193,21 +225,37 @@ def send_email(to: str, subject: str, body: str) -> None:
     config = settings
     message = build_message(to, subject, body)
     user = _text(config.SMTP_USER)
+    # A timeout keeps a dead SMTP server from holding a worker thread forever.
+    smtp = _connect(config, _text(config.SMTP_HOST))
     try:
-        # A timeout keeps a dead SMTP server from holding a worker thread forever.
-        with _connect(config, _text(config.SMTP_HOST)) as smtp:
+        with smtp as session:
             if _starttls(config):
-                smtp.starttls(context=_tls_context(config))
+                session.starttls(context=_tls_context(config))
             if _logs_in(config, user):
-                smtp.login(user, _text(config.SMTP_PASSWORD))
-            smtp.send_message(message)
+                session.login(user, _text(config.SMTP_PASSWORD))
+            session.send_message(message)
+    except (smtplib.SMTPServerDisconnected, OSError) as exc:
+        if smtp.accepted:
+            pass  # the server has it; only the goodbye failed
+        elif smtp.handed_over:
+            # The server has the data and never answered: it may have delivered it.
+            # Never sent again (nothing retries a BackgroundTask).
+            logger.warning(
+                "email may have been sent (no answer once handed over, %s): %s",
+                type(exc).__name__,
+                subject,
+            )
+            return
+        else:
+            raise
     except smtplib.SMTPRecipientsRefused as exc:
         codes = sorted({code for code, _ in exc.recipients.values()})
         raise EmailNotSent(f"recipients refused ({codes})") from None
     except smtplib.SMTPAuthenticationError:
         raise  # the reply to AUTH, before any recipient was named
     except smtplib.SMTPResponseException as exc:
-        reply = f"{type(exc).__name__} (SMTP reply {exc.smtp_code})"
-        raise EmailNotSent(reply) from None
+        if not smtp.accepted:  # else only the goodbye (QUIT) was refused
+            reply = f"{type(exc).__name__} (SMTP reply {exc.smtp_code})"
+            raise EmailNotSent(reply) from None
     # The recipient and the text are personal data: log the subject only.
     logger.info("email sent: %s", subject)

@@ -4,6 +4,7 @@ Start a worker with `celery -A app.tasks.celery_app worker --loglevel=info`
 and the scheduler with `celery -A app.tasks.celery_app beat --loglevel=info`.
 """
 
+import ssl
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +23,19 @@ logger = get_task_logger(__name__)
 # str(): a reused settings field may be a pydantic URL type.
 BROKER_URL = str(settings.CELERY_BROKER_URL)
 RESULT_BACKEND_URL = str(settings.CELERY_RESULT_BACKEND)
+# rediss:// (TLS, the default of managed Redis services): the server's certificate is
+# verified against the system's certificate authorities, or the file the URL names
+# (`?ssl_ca_certs=/path/ca.pem`; URL parameters replace these). Without this, Celery's
+# Redis result backend refuses the URL and kombu would not use TLS with the
+# transport below.
+BROKER_TLS = (
+    {"ssl_cert_reqs": ssl.CERT_REQUIRED} if BROKER_URL.startswith("rediss://") else None
+)
+RESULT_BACKEND_TLS = (
+    {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if RESULT_BACKEND_URL.startswith("rediss://")
+    else None
+)
 
 # Time limits apply to every task. The soft limit raises SoftTimeLimitExceeded inside
 # the task so it can clean up; the hard limit kills the pool process.
@@ -52,6 +66,10 @@ SOFT_SHUTDOWN_TIMEOUT = 30
 # Retry countdowns are ETA messages a worker holds beside its prefetch of one: at most
 # this many per worker, so one worker cannot sit on a backlog of delayed retries.
 WORKER_ETA_TASK_LIMIT = 20
+
+# A worker retries a result it could not store (Redis restarting) this many times,
+# about 30 s in all, before the task is reported FAILURE.
+RESULT_WRITE_RETRIES = 30
 
 # Bounded socket timeouts: without them a publish to a broker that vanished without
 # closing the TCP connection waits forever (and so does the HTTP request behind it).
@@ -141,9 +159,14 @@ celery_app.conf.update(
     worker_deduplicate_successful_tasks=True,
     # Take one message at a time: long tasks do not hold others hostage.
     worker_prefetch_multiplier=1,
-    # On a lost broker connection, stop running tasks whose messages the broker will
-    # redeliver anyway, rather than run them twice.
-    worker_cancel_long_running_tasks_on_connection_loss=True,
+    # On a lost broker connection, let running tasks finish. Cancelling them (celery's
+    # opt-in) records RETRY in the result backend first, and that backend is usually
+    # the same Redis that just went away: the write fails, Celery then reports the
+    # killed task REVOKED ("terminated") and acknowledges its message, so it never runs
+    # again. Left running, a task acknowledges its own message when it ends; a message
+    # whose acknowledgement could not reach Redis comes back after VISIBILITY_TIMEOUT,
+    # and worker_deduplicate_successful_tasks skips it if its SUCCESS was stored.
+    worker_cancel_long_running_tasks_on_connection_loss=False,
     broker_connection_retry_on_startup=True,
     broker_connection_timeout=SOCKET_TIMEOUT,
     # Stop (SIGQUIT, or SIGTERM with REMAP_SIGTERM=SIGQUIT): wait for running tasks up
@@ -154,6 +177,7 @@ celery_app.conf.update(
     # Queue entries that are not messages are dropped instead of stopping the worker.
     broker_transport="app.tasks.message_guard:GuardedRedisTransport",
     # Celery's Redis caveat: the visibility timeout goes in all three places.
+    broker_use_ssl=BROKER_TLS,
     broker_transport_options={
         "visibility_timeout": VISIBILITY_TIMEOUT,
         "unacked_restore_interval": UNACKED_SWEEP_SECONDS,
@@ -173,7 +197,15 @@ celery_app.conf.update(
         "interval_step": 0.5,
         "interval_max": 1.0,
     },
+    redis_backend_use_ssl=RESULT_BACKEND_TLS,
     redis_socket_timeout=SOCKET_TIMEOUT,
+    # How a worker retries a result write that met a lost Redis connection (switched on
+    # in workers only, below): up to RESULT_WRITE_RETRIES times, sleeping a random
+    # 0.1 s .. 2 s in between, so a Redis restart does not turn finished tasks into
+    # FAILUREs ("Exception raised outside body").
+    result_backend_max_retries=RESULT_WRITE_RETRIES,
+    result_backend_base_sleep_between_retries_ms=100,
+    result_backend_max_sleep_between_retries_ms=2000,
     redis_socket_connect_timeout=SOCKET_TIMEOUT,
     # At most one beat sends the schedule; a second one stands by (beat_lock.py).
     beat_scheduler="app.tasks.beat_lock:SingleBeatScheduler",
@@ -192,6 +224,13 @@ celery_app.conf.update(
         },
     },
 )
+
+
+@signals.worker_init.connect
+def _retry_result_writes(**_: Any) -> None:
+    # Workers only: a task that finished while Redis restarts waits to store its
+    # result. The API keeps failing fast (503) instead of holding requests open.
+    celery_app.conf.result_backend_always_retry = True
 
 
 @signals.task_prerun.connect

@@ -12,6 +12,11 @@ is claimed in Redis first (see claim_firing): only the first claimant sends it.
 Delivery is a Redis stream with a consumer group: a task is acknowledged only once its
 result is saved, so a task whose worker died (SIGKILL, lost host) is delivered again
 after REDELIVER_AFTER seconds (the TASKIQ_TASK_TIMEOUT setting + 10).
+
+Nothing queued is ever trimmed from the stream: the backlog is bounded instead, at
+MAX_QUEUED tasks waiting or running (the TASKIQ_MAX_QUEUED setting),
+beyond which the API refuses new tasks (503 "queue full") and writes nothing. Workers
+trim only the entries every consumer group has read and acknowledged.
 Tasks therefore run at least once: keep them idempotent.
 
 Everything on the wire is JSON (taskiq's default for messages; the result backend is
@@ -20,6 +25,8 @@ set to JSON here, its own default is pickle).
 
 import asyncio
 import gc
+import hashlib
+import json
 import logging
 import random
 import time
@@ -32,6 +39,7 @@ from typing import Any, Generic, TypeVar
 import taskiq_fastapi
 from fastapi import FastAPI
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.exceptions import ResponseError
 from taskiq import (
     AckableMessage,
     BrokerMessage,
@@ -66,7 +74,12 @@ MAX_TASK_SECONDS = max(1, int(settings.TASKIQ_TASK_TIMEOUT))
 # wait between delivery and start (a worker fetches at most FETCH_BATCH at a time).
 REDELIVER_AFTER = MAX_TASK_SECONDS + 10
 FETCH_BATCH = 10
-STREAM_MAX_LENGTH = 100_000  # delivered entries kept in the stream (oldest trimmed)
+STREAM = "bgtasks:taskiq"  # the stream the tasks are queued on
+CONSUMER_GROUP = "bgtasks"
+# Tasks waiting or running at most (the TASKIQ_MAX_QUEUED setting): beyond it the API
+# refuses new ones. The scheduler's firings (schedules, retries) are never refused.
+MAX_QUEUED = max(1, int(settings.TASKIQ_MAX_QUEUED))
+TRIM_EVERY = 10.0  # seconds between a worker's trims of acknowledged entries
 KEEP_RESULT = 3600  # seconds a finished task's result and status stay readable
 KEEP_PENDING = 7 * 86400  # seconds a queued task's status is kept while it waits
 MAX_CONNECTIONS = 20  # Redis connections per process; a caller waits for a free one
@@ -125,15 +138,109 @@ def status_key(task_id: str) -> str:
     return f"bgtasks:taskiq:task:{task_id}"
 
 
-# Marks tasks queued: KEYS their status hashes; ARGV the hashes' TTL, then each task's
-# name.
-QUEUED_SCRIPT = """
-for i = 1, #KEYS do
-    redis.call('HSET', KEYS[i], 'state', 'queued', 'task', ARGV[i + 1])
-    redis.call('EXPIRE', KEYS[i], ARGV[1])
+# The tasks waiting or running on a stream: its consumer group's lag (entries not yet
+# delivered) plus its pending entries (delivered, not acknowledged). Where Redis cannot
+# tell the lag (before 7.0, or after an XDEL), every entry the stream holds.
+BACKLOG_LUA = """
+local function backlog(stream, group)
+    if redis.call('EXISTS', stream) == 0 then
+        return 0
+    end
+    for _, info in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+        local fields = {}
+        for i = 1, #info, 2 do
+            fields[info[i]] = info[i + 1]
+        end
+        if fields['name'] == group and fields['lag'] then
+            return fields['lag'] + fields['pending']
+        end
+    end
+    return redis.call('XLEN', stream)
 end
-return #KEYS
 """
+# Marks tasks queued while the stream has room for them: KEYS the stream, then the
+# tasks' status hashes; ARGV the consumer group, MAX_QUEUED, the hashes' TTL, then each
+# task's name. Returns for each task 0 (written) or the backlog that refused it (its
+# status is not written).
+QUEUED_SCRIPT = (
+    BACKLOG_LUA
+    + """
+local waiting = backlog(KEYS[1], ARGV[1])
+local limit = tonumber(ARGV[2])
+local written = {}
+for i = 2, #KEYS do
+    if waiting >= limit then
+        written[i - 1] = waiting
+    else
+        redis.call('HSET', KEYS[i], 'state', 'queued', 'task', ARGV[i + 2])
+        redis.call('EXPIRE', KEYS[i], ARGV[3])
+        written[i - 1] = 0
+        waiting = waiting + 1
+    end
+end
+return written
+"""
+)
+# XADD of a message unless the backlog has reached the limit: KEYS the stream; ARGV the
+# consumer group, the limit (0: none), the message. Returns 0 (added) or the backlog.
+KICK_SCRIPT = (
+    BACKLOG_LUA
+    + """
+local limit = tonumber(ARGV[2])
+if limit > 0 then
+    local waiting = backlog(KEYS[1], ARGV[1])
+    if waiting >= limit then
+        return waiting
+    end
+end
+redis.call('XADD', KEYS[1], '*', 'data', ARGV[3])
+return 0
+"""
+)
+# Trims a stream's entries older than what every consumer group still needs: its
+# oldest pending entry, else its last delivered one. KEYS the stream. Returns the
+# number of entries removed. Nothing waiting or unacknowledged is ever removed.
+TRIM_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+    return 0
+end
+local function before(a, b)
+    local a_ms, a_seq = string.match(a, '(%d+)-(%d+)')
+    local b_ms, b_seq = string.match(b, '(%d+)-(%d+)')
+    if tonumber(a_ms) ~= tonumber(b_ms) then
+        return tonumber(a_ms) < tonumber(b_ms)
+    end
+    return tonumber(a_seq) < tonumber(b_seq)
+end
+local keep = false
+for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local fields = {}
+    for i = 1, #info, 2 do
+        fields[info[i]] = info[i + 1]
+    end
+    local first = fields['last-delivered-id']
+    if fields['pending'] > 0 then
+        first = redis.call('XPENDING', KEYS[1], fields['name'])[2]
+    end
+    if not keep or before(first, keep) then
+        keep = first
+    end
+end
+if not keep then
+    return 0
+end
+return redis.call('XTRIM', KEYS[1], 'MINID', keep)
+"""
+
+
+class QueueFull(Exception):
+    """The stream holds MAX_QUEUED tasks waiting or running: nothing was queued."""
+
+    def __init__(self, waiting: int) -> None:
+        super().__init__(f"queue full: {waiting} tasks waiting")
+        self.waiting = waiting
+
+
 # The longest record_queued waits, for its batch's turn and Redis's answer together.
 RECORD_TIMEOUT = SOCKET_TIMEOUT + 1.0
 
@@ -206,32 +313,37 @@ class Batches(Generic[ItemT, ResultT]):
             self._sender = None
 
 
-_queued: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Batches[Any, None]]" = (
+_queued: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Batches[Any, int]]" = (
     weakref.WeakKeyDictionary()
 )
 
 
-async def record_queued(task_id: str, task_name: str) -> None:
+async def record_queued(task_id: str, task_name: str) -> int:
     """Write the status hash of a task about to be sent (state "queued", kept
-    KEEP_PENDING seconds). Concurrent calls share one script call (Batches)."""
+    KEEP_PENDING seconds). Concurrent calls share one script call (Batches).
+
+    0 once written; with the queue full, the tasks waiting (nothing is written)."""
     loop = asyncio.get_running_loop()
     batches = _queued.get(loop)
     if batches is None:
         batches = _queued[loop] = Batches(_write_queued, RECORD_TIMEOUT)
     async with asyncio.timeout(RECORD_TIMEOUT):
-        await batches.submit((status_key(task_id), task_name))
+        return await batches.submit((status_key(task_id), task_name))
 
 
-async def _write_queued(records: list[tuple[str, str]]) -> list[None]:
+async def _write_queued(records: list[tuple[str, str]]) -> list[int]:
     async with redis_client() as redis:
-        await redis.eval(
+        written: Any = await redis.eval(
             QUEUED_SCRIPT,
-            len(records),
+            len(records) + 1,
+            STREAM,
             *(key for key, _ in records),
+            CONSUMER_GROUP,
+            MAX_QUEUED,
             KEEP_PENDING,
             *(name for _, name in records),
         )
-    return [None] * len(records)
+    return [int(waiting) for waiting in written]
 
 
 class TransientError(Exception):
@@ -245,12 +357,19 @@ class TaskCancelled(Exception):
     """The task was cancelled through the API before or while it ran."""
 
 
+class DeliveryUnconfirmed(Exception):
+    """An email handed to the mail server that never answered: it may have been
+    delivered, so it is not sent again (at most one copy per task)."""
+
+
 def error_kind(exc: BaseException | None) -> str:
     """What a failure says to API clients: never the exception's message."""
     if isinstance(exc, TaskCancelled):
         return "cancelled"
     if isinstance(exc, TimeoutError):
         return "timed_out"
+    if isinstance(exc, DeliveryUnconfirmed):
+        return "unconfirmed"
     return "failed"
 
 
@@ -319,8 +438,9 @@ async def claim_firing(source: str, slot: str, ttl: int) -> None:
         raise ScheduledTaskCancelledError
 
 
-def _slot(task: ScheduledTask) -> tuple[str, int]:
-    """(firing id, seconds to remember it) of a scheduled task's current firing."""
+def _slot(task: ScheduledTask, entry: str) -> tuple[str, int]:
+    """(firing id, seconds to remember it) of schedule `entry`'s current firing: the
+    interval or the minute it falls in, the same in every scheduler process."""
     now = int(time.time())
     if task.interval is not None:
         every = int(
@@ -329,17 +449,27 @@ def _slot(task: ScheduledTask) -> tuple[str, int]:
             else task.interval.total_seconds()
         )
         every = max(1, every)
-        return f"{task.task_name}:every{every}:{now // every}", every * 2 + 60
+        return f"{entry}:every{every}:{now // every}", every * 2 + 60
     if task.cron is not None:
-        return f"{task.task_name}:{task.cron}:{now // 60}", 180
-    return f"once:{task.schedule_id}", KEEP_PENDING
+        return f"{entry}:{now // 60}", 180
+    return f"{entry}:once", KEEP_PENDING
+
+
+def label_entry(task: ScheduledTask) -> str:
+    """A `schedule=[...]` entry by what it sends and when: taskiq gives each a random
+    schedule_id in every process, and two entries of one task may differ only in
+    their arguments."""
+    spec: list[Any] = [task.task_name, task.cron, task.cron_offset, task.interval]
+    spec += [task.time, task.args, task.kwargs]
+    text = json.dumps(spec, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 class ClaimedLabelScheduleSource(LabelScheduleSource):
     """The `schedule=[...]` labels of the tasks, each firing sent once."""
 
     async def pre_send(self, task: ScheduledTask) -> None:
-        slot, ttl = _slot(task)
+        slot, ttl = _slot(task, label_entry(task))
         await claim_firing("label", slot, ttl)
 
 
@@ -347,7 +477,7 @@ class ClaimedTimedScheduleSource(ListRedisScheduleSource):
     """One-off schedules in Redis (the retries), each sent once."""
 
     async def pre_send(self, task: ScheduledTask) -> None:
-        slot, ttl = _slot(task)
+        slot, ttl = _slot(task, task.schedule_id)
         await claim_firing("timed", slot, ttl)
 
     async def shutdown(self) -> None:
@@ -366,20 +496,41 @@ class ReclaimingStreamBroker(RedisStreamBroker):
     """
 
     async def kick(self, message: BrokerMessage) -> None:
-        """taskiq-redis's kick (an XADD of the message) on this event loop's client
-        (see redis_client) rather than on a client built for each message."""
+        """taskiq-redis's kick (an XADD of the message, never trimming the stream) on
+        this event loop's client (see redis_client), refused with QueueFull once
+        MAX_QUEUED tasks wait; the scheduler's firings (schedules, retries of tasks
+        already accepted) are never refused."""
         queue_name = message.labels.get("queue_name") or self.queue_name
+        limit = 0 if self.is_scheduler_process else MAX_QUEUED
         async with redis_client(self.connection_pool) as redis:
-            await redis.xadd(
+            waiting: Any = await redis.eval(
+                KICK_SCRIPT,
+                1,
                 queue_name,
-                {b"data": message.message},
-                maxlen=self.maxlen,
-                approximate=self.approximate,
+                self.consumer_group_name,
+                limit,
+                message.message,
             )
+        if int(waiting):
+            raise QueueFull(int(waiting))
+
+    async def trim_acknowledged(self, redis: Redis) -> int:
+        """Remove the entries every consumer group has read and acknowledged (taskiq
+        acknowledges with XACK alone, so they would stay forever). XTRIM, not XDEL:
+        Redis still tells the group's lag afterwards (see BACKLOG_LUA)."""
+        removed: Any = await redis.eval(TRIM_SCRIPT, 1, self.queue_name)
+        return int(removed)
 
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:
+        trimmed_at = time.monotonic()
         async with Redis(connection_pool=self.connection_pool) as redis:
             while True:
+                if time.monotonic() - trimmed_at >= TRIM_EVERY:
+                    trimmed_at = time.monotonic()
+                    try:
+                        await self.trim_acknowledged(redis)
+                    except ResponseError:  # a Redis without XTRIM MINID (before 6.2)
+                        logger.warning("cannot trim the task stream", exc_info=True)
                 # redis-py types replies loosely
                 fetched: Any = await redis.xreadgroup(
                     self.consumer_group_name,
@@ -399,7 +550,7 @@ class ReclaimingStreamBroker(RedisStreamBroker):
                     count=self.unacknowledged_batch_size,
                 )
                 for entry_id, fields in claimed[1]:
-                    if fields:  # None: trimmed from the stream meanwhile
+                    if fields:  # None: removed from the stream meanwhile
                         logger.warning("taking over unacknowledged task %s", entry_id)
                         yield self.ackable_message(entry_id, fields)
 
@@ -413,15 +564,15 @@ class ReclaimingStreamBroker(RedisStreamBroker):
 
 broker = ReclaimingStreamBroker(
     BROKER_URL,
-    queue_name="bgtasks:taskiq",
-    consumer_group_name="bgtasks",
+    queue_name=STREAM,
+    consumer_group_name=CONSUMER_GROUP,
     idle_timeout=REDELIVER_AFTER * 1000,
     xread_count=FETCH_BATCH,
     # a new consumer group starts at the stream's beginning: tasks queued before any
     # worker ever ran are not skipped
     consumer_id="0",
-    # bounded, approximately: far above any backlog a healthy deployment has
-    maxlen=STREAM_MAX_LENGTH,
+    # no MAXLEN: a trim would delete tasks still waiting (see MAX_QUEUED)
+    maxlen=None,
     **{**_redis_options, "socket_timeout": None},  # reads block for xread_block ms
 ).with_result_backend(
     RedisAsyncResultBackend(

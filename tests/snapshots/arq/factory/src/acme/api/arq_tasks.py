@@ -8,6 +8,12 @@ same request from the same caller answers 200 with the existing job's id and sta
 another job, and the job id is a keyed hash, never the key itself (see idempotency.py).
 Without the header, every request enqueues a new job.
 
+503 means the job was not queued: send the request again. 504 means Redis may have
+received the job without confirming it (it hung, and runs what it was sent once it
+resumes): the body names the job id with `"outcome": "unknown"`. The same request with
+the same Idempotency-Key is then safe, it never queues a second job; without a key, a
+retry may run the work twice.
+
 Who may call these routes is decided by `authorize_task_access` below, the one place to
 edit: as generated, callers send `Authorization: Bearer <token>`, the token being the
 value of
@@ -358,6 +364,16 @@ class JobAccepted(BaseModel):
     duplicate: bool = False
 
 
+class UnconfirmedJob(BaseModel):
+    message: str
+    job_id: str
+    outcome: str  # "unknown": queued or not
+
+
+class Unconfirmed(BaseModel):
+    detail: UnconfirmedJob
+
+
 class Progress(BaseModel):
     current: int
     total: int
@@ -369,7 +385,8 @@ class JobStatusResponse(BaseModel):
     status: str  # deferred | queued | in_progress | complete
     success: bool | None = None
     result: Any = None  # only when the job succeeded
-    error: str | None = None  # aborted | timed_out | failed, never the raw exception
+    # aborted | timed_out | may_have_been_sent | failed, never the raw exception
+    error: str | None = None
     tries: int | None = None
     progress: Progress | None = None  # while a long job runs
 
@@ -378,6 +395,12 @@ class JobStatusResponse(BaseModel):
 DUPLICATE: dict[str, Any] = {
     "model": JobAccepted,
     "description": "Already queued with this Idempotency-Key: that job",
+}
+# Redis did not confirm the enqueue (503 means not queued, this may be queued)
+UNCONFIRMED: dict[str, Any] = {
+    "model": Unconfirmed,
+    "description": "Not confirmed in time: the job may be queued. Retrying with the "
+    "same Idempotency-Key never queues it twice",
 }
 
 
@@ -436,7 +459,7 @@ async def _enqueue(
     status_code=202,
     summary="Queue an email",
     dependencies=[Depends(limit_email_rate)],
-    responses={200: DUPLICATE, **errors(413, 415, 429, 503)},
+    responses={200: DUPLICATE, 504: UNCONFIRMED, **errors(413, 415, 429, 503)},
 )
 async def queue_send_email(
     payload: EmailRequest,
@@ -459,7 +482,7 @@ async def queue_send_email(
     "/process-data",
     status_code=202,
     summary="Queue a data processing job",
-    responses={200: DUPLICATE, **errors(413, 415, 503)},
+    responses={200: DUPLICATE, 504: UNCONFIRMED, **errors(413, 415, 503)},
 )
 async def queue_process_data(
     payload: ProcessDataRequest,
@@ -481,7 +504,7 @@ async def queue_process_data(
     "/long-running",
     status_code=202,
     summary="Queue a long job that reports progress",
-    responses={200: DUPLICATE, **errors(413, 415, 503)},
+    responses={200: DUPLICATE, 504: UNCONFIRMED, **errors(413, 415, 503)},
 )
 async def queue_long_running(
     payload: LongRunningRequest,

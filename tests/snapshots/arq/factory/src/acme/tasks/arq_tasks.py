@@ -1,7 +1,8 @@
 """The arq job functions; arq_worker.WorkerSettings registers them.
 
 A job can run more than once (a retry, or a re-run after its worker died): keep each
-one safe to repeat.
+one safe to repeat. send_email is: once a message has been handed to the SMTP server
+it is never sent again by the same job (see send_email).
 
 Every email header is checked before it is written (see compose_message): a subject,
 sender or recipient that could break into a second header line fails the job with
@@ -18,6 +19,7 @@ import random
 import ssl
 import time
 import unicodedata
+from collections.abc import Awaitable, Callable
 from email.errors import MessageError
 from email.header import decode_header, make_header
 from email.message import EmailMessage
@@ -28,6 +30,7 @@ import aiosmtplib
 from arq import Retry
 from arq.constants import abort_jobs_ss, job_key_prefix
 from pydantic import SecretStr
+from redis.exceptions import RedisError
 
 from acme.core.settings import get_settings
 
@@ -38,6 +41,15 @@ SEND_EMAIL_MAX_TRIES = 5
 # half of it random, so a mail server that comes back is not hit by every job at once.
 RETRY_BASE_DELAY = 10.0
 RETRY_MAX_DELAY = 600.0
+
+# RFC 5321 4.5.3.2.6: a client waits 10 minutes for the reply to the end of a
+# message's data, which the server may send only once it has delivered or queued it.
+# Giving up sooner and retrying sends the same message again. (The job's own timeout
+# still bounds the whole job.)
+DATA_REPLY_TIMEOUT = 600.0
+# How long the record of a handed-over message is kept (seconds): longer than any
+# job's retries and re-runs last.
+MAIL_MARK_TTL = 2 * 24 * 3600
 
 # long_running_task: one step stands in for one unit of real async work.
 STEP_SECONDS = 0.1
@@ -59,6 +71,12 @@ def progress_key(job_id: str) -> str:
     return f"bgtasks:progress:{job_id}"
 
 
+def mail_mark_key(job_id: str) -> str:
+    """Redis key saying a send_email job handed its message over: "data <enqueued>"
+    before the data is sent, "sent <enqueued>" once the server accepted it."""
+    return f"bgtasks:mail-sent:{job_id}"
+
+
 class EmailNotSent(Exception):
     """The server refused the message (for good, or on the last try); says only the
     reply code.
@@ -66,6 +84,12 @@ class EmailNotSent(Exception):
     arq logs a failed job's exception and the SMTP library's own ones quote the
     server's reply, which may hold the recipient's address.
     """
+
+
+class EmailMayHaveBeenSent(Exception):
+    """The server received the message but never confirmed it (no reply in time, or
+    the connection or the worker was lost): it may have been delivered. Not retried,
+    so that nobody gets it twice; check the mail server's log."""
 
 
 # A reused settings field may be str, SecretStr, Optional[str] or a number: read each
@@ -249,46 +273,141 @@ def _without_reply_text(exc: Exception) -> Exception:
     return exc
 
 
+class MailSession(aiosmtplib.SMTP):
+    """aiosmtplib.SMTP that runs `before_data` before the DATA command, waits up to
+    DATA_REPLY_TIMEOUT for the server's replies to it (every other command keeps the
+    connection's timeout), and says how far the message got."""
+
+    def __init__(
+        self, *, before_data: Callable[[], Awaitable[None]], **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self._before_data = before_data
+        self.handed_over = False  # the DATA command was sent
+        self.accepted = False  # the server answered 250 to the end of the data
+
+    async def data(
+        self, message: str | bytes, /, **_options: Any
+    ) -> aiosmtplib.SMTPResponse:
+        # the timeout asked for (the connection's) is replaced by DATA_REPLY_TIMEOUT
+        await self._before_data()
+        self.handed_over = True
+        response = await super().data(message, timeout=DATA_REPLY_TIMEOUT)
+        self.accepted = True
+        return response
+
+
+async def _mark(ctx: dict[str, Any], state: str) -> None:
+    redis, enqueued = ctx.get("redis"), ctx.get("enqueue_time")
+    if redis is not None:  # none when called outside a worker (a test)
+        value = f"{state} {enqueued}"
+        await redis.set(mail_mark_key(ctx["job_id"]), value, ex=MAIL_MARK_TTL)
+
+
+async def _previous_state(ctx: dict[str, Any]) -> str:
+    """What an earlier try of this job did: "data", "sent" or "" (nothing)."""
+    redis = ctx.get("redis")
+    if redis is None:
+        return ""
+    stored = await redis.get(mail_mark_key(ctx["job_id"]))
+    state, _, enqueued = (stored or b"").decode(errors="replace").partition(" ")
+    # the same id, queued again once its result expired, is another job
+    return state if enqueued == str(ctx.get("enqueue_time")) else ""
+
+
 async def send_email(
     ctx: dict[str, Any], to: str, subject: str, body: str
 ) -> dict[str, str]:
-    """Send one plain-text email. Transient SMTP failures are retried with backoff."""
+    """Send one plain-text email. Transient SMTP failures are retried with backoff.
+
+    At most one copy per job: before the DATA command the job records in Redis that
+    the message is being handed over (mail_mark_key), and "sent" once the server
+    accepted it. A try that finds the record (a retry, or a re-run after a worker was
+    stopped) never sends again: "sent" is a success, a message handed over but never
+    confirmed fails with EmailMayHaveBeenSent (status error "may_have_been_sent").
+    Only a server that refuses the data with a reply (4xx is retried) clears it.
+    """
     config = get_settings()
     message = build_message(to, subject, body)
+    previous = await _previous_state(ctx)
+    if previous == "sent":
+        logger.info("send_email job %s: sent by an earlier try", ctx["job_id"])
+        return {"status": "sent"}
+    if previous:
+        logger.warning(
+            "send_email job %s: an earlier try handed the message over and got no "
+            "answer; not sending it again",
+            ctx["job_id"],
+        )
+        raise EmailMayHaveBeenSent("handed over by an earlier try, never confirmed")
     user = _text(config.smtp_user)
     implicit, starttls = _implicit_tls(config), _starttls(config)
     login = _logs_in(config, user)
     password = _text(config.smtp_password)
+
+    async def before_data() -> None:
+        await _mark(ctx, "data")
+
+    smtp = MailSession(
+        before_data=before_data,
+        hostname=_text(config.smtp_host),
+        port=int(_number(config.smtp_port)),
+        # log in only when a user is configured
+        username=user if login else None,
+        password=password if login else None,
+        use_tls=implicit,
+        start_tls=starttls,
+        # verified certificate and host name: no password for an impostor
+        tls_context=_tls_context(config) if implicit or starttls else None,
+        timeout=_number(config.smtp_timeout),
+    )
     try:
-        await aiosmtplib.send(
-            message,
-            hostname=_text(config.smtp_host),
-            port=int(_number(config.smtp_port)),
-            # log in only when a user is configured
-            username=user if login else None,
-            password=password if login else None,
-            use_tls=implicit,
-            start_tls=starttls,
-            # verified certificate and host name: no password for an impostor
-            tls_context=_tls_context(config) if implicit or starttls else None,
-            timeout=_number(config.smtp_timeout),
-        )
+        async with smtp:
+            await smtp.send_message(message)
     except (aiosmtplib.SMTPException, OSError) as exc:
-        job_try = int(ctx["job_try"])
-        if not _is_transient(exc) or job_try >= SEND_EMAIL_MAX_TRIES:
-            raise _without_reply_text(exc) from None
-        delay = retry_delay(job_try)
-        logger.warning(
-            "send_email job %s: try %d failed (%s), retrying in %.0fs",
-            ctx["job_id"],
-            job_try,
-            type(exc).__name__,
-            delay,
-        )
-        raise Retry(defer=delay) from exc
+        # a reply refusing the data says it was not taken; anything else may hide
+        # a delivery
+        refused = isinstance(exc, aiosmtplib.SMTPResponseException)
+        if smtp.accepted:
+            pass  # the server has it; only the goodbye failed
+        elif smtp.handed_over and not refused:
+            # no reply to the data, or the connection was lost: it may be delivered
+            logger.warning(
+                "send_email job %s: no answer once the message was handed over (%s); "
+                "it may have been sent, not retrying",
+                ctx["job_id"],
+                type(exc).__name__,
+            )
+            raise EmailMayHaveBeenSent(type(exc).__name__) from None
+        else:
+            await _forget_handover(ctx, smtp)
+            job_try = int(ctx["job_try"])
+            if not _is_transient(exc) or job_try >= SEND_EMAIL_MAX_TRIES:
+                raise _without_reply_text(exc) from None
+            delay = retry_delay(job_try)
+            logger.warning(
+                "send_email job %s: try %d failed (%s), retrying in %.0fs",
+                ctx["job_id"],
+                job_try,
+                type(exc).__name__,
+                delay,
+            )
+            raise Retry(defer=delay) from exc
+    try:
+        await _mark(ctx, "sent")
+    except RedisError:
+        # sent all the same; a re-run would find "data" and not send it again
+        logger.warning("send_email job %s: sent, not recorded", ctx["job_id"])
     logger.info("send_email job %s: sent", ctx["job_id"])
     # the result is kept in Redis: no address or content in it
     return {"status": "sent"}
+
+
+async def _forget_handover(ctx: dict[str, Any], smtp: MailSession) -> None:
+    """The server refused the data with a reply: nothing was delivered."""
+    redis = ctx.get("redis")
+    if smtp.handed_over and redis is not None:
+        await redis.delete(mail_mark_key(ctx["job_id"]))
 
 
 async def process_data(

@@ -15,6 +15,9 @@ issued-id record. With a Redis broker, `enqueue` does neither:
   and kombu added around it is copied. Most of apply_async's time goes
   to those additions, which never change. Not for a task whose apply_async or
   shadow_name is overridden, an ETA, or while publish signals have receivers;
+- none of this while an integration wraps Celery's or kombu's publish functions to
+  add headers of its own to each message (wrapper_in_the_way): apply_async in the
+  threadpool then runs the wrapper for each message;
 - it is written with redis.asyncio in one round trip, together with the issued-id
   record (registry.py): one Lua script does both when the broker and the result
   backend are the same Redis server (their databases may differ), else two calls.
@@ -31,10 +34,15 @@ Verified against celery 5.7.0 with kombu 5.7.0, and celery 5.6.3 with kombu 5.6.
 (tests/test_bgtasks_celery_publish.py compares what this module stores with what
 apply_async stores, field by field, and fails on any other release series). Other
 releases, other brokers (RabbitMQ), and publishes this module does not reproduce (an
-exchange other than the default direct one, a queue with an expiry, rediss://, eager
-mode, task-sent events) take the blocking path in the threadpool instead: correct
-first. Signals: before_task_publish and after_task_publish are sent while the message
-is built, just before it is written.
+exchange other than the default direct one, a queue with an expiry, eager mode,
+task-sent events) take the blocking path in the threadpool instead: correct first; the
+app says so once, at startup, in a warning with the reason. Signals: before_task_publish
+and after_task_publish are sent while the message is built, just before it is written.
+
+TLS (rediss://, or TLS options on a redis:// URL) takes the fast path too, with the
+options kombu and Celery resolved from the URL and the app's settings (broker_use_ssl,
+redis_backend_use_ssl): the same certificate checks as the blocking path, never a
+fallback to plain TCP.
 
 `aclose()` closes the current event loop's connections; `lifespan` calls it at the
 app's shutdown, and at its startup keeps the garbage collector off the objects loaded
@@ -56,8 +64,11 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, final
 
 import celery
+import celery.app.base
+import celery.app.task
 import kombu
-from celery import Task, signals
+import kombu.messaging
+from celery import Celery, Task, signals
 from fastapi import FastAPI
 from kombu import serialization
 from kombu.exceptions import OperationalError
@@ -65,9 +76,10 @@ from kombu.messaging import Producer
 from kombu.transport import redis as kombu_redis
 from kombu.utils import json as kombu_json
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.connection import SSLConnection as BlockingSSLConnection
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
@@ -138,6 +150,26 @@ _CHANNEL_METHODS = (
     "_queue_bind",
     "_size",
 )
+
+
+# The TLS options redis.asyncio's SSLConnection takes (kombu and Celery give the same
+# names to redis-py's blocking SSLConnection).
+_TLS_OPTIONS = frozenset(
+    name
+    for name in inspect.signature(SSLConnection.__init__).parameters
+    if name.startswith("ssl_")
+)
+
+
+# The functions every message goes through, with the modules that define them. An
+# integration that adds headers of its own to each message (sentry-sdk's Celery
+# integration adds sentry-trace and baggage) replaces one of them with a wrapper.
+_PUBLISH_FUNCTIONS = (
+    (Task, "apply_async", celery.app.task),
+    (Celery, "send_task", celery.app.base),
+    (Producer, "publish", kombu.messaging),
+)
+_wrappers_logged: set[str] = set()
 
 
 class Unsupported(Exception):
@@ -252,7 +284,7 @@ class _Route:
 
     @property
     def same_server(self) -> bool:
-        fields = ("host", "port", "username", "password")
+        fields = ("host", "port", "username", "password", "connection_class")
         return all(self.broker.get(f) == self.backend.get(f) for f in fields)
 
 
@@ -273,29 +305,52 @@ def _find_route() -> _Route | None:
         for c, k in VERIFIED_RELEASES
     ):
         return _blocking(f"celery {versions[0]} / kombu {versions[1]} are not verified")
+    schemes = ("redis://", "rediss://")
     broker_url = conf.broker_write_url or conf.broker_url
-    if not isinstance(broker_url, str) or not broker_url.startswith("redis://"):
-        return _blocking("the broker is not a redis:// URL")
+    if not isinstance(broker_url, str) or not broker_url.startswith(schemes):
+        return _blocking("the broker is not a redis:// or rediss:// URL")
     backend_url = str(conf.result_backend or "")
-    if not backend_url.startswith("redis://"):
-        return _blocking("the result backend is not a redis:// URL")
+    if not backend_url.startswith(schemes):
+        return _blocking("the result backend is not a redis:// or rediss:// URL")
     if conf.task_always_eager or conf.task_send_sent_event:
         return _blocking("task_always_eager or task_send_sent_event is set")
     if not isinstance(celery_app.backend, ResultBackend):
         # Celery's stock Redis backend subscribes (blocking) to every published task
         return _blocking("the result backend is not celery_app.ResultBackend")
-    transport = celery_app.connection_for_write().transport
+    connection = celery_app.connection_for_write()
+    transport = connection.transport
     channel = getattr(transport, "Channel", None)
     if not isinstance(channel, type) or not issubclass(channel, kombu_redis.Channel):
         return _blocking("the broker transport is not kombu's Redis transport")
     for name in _CHANNEL_METHODS:
         if getattr(channel, name) is not getattr(kombu_redis.Channel, name):
             return _blocking(f"the broker transport overrides Channel.{name}")
+    # TLS as kombu's channel uses it (a non-empty dict of options) ...
+    broker_tls = _tls(
+        "broker",
+        broker_url,
+        isinstance(connection.ssl, dict) and bool(connection.ssl),
+        connection.ssl,
+    )
+    # ... and as Celery's Redis backend resolved it (URL, redis_backend_use_ssl)
+    backend_params = getattr(celery_app.backend, "connparams", None) or {}
+    backend_class = backend_params.get("connection_class")
+    backend_tls = _tls(
+        "result backend",
+        backend_url,
+        isinstance(backend_class, type)
+        and issubclass(backend_class, BlockingSSLConnection),
+        {k: v for k, v in backend_params.items() if k.startswith("ssl_")},
+    )
+    for tls in (broker_tls, backend_tls):
+        if isinstance(tls, str):
+            return _blocking(tls)
+    assert isinstance(broker_tls, dict) and isinstance(backend_tls, dict)
     options = transport.client.transport_options
     return _Route(
         transport=transport,
-        broker=_server(broker_url),
-        backend=_server(backend_url),
+        broker={**_server(broker_url), **broker_tls},
+        backend={**_server(backend_url), **backend_tls},
         prefix=str(options.get("global_keyprefix", "")),
         retry_policy=dict(conf.task_publish_retry_policy or {}),
     )
@@ -307,8 +362,26 @@ def _server(url: str) -> dict[str, Any]:
     return {k: v for k, v in parse_url(url).items() if k in fields}
 
 
+def _tls(name: str, url: str, enabled: bool, options: Any) -> dict[str, Any] | str:
+    """The async client's TLS parameters ({} for plain TCP), or why it cannot
+    connect the way the blocking client does."""
+    if not enabled:
+        if url.startswith("rediss://"):
+            # the blocking client would speak plain TCP to a TLS port: not followed
+            return f"the {name} URL is rediss:// but its client has no TLS options"
+        return {}
+    unknown = sorted(set(options) - _TLS_OPTIONS)
+    if unknown:
+        return f"redis.asyncio does not take the {name} TLS option(s) {unknown}"
+    return {**options, "connection_class": SSLConnection}
+
+
 def _blocking(reason: str) -> _Route | None:
-    logger.info("tasks are published in the threadpool: %s", reason)
+    # A warning, once per process (route() keeps the answer), at the app's startup:
+    # the blocking path works, but every publish then costs a threadpool hop.
+    logger.warning(
+        "fast_publish is off, tasks are published in the threadpool: %s", reason
+    )
     return None
 
 
@@ -362,8 +435,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     shutdown, close the connections enqueue opened: left open they outlive the app
     until the process exits (each TestClient block leaves its own)."""
     del app
+    # The publish route's objects made now, not on the first request; a fallback to
+    # the blocking path is logged here, at startup.
+    if route() is not None:
+        wrapper_in_the_way()
     if FREEZE_STARTUP_OBJECTS:
-        route()  # the publish route's objects made now, not on the first request
         freeze_startup_objects()
     try:
         yield
@@ -482,11 +558,40 @@ def _template_key(task: Task, options: dict[str, Any]) -> Any:
     return key
 
 
+def wrapper_in_the_way() -> str | None:
+    """The publish function an integration wrapped, or None when all are the libraries'.
+
+    A message made from a template (_Template) would carry the headers the wrapper
+    added to the first one (one trace id for every message), and the wrapper would not
+    run for it. So while any is wrapped, every message goes through apply_async in the
+    threadpool, wrapper included; checked on each publish, since an integration may
+    be set up after the app started. Logged once per function, as a warning.
+    """
+    for owner, name, module in _PUBLISH_FUNCTIONS:
+        kind = type(celery_app) if owner is Celery else owner
+        code = getattr(getattr(kind, name, None), "__code__", None)
+        if code is not None and code.co_filename == module.__file__:
+            continue
+        where = f"{owner.__name__}.{name}"
+        if where not in _wrappers_logged:
+            _wrappers_logged.add(where)
+            logger.warning(
+                "fast_publish steps aside, tasks are published in the threadpool: "
+                "%s is wrapped (an integration adds its own headers to each message)",
+                where,
+            )
+        return where
+    return None
+
+
 def build(task: Task, kwargs: dict[str, Any], task_id: str, **options: Any) -> Built:
     """The writes kombu would send for `task.apply_async(...)`, in order, unsent."""
     found = route()
     if found is None:
         raise Unsupported("tasks are published the blocking way")
+    wrapped = wrapper_in_the_way()
+    if wrapped is not None:
+        raise Unsupported(f"{wrapped} is wrapped")
     producer = getattr(_keeping, "producer", None)
     if producer is None:
         producer = _keeping.producer = KeepingProducer(KeepingChannel(found.transport))

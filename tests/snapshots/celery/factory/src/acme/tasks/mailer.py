@@ -2,12 +2,18 @@
 
 Every header is checked before it is written (see compose_message): a subject, sender
 or recipient that could break into a second header line is refused with ValueError.
+
+Once the end of the message's data is out, the server may have taken the message:
+its answer gets DATA_END_TIMEOUT (RFC 5321 gives the server 10 minutes), and a lost
+answer is DeliveryUnknown, which the task never retries (a retry would send a second
+copy). `on_data_end` runs just before that point, so the caller can record it first.
 """
 
 import email.policy
 import smtplib
 import ssl
 import unicodedata
+from collections.abc import Callable
 from email.errors import MessageError
 from email.header import decode_header, make_header
 from email.message import EmailMessage
@@ -25,6 +31,60 @@ class TransientEmailError(Exception):
 
 class EmailRejected(Exception):
     """The server refused the message for good (a 5xx reply): not retried."""
+
+
+class DeliveryUnknown(Exception):
+    """The message's data went out, the server's answer did not come back: it may have
+    been sent. Not retried: a retry would send a second copy."""
+
+
+# How long the server may take to answer the end of a message's data. RFC 5321
+# (4.5.3.2.6) allows 10 minutes; the task's soft time limit (5 minutes) would end the
+# wait first, so this stays below it. Every other step gets the SMTP timeout setting.
+DATA_END_TIMEOUT = 4 * 60.0
+# The bytes that end a message's data (smtplib sends them with the last of the data).
+_DATA_END = b"\r\n.\r\n"
+
+
+def _noop() -> None:
+    return None
+
+
+class _DataEndWatch:
+    """Sees the end of a message's data go out: calls on_data_end just before it, then
+    gives the server DATA_END_TIMEOUT to answer. `ended`: whether it went out."""
+
+    def __init__(self, on_data_end: Callable[[], None]) -> None:
+        self.on_data_end = on_data_end
+        self.ended = False
+
+    def send(self, smtp: smtplib.SMTP, data: Any, send: Callable[[Any], None]) -> None:
+        if not (isinstance(data, bytes) and data.endswith(_DATA_END)):
+            send(data)
+            return
+        self.on_data_end()
+        self.ended = True
+        send(data)
+        if smtp.sock is not None:
+            smtp.sock.settimeout(DATA_END_TIMEOUT)
+
+
+class _SMTP(smtplib.SMTP):
+    def __init__(self, watch: _DataEndWatch, **kwargs: Any) -> None:
+        self.watch = watch
+        super().__init__(**kwargs)
+
+    def send(self, s: Any) -> None:
+        self.watch.send(self, s, super().send)
+
+
+class _SMTPS(smtplib.SMTP_SSL):
+    def __init__(self, watch: _DataEndWatch, **kwargs: Any) -> None:
+        self.watch = watch
+        super().__init__(**kwargs)
+
+    def send(self, s: Any) -> None:
+        self.watch.send(self, s, super().send)
 
 
 # A reused settings field may be str, SecretStr, Optional[str] or a number: read each
@@ -167,13 +227,27 @@ def _logs_in(config: Any, user: str) -> bool:
     return bool(user)
 
 
-def _connect(config: Any, host: str) -> smtplib.SMTP:
+def _connect(config: Any, host: str, watch: _DataEndWatch) -> smtplib.SMTP:
     port = int(_number(config.smtp_port))
     timeout = _number(config.smtp_timeout)
+    smtp: smtplib.SMTP
     if _implicit_tls(config):
-        context = _tls_context(config)
-        return smtplib.SMTP_SSL(host, port, timeout=timeout, context=context)
-    return smtplib.SMTP(host, port, timeout=timeout)
+        smtp = _SMTPS(watch, timeout=timeout, context=_tls_context(config))
+    else:
+        smtp = _SMTP(watch, timeout=timeout)
+    smtp.connect(host, port)
+    return smtp
+
+
+def _quit(smtp: smtplib.SMTP) -> None:
+    """QUIT and close after the server took the message: a failure here changes
+    nothing, so it is not raised (the task would retry a message that went out)."""
+    try:
+        if smtp.sock is not None:
+            smtp.sock.settimeout(smtp.timeout)  # back from DATA_END_TIMEOUT
+        smtp.quit()
+    except OSError:  # smtplib's errors included
+        smtp.close()
 
 
 def build_message(to: str, subject: str, body: str) -> EmailMessage:
@@ -183,12 +257,15 @@ def build_message(to: str, subject: str, body: str) -> EmailMessage:
     return compose_message(sender, to, subject, body)
 
 
-def send(to: str, subject: str, body: str) -> None:
+def send(
+    to: str, subject: str, body: str, on_data_end: Callable[[], None] = _noop
+) -> None:
     """Deliver one message.
 
     Raises ConnectionError, TimeoutError, SMTPServerDisconnected or TransientEmailError
-    for failures that may pass, anything else (EmailRejected, SMTPAuthenticationError,
-    ValueError...) for failures a retry would not fix.
+    for failures that may pass, DeliveryUnknown when the answer to the message's data
+    was lost, anything else (EmailRejected, SMTPAuthenticationError, ValueError...) for
+    failures a retry would not fix.
     """
     config = get_settings()
     host = _text(config.smtp_host)
@@ -196,14 +273,18 @@ def send(to: str, subject: str, body: str) -> None:
         raise ValueError("no SMTP host is configured")
     message = build_message(to, subject, body)
     user = _text(config.smtp_user)
+    watch = _DataEndWatch(on_data_end)
+    smtp: smtplib.SMTP | None = None
     try:
         # The timeout keeps a silent server from holding a worker process forever.
-        with _connect(config, host) as smtp:
-            if _starttls(config):
-                smtp.starttls(context=_tls_context(config))
-            if _logs_in(config, user):
-                smtp.login(user, _text(config.smtp_password))
-            smtp.send_message(message)
+        smtp = _connect(config, host, watch)
+        if _starttls(config):
+            smtp.starttls(context=_tls_context(config))
+        if _logs_in(config, user):
+            smtp.login(user, _text(config.smtp_password))
+        smtp.send_message(message)
+        sent, smtp = smtp, None
+        _quit(sent)
     except smtplib.SMTPRecipientsRefused as exc:
         codes = sorted({code for code, _ in exc.recipients.values()})
         # The addresses stay out of the error: it is logged by the worker and stored
@@ -214,7 +295,19 @@ def send(to: str, subject: str, body: str) -> None:
     except smtplib.SMTPAuthenticationError:
         raise  # the reply to AUTH, before any recipient was named
     except smtplib.SMTPResponseException as exc:
+        # An answer, also to the end of the data: the server did not take the message.
         # Only the code: the server's text may quote the addresses.
         if 400 <= exc.smtp_code < 500:
             raise TransientEmailError(f"SMTP reply {exc.smtp_code}") from None
         raise EmailRejected(f"SMTP reply {exc.smtp_code}") from None
+    except OSError as exc:  # smtplib's errors included
+        if watch.ended:
+            # timeout, reset or hang-up after the data went out: no answer to tell
+            raise DeliveryUnknown(
+                f"no answer to the end of the data ({type(exc).__name__}): "
+                "the message may have been sent"
+            ) from None
+        raise
+    finally:
+        if smtp is not None:
+            smtp.close()  # no QUIT: the connection failed or is in an unknown state

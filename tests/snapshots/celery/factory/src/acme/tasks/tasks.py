@@ -5,6 +5,7 @@ them idempotent. Retries cover transient errors only: a retry does not fix a bad
 address, a refused login or a bug, it only delays the failure report.
 """
 
+import contextlib
 import smtplib
 import time
 from typing import Any
@@ -12,9 +13,11 @@ from typing import Any
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
+from redis.exceptions import RedisError
 
 from acme.tasks import mailer, registry
 from acme.tasks.celery_app import (
+    RESULT_EXPIRES,
     RETRY_BACKOFF_MAX,
     WORKER_LOST_RETRY_DELAY,
     CancellableTask,
@@ -71,11 +74,51 @@ class PrivateArgumentsTask(CancellableTask):
     ignore_result=True,
 )
 def send_email(self: Task, to: str, subject: str, body: str) -> dict[str, Any]:
-    """Send one email through the configured SMTP server."""
-    mailer.send(to, subject, body)
+    """Send one email through the configured SMTP server, at most once per task id.
+
+    From the moment the end of the message's data goes out until the server answers,
+    the message may have been sent: that is recorded (registry.record_mail) first, and
+    a run that finds the record (a retry, a redelivery after a crash) sends nothing.
+    """
+    task_id = self.request.id
     attempts = self.request.retries + 1
-    # The recipient is personal data: log the task id, not the address.
-    logger.info("email of task %s sent after %d attempt(s)", self.request.id, attempts)
+    outcome = registry.mail_outcome(task_id)
+    if outcome == registry.MAIL_SENT:
+        logger.info("email of task %s was already sent; not sent again", task_id)
+        return {"sent": True, "attempts": attempts}
+    if outcome is not None:
+        raise mailer.DeliveryUnknown(
+            "an earlier attempt got no answer to the end of the data: the message "
+            "may have been sent; not sent again"
+        )
+
+    def data_ends() -> None:
+        try:
+            registry.record_mail(task_id, registry.MAIL_MAYBE_SENT, ttl=RESULT_EXPIRES)
+        except RedisError as exc:
+            # Nothing went out yet: retried later, never sent unrecorded.
+            raise mailer.TransientEmailError("could not record the delivery") from exc
+
+    try:
+        mailer.send(to, subject, body, on_data_end=data_ends)
+    except mailer.DeliveryUnknown:
+        # The recipient is personal data: log the task id, not the address.
+        logger.error(
+            "email of task %s: no answer to the end of its data, it may have been "
+            "sent; not retried",
+            task_id,
+        )
+        raise
+    except Exception:
+        # Refused by the server, or never handed over: a retry may send it.
+        with contextlib.suppress(RedisError):
+            registry.forget_mail(task_id)
+        raise
+    try:
+        registry.record_mail(task_id, registry.MAIL_SENT, ttl=RESULT_EXPIRES)
+    except RedisError:
+        logger.warning("could not record that the email of task %s was sent", task_id)
+    logger.info("email of task %s sent after %d attempt(s)", task_id, attempts)
     return {"sent": True, "attempts": attempts}
 
 

@@ -12,6 +12,11 @@ answers 200 with that task's id and status and `"duplicate": true`, instead of 2
 and a new task. The same key from another caller is another task; the task id is a
 keyed hash of caller, task and key (see scoped_task_id), never the key itself.
 
+503 means the task was not queued: send the request again. 504 means the broker may
+have received it without confirming (it hung, and runs what it was sent once it
+resumes): the body names the task id with `"outcome": "unknown"`. The same request with
+the same Idempotency-Key is then safe, it never queues a second task.
+
 Who may call these routes is decided by `authorize_task_access` in acme.tasks.auth,
 the one place to edit: as generated, callers send `Authorization: Bearer <token>` (the
 BGTASKS_API_TOKEN setting); the identity it returns scopes idempotency
@@ -49,6 +54,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import AfterValidator, BaseModel, EmailStr, Field, FiniteFloat
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
 from taskiq import AsyncTaskiqDecoratedTask
@@ -59,6 +65,7 @@ from acme.tasks.auth import Caller
 from acme.tasks.taskiq_app import (
     KEEP_PENDING,
     KEEP_RESULT,
+    QueueFull,
     broker,
     record_queued,
     redis_client,
@@ -328,7 +335,8 @@ class TaskStatus(BaseModel):
     status: str
     success: bool | None = None
     result: Any = None  # only when the task succeeded
-    error: str | None = None  # cancelled | timed_out | failed, never the exception
+    # cancelled | timed_out | unconfirmed (an email maybe delivered) | failed
+    error: str | None = None  # never the exception
     tries: int | None = None
     progress: Progress | None = None  # while a long task runs
 
@@ -337,6 +345,24 @@ class TaskStatus(BaseModel):
 DUPLICATE: dict[str, Any] = {
     "model": TaskAccepted,
     "description": "Already queued with this Idempotency-Key: that task",
+}
+
+
+class UnconfirmedTask(BaseModel):
+    message: str
+    task_id: str
+    outcome: str  # "unknown": queued or not
+
+
+class Unconfirmed(BaseModel):
+    detail: UnconfirmedTask
+
+
+# the task was sent and the broker did not confirm it in time (503: never sent)
+UNCONFIRMED: dict[str, Any] = {
+    "model": Unconfirmed,
+    "description": "Not confirmed in time: the task may be queued. Retrying with the "
+    "same Idempotency-Key never queues it twice",
 }
 
 
@@ -370,14 +396,49 @@ async def _enqueue(
                     status=record.get("state", "queued"),
                     duplicate=True,
                 )
-        await record_queued(task_id, task.task_name)
+        waiting = await record_queued(task_id, task.task_name)
+        if waiting:  # nothing written
+            if idempotency_key is not None:
+                await _release(task_id)  # the same request may try again
+            raise queue_full(waiting)
         try:
             await task.kicker().with_task_id(task_id).kiq(**kwargs)
-        except Exception:
-            if idempotency_key is not None:
-                await _release(task_id)  # not sent: the same request may try again
+        except Exception as exc:
+            if _may_have_been_sent(exc):
+                # its status and claim stay: it may run, and a retry with the same
+                # Idempotency-Key answers with this task instead of queueing another
+                raise _unconfirmed(task_id) from None
+            # not sent: no status left behind, the same request may try again
+            await _release(task_id)
+            if isinstance(exc.__cause__, QueueFull):  # filled up meanwhile
+                raise queue_full(exc.__cause__.waiting) from None
             raise
     return TaskAccepted(task_id=task_id, status="queued")
+
+
+def _may_have_been_sent(exc: BaseException) -> bool:
+    """A timeout once the message may have left (writing, or waiting for the answer):
+    the broker may run it. A connection never made sent nothing."""
+    cause = exc.__cause__ or exc
+    if isinstance(cause, RedisTimeoutError):
+        return "connecting" not in str(cause)
+    return isinstance(cause, TimeoutError)
+
+
+def _unconfirmed(task_id: str) -> HTTPException:
+    logger.warning("task %s sent but not confirmed in time", task_id)
+    detail = {
+        "message": "not confirmed in time: the task may be queued",
+        "task_id": task_id,
+        "outcome": "unknown",
+    }
+    return HTTPException(status_code=504, detail=detail)
+
+
+def queue_full(waiting: int) -> HTTPException:
+    """503 for a task refused because MAX_QUEUED tasks are waiting: nothing queued."""
+    logger.warning("task refused: %d tasks waiting", waiting)
+    return HTTPException(status_code=503, detail=f"queue full: {waiting} tasks waiting")
 
 
 async def _claim(task_id: str) -> bool:
@@ -422,7 +483,7 @@ def _str(value: object) -> str:
     status_code=202,
     dependencies=[Depends(limit_email_rate)],
     summary="Queue an email",
-    responses={200: DUPLICATE, **errors(413, 415, 429)},
+    responses={200: DUPLICATE, 504: UNCONFIRMED, **errors(413, 415, 429)},
 )
 async def queue_send_email(
     payload: EmailRequest,
@@ -445,7 +506,7 @@ async def queue_send_email(
     "/process-data",
     status_code=202,
     summary="Queue a batch of numbers to summarise",
-    responses={200: DUPLICATE, **errors(413, 415)},
+    responses={200: DUPLICATE, 504: UNCONFIRMED, **errors(413, 415)},
 )
 async def queue_process_data(
     payload: ProcessDataRequest,
@@ -467,7 +528,7 @@ async def queue_process_data(
     "/long-running",
     status_code=202,
     summary="Queue a long task that reports progress",
-    responses={200: DUPLICATE, **errors(413, 415)},
+    responses={200: DUPLICATE, 504: UNCONFIRMED, **errors(413, 415)},
 )
 async def queue_long_running(
     payload: LongRunningRequest,

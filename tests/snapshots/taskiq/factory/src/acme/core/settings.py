@@ -16,6 +16,7 @@ class Settings(AppSettings, RedisSettings):
     # Background tasks (added by bgtasks)
     taskiq_broker_url: str = "redis://localhost:6379/0"
     taskiq_task_timeout: int = 300
+    taskiq_max_queued: int = 100000
     smtp_port: int = 587
     smtp_user: str = ""
     smtp_password: SecretStr = SecretStr("")
