@@ -6,6 +6,7 @@ when CI=true, so CI can never go green by skipping.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -159,22 +160,32 @@ def redis_server(workdir: Path) -> Iterator[str]:
 
 @dataclass
 class SmtpSink:
-    """A real SMTP server on loopback (aiosmtpd) that keeps every message it receives."""
+    """A real SMTP server on loopback (aiosmtpd) that keeps every message it receives.
+
+    A slow server: it answers the end of a message's data after `delay` seconds, or
+    closes the connection without answering when `hang_up` (the message is kept)."""
 
     host: str = "127.0.0.1"
     port: int = 0
+    delay: float = 0.0
+    hang_up: bool = False
     messages: list[Message] = field(default_factory=list)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
         self.messages.append(message_from_bytes(envelope.original_content))
+        if self.hang_up:
+            server.transport.close()
+            return "421 closing"  # never reaches the client
+        if self.delay:
+            await asyncio.sleep(self.delay)
         return "250 OK"
 
 
 @contextlib.contextmanager
-def smtp_sink() -> Iterator[SmtpSink]:
+def smtp_sink(delay: float = 0.0, hang_up: bool = False) -> Iterator[SmtpSink]:
     from aiosmtpd.controller import Controller
 
-    sink = SmtpSink(port=free_port())
+    sink = SmtpSink(port=free_port(), delay=delay, hang_up=hang_up)
     controller = Controller(sink, hostname=sink.host, port=sink.port)
     controller.start()
     try:

@@ -10,24 +10,19 @@ and uvicorn from .venvs/celery.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from email import message_from_bytes
-from email.message import Message
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.e2e.harness import (
-    free_port,
+    SmtpSink,
     redis_server,
     runner_python,
     running,
     scaffold,
+    smtp_sink,
 )
 from tests.e2e.test_celery_e2e import Stack, _env, _serve
 
@@ -37,39 +32,6 @@ REPLY_DELAY = 12.0  # seconds before the server answers the end of the data
 SETTLE = 5.0  # seconds to wait for a copy that must never come
 
 
-@dataclass
-class SlowSink:
-    """Keeps each message, then answers the end of its data after `delay` seconds,
-    or closes the connection without answering when `hang_up`."""
-
-    host: str = "127.0.0.1"
-    port: int = 0
-    delay: float = REPLY_DELAY
-    hang_up: bool = False
-    messages: list[Message] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        self.messages.append(message_from_bytes(envelope.original_content))
-        if self.hang_up:
-            server.transport.close()
-            return "421 closing"  # never reaches the client
-        await asyncio.sleep(self.delay)
-        return "250 OK"
-
-
-@contextlib.contextmanager
-def slow_sink() -> Iterator[SlowSink]:
-    from aiosmtpd.controller import Controller
-
-    sink = SlowSink(port=free_port())
-    controller = Controller(sink, hostname=sink.host, port=sink.port)
-    controller.start()
-    try:
-        yield sink
-    finally:
-        controller.stop()
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("celery-slow-smtp")
@@ -77,18 +39,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     project = scaffold("layered", workdir / "project", "--runner", "celery")
     logs = workdir / "logs"
     logs.mkdir()
-    with redis_server(workdir) as url, slow_sink() as sink:
+    with redis_server(workdir) as url, smtp_sink(delay=REPLY_DELAY) as sink:
         stack = Stack(python, project, _env(f"{url}/0", f"{url}/1", sink), logs, sink)  # type: ignore[arg-type]
         with running(_serve(stack)):
             yield stack
 
 
-def _copies(sink: SlowSink, subject: str) -> int:
+def _copies(sink: SmtpSink, subject: str) -> int:
     return sum(1 for message in sink.messages if message["Subject"] == subject)
 
 
 def test_a_slow_reply_to_the_data_sends_one_copy(stack: Stack) -> None:
-    sink: SlowSink = stack.sink  # type: ignore[assignment]
+    sink: SmtpSink = stack.sink  # type: ignore[assignment]
     sink.delay, sink.hang_up = REPLY_DELAY, False
     worker = stack.worker("slow-reply")
     with running(worker):
@@ -100,7 +62,7 @@ def test_a_slow_reply_to_the_data_sends_one_copy(stack: Stack) -> None:
 
 
 def test_a_reply_lost_after_the_data_is_never_retried(stack: Stack, tmp_path: Path) -> None:
-    sink: SlowSink = stack.sink  # type: ignore[assignment]
+    sink: SmtpSink = stack.sink  # type: ignore[assignment]
     sink.hang_up = True
     worker = stack.worker("hang-up")
     with running(worker):

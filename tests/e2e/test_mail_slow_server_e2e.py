@@ -10,14 +10,8 @@ for a message the server accepted. arq: real redis-server, `arq` worker and uvic
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from email import message_from_bytes
-from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +20,13 @@ import pytest
 
 from tests.e2e.harness import (
     AUTH,
-    free_port,
+    SmtpSink,
     redis_server,
     runner_python,
     running,
     scaffold,
     serve_app,
+    smtp_sink,
     start_process,
     wait_until,
 )
@@ -43,42 +38,7 @@ SETTLE = 3.0  # seconds to wait for a copy that should never come
 EMAIL = {"to": "ada@example.com", "subject": "Receipt", "body": "Thanks!"}
 
 
-@dataclass
-class SlowSink:
-    """Keeps each message as soon as its data is in, then answers after `delay`
-    seconds, or closes the connection without answering when `hang_up`."""
-
-    delay: float = REPLY_DELAY
-    hang_up: bool = False
-    host: str = "127.0.0.1"
-    port: int = 0
-
-    def __post_init__(self) -> None:
-        self.messages: list[Message] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        self.messages.append(message_from_bytes(envelope.original_content))
-        if self.hang_up:
-            server.transport.close()
-            return "421 closing"  # never reaches the client
-        await asyncio.sleep(self.delay)
-        return "250 OK"
-
-
-@contextlib.contextmanager
-def slow_sink(**kwargs: Any) -> Iterator[SlowSink]:
-    from aiosmtpd.controller import Controller
-
-    sink = SlowSink(port=free_port(), **kwargs)
-    controller = Controller(sink, hostname=sink.host, port=sink.port)
-    controller.start()
-    try:
-        yield sink
-    finally:
-        controller.stop()
-
-
-def _smtp_env(sink: SlowSink) -> dict[str, str]:
+def _smtp_env(sink: SmtpSink) -> dict[str, str]:
     return {
         "SMTP_HOST": sink.host,
         "SMTP_PORT": str(sink.port),
@@ -92,7 +52,7 @@ def arq_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return scaffold("layered", tmp_path_factory.mktemp("mail-arq"), "--runner", "arq")
 
 
-def _arq_email(arq_project: Path, tmp_path: Path, sink: SlowSink) -> dict[str, Any]:
+def _arq_email(arq_project: Path, tmp_path: Path, sink: SmtpSink) -> dict[str, Any]:
     """Queue one email through the API with a worker running; its final status."""
     python = runner_python("arq")
     with redis_server(tmp_path) as url:
@@ -126,7 +86,7 @@ def _arq_email(arq_project: Path, tmp_path: Path, sink: SlowSink) -> dict[str, A
 
 
 def test_arq_slow_data_reply_is_one_email_and_a_success(arq_project: Path, tmp_path: Path) -> None:
-    with slow_sink() as sink:
+    with smtp_sink(delay=REPLY_DELAY) as sink:
         body = _arq_email(arq_project, tmp_path, sink)
         assert len(sink.messages) == 1, (len(sink.messages), body)
     assert body["success"] is True, body
@@ -136,7 +96,7 @@ def test_arq_slow_data_reply_is_one_email_and_a_success(arq_project: Path, tmp_p
 def test_arq_hang_up_after_the_data_is_one_email_that_may_have_been_sent(
     arq_project: Path, tmp_path: Path
 ) -> None:
-    with slow_sink(hang_up=True) as sink:
+    with smtp_sink(delay=REPLY_DELAY, hang_up=True) as sink:
         body = _arq_email(arq_project, tmp_path, sink)
         assert len(sink.messages) == 1, (len(sink.messages), body)
     # not retried, and not called a plain failure
@@ -145,7 +105,7 @@ def test_arq_hang_up_after_the_data_is_one_email_that_may_have_been_sent(
 
 def test_builtin_slow_data_reply_is_one_email_logged_as_sent(tmp_path: Path) -> None:
     project = scaffold("layered", tmp_path, "--runner", "builtin")
-    with slow_sink() as sink:
+    with smtp_sink(delay=REPLY_DELAY) as sink:
         env = {**_smtp_env(sink), "PYTHONPATH": str(project)}
         server, base = serve_app(
             Path(sys.executable), project, "app.main:app", tmp_path / "uvicorn.log", env
@@ -170,7 +130,7 @@ def test_builtin_hang_up_after_the_data_is_logged_as_may_have_been_sent(
     tmp_path: Path,
 ) -> None:
     project = scaffold("layered", tmp_path, "--runner", "builtin")
-    with slow_sink(hang_up=True) as sink:
+    with smtp_sink(delay=REPLY_DELAY, hang_up=True) as sink:
         env = {**_smtp_env(sink), "PYTHONPATH": str(project)}
         server, base = serve_app(
             Path(sys.executable), project, "app.main:app", tmp_path / "uvicorn.log", env
