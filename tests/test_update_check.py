@@ -17,7 +17,7 @@ from tests.conftest import REPO, invoke, tree_hashes
 
 cli = CliRunner()
 EMAIL = "app/tasks/email.py"
-TOP_LINE = '"""Send email over SMTP with a timeout and a verified STARTTLS connection."""'
+TOP_LINE = '"""Send email over SMTP with a timeout and a verified STARTTLS connection.'
 LOG_LINE = '    logger.info("email sent: %s", subject)'
 
 

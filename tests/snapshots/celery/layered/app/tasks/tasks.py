@@ -103,7 +103,7 @@ def send_email(self: Task, to: str, subject: str, body: str) -> dict[str, Any]:
         mailer.send(to, subject, body, on_data_end=data_ends)
     except mailer.DeliveryUnknown:
         # The recipient is personal data: log the task id, not the address.
-        logger.error(
+        logger.warning(
             "email of task %s: no answer to the end of its data, it may have been "
             "sent; not retried",
             task_id,

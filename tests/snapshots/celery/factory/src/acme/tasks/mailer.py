@@ -230,13 +230,13 @@ def _logs_in(config: Any, user: str) -> bool:
 def _connect(config: Any, host: str, watch: _DataEndWatch) -> smtplib.SMTP:
     port = int(_number(config.smtp_port))
     timeout = _number(config.smtp_timeout)
-    smtp: smtplib.SMTP
+    # connected by the constructor: SMTP_SSL checks the certificate against the host
+    # given there (a later connect() would leave it without a server name)
     if _implicit_tls(config):
-        smtp = _SMTPS(watch, timeout=timeout, context=_tls_context(config))
-    else:
-        smtp = _SMTP(watch, timeout=timeout)
-    smtp.connect(host, port)
-    return smtp
+        return _SMTPS(
+            watch, host=host, port=port, timeout=timeout, context=_tls_context(config)
+        )
+    return _SMTP(watch, host=host, port=port, timeout=timeout)
 
 
 def _quit(smtp: smtplib.SMTP) -> None:
