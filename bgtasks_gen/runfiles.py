@@ -163,6 +163,13 @@ def merge_compose(theirs: str, ours: str, runner: str, path: str = "compose.yaml
     )
     build = services.get(app_service, {}).get("build") if app_service else None
     image = services.get(app_service, {}).get("image") if app_service else None
+    # the added services live where the app does: its networks (to reach the project's
+    # Redis or RabbitMQ by name) and its env_file (the settings a worker reads too)
+    app_settings = services.get(app_service, {}) if app_service else {}
+    joined = {key: app_settings[key] for key in ("networks", "env_file") if key in app_settings}
+    if isinstance(joined.get("networks"), dict):
+        # the names only: the app's own addresses and aliases are not the services' to share
+        joined["networks"] = list(joined["networks"])
     additions: dict[str, Any] = {}
     for name, service in wanted.items():
         if name in ("redis", "rabbitmq") and name in hosts:
@@ -179,6 +186,12 @@ def merge_compose(theirs: str, ours: str, runner: str, path: str = "compose.yaml
                 )
                 for key, value in service.items()
             }
+        # a broker added beside the app shares its networks; its settings are not for it
+        wanted_keys = ("networks",) if name in ("redis", "rabbitmq") else tuple(joined)
+        service = {
+            **service,
+            **{k: joined[k] for k in wanted_keys if k in joined and k not in service},
+        }
         additions[new_name] = _rehost(service, hosts, services)
     if not additions:
         return merged

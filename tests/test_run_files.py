@@ -124,3 +124,34 @@ def test_a_second_runner_gets_its_own_process_names(example) -> None:  # type: i
     assert list(processes).count("web") == 1
     again = cli.invoke(app, ["init", str(project), "--runner", "celery", "--check"])
     assert again.exit_code == 0, again.output
+
+
+NETWORKED_COMPOSE = """services:
+  api:
+    build: .
+    command: uvicorn app.main:app --host 0.0.0.0
+    env_file: [.env]
+    networks:
+      backend:
+        ipv4_address: 172.28.0.10
+      public: {}
+networks:
+  backend: {}
+  public: {}
+"""
+
+
+def test_added_services_join_the_apps_networks_and_env_file(example) -> None:  # type: ignore[no-untyped-def]
+    project: Path = example("layered")
+    (project / "compose.yaml").write_text(NETWORKED_COMPOSE)
+    result = cli.invoke(app, ["init", str(project), "--runner", "celery"])
+    assert result.exit_code == 0, result.output
+    services = yaml.safe_load((project / "compose.yaml").read_text())["services"]
+    assert services["api"] == yaml.safe_load(NETWORKED_COMPOSE)["services"]["api"]
+    for name in ("worker", "beat"):
+        # the network names only: the app's own address is not shared
+        assert services[name]["networks"] == ["backend", "public"], services[name]
+        assert services[name]["env_file"] == [".env"], services[name]
+    # the Redis added beside the app is reachable on its networks; the settings are not its
+    assert services["redis"]["networks"] == ["backend", "public"]
+    assert "env_file" not in services["redis"]
