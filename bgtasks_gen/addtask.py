@@ -77,6 +77,12 @@ class Project:
     def test_file(self) -> str:
         return f"{self.layout.get('tests_dir', 'tests')}/{self.spec.test_file}"
 
+    def routes_prefix(self, router_source: str) -> str:
+        """The path the router's routes are served under: the include's prefix (recorded
+        by init), then the router's own `prefix="..."` read from its source."""
+        own = re.search(r'prefix="([^"]*)"', router_source)
+        return str(self.layout.get("api_prefix") or "") + (own.group(1) if own else "")
+
     @property
     def worker_file(self) -> str | None:
         if self.spec.worker_file is None:
@@ -489,10 +495,7 @@ def restart_hint(spec: RunnerSpec, *, scheduled: bool) -> str:
 
 def _route_url(project: Project, request: TaskRequest) -> str:
     router = read_existing(project.root, project.router_file) or ""
-    prefix = re.search(r'prefix="([^"]*)"', router)
-    # the include's prefix (recorded by init) comes before the router's own
-    served = str(project.layout.get("api_prefix") or "")
-    return f"{served}{prefix.group(1) if prefix else ''}/{'-'.join(request.name.split('_'))}"
+    return f"{project.routes_prefix(router)}/{'-'.join(request.name.split('_'))}"
 
 
 def _refuse_taken(project: Project, edits: _Edits, name: str, snippets: Mapping[str, str]) -> None:

@@ -323,11 +323,7 @@ def _routes(project: Project) -> dict[str, str]:
     module = _module(project, rel)
     if module is None:
         return {}
-    source = module.code
-    prefix_match = re.search(r'prefix="([^"]*)"', source)
-    # the include's prefix (recorded by init) comes before the router's own
-    served = str(project.layout.get("api_prefix") or "")
-    prefix = served + (prefix_match.group(1) if prefix_match else "")
+    prefix = project.routes_prefix(module.code)
     found: dict[str, str] = {}
     for statement in module.body:
         if not isinstance(statement, cst.FunctionDef):

@@ -17,7 +17,7 @@ import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -499,15 +499,16 @@ def _probe_main(raw_request: str) -> None:
     sys.stdout.write("BGTASKS-PROBE:" + json.dumps(answer) + "\n")
 
 
-def _probe_source() -> str:
-    # The probe is written here as a function (linted and type-checked with the rest)
-    # and sent as source: nothing of bgtasks needs to be importable over there.
+def script_of(main: Callable[[str], None]) -> str:
+    """`main` as a script that calls it with its first argument. A probe is written here
+    as a function (linted and type-checked with the rest) and sent as source: nothing of
+    bgtasks needs to be importable in the project's interpreter."""
     return (
         "from __future__ import annotations\n"
         "from typing import Any\n"
-        f"{inspect.getsource(_probe_main)}\n"
+        f"{inspect.getsource(main)}\n"
         "import sys\n"
-        "_probe_main(sys.argv[1])\n"
+        f"{main.__name__}(sys.argv[1])\n"
     )
 
 
@@ -520,7 +521,7 @@ def run_probe(
     timeout: float,
 ) -> dict[str, Any]:
     """Ask the project's interpreter; ProbeFailed when it cannot answer in time."""
-    command = [str(interpreter.path), "-c", _probe_source(), json.dumps(request)]
+    command = [str(interpreter.path), "-c", script_of(_probe_main), json.dumps(request)]
     try:
         result = subprocess.run(
             command,

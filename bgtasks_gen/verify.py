@@ -12,7 +12,6 @@ lifespan that fails is a failure, with its cause and the fix.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import secrets
@@ -171,17 +170,9 @@ def _serve_main(raw_request: str) -> None:
     sys.stdout.write("BGTASKS-SERVE:" + json.dumps(answer) + "\n")
 
 
-def _serve_source() -> str:
-    return (
-        "from __future__ import annotations\n"
-        "from typing import Any\n"
-        f"{inspect.getsource(_serve_main)}\n"
-        "import sys\n"
-        "_serve_main(sys.argv[1])\n"
-    )
-
-
 def _ask(request: ServeRequest, token: str) -> dict[str, Any] | Served:
+    from bgtasks_gen.project_env import script_of
+
     payload = {
         "module": request.module,
         "attribute": request.attribute,
@@ -196,7 +187,7 @@ def _ask(request: ServeRequest, token: str) -> dict[str, Any] | Served:
     env["PYTHONUNBUFFERED"] = "1"
     if request.token_env:
         env[request.token_env] = token
-    command = [request.python, "-c", _serve_source(), json.dumps(payload)]
+    command = [request.python, "-c", script_of(_serve_main), json.dumps(payload)]
     try:
         result = subprocess.run(
             command,

@@ -113,38 +113,26 @@ def served_targets(root: Path, index: ModuleIndex) -> list[ServedTarget]:
             if info.resolve(call.callee) != "uvicorn.run" or call.first_arg is None:
                 continue
             rel = path.relative_to(root).as_posix()
+            how = f"served by uvicorn.run in {rel}"
             named = TARGET.match(call.first_arg)
-            if named:
-                targets.append(
-                    ServedTarget(
-                        named.group(1),
-                        named.group(2),
-                        "factory" in call.keywords,
-                        f"served by uvicorn.run in {rel}",
-                    )
-                )
-            elif call.function and call.first_arg in _parameter_defaults(info, call.function):
+            defaults = (
+                _parameter_defaults(info, call.function) if call.function and not named else {}
+            )
+            if not named and call.first_arg in defaults:
                 # a console script: `def serve(target: str = typer.Option("pkg.app:app"))`
-                default = _parameter_defaults(info, call.function)[call.first_arg]
-                named = TARGET.match(default)
-                if named:
-                    targets.append(
-                        ServedTarget(
-                            named.group(1),
-                            named.group(2),
-                            "factory" in call.keywords,
-                            f"served by uvicorn.run in {rel} (the default of "
-                            f"{call.function}'s {call.first_arg})",
-                        )
-                    )
+                named = TARGET.match(defaults[call.first_arg])
+                how += f" (the default of {call.function}'s {call.first_arg})"
+                if not named:
+                    continue
+            if named:
+                factory = "factory" in call.keywords
+                targets.append(ServedTarget(named.group(1), named.group(2), factory, how))
             elif call.first_arg.isidentifier():
                 # uvicorn.run(app): the object this module has under that name
                 target = info.resolve(call.first_arg)
                 module, _, attr = target.rpartition(".")
                 if module:
-                    targets.append(
-                        ServedTarget(module, attr, False, f"served by uvicorn.run in {rel}")
-                    )
+                    targets.append(ServedTarget(module, attr, False, how))
     return targets
 
 
