@@ -127,9 +127,29 @@ def check_project(root: Path) -> list[Finding]:
                     "define the task again, or remove the entry",
                 )
             )
+    findings.extend(_feature_drift(project))
     if not findings:
         findings.extend(_behind_templates(project))
     return findings
+
+
+def _feature_drift(project: Project) -> list[Finding]:
+    """Files of an optional feature that no longer match the project (a queue renamed, the
+    broker changed): they are the user's to deploy, so check names them."""
+    features = project.layout.get("features", [])
+    if not isinstance(features, list) or "k8s" not in features:
+        return []
+    from bgtasks_gen.feature_files import FOLDERS
+    from bgtasks_gen.k8s import k8s_drift
+
+    return [
+        Finding(
+            problem.partition(": ")[2] or problem,
+            problem.partition(": ")[0],
+            "run `bgtasks update` to write the manifests again (your other edits are merged)",
+        )
+        for problem in k8s_drift(project, FOLDERS["k8s"])
+    ]
 
 
 def _behind_templates(project: Project) -> list[Finding]:

@@ -92,6 +92,25 @@ Json = Annotated[
     ),
 ]
 
+# kept literal (not read from features.py) so printing help imports nothing more
+WithFeatures = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--with",
+        metavar="FEATURE[,FEATURE]",
+        help="Optional parts to add (repeatable or comma-separated), kept by later runs: "
+        "k8s = Kubernetes manifests under deploy/k8s/ with KEDA autoscaling on the queue.",
+    ),
+]
+WithoutFeatures = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--without",
+        metavar="FEATURE[,FEATURE]",
+        help="Optional parts to leave out or take out (their generated files are removed).",
+    ),
+]
+
 
 if TYPE_CHECKING:
 
@@ -104,6 +123,10 @@ else:
     # metadata names them, no spec is imported
     RunnerName = StrEnum("RunnerName", {name: name for name in runner_names()})
 DEFAULT_RUNNER = RunnerName("celery")
+
+
+class ApiShape(StrEnum):
+    common = "common"
 
 
 def _complete_brokers(incomplete: str) -> list[str]:
@@ -288,6 +311,8 @@ def init(
             "(default: the project's .venv or venv).",
         ),
     ] = None,
+    with_features: WithFeatures = None,
+    without_features: WithoutFeatures = None,
     dry_run: DryRun = False,
     check: Check = False,
     force: Force = False,
@@ -328,6 +353,8 @@ def init(
             overrides=overrides,
             force=force,
             with_deps=not no_deps,
+            with_features=with_features or (),
+            without_features=without_features or (),
         )
         planned.append(plan)
         if not (proving and plan.writes):
@@ -485,6 +512,17 @@ def update(
             "render it now (repeatable). Only those files are written.",
         ),
     ] = None,
+    api_shape: Annotated[
+        ApiShape | None,
+        typer.Option(
+            "--api-shape",
+            help="Move the task router onto another HTTP surface: common = the same paths, "
+            "verbs, bodies and fields for celery, arq and taskiq (what new scaffolds get). "
+            "Clients of the old routes must move too.",
+        ),
+    ] = None,
+    with_features: WithFeatures = None,
+    without_features: WithoutFeatures = None,
     dry_run: DryRun = False,
     check: Check = False,
     as_json: Json = False,
@@ -502,7 +540,13 @@ def update(
         root,
         (lambda: plan_restore(root, restore))
         if restore
-        else lambda: plan_update(root, markers=markers),
+        else lambda: plan_update(
+            root,
+            markers=markers,
+            api_shape=api_shape.value if api_shape else None,
+            with_features=with_features or (),
+            without_features=without_features or (),
+        ),
         dry_run=dry_run,
         check=check,
         as_json=as_json,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,6 +25,9 @@ from bgtasks_gen.discovery import (
     project_index,
 )
 from bgtasks_gen.errors import BadInput, DiscoveryError
+from bgtasks_gen.feature_files import FOLDERS as FEATURE_FOLDERS
+from bgtasks_gen.feature_files import feature_files, owned_feature_files
+from bgtasks_gen.features import choose_features
 from bgtasks_gen.mypy_config import plan_mypy_override
 from bgtasks_gen.nextsteps import (
     ENV_EXAMPLE,
@@ -41,6 +44,7 @@ from bgtasks_gen.plan import (
     FileChange,
     Plan,
     check_python,
+    deleted,
     generated,
     patched,
     read_existing,
@@ -51,7 +55,13 @@ from bgtasks_gen.ruff_style import ProjectStyle
 from bgtasks_gen.runfiles import build_value
 from bgtasks_gen.runners import available_runners, call_hook, get_runner, runner_names
 from bgtasks_gen.runners.base import RunnerSpec, SettingsField, TemplateInputs
-from bgtasks_gen.state import BASE_DIR, STATE_FILE, digest, read_state, render_state
+from bgtasks_gen.state import (
+    BASE_DIR,
+    STATE_FILE,
+    digest,
+    read_state,
+    render_state,
+)
 from bgtasks_gen.template_filters import require_dotted, require_env_prefix, require_identifier
 
 FIELDS_HEADER = "Background tasks (added by bgtasks)"
@@ -339,6 +349,8 @@ def plan_init(
     merge: str | None = None,
     api_shape: str | None = None,
     own_run_file: Callable[[str, str], str] | None = None,
+    with_features: Sequence[str] = (),
+    without_features: Sequence[str] = (),
 ) -> Plan:
     """Plan `init` (merge None) or `update` (merge "refuse" or "markers": generated files
     are merged three ways with the user's edits instead of compared).
@@ -347,7 +359,9 @@ def plan_init(
     (paths, field names), so a project moved by `migrate` keeps its clients; once
     recorded in the state file, later runs keep it. `own_run_file(path, text)` is how a
     project's own Procfile or compose file reads before the runner's processes are merged
-    in (`migrate` takes out those of the runner it replaces)."""
+    in (`migrate` takes out those of the runner it replaces). The optional features
+    (features.py) are those recorded for this runner, plus `with_features`, minus
+    `without_features`."""
     spec = get_runner(runner)
     known = list(dict.fromkeys(b for s in available_runners() for b in s.brokers))
     if broker not in known:
@@ -359,6 +373,17 @@ def plan_init(
     index = project_index(root)
     present, others = present_runners(root, index)
     state = read_state(root.resolve())
+    # features carry over to every later run, a migrate's new runner included
+    recorded_layout = state.get("layout", {})
+    recorded_features = (
+        recorded_layout.get("features", []) if isinstance(recorded_layout, dict) else []
+    )
+    features = choose_features(
+        [str(name) for name in recorded_features] if isinstance(recorded_features, list) else [],
+        with_features,
+        without_features,
+        runner=spec.name,
+    )
     state_files = state.get("files", {})
     owned = set(state_files) if isinstance(state_files, dict) else set()
     _refuse_existing_runner(spec, present, owned)
@@ -415,6 +440,8 @@ def plan_init(
     fields = choose_fields(spec, layout)
     context = template_context(spec, layout, fields, broker)
     if api_shape is None and str(state.get("runner")) == spec.name:
+        # the same runner again: the surface it was scaffolded with (none recorded: the
+        # runner's own, as before the common one existed), so clients keep working
         recorded = state.get("layout", {})
         api_shape = str(recorded.get("api_shape", "")) if isinstance(recorded, dict) else ""
     context["api_shape"] = api_shape or ""
@@ -571,14 +598,22 @@ def plan_init(
     }
     if api_shape:
         state_layout["api_shape"] = api_shape
+    if features:
+        state_layout["features"] = list(features)
     # the path the router is served under, for every later command's URLs
     api_prefix = served_prefix(layout.app.include_keywords, layout.settings.field_types)
     if api_prefix:
         state_layout["api_prefix"] = api_prefix
     tasks = state.get("tasks")
-    state_text = render_state(
-        runners, state_layout, all_files, tasks if isinstance(tasks, dict) else None
-    )
+    tasks = tasks if isinstance(tasks, dict) else None
+    state_text = render_state(runners, state_layout, all_files, tasks)
+    extra = _plan_features(root, plan, state_text, features, recorded_features, state, merge)
+    if extra:
+        all_files.update({rel: digest(text) for rel, text in extra.items()})
+        state_text = render_state(runners, state_layout, all_files, tasks)
+    for rel in _dropped_feature_files(state, recorded_features, features):
+        all_files.pop(rel, None)
+        state_text = render_state(runners, state_layout, all_files, tasks)
     old_state = read_existing(root, STATE_FILE)
     if old_state is not None and _same_state(old_state, state_text):
         state_text = old_state
@@ -603,6 +638,52 @@ def plan_init(
     plan.notes.append(f"settings: {layout.settings.found_by}")
     plan.notes.append(f"app: {layout.app.served}, {layout.app.found_by}")
     return plan
+
+
+def _plan_features(
+    root: Path,
+    plan: Plan,
+    state_text: str,
+    features: Sequence[str],
+    recorded: object,
+    state: Mapping[str, object],
+    merge: str | None,
+) -> dict[str, str]:
+    """The optional features' files, as generated files (merged with the user's edits on
+    update, like the runner's), and those of a feature taken out removed."""
+    files = feature_files(root, plan.changes, state_text, features)
+    if merge is None:
+        plan.changes.extend(generated(root, rel, files[rel], force=False) for rel in sorted(files))
+    else:
+        plan.changes.extend(_merged(root, state, files, merge == "markers"))
+    for rel in sorted(files):
+        base = f"{BASE_DIR}/{rel}.base"
+        plan.changes.append(patched(root, base, read_existing(root, base) or "", files[rel]))
+    if files and "k8s" in features:
+        plan.notes.append(
+            f"k8s: a kustomize base in {FEATURE_FOLDERS['k8s']}/ (fill in secret.yaml and "
+            "autoscaler-secret.yaml, set the image, then `kubectl apply -k "
+            f"{FEATURE_FOLDERS['k8s']}`; workers scale with KEDA on the queue's own keys)"
+        )
+    for rel in _dropped_feature_files(state, recorded, features):
+        for path in (rel, f"{BASE_DIR}/{rel}.base"):
+            change = deleted(root, path, "its feature was taken out (--without)")
+            if change is not None:
+                plan.changes.append(change)
+    return files
+
+
+def _dropped_feature_files(
+    state: Mapping[str, object], recorded: object, features: Sequence[str]
+) -> list[str]:
+    had = {str(name) for name in recorded} if isinstance(recorded, list) else set()
+    owned = owned_hashes(state)
+    return [
+        rel
+        for name in sorted(had - set(features))
+        if name in FEATURE_FOLDERS
+        for rel in owned_feature_files(owned, name)
+    ]
 
 
 def _plan_mypy_override(
@@ -700,11 +781,26 @@ def _import_from(layout: ProjectLayout, importer: str, target: str) -> str:
     return dots + ".".join(parts[common:])
 
 
-def plan_update(root: Path, *, markers: bool = False, force: bool = False) -> Plan:
-    """`update`: render again with the installed templates, merge with the user's files."""
+def plan_update(
+    root: Path,
+    *,
+    markers: bool = False,
+    force: bool = False,
+    api_shape: str | None = None,
+    with_features: Sequence[str] = (),
+    without_features: Sequence[str] = (),
+) -> Plan:
+    """`update`: render again with the installed templates, merge with the user's files.
+    `api_shape` moves the router onto another surface (COMMON_API_SHAPE); features are
+    added or taken out as at init."""
     from bgtasks_gen.addtask import load_project
 
     project = load_project(root)
+    if api_shape is not None and project.spec.name == "builtin":
+        raise BadInput(
+            "--api-shape applies to the queue runners' routers (celery, arq, taskiq)",
+            "the builtin runner's routes have one shape already",
+        )
     plan = plan_init(
         project.root,
         project.spec.name,
@@ -716,6 +812,9 @@ def plan_update(root: Path, *, markers: bool = False, force: bool = False) -> Pl
         force=force,
         with_deps=False,
         merge="markers" if markers else "refuse",
+        api_shape=api_shape,
+        with_features=with_features,
+        without_features=without_features,
     )
     # the layout comes from the state file, not from an option the user gave
     plan.notes = [

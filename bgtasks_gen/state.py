@@ -37,6 +37,9 @@ MAX_FILES = 1000
 MAX_TASKS = 5000
 MAX_ARGS = 64
 BROKERS = ("redis", "rabbitmq")
+# the HTTP surface new scaffolds of every queue runner answer with (the same paths, verbs,
+# bodies and field names); a project scaffolded before it keeps its runner's own shape
+COMMON_API_SHAPE = "common"
 
 
 def _brokers() -> tuple[str, ...]:
@@ -294,14 +297,24 @@ class _StateCheck:
         if "broker" in layout and self.text("layout.broker", layout["broker"]) not in brokers:
             self.refuse("layout.broker", f"is not one of {', '.join(brokers)}")
         if "api_shape" in layout:
-            # the runner whose routes a migrated router keeps answering with
+            # "common" (one HTTP surface for every queue runner), or the runner whose
+            # own routes an older or migrated router keeps answering with
             from bgtasks_gen.runners import runner_names
 
             shape = self.text("layout.api_shape", layout["api_shape"])
-            if shape not in runner_names():
-                self.refuse("layout.api_shape", f"is {_shown(shape)}, not a runner's name")
+            if shape != COMMON_API_SHAPE and shape not in runner_names():
+                self.refuse(
+                    "layout.api_shape",
+                    f"is {_shown(shape)}, not {COMMON_API_SHAPE!r} nor a runner's name",
+                )
+        if "features" in layout:
+            from bgtasks_gen.features import FEATURES
+
+            for index, value in enumerate(self.array("layout.features", layout["features"], 32)):
+                if self.text(f"layout.features[{index}]", value) not in FEATURES:
+                    self.refuse(f"layout.features[{index}]", "is not a feature bgtasks knows")
         known = {"source_root", "tests_dir", "tasks_module", "routes_module", "settings", "app"}
-        known |= {"pydantic_v1", "legacy_typing", "broker", "api_shape"}
+        known |= {"pydantic_v1", "legacy_typing", "broker", "api_shape", "features"}
         for key, value in layout.items():
             if key not in known:
                 self.scalar(f"layout.{key}", value)

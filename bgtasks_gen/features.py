@@ -1,0 +1,59 @@
+"""Optional parts of a scaffold, chosen with `--with`/`--without` at init or update.
+
+A feature that is off writes nothing and adds no package; once on, it is recorded in the
+state file's [layout] (`features = [...]`) so later runs of update, check and migrate keep
+it without the option being repeated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from bgtasks_gen.errors import BadInput
+
+# name -> what it adds, as `--help` and errors say it
+FEATURES: dict[str, str] = {
+    "k8s": "a kustomize base under deploy/k8s/: web, worker and scheduler Deployments, "
+    "probes, a PodDisruptionBudget and KEDA autoscaling on the queue's real keys",
+}
+# features that only make sense for a runner with a worker process
+WORKER_FEATURES = frozenset({"k8s"})
+
+
+def split_names(values: Iterable[str]) -> list[str]:
+    """`--with a,b --with c` as ["a", "b", "c"]: blanks dropped, order kept, no repeats."""
+    names = [part.strip().lower() for value in values for part in value.split(",")]
+    return list(dict.fromkeys(name for name in names if name))
+
+
+def choose_features(
+    recorded: Iterable[str], add: Iterable[str], remove: Iterable[str], *, runner: str
+) -> tuple[str, ...]:
+    """The features of this run: the recorded ones, plus --with, minus --without; an
+    unknown name, or one given both ways, is refused before anything is read."""
+    adding, removing = split_names(add), split_names(remove)
+    for name in adding + removing:
+        if name not in FEATURES:
+            raise BadInput(
+                f"unknown feature {name!r}",
+                f"choose among: {', '.join(sorted(FEATURES))}",
+            )
+    both = sorted(set(adding) & set(removing))
+    if both:
+        raise BadInput(f"{', '.join(both)} given to both --with and --without", "keep one")
+    if runner == "builtin":
+        needless = sorted(set(adding) & WORKER_FEATURES)
+        if needless:
+            raise BadInput(
+                f"--with {','.join(needless)} needs a worker process, and the builtin runner "
+                "runs tasks inside the web process",
+                "choose a queue runner (--runner celery, arq or taskiq)",
+            )
+    chosen = [name for name in recorded if name in FEATURES and name not in removing]
+    if runner == "builtin":  # recorded for a queue runner this project moved away from
+        chosen = [name for name in chosen if name not in WORKER_FEATURES]
+    return tuple(sorted(set(chosen) | set(adding)))
+
+
+def features_help() -> str:
+    return "; ".join(f"{name}: {text}" for name, text in sorted(FEATURES.items()))
