@@ -20,10 +20,12 @@ from bgtasks_gen.discovery.layout import AppLayout
 from bgtasks_gen.discovery.served import ServedTarget
 from bgtasks_gen.errors import DiscoveryError
 from bgtasks_gen.modules import CallSite, Include, ModuleIndex, ModuleInfo
-from bgtasks_gen.patch.outline import dotted_name, parse_ast
+from bgtasks_gen.patch.outline import dotted_name
 
 FASTAPI_CLASSES = frozenset({"fastapi.FastAPI", "fastapi.applications.FastAPI"})
-FASTAPI_CALL = re.compile(r"\bFastAPI\b")
+# a module that makes an app calls FastAPI (`FastAPI(`, `fastapi.FastAPI (`) or imports it
+# under another name; one that only annotates with it (`app: FastAPI`) is not read
+FASTAPI_CALL = re.compile(r"\bFastAPI\s*\(|\bFastAPI\s+as\b")
 INCLUDE_CALL = re.compile(r"\.include_router\s*\(")
 NOT_SERVED_PARTS = frozenset(
     {"testing", "mock", "mocks", "fake", "fakes", "example", "examples", "fixtures", "scripts"}
@@ -125,11 +127,8 @@ class AppFinder:
         found: list[Site] = []
         seen = set(names)
         while names:
-            pattern = re.compile(
-                r"\b(" + "|".join(sorted(map(re.escape, set(names.values())))) + r")\b"
-            )
             fresh: dict[str, str] = {}
-            for path in self.index.grep(pattern):
+            for path in self.index.importers(set(names.values())):
                 if not_served_path(self.root, path):
                     continue
                 info = self.index.load(path)
@@ -147,9 +146,7 @@ class AppFinder:
         (`app = Server().create()`, `app = Server.build()`): the binding is the app."""
         if not any(cls for cls in info.classes):
             return []
-        tree = parse_ast(info.source)
-        if tree is None:
-            return []
+        tree = self.index.tree(info)
         built: dict[tuple[str, str], tuple[ast.Call, str]] = {}  # (class, method) -> call
         for statement in tree.body:
             if not isinstance(statement, ast.ClassDef):

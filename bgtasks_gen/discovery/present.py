@@ -15,7 +15,7 @@ import ast
 import re
 
 from bgtasks_gen.modules import ModuleIndex, ModuleInfo
-from bgtasks_gen.patch.outline import dotted_name, parse_ast
+from bgtasks_gen.patch.outline import dotted_name
 from bgtasks_gen.runners.base import Detection
 
 OTHER_SYSTEMS = (
@@ -71,14 +71,11 @@ def _taskiq_broker(qualified: str) -> bool:
     return (top == "taskiq" or top.startswith("taskiq_")) and last.endswith("Broker")
 
 
-def _uses(info: ModuleInfo, wanted: frozenset[str] | None) -> int | None:
+def _uses(index: ModuleIndex, info: ModuleInfo, wanted: frozenset[str] | None) -> int | None:
     """The first line that uses one of `wanted` (for taskiq, None: any broker class, as a
     call or as the base of a class of the project), outside import statements."""
-    tree = parse_ast(info.source)
-    if tree is None:
-        return None
     lines: list[int] = []
-    for node in ast.walk(tree):
+    for node in ast.walk(index.tree(info)):
         if isinstance(node, ast.ClassDef):
             names = [dotted_name(base) for base in node.bases]
             line = node.lineno
@@ -111,7 +108,7 @@ def _by_names(index: ModuleIndex, runner: str) -> list[tuple[str, str]]:
     wanted = RUNNER_NAMES.get(runner)
     for path in index.grep(pattern, runner):
         info = index.load(path)
-        line = _uses(info, wanted)
+        line = _uses(index, info, wanted)
         if line is None and runner == "taskiq":
             line = _subclassed_broker(index, info)
         if line is not None:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bgtasks_gen.modules import SKIPPED_DIRS, ModuleIndex, ModuleInfo
-from bgtasks_gen.patch.outline import parse_ast
 
 SERVERS = re.compile(r"\b(uvicorn|gunicorn|hypercorn|granian|daphne)\b([^\n]*)")
 FASTAPI_CLI = re.compile(r"\bfastapi\s+(?:run|dev)\b([^\n]*)")
@@ -116,7 +115,9 @@ def served_targets(root: Path, index: ModuleIndex) -> list[ServedTarget]:
             how = f"served by uvicorn.run in {rel}"
             named = TARGET.match(call.first_arg)
             defaults = (
-                _parameter_defaults(info, call.function) if call.function and not named else {}
+                _parameter_defaults(index, info, call.function)
+                if call.function and not named
+                else {}
             )
             if not named and call.first_arg in defaults:
                 # a console script: `def serve(target: str = typer.Option("pkg.app:app"))`
@@ -162,13 +163,11 @@ def _string(node: ast.expr | None) -> str | None:
     return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
 
 
-def _parameter_defaults(info: ModuleInfo, function: str) -> dict[str, str]:
+def _parameter_defaults(index: ModuleIndex, info: ModuleInfo, function: str) -> dict[str, str]:
     """A top-level function's parameters whose default is a string: given plainly
     (`target="pkg.app:app"`), through typer (`typer.Option("pkg.app:app")`) or a click
     decorator (`@click.option("--target", default="pkg.app:app")`)."""
-    tree = parse_ast(info.source)
-    if tree is None:
-        return {}
+    tree = index.tree(info)
     node = next(
         (
             n

@@ -25,7 +25,7 @@ from bgtasks_gen.discovery.apps import not_served_path
 from bgtasks_gen.discovery.layout import SettingsLayout
 from bgtasks_gen.errors import DiscoveryError
 from bgtasks_gen.modules import ModuleIndex, ModuleInfo
-from bgtasks_gen.patch.outline import dotted_name, parse_ast
+from bgtasks_gen.patch.outline import dotted_name
 
 SETTINGS_ROOTS_V2 = frozenset(
     {"pydantic_settings.BaseSettings", "pydantic_settings.main.BaseSettings"}
@@ -40,6 +40,38 @@ MAX_DEPTH = 20
 BOOTSTRAP = -40
 # a class whose env_prefix names the one subsystem it configures (AuthSettings, AUTH_)
 SUBSYSTEM = -30
+# the bases of each top-level class (top-level statements start at column 0): up to the
+# colon ending the header, PEP 695 type parameters (`class A[T: int](Base)`) skipped
+CLASS_BASES = re.compile(r"^class\s+\w+\s*(?:\[[^\]]*\])?\s*\(([^:]*)", re.MULTILINE)
+
+
+def _words(names: set[str]) -> str:
+    return "|".join(sorted(map(re.escape, names)))
+
+
+def _spellings(text: str, names: set[str]) -> set[str]:
+    """The names, and what the module imports them as (`Settings as AppSettings`)."""
+    aliases = re.findall(rf"\b(?:{_words(names)})\s+as\s+(\w+)", text)
+    return names | set(aliases)
+
+
+def derives_by_text(text: str, names: set[str]) -> bool:
+    """Whether a top-level class of this text names one of `names` in its bases: what a
+    module must hold to define a subclass of them, decided without parsing it."""
+    bases = " ".join(CLASS_BASES.findall(text))
+    return re.search(rf"\b(?:{_words(_spellings(text, names))})\b", bases) is not None
+
+
+def may_access_by_text(text: str, names: set[str]) -> bool:
+    """Whether a module can hold an accessor of the settings classes `names`: it calls one
+    (`Settings()`, under an alias too), annotates a return with one (`-> Settings`), or
+    names two of them (a choice among classes at run time). The many modules that only
+    import the class to annotate a parameter (`settings: Settings = Depends(...)`) are
+    decided without parsing them."""
+    spelled = _words(_spellings(text, names))
+    if len(set(re.findall(rf"\b(?:{spelled})\b", text))) >= 2:
+        return True
+    return re.search(rf"\b(?:{spelled})\s*\(|->[^:]*\b(?:{spelled})\b", text) is not None
 
 
 @dataclass(frozen=True)
@@ -56,7 +88,7 @@ class SettingsFinder:
         self.index = index
         self._roots: dict[str, str | None] = {}
         self._classes: list[str] | None = None
-        self._trees: dict[str, ast.Module | None] = {}
+        self._qualified: dict[str, str | None] = {}
 
     # the classes ------------------------------------------------------------------------
     def settings_root(self, qualified: str, depth: int = 0) -> str | None:
@@ -91,7 +123,13 @@ class SettingsFinder:
             read: set[str] = set()
             while True:
                 pattern = re.compile(r"\b(" + "|".join(sorted(map(re.escape, names))) + r")\b")
-                fresh = [p for p in self.index.grep(pattern) if str(p) not in read]
+                # a module without a class deriving from one of the names is not read
+                # (nor marked read: a later round, with more names, looks again)
+                fresh = [
+                    p
+                    for p in self.index.grep(pattern)
+                    if str(p) not in read and derives_by_text(self.index.text(p), names)
+                ]
                 if not fresh:
                     break
                 for path in fresh:
@@ -131,6 +169,11 @@ class SettingsFinder:
         if not written:
             return None
         qualified = info.resolve(written)
+        if qualified not in self._qualified:
+            self._qualified[qualified] = self._settings_class(qualified)
+        return self._qualified[qualified]
+
+    def _settings_class(self, qualified: str) -> str | None:
         located = self.index.locate(qualified)
         if located is None:
             return None
@@ -147,7 +190,11 @@ class SettingsFinder:
         pattern = re.compile(r"\b(" + "|".join(sorted(map(re.escape, names))) + r")\b")
         found: list[Accessor] = []
         factories: dict[str, str] = {}  # qualified factory -> class
-        modules = [self.index.load(p) for p in self.index.grep(pattern)]
+        modules = [
+            self.index.load(p)
+            for p in self.index.grep(pattern)
+            if may_access_by_text(self.index.text(p), names)
+        ]
         for info in modules:
             found += self._module_level_choices(info)
             for function in info.functions.values():
@@ -222,10 +269,8 @@ class SettingsFinder:
                 )
         return None
 
-    def _tree(self, info: ModuleInfo) -> ast.Module | None:
-        if info.name not in self._trees:
-            self._trees[info.name] = parse_ast(info.source)
-        return self._trees[info.name]
+    def _tree(self, info: ModuleInfo) -> ast.Module:
+        return self.index.tree(info)
 
     def _built(self, info: ModuleInfo, expression: ast.expr) -> list[str]:
         """The project's settings classes an expression instantiates: `A() if x else B()`,
@@ -256,7 +301,7 @@ class SettingsFinder:
         """What a factory returns when it builds one of several classes in its return
         statements (`return Prod() if production else Dev()`, one `return` per branch)."""
         tree = self._tree(info)
-        if tree is None or "return" not in info.source:
+        if "return" not in info.source:
             return None
         node = next(
             (
@@ -288,8 +333,6 @@ class SettingsFinder:
     def _module_level_choices(self, info: ModuleInfo) -> list[Accessor]:
         """`settings = Prod() if production else Dev()` at module level."""
         tree = self._tree(info)
-        if tree is None:
-            return []
         found = []
         for statement in tree.body:
             target: ast.expr | None = None
