@@ -91,8 +91,9 @@ ENDPOINTS = {
         ),
         Endpoint(
             "bgtasks",
-            "bgtasks `POST /tasks/process-order/7`",
-            "/tasks/process-order/7",
+            "bgtasks `POST /tasks/process-order`",
+            "/tasks/process-order",
+            {"order_id": 7},
             counted=True,
         ),
     ],
@@ -105,8 +106,8 @@ ENDPOINTS = {
         ),
         Endpoint(
             "bgtasks",
-            "bgtasks `POST /arq-tasks/process-data`",
-            "/arq-tasks/process-data",
+            "bgtasks `POST /tasks/process-data`",
+            "/tasks/process-data",
             {"data_id": 7, "values": [1.0, 2.0]},
         ),
     ],
@@ -115,8 +116,8 @@ ENDPOINTS["taskiq"] = [
     Endpoint("no-op", "no-op `async def`", "/bench/noop-async"),
     Endpoint(
         "bgtasks",
-        "bgtasks `POST /taskiq-tasks/process-data`",
-        "/taskiq-tasks/process-data",
+        "bgtasks `POST /tasks/process-data`",
+        "/tasks/process-data",
         {"data_id": 7, "values": [1.0, 2.0]},
     ),
 ]

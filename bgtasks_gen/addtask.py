@@ -140,6 +140,8 @@ def _snippet_context(project: Project, request: TaskRequest) -> dict[str, object
         "legacy_typing": bool(project.layout.get("legacy_typing", False)),
         # the routes of another runner this router answers with (`migrate`), or ""
         "api_shape": str(project.layout.get("api_shape", "")),
+        # the common router's own prefix ("tasks", or "<runner>-tasks" beside another)
+        "queue_prefix": _queue_prefix(project),
         # the fields of a `cron(...)` element: only a runner whose schedules are those
         "cron_kwargs": arq_cron_kwargs(request)
         if scheduled and project.spec.schedule_kind == "cron"
@@ -247,6 +249,17 @@ PLACES: dict[str, tuple[PartFile, Callable[[Statement], bool] | None]] = {
     "route": (lambda p: p.router_file, _is_route),
     "test": (lambda p: p.test_file, None),
 }
+
+
+def _queue_prefix(project: Project) -> str:
+    from bgtasks_gen.api_surface import router_prefix
+
+    runners = project.state.get("runners", [project.spec.name])
+    return router_prefix(
+        project.spec.name,
+        str(project.layout.get("api_shape", "")),
+        [str(r) for r in runners] if isinstance(runners, list) else [project.spec.name],
+    )
 
 
 def _places(project: Project) -> dict[str, tuple[PartFile, Callable[[Statement], bool] | None]]:

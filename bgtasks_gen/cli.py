@@ -616,13 +616,16 @@ def check_command(
         findings = check_project(project)
     except BgtasksError as error:  # not a bgtasks project at all: bad input, not a finding
         _fail(error, as_json)
-    # advice, not a finding: the run files are the user's once written
+    # advice, not a finding: the run files are the user's once written, and a router on
+    # an older HTTP surface keeps its clients working
     updates = older_images(project)
+    surface = _surface_move(project)
     if as_json:
         report = {
             "ok": not findings,
             "findings": [f.as_dict() for f in findings],
             "updates_available": [u.as_dict() for u in updates],
+            "api_surface_move": surface,
         }
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -642,7 +645,21 @@ def check_command(
                 f"[yellow]update available:[/yellow] {escape(update.image)} -> "
                 f"{escape(update.current)}  [dim]({escape(update.where)})[/dim]"
             )
+        if surface:
+            out.print(f"[yellow]update available:[/yellow] {escape(surface)}")
     raise typer.Exit(int(ExitCode.CHANGES if findings else ExitCode.OK))
+
+
+def _surface_move(root: Path) -> str | None:
+    """The move to the common HTTP surface, as advice; none for a project whose state
+    cannot be read (an interrupted first run: the findings already say so)."""
+    from bgtasks_gen.addtask import load_project
+    from bgtasks_gen.api_surface import move_note
+
+    try:
+        return move_note(load_project(root))
+    except BgtasksError:
+        return None
 
 
 @app.command("list")

@@ -29,6 +29,7 @@ from bgtasks_gen.project_env import (
     mask_url,
     process_environment,
     run_probe,
+    script_of,
     setting_sources,
 )
 
@@ -48,8 +49,6 @@ RABBITMQ_EXCLUSIVE_SINCE = (4, 3)
 EXCLUSIVE_SETTINGS = ("control_queue_exclusive", "event_queue_exclusive")
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
-# what pydantic reads as True from the environment
-TRUE_WORDS = ("1", "true", "yes", "on", "t", "y")
 
 
 @dataclass(frozen=True)
@@ -482,6 +481,61 @@ def _applies(requirement: Any, extras: set[str], python_version: str) -> bool:
 # -- the diagnosis -----------------------------------------------------------------------
 
 
+FAST_PUBLISH_MARKER = "BGTASKS-FAST-PUBLISH:"
+
+
+def _fast_publish_main(module_name: str) -> None:
+    """Run in the project's interpreter (sent by script_of): why the generated
+    fast_publish module publishes through apply_async, null while its fast path is on."""
+    import importlib
+    import json
+    import logging
+    import sys
+
+    logging.disable(logging.CRITICAL)  # the module's own startup warning is not the answer
+    answer: dict[str, Any]
+    try:
+        module = importlib.import_module(module_name)
+        reason = getattr(module, "fallback_reason", None)
+        if callable(reason):
+            answer = {"reason": reason()}
+        else:
+            answer = {"error": "it has no fallback_reason()", "fix": "run `bgtasks update`"}
+    except BaseException as error:  # noqa: BLE001 - the project's code may raise anything
+        answer = {"error": f"{type(error).__name__}: {error}", "fix": "see the app import"}
+    sys.stdout.write("BGTASKS-FAST-PUBLISH:" + json.dumps(answer) + "\n")
+
+
+def ask_fast_publish(
+    python: Path, module: str, cwd: Path, env: Mapping[str, str]
+) -> dict[str, Any]:
+    """{"reason": text or None}, or {"error": ..., "fix": ...} when it cannot be asked."""
+    import json
+    import subprocess
+
+    command = [str(python), "-c", script_of(_fast_publish_main), module]
+    try:
+        result = subprocess.run(
+            command,
+            cwd=cwd,
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            timeout=IMPORT_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"no answer within {IMPORT_TIMEOUT:.0f} s", "fix": None}
+    except OSError as error:
+        return {"error": str(error), "fix": "check --python"}
+    for line in reversed(result.stdout.splitlines()):
+        if line.startswith(FAST_PUBLISH_MARKER):
+            answer: dict[str, Any] = json.loads(line.removeprefix(FAST_PUBLISH_MARKER))
+            return answer
+    last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"error": last, "fix": None}
+
+
 class _Doctor:
     def __init__(
         self, project: StackProject, python: Path | None, environ: Mapping[str, str]
@@ -529,6 +583,8 @@ class _Doctor:
         if "celery-inspect" in self.project.spec.capabilities:
             self.rabbitmq()
             self.beats()
+        if self.interpreter is not None:
+            self.fast_publish()
         return Diagnosis(self.project, self.interpreter, self.checks)
 
     def environment(self) -> None:
@@ -658,9 +714,18 @@ class _Doctor:
             return
         token_env = project.env_name("bgtasks_api_token")
         if "bgtasks_allow_anonymous" in project.fields:
-            allowed = (self.value("bgtasks_allow_anonymous") or "").strip().lower()
-            if allowed in TRUE_WORDS:
-                anonymous_env = project.env_name("bgtasks_allow_anonymous")
+            raw = self.value("bgtasks_allow_anonymous")
+            allowed = "false" if raw is None else raw.strip().lower()
+            anonymous_env = project.env_name("bgtasks_allow_anonymous")
+            if allowed not in ("true", "false"):
+                self.add(
+                    "api token",
+                    FAIL,
+                    f"{anonymous_env} is {raw!r}: the app refuses to start with it",
+                    f"set {anonymous_env} to true or false",
+                )
+                return
+            if allowed == "true":
                 self.add(
                     "api token",
                     PASS,
@@ -762,6 +827,30 @@ class _Doctor:
                 )
         self.schedules()
         self.lifespan()
+
+    def fast_publish(self) -> None:
+        """celery's fast publish path: on, or off with the reason the generated module
+        gives (asked in the project's interpreter, with the project's settings)."""
+        project = self.project
+        module = f"{project.tasks_module}.fast_publish"
+        source = project.source_root.joinpath(*module.split(".")).with_suffix(".py")
+        if self.interpreter is None or not source.is_file():
+            return  # another runner, or a project whose module was removed
+        answer = ask_fast_publish(
+            self.interpreter.path, module, project.root, process_environment(project)
+        )
+        if "reason" not in answer:
+            self.add(
+                "fast publish",
+                SKIP,
+                f"{module} cannot say: {mask_credentials(str(answer.get('error')))}",
+                str(answer.get("fix") or ""),
+            )
+        elif answer["reason"] is None:
+            self.add("fast publish", PASS, "on")
+        else:
+            # correct either way: every publish then costs a hop through the threadpool
+            self.add("fast publish", SKIP, f"off — {answer['reason']}")
 
     def served(self) -> None:
         """The app served once in the project's interpreter, with its lifespans, and the

@@ -2,8 +2,9 @@
 
 The move is one plan, written all or nothing like every other command:
 - the taskiq scaffold is planned as `init --runner taskiq` would plan it, with its router
-  answering arq's routes (paths, field names: `api_shape = "arq"`), so clients do not
-  notice;
+  answering the routes arq's did: the common surface for a project scaffolded with it
+  (`api_shape = "common"`), else arq's own (paths, field names: `api_shape = "arq"`), so
+  clients do not notice;
 - every task `add-task` added is carried over with its options (arguments, schedule,
   retries, timeout); a body the user edited is kept line for line, only the signature
   around it changes, and arq's `ctx["job_id"]`/`ctx["job_try"]` become the taskiq task's
@@ -47,7 +48,7 @@ from bgtasks_gen.runfiles import COMPOSE_NAMES, without_processes, without_servi
 from bgtasks_gen.runners import get_runner
 from bgtasks_gen.runners.base import RunnerSpec
 from bgtasks_gen.scaffold import FIELDS_HEADER, _fields_under_header, plan_init
-from bgtasks_gen.state import BASE_DIR, STATE_FILE, render_state
+from bgtasks_gen.state import BASE_DIR, COMMON_API_SHAPE, STATE_FILE, render_state
 
 # (from, to): the moves bgtasks knows how to make
 MOVES = {("arq", "taskiq")}
@@ -131,8 +132,9 @@ def plan_migrate(root: Path, to: str, *, force: bool = False) -> Plan:
             settings_module=str(layout.get("settings") or "") or None,
             app_module=str(layout.get("app") or "") or None,
         ),
-        api_shape=source.name,
+        api_shape=_kept_shape(project),
         own_run_file=_without_arq_processes,
+        replaces=project.spec.name,
     )
     taskiq_project = _moved_project(project, target, carried)
     taskiq_tasks = {
@@ -148,7 +150,8 @@ def plan_migrate(root: Path, to: str, *, force: bool = False) -> Plan:
     _rewrite_state(plan, taskiq_project, taskiq_tasks, {c.path for c in gone if c is not None})
     check_python(plan.changes)
     plan.notes.append(
-        f'routes keep arq\'s paths and fields (`api_shape = "{source.name}"` in {STATE_FILE}); '
+        f"routes keep {_shape_phrase(_kept_shape(project))} "
+        f'(`api_shape = "{_kept_shape(project)}"` in {STATE_FILE}); '
         f"{len(carried)} added task(s) carried over"
     )
     plan.notes.append(
@@ -409,6 +412,18 @@ def _app_file(project: Project) -> str | None:
 # -- the plan, adjusted
 
 
+def _kept_shape(project: Project) -> str:
+    """The HTTP surface the moved router answers with: the one the source project's
+    router answers with (the common one, or else the source runner's own)."""
+    return str(project.layout.get("api_shape") or "") or project.spec.name
+
+
+def _shape_phrase(shape: str) -> str:
+    if shape == COMMON_API_SHAPE:
+        return "the paths and fields every queue runner shares"
+    return f"{shape}'s paths and fields"
+
+
 def _without_arq_processes(path: str, text: str) -> str:
     if PurePosixPath(path).name == "Procfile":
         return without_processes(text, ARQ_WORKER)
@@ -420,8 +435,19 @@ def _without_arq_processes(path: str, text: str) -> str:
 def _moved_project(project: Project, target: RunnerSpec, carried: list[Carried]) -> Project:
     """The project as taskiq's: the same layout, routes in arq's shape, the tasks carried."""
     tasks = {c.name: {**c.options, "runner": target.name} for c in carried}
-    layout = {**project.layout, "api_shape": project.spec.name}
-    state = {**project.state, "runner": target.name, "layout": layout, "tasks": tasks}
+    layout = {**project.layout, "api_shape": _kept_shape(project)}
+    runners = project.state.get("runners", [project.spec.name])
+    runners = [
+        target.name if r == project.spec.name else r
+        for r in (runners if isinstance(runners, list) else [project.spec.name])
+    ]
+    state = {
+        **project.state,
+        "runner": target.name,
+        "runners": runners,
+        "layout": layout,
+        "tasks": tasks,
+    }
     return Project(project.root, state, target, layout)
 
 

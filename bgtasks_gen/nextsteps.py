@@ -245,12 +245,14 @@ def access_steps(
         f"authorize_task_access in {hook_module}; {anonymous_env}=true lets every request "
         "in (local development only)",
     )
-    route = spec.email_route
-    shape = str(context.get("api_shape") or "")
-    if shape and shape != spec.name:
-        from bgtasks_gen.runners import get_runner
+    from bgtasks_gen.api_surface import email_route
 
-        route = get_runner(shape).email_route  # a router answering another runner's routes
+    shape = str(context.get("api_shape") or "")
+    route = email_route(
+        spec.email_route,
+        "" if shape == spec.name else shape,
+        str(context.get("queue_prefix") or ""),
+    )
     if not route:
         return token, None
     prefix = str(context.get("api_prefix") or "")

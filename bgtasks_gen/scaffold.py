@@ -9,6 +9,7 @@ from pathlib import Path
 
 import libcst as cst
 
+from bgtasks_gen.api_surface import router_prefix
 from bgtasks_gen.dependency_truth import DependencyTruth, read_dependency_truth
 from bgtasks_gen.deps import (
     TEST_REQUIREMENTS,
@@ -57,6 +58,7 @@ from bgtasks_gen.runners import available_runners, call_hook, get_runner, runner
 from bgtasks_gen.runners.base import RunnerSpec, SettingsField, TemplateInputs
 from bgtasks_gen.state import (
     BASE_DIR,
+    COMMON_API_SHAPE,
     STATE_FILE,
     digest,
     read_state,
@@ -98,6 +100,11 @@ SERVING_TYPES = {
 }
 
 
+# a field an older scaffold declared with another type, which the generated code still
+# reads right (the allow-anonymous switch was a bool before it became a strict "true"/"false")
+ALSO_SERVES: dict[str, tuple[str, ...]] = {"bgtasks_allow_anonymous": ("bool",)}
+
+
 def can_serve(field: SettingsField, existing: tuple[str, str | None] | None) -> str:
     """ "" when an existing field (annotation, default) can stand for `field`; else why not."""
     if existing is None:
@@ -108,7 +115,10 @@ def can_serve(field: SettingsField, existing: tuple[str, str | None] | None) -> 
     if (optional or default == "None") and not field.optional:
         return f"it is `{annotation}` with default {default}: None is not a usable value"
     types = [t for t in re.split(r"[^\w.]+", bare) if t and t not in ("None", "Optional")]
-    accepted = SERVING_TYPES.get(field.annotation, (field.annotation,))
+    accepted = (
+        *SERVING_TYPES.get(field.annotation, (field.annotation,)),
+        *ALSO_SERVES.get(field.key, ()),
+    )
     if not types or not all(t.rpartition(".")[2] in accepted for t in types):
         return f"its type `{annotation}` is not the {field.annotation} the generated code reads"
     return ""
@@ -351,6 +361,7 @@ def plan_init(
     own_run_file: Callable[[str, str], str] | None = None,
     with_features: Sequence[str] = (),
     without_features: Sequence[str] = (),
+    replaces: str = "",
 ) -> Plan:
     """Plan `init` (merge None) or `update` (merge "refuse" or "markers": generated files
     are merged three ways with the user's edits instead of compared).
@@ -361,7 +372,7 @@ def plan_init(
     project's own Procfile or compose file reads before the runner's processes are merged
     in (`migrate` takes out those of the runner it replaces). The optional features
     (features.py) are those recorded for this runner, plus `with_features`, minus
-    `without_features`."""
+    `without_features`. `replaces` names the runner a `migrate` takes out."""
     spec = get_runner(runner)
     known = list(dict.fromkeys(b for s in available_runners() for b in s.brokers))
     if broker not in known:
@@ -444,7 +455,12 @@ def plan_init(
         # runner's own, as before the common one existed), so clients keep working
         recorded = state.get("layout", {})
         api_shape = str(recorded.get("api_shape", "")) if isinstance(recorded, dict) else ""
+    elif api_shape is None and spec.name != "builtin":
+        api_shape = COMMON_API_SHAPE
     context["api_shape"] = api_shape or ""
+    # beside another queue runner's router on "/tasks", this one takes "/<runner>-tasks"
+    set_up = [r for r in _list(state.get("runners")) if r != replaces]
+    context["queue_prefix"] = router_prefix(spec.name, api_shape or "", set_up)
     context_extra = {"tests_dir": layout.tests_dir}
     plan = Plan(root)
 
@@ -653,9 +669,16 @@ def _plan_features(
     update, like the runner's), and those of a feature taken out removed."""
     files = feature_files(root, plan.changes, state_text, features)
     if merge is None:
-        plan.changes.extend(generated(root, rel, files[rel], force=False) for rel in sorted(files))
+        plan.changes.extend(_feature_file_change(root, rel, files[rel]) for rel in sorted(files))
+        # a file the new render no longer has (migrate onto a runner without a scheduler)
+        for name in features:
+            for rel in owned_feature_files(owned_hashes(state), name):
+                if rel not in files and _unedited(root, rel):
+                    change = deleted(root, rel, "no longer part of this runner's manifests")
+                    plan.changes.extend(c for c in (change,) if c is not None)
     else:
-        plan.changes.extend(_merged(root, state, files, merge == "markers"))
+        # add-task never edits a feature's files: no task replay over their bases
+        plan.changes.extend(_merged(root, state, files, merge == "markers", replay=False))
     for rel in sorted(files):
         base = f"{BASE_DIR}/{rel}.base"
         plan.changes.append(patched(root, base, read_existing(root, base) or "", files[rel]))
@@ -671,6 +694,19 @@ def _plan_features(
             if change is not None:
                 plan.changes.append(change)
     return files
+
+
+def _unedited(root: Path, rel: str) -> bool:
+    on_disk = read_existing(root, rel)
+    return on_disk is not None and on_disk == read_existing(root, f"{BASE_DIR}/{rel}.base")
+
+
+def _feature_file_change(root: Path, rel: str, new: str) -> FileChange:
+    """init or migrate: a feature file still as bgtasks wrote it is written again (its
+    facts changed with the runner); one the user edited is a conflict, as ever."""
+    if _unedited(root, rel):
+        return patched(root, rel, read_existing(root, rel) or "", new, "not edited since written")
+    return generated(root, rel, new, force=False)
 
 
 def _dropped_feature_files(
@@ -816,6 +852,12 @@ def plan_update(
         with_features=with_features,
         without_features=without_features,
     )
+    if api_shape is None:
+        from bgtasks_gen.api_surface import move_note
+
+        note = move_note(project)
+        if note:
+            plan.notes.append(note)
     # the layout comes from the state file, not from an option the user gave
     plan.notes = [
         re.sub(r"the (settings|app) module override \(", f"as recorded in {STATE_FILE} (", note)
@@ -870,7 +912,11 @@ def _project_relative(root: Path, given: str) -> str:
 
 
 def _merged(
-    root: Path, state: Mapping[str, object], files: Mapping[str, str], markers: bool
+    root: Path,
+    state: Mapping[str, object],
+    files: Mapping[str, str],
+    markers: bool,
+    replay: bool = True,
 ) -> list[FileChange]:
     """Three-way merge of each generated file: base = what bgtasks generated last time
     (kept under .bgtasks/base, with the added tasks replayed), ours = the file as it is,
@@ -880,7 +926,7 @@ def _merged(
 
     bases = {rel: read_existing(root, f"{BASE_DIR}/{rel}.base") for rel in files}
     known = {rel: text for rel, text in bases.items() if text is not None}
-    if state.get("tasks"):
+    if replay and state.get("tasks"):
         known = {
             rel: text
             for rel, text in replay_tasks(load_project(root), known).items()

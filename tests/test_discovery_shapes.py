@@ -414,4 +414,4 @@ def test_the_patched_app_imports_with_the_new_routes(
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "/arq-tasks/process-data" in result.stdout
+    assert "/tasks/process-data" in result.stdout

@@ -95,6 +95,16 @@ def test_an_empty_api_token_fails_with_how_to_make_one(
     assert code == 0, checks
     assert "BGTASKS_ALLOW_ANONYMOUS is on" in checks["api token"]["detail"]
 
+    # anything but true or false stops the app: said, with the two values
+    code, checks = doctor_json(
+        arq_project, arq_python, env_for(services, BGTASKS_ALLOW_ANONYMOUS="yes")
+    )
+    assert code == 1, checks
+    assert checks["api token"]["detail"] == (
+        "BGTASKS_ALLOW_ANONYMOUS is 'yes': the app refuses to start with it"
+    )
+    assert checks["api token"]["fix"] == "set BGTASKS_ALLOW_ANONYMOUS to true or false"
+
 
 AUTH_DEPENDENCY = '''
 

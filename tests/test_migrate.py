@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bgtasks_gen.apply import apply
+from bgtasks_gen.scaffold import plan_init
 from tests.conftest import EXAMPLES, invoke, tree_hashes
 
 ARQ_FILES = [
@@ -22,10 +24,15 @@ ARQ_FILES = [
 ]
 
 
-def _arq_project(tmp_path: Path) -> Path:
+def _arq_project(tmp_path: Path, old_surface: bool = False) -> Path:
+    """An arq project as `init` scaffolds it now (the common HTTP surface), or as it did
+    before that surface existed (`old_surface`: arq's own routes, no api_shape kept)."""
     project = tmp_path / "layered"
     shutil.copytree(EXAMPLES / "layered", project)
-    assert invoke("init", str(project), "--runner", "arq")[0] == 0
+    if old_surface:
+        apply(plan_init(project, "arq", api_shape=""))
+    else:
+        assert invoke("init", str(project), "--runner", "arq")[0] == 0
     for args in (
         ["ping"],
         ["resize", "--arg", "width:int", "--arg", "name:str"],
@@ -50,8 +57,15 @@ RESIZE_BODY = """    logger.info("resize: try %d", ctx["job_try"])
     }"""
 
 
-def test_moves_the_project_and_keeps_the_edited_body(tmp_path: Path) -> None:
-    project = _arq_project(tmp_path)
+# (the project's surface before the move, the prefix its clients use, api_shape after)
+SURFACES = [(True, "/arq-tasks", "arq"), (False, "/tasks", "common")]
+
+
+@pytest.mark.parametrize(("old_surface", "prefix", "shape"), SURFACES)
+def test_moves_the_project_and_keeps_the_edited_body(
+    tmp_path: Path, old_surface: bool, prefix: str, shape: str
+) -> None:
+    project = _arq_project(tmp_path, old_surface)
     _edit(
         project,
         "app/tasks/arq_tasks.py",
@@ -66,7 +80,7 @@ def test_moves_the_project_and_keeps_the_edited_body(tmp_path: Path) -> None:
     assert tree_hashes(project) == before  # a dry run writes nothing
     code, output = invoke("migrate", str(project), "--to", "taskiq")
     assert code == 0, output
-    assert "curl -X POST http://127.0.0.1:8000/arq-tasks/send-email" in output
+    assert f"curl -X POST http://127.0.0.1:8000{prefix}/send-email" in output
     assert "is already here" not in output  # arq's own files are not "another system"
 
     for rel in ARQ_FILES:
@@ -85,12 +99,12 @@ def test_moves_the_project_and_keeps_the_edited_body(tmp_path: Path) -> None:
 
     state = tomllib.loads((project / ".bgtasks.toml").read_text())
     assert state["runner"] == "taskiq" and state["runners"] == ["taskiq"]
-    assert state["layout"]["api_shape"] == "arq"
+    assert state["layout"]["api_shape"] == shape
     assert {t["runner"] for t in state["tasks"].values()} == {"taskiq"}
     assert not any("arq" in rel for rel in state["files"])
 
     router = (project / "app/api/v1/routes/taskiq_tasks.py").read_text()
-    assert 'prefix="/arq-tasks"' in router and '"/resize"' in router
+    assert f'prefix="{prefix}"' in router and '"/resize"' in router
     main = (project / "app/main.py").read_text()
     assert "arq_tasks" not in main and "taskiq_tasks_router" in main
     pyproject = (project / "pyproject.toml").read_text()
@@ -118,7 +132,7 @@ def test_moves_the_project_and_keeps_the_edited_body(tmp_path: Path) -> None:
         "resize",
         "tick",
     }
-    assert listed["resize"]["route"] == "POST /arq-tasks/resize"
+    assert listed["resize"]["route"] == f"POST {prefix}/resize"
     code, output = invoke("remove-task", "resize", "-p", str(project))
     assert code == 1 and "body" in output
     # running it again has nothing left to do

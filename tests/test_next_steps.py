@@ -85,7 +85,7 @@ def test_uv_project_runs_everything_through_uv(tmp_path: Path) -> None:
         "bgtasks dev",
         "uv run arq app.tasks.arq_worker.WorkerSettings",
         "uv run uvicorn app.main:app --reload",
-        f"curl -X POST http://127.0.0.1:8000/arq-tasks/send-email {CURL}",
+        f"curl -X POST http://127.0.0.1:8000/tasks/send-email {CURL}",
         "uv run pytest tests/test_bgtasks_arq.py",
     ]
 

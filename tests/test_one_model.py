@@ -79,11 +79,11 @@ def test_init_records_the_prefix_and_add_task_names_the_served_route(tmp_path: P
     write_tree(tmp_path, OPTIONAL_SMTP)
     code, output = invoke("init", str(tmp_path), "--runner", "arq", "--no-deps")
     assert code == 0, output
-    assert "http://127.0.0.1:8000/api/v1/arq-tasks/send-email" in output
+    assert "http://127.0.0.1:8000/api/v1/tasks/send-email" in output
     assert 'api_prefix = "/api/v1"' in (tmp_path / ".bgtasks.toml").read_text()
     code, output = invoke("add-task", "resize_image", "-p", str(tmp_path))
     assert code == 0, output
-    assert "route: POST /api/v1/arq-tasks/resize-image" in output
+    assert "route: POST /api/v1/tasks/resize-image" in output
 
 
 def test_migrate_keeps_reading_the_mail_field_arq_added(tmp_path: Path) -> None:

@@ -27,7 +27,10 @@ def test_run_files_are_valid_and_never_overwritten(runner: str, example) -> None
     assert result.exit_code == 0, result.output
     procfile = (project / "Procfile").read_text()
     # the module-level `app = create_app()` is what is served, not a second app from --factory
-    assert procfile.startswith("web: uvicorn acme.server:app --app-dir src")
+    assert (
+        '\nweb: ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec uvicorn acme.server:app --app-dir src '
+        in procfile
+    )
     assert "\nworker: " in procfile
     compose = yaml.safe_load((project / "compose.yaml").read_text())
     assert {"web", "worker"} <= set(compose["services"])

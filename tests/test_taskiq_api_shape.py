@@ -44,7 +44,7 @@ print(json.dumps(app.openapi()))
 """
 
 
-def scaffold(tmp_path: Path, example: str, runner: str, api_shape: str | None = None) -> Path:
+def scaffold(tmp_path: Path, example: str, runner: str, api_shape: str = "") -> Path:
     project = tmp_path / f"{runner}-{api_shape or 'own'}" / example
     shutil.copytree(EXAMPLES / example, project)
     apply(plan_init(project, runner, api_shape=api_shape))

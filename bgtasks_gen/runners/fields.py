@@ -50,7 +50,10 @@ SMTP_FIELDS = (
 )
 
 # Who may call the generated task routes: a bearer token, or everyone when explicitly
-# allowed (local development). Empty token: no token is accepted.
+# allowed (local development). Empty token: no token is accepted. The switch is text,
+# read as exactly true or false by the access module: a bool field would take 1, yes or
+# on as well, and any other value would stop the whole settings class with pydantic's
+# error instead of one naming the variable.
 AUTH_FIELDS = (
     SettingsField(
         "bgtasks_api_token",
@@ -59,5 +62,5 @@ AUTH_FIELDS = (
         (),
         "Task API access (background tasks)",
     ),
-    SettingsField("bgtasks_allow_anonymous", "bool", "False"),
+    SettingsField("bgtasks_allow_anonymous", "str", '"false"'),
 )

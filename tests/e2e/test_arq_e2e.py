@@ -86,10 +86,10 @@ class Stack:
 
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
         headers = {**AUTH, **kwargs.pop("headers", {})}
-        return httpx.post(f"{self.base}/arq-tasks{path}", headers=headers, timeout=30, **kwargs)
+        return httpx.post(f"{self.base}/tasks{path}", headers=headers, timeout=30, **kwargs)
 
     def status(self, job_id: str) -> httpx.Response:
-        return httpx.get(f"{self.base}/arq-tasks/status/{job_id}", headers=AUTH, timeout=10)
+        return httpx.get(f"{self.base}/tasks/status/{job_id}", headers=AUTH, timeout=10)
 
     def wait_status(self, job_id: str, want: str, timeout: float) -> dict[str, Any]:
         def reached() -> dict[str, Any] | None:
@@ -158,7 +158,7 @@ def test_send_email_arrives_and_reports_success(stack: Stack) -> None:
         json={"to": "ada@example.com", "subject": "Welcome aboard", "body": "Thanks!"},
     )
     assert response.status_code == 202, response.text
-    job_id = response.json()["job_id"]
+    job_id = response.json()["task_id"]
     wait_until(lambda: stack.sink.messages, 20, f"email at the sink\n{stack.worker.log()}")
     (message,) = stack.sink.messages
     assert message["To"] == "ada@example.com"
@@ -172,7 +172,7 @@ def test_send_email_arrives_and_reports_success(stack: Stack) -> None:
 def test_process_data_completes_with_its_result(stack: Stack) -> None:
     response = stack.post("/process-data", json={"data_id": 42, "values": [1.5, 2.5, 5]})
     assert response.status_code == 202, response.text
-    body = stack.wait_status(response.json()["job_id"], "complete", 20)
+    body = stack.wait_status(response.json()["task_id"], "complete", 20)
     assert body["success"] is True
     assert body["result"] == {
         "data_id": 42,
@@ -188,7 +188,7 @@ def test_added_task_runs_with_its_arguments(stack: Stack) -> None:
     payload = {"image_id": 42, "sizes": [64, 128]}
     response = stack.post("/resize-image", json=payload)
     assert response.status_code == 202, response.text
-    body = stack.wait_status(response.json()["job_id"], "complete", 20)
+    body = stack.wait_status(response.json()["task_id"], "complete", 20)
     assert body["success"] is True
     assert body["result"] == payload
 
@@ -203,7 +203,7 @@ def test_added_every_2_seconds_task_is_run_by_cron(stack: Stack) -> None:
 
 def test_unknown_job_id_is_404(stack: Stack) -> None:
     assert stack.status(uuid.uuid4().hex).status_code == 404
-    assert stack.post(f"/abort/{uuid.uuid4().hex}").status_code == 404
+    assert stack.post(f"/cancel/{uuid.uuid4().hex}").status_code == 404
 
 
 def test_same_idempotency_key_runs_one_job(stack: Stack) -> None:
@@ -215,9 +215,9 @@ def test_same_idempotency_key_runs_one_job(stack: Stack) -> None:
     second = stack.post("/send-email", json=payload, headers=headers)
     assert first.status_code == 202, first.text
     assert second.status_code == 200, second.text
-    job_id = first.json()["job_id"]
+    job_id = first.json()["task_id"]
     # one job, under an id derived from the key with a secret (not the key itself)
-    assert job_id == second.json()["job_id"] != f"send_email:{key}"
+    assert job_id == second.json()["task_id"] != f"send_email:{key}"
     assert job_id.startswith("send_email:") and key not in job_id
     assert (first.json()["duplicate"], second.json()["duplicate"]) == (False, True)
     stack.wait_status(job_id, "complete", 20)
@@ -228,27 +228,27 @@ def test_same_idempotency_key_runs_one_job(stack: Stack) -> None:
     assert [m["Subject"] for m in stack.sink.messages].count(f"once {key}") == 1
 
 
-def test_abort_running_job(stack: Stack) -> None:
+def test_cancel_running_job(stack: Stack) -> None:
     response = stack.post("/long-running", json={"steps": 40})  # 4 s < the 5 s timeout
-    job_id = response.json()["job_id"]
+    job_id = response.json()["task_id"]
     running_body = stack.wait_status(job_id, "in_progress", 10)
     assert running_body["success"] is None
-    aborted = stack.post(f"/abort/{job_id}", params={"wait": 5})
-    assert aborted.status_code == 200, aborted.text
-    assert aborted.json() == {"job_id": job_id, "aborted": True, "status": "complete"}
+    cancelled = stack.post(f"/cancel/{job_id}", params={"wait": 5})
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json() == {"task_id": job_id, "cancelled": True, "status": "complete"}
     body = stack.status(job_id).json()
     assert body["status"] == "complete" and body["success"] is False
-    assert body["error"] == "aborted" and body["result"] is None
+    assert body["error"] == "cancelled" and body["result"] is None
     assert "aborted" in stack.worker.log()
-    # finished: nothing left to abort (409, as celery's cancel of a finished task)
-    again = stack.post(f"/abort/{job_id}", params={"wait": 0})
+    # finished: nothing left to cancel (409, as every runner's cancel of a finished task)
+    again = stack.post(f"/cancel/{job_id}", params={"wait": 0})
     assert again.status_code == 409, again.text
-    assert again.json() == {"job_id": job_id, "aborted": True, "status": "complete"}
+    assert again.json() == {"task_id": job_id, "cancelled": True, "status": "complete"}
 
 
 def test_killed_worker_job_runs_again(stack: Stack) -> None:
     response = stack.post("/long-running", json={"steps": 30})  # 3 s
-    job_id = response.json()["job_id"]
+    job_id = response.json()["task_id"]
 
     def started() -> bool:
         body = stack.status(job_id).json()
@@ -291,7 +291,7 @@ def test_concurrent_enqueues_keep_redis_connections_bounded(stack: Stack) -> Non
         ) as client:
             responses = await asyncio.gather(
                 *(
-                    client.post("/arq-tasks/process-data", json={"data_id": i, "values": [i]})
+                    client.post("/tasks/process-data", json={"data_id": i, "values": [i]})
                     for i in range(1, 201)
                 )
             )
@@ -324,7 +324,7 @@ def test_a_content_length_beside_chunked_framing_leaves_the_body_bounded(
     # it also declares must not let the route skip its own bounded read.
     host, port = stack.base.removeprefix("http://").split(":")
     head = (
-        "POST /arq-tasks/process-data HTTP/1.1\r\nHost: test\r\n"
+        "POST /tasks/process-data HTTP/1.1\r\nHost: test\r\n"
         f"Authorization: Bearer {API_TOKEN}\r\nContent-Type: application/json\r\n"
         "Content-Length: 20\r\nTransfer-Encoding: chunked\r\n\r\n"
     ).encode()
@@ -425,7 +425,7 @@ from app.main import app
 token = os.environ["BGTASKS_API_TOKEN"]
 with TestClient(app, headers={"authorization": f"Bearer {token}"}) as client:
     assert app.state.started_by_on_event, "the project's on_event handler did not run"
-    response = client.post("/arq-tasks/process-data", json={"data_id": 1, "values": [1]})
+    response = client.post("/tasks/process-data", json={"data_id": 1, "values": [1]})
     assert response.status_code == 202, response.text
 print("on_event handler ran and the pool worked")
 """

@@ -80,7 +80,7 @@ async def _post_all(base: str, keys: dict[int, str]) -> dict[int, httpx.Response
             if data_id in keys:
                 headers["Idempotency-Key"] = keys[data_id]
             return await client.post(
-                "/arq-tasks/process-data",
+                "/tasks/process-data",
                 json={"data_id": data_id, "values": [data_id]},
                 headers=headers,
             )
@@ -96,7 +96,7 @@ def test_503_is_never_queued_and_a_keyed_retry_never_duplicates(stack: Stack) ->
     keys = {data_id: uuid.uuid4().hex for data_id in range(2, REQUESTS + 1, 2)}
     # warm up: the idempotency secret is cached and connections are open
     warm = httpx.post(
-        f"{stack.base}/arq-tasks/process-data",
+        f"{stack.base}/tasks/process-data",
         json={"data_id": 1000, "values": [1]},
         headers={**AUTH, "Idempotency-Key": uuid.uuid4().hex},
         timeout=10,
@@ -129,13 +129,13 @@ def test_503_is_never_queued_and_a_keyed_retry_never_duplicates(stack: Stack) ->
         else:
             detail = response.json()["detail"]
             assert detail["outcome"] == "unknown", detail
-            assert detail["job_id"]
+            assert detail["task_id"]
             assert queued[data_id] <= 1
 
     # a retry with the same key once Redis answers: queued once, whatever came first
     for data_id, key in keys.items():
         again = httpx.post(
-            f"{stack.base}/arq-tasks/process-data",
+            f"{stack.base}/tasks/process-data",
             json={"data_id": data_id, "values": [data_id]},
             headers={**AUTH, "Idempotency-Key": key},
             timeout=10,
@@ -144,6 +144,6 @@ def test_503_is_never_queued_and_a_keyed_retry_never_duplicates(stack: Stack) ->
         assert again.json()["duplicate"] is (again.status_code == 200)
         first = answers[data_id]
         if first.status_code == 504:
-            assert again.json()["job_id"] == first.json()["detail"]["job_id"]
+            assert again.json()["task_id"] == first.json()["detail"]["task_id"]
     queued = _queued_data_ids(f"{stack.redis.url}/0")
     assert all(queued[data_id] == 1 for data_id in keys), queued

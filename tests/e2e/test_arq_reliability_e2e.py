@@ -59,10 +59,10 @@ class Stack:
 
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
         headers = {**AUTH, **kwargs.pop("headers", {})}
-        return httpx.post(f"{self.base}/arq-tasks{path}", headers=headers, timeout=30, **kwargs)
+        return httpx.post(f"{self.base}/tasks{path}", headers=headers, timeout=30, **kwargs)
 
     def status(self, job_id: str) -> dict[str, Any]:
-        response = httpx.get(f"{self.base}/arq-tasks/status/{job_id}", headers=AUTH, timeout=10)
+        response = httpx.get(f"{self.base}/tasks/status/{job_id}", headers=AUTH, timeout=10)
         assert response.status_code == 200, response.text
         body: dict[str, Any] = response.json()
         return body
@@ -131,7 +131,7 @@ def test_same_idempotency_key_from_two_callers_is_two_jobs(stack: Stack) -> None
     bob = _process(stack, 2, headers={"Idempotency-Key": key, "X-Test-User": "bob"})
     assert alice.status_code == bob.status_code == 202, (alice.text, bob.text)
     assert alice.json()["duplicate"] is bob.json()["duplicate"] is False
-    alice_id, bob_id = alice.json()["job_id"], bob.json()["job_id"]
+    alice_id, bob_id = alice.json()["task_id"], bob.json()["task_id"]
     assert alice_id != bob_id
     # the job id is a keyed hash, not the key
     for job_id in (alice_id, bob_id):
@@ -140,7 +140,7 @@ def test_same_idempotency_key_from_two_callers_is_two_jobs(stack: Stack) -> None
     assert stack.wait_complete(bob_id, 20)["result"]["data_id"] == 2
     # the same caller again is still deduplicated
     again = _process(stack, 1, headers={"Idempotency-Key": key, "X-Test-User": "alice"})
-    assert again.status_code == 200 and again.json()["job_id"] == alice_id
+    assert again.status_code == 200 and again.json()["task_id"] == alice_id
     assert again.json()["duplicate"] is True
 
 
@@ -193,7 +193,7 @@ def test_poison_record_is_dropped_and_the_worker_keeps_serving(stack: Stack, kin
     # ...and the next good job runs on the same worker
     good = _process(stack, 7)
     assert good.status_code == 202, good.text
-    assert stack.wait_complete(good.json()["job_id"], 20)["success"] is True
+    assert stack.wait_complete(good.json()["task_id"], 20)["success"] is True
     assert stack.worker.alive(), stack.worker.log()[-3000:]
 
 
@@ -204,7 +204,7 @@ def _worker_pid_and_log_size(stack: Stack) -> tuple[int, int]:
 def _good_job_completes_on_the_same_worker(stack: Stack, pid: int) -> None:
     good = _process(stack, 11)
     assert good.status_code == 202, good.text
-    body = stack.wait_complete(good.json()["job_id"], 20)
+    body = stack.wait_complete(good.json()["task_id"], 20)
     assert body["success"] is True, body
     assert stack.worker.alive() and stack.worker.popen.pid == pid, stack.worker.log()[-3000:]
 
@@ -300,7 +300,7 @@ def test_worker_survives_a_redis_restart_and_every_accepted_job_completes(
     for i in range(1, 21):
         response = stack.post("/long-running", json={"steps": 3 + i % 5})
         assert response.status_code == 202, response.text
-        accepted.append(response.json()["job_id"])
+        accepted.append(response.json()["task_id"])
     time.sleep(0.3)  # some are running, the rest queued
     stack.redis.stop()
     down = stack.post("/long-running", json={"steps": 1})
@@ -310,7 +310,7 @@ def test_worker_survives_a_redis_restart_and_every_accepted_job_completes(
     for i in range(5):
         response = stack.post("/process-data", json={"data_id": i + 1, "values": [i]})
         assert response.status_code == 202, response.text
-        accepted.append(response.json()["job_id"])
+        accepted.append(response.json()["task_id"])
     for job_id in accepted:
         body = stack.wait_complete(job_id, 60)
         assert body["success"] is True, (job_id, body, stack.worker.log()[-3000:])
@@ -318,21 +318,21 @@ def test_worker_survives_a_redis_restart_and_every_accepted_job_completes(
     assert "Redis unreachable" in stack.worker.log()
 
 
-def test_abort_that_lost_the_race_leaves_no_abort_request(stack: Stack) -> None:
+def test_cancel_that_lost_the_race_leaves_no_abort_request(stack: Stack) -> None:
     key = uuid.uuid4().hex
     response = _process(stack, 3, headers={"Idempotency-Key": key})
-    job_id = response.json()["job_id"]
+    job_id = response.json()["task_id"]
     stack.wait_complete(job_id, 20)
     # what an abort sent while the job was finishing leaves behind
     stack.redis_cli("zadd", ABORT_SET, str(int(time.time() * 1000)), job_id)
-    answer = stack.post(f"/abort/{job_id}", params={"wait": 0})
-    assert answer.status_code == 409, answer.text  # finished first: nothing to abort
-    assert answer.json() == {"job_id": job_id, "aborted": False, "status": "complete"}
+    answer = stack.post(f"/cancel/{job_id}", params={"wait": 0})
+    assert answer.status_code == 409, answer.text  # finished first: nothing to cancel
+    assert answer.json() == {"task_id": job_id, "cancelled": False, "status": "complete"}
     assert stack.redis_cli("zscore", ABORT_SET, job_id) == ""
     # so once the result is gone, the same key runs a new job instead of dropping it
     stack.redis_cli("del", f"arq:result:{job_id}")
     rerun = _process(stack, 3, headers={"Idempotency-Key": key})
-    assert rerun.status_code == 202 and rerun.json()["job_id"] == job_id
+    assert rerun.status_code == 202 and rerun.json()["task_id"] == job_id
     body = stack.wait_complete(job_id, 20)
     assert body["success"] is True and body["error"] is None
 
@@ -350,5 +350,5 @@ def test_non_finite_numbers_are_422_in_every_body(stack: Stack, raw: str) -> Non
             path.split("#")[0], content=body, headers={"content-type": "application/json"}
         )
         assert response.status_code == 422, (path, raw, response.text)
-    abort = stack.post(f"/abort/{uuid.uuid4().hex}", params={"wait": raw})
-    assert abort.status_code == 422, abort.text
+    cancel = stack.post(f"/cancel/{uuid.uuid4().hex}", params={"wait": raw})
+    assert cancel.status_code == 422, cancel.text

@@ -4,7 +4,7 @@ The generated project's own test compares what fast_publish stores with what
 apply_async stores; this is the other half of the proof: a real prefork worker on a
 private redis-server runs what the `async def` queue endpoints (and fast_publish itself,
 for options the endpoints do not take) wrote, with the result backend, retries, a
-countdown and an ETA, PROGRESS read through the status route, the revoke of a queued
+countdown and an ETA, progress read through the status route, the revoke of a queued
 task and the cancel of a running one.
 """
 
@@ -34,12 +34,12 @@ from tests.e2e.harness import (
     start_process,
     wait_until,
 )
+from tests.e2e.test_celery_e2e import cancelled, reports_progress, succeeded
 
 pytestmark = pytest.mark.e2e
 
 API_TOKEN = "fast-publish-" + uuid.uuid4().hex
 HEADERS = {"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/json"}
-READY_STATES = {"SUCCESS", "FAILURE", "REVOKED"}
 
 # Tasks of the test's own, imported by the worker with -I: one that fails once and is
 # retried, one that records when it ran.
@@ -124,7 +124,7 @@ headers = {
 before = others()
 with TestClient(app) as client:
     for n in (1, 2, 3):
-        response = client.post(f"/tasks/process-order/{n}", headers=headers)
+        response = client.post("/tasks/process-order", json={"order_id": n}, headers=headers)
         assert response.status_code == 202, response.text
     during = others()
 print(json.dumps({"before": before, "during": during, "after": others()}))
@@ -153,13 +153,14 @@ class Stack:
         body: dict[str, Any] = response.json()
         return body
 
-    def cancel(self, task_id: str) -> httpx.Response:
-        return httpx.delete(f"{self.base}/tasks/cancel/{task_id}", headers=HEADERS, timeout=10)
+    def cancel(self, task_id: str, wait: float = 5) -> httpx.Response:
+        url = f"{self.base}/tasks/cancel/{task_id}"
+        return httpx.post(url, params={"wait": wait}, headers=HEADERS, timeout=wait + 10)
 
     def final(self, task_id: str, timeout: float = 30) -> dict[str, Any]:
         def finished() -> dict[str, Any] | None:
             status = self.status(task_id)
-            return status if status["state"] in READY_STATES else None
+            return status if status["status"] == "complete" else None
 
         result: dict[str, Any] = wait_until(finished, timeout, f"task {task_id} to finish")
         return result
@@ -206,20 +207,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def test_endpoints_messages_succeed_with_results_and_progress(stack: Stack) -> None:
-    orders = [stack.queue(f"/process-order/{n}") for n in (11, 12)]
-    steps = stack.queue("/long-running", params={"steps": 15})
+    orders = [stack.queue("/process-order", json={"order_id": n}) for n in (11, 12)]
+    steps = stack.queue("/long-running", json={"steps": 15})
     for order_id, n in zip(orders, (11, 12), strict=True):
         final = stack.final(order_id)
-        assert final["state"] == "SUCCESS", (final, stack.worker.log())
+        assert succeeded(final), (final, stack.worker.log())
         assert final["result"] == {"order_id": n, "status": "processed"}
     seen: list[int] = []
     deadline = time.monotonic() + 30
-    while (status := stack.status(steps))["state"] not in READY_STATES:
+    while (status := stack.status(steps))["status"] != "complete":
         assert time.monotonic() < deadline, status
-        if status["state"] == "PROGRESS":
+        if reports_progress(status):
             seen.append(status["progress"]["percent"])
         time.sleep(0.05)
-    assert status["state"] == "SUCCESS", (status, stack.worker.log())
+    assert succeeded(status), (status, stack.worker.log())
     assert seen and seen == sorted(seen), seen
     assert "Traceback" not in stack.worker.log(), stack.worker.log()
 
@@ -234,7 +235,9 @@ def test_requests_queued_together_all_run(stack: Stack) -> None:
             base_url=f"{stack.base}/tasks", headers=HEADERS, timeout=30
         ) as client:
             return list(
-                await asyncio.gather(*(client.post(f"/process-order/{n}") for n in numbers))
+                await asyncio.gather(
+                    *(client.post("/process-order", json={"order_id": n}) for n in numbers)
+                )
             )
 
     responses = asyncio.run(burst())
@@ -243,7 +246,7 @@ def test_requests_queued_together_all_run(stack: Stack) -> None:
     assert len({r.json()["task_id"] for r in responses}) == len(numbers)
     for n, response in zip(numbers, responses, strict=True):
         final = stack.final(response.json()["task_id"], timeout=60)
-        assert final["state"] == "SUCCESS", (final, stack.worker.log())
+        assert succeeded(final), (final, stack.worker.log())
         assert final["result"] == {"order_id": n, "status": "processed"}
 
 
@@ -262,35 +265,34 @@ def test_retry_countdown_and_eta_of_fast_path_messages(stack: Stack) -> None:
     assert sent["repeated"] is True
     for name in ("flaky-1", "flaky-2"):
         final = stack.final(ids[name])
-        assert final["state"] == "SUCCESS", (final, stack.worker.log())
+        assert succeeded(final), (final, stack.worker.log())
         assert final["result"] == {"attempts": 2, "retries": 1}
     log = stack.worker.log()
     assert log.count(f"flaky[{ids['flaky-1']}] retry") == 1, log
     for name in ("countdown", "eta"):
-        assert stack.final(ids[name])["state"] == "SUCCESS", stack.worker.log()
+        assert succeeded(stack.final(ids[name])), stack.worker.log()
         ran_at = float(stack.redis("GET", f"e2e:ran:{name}"))
         # not before its time (2 s after it was sent), and not long after
         assert sent_at + 1.5 <= ran_at <= sent_at + 15, (name, ran_at - sent_at)
 
 
 def test_revoke_a_queued_and_cancel_a_running_fast_path_message(stack: Stack) -> None:
-    running_id = stack.queue("/long-running", params={"steps": 40})
-    wait_until(
-        lambda: stack.status(running_id)["state"] == "PROGRESS", 20, "the long task to start"
-    )
+    running_id = stack.queue("/long-running", json={"steps": 40})
+    wait_until(lambda: reports_progress(stack.status(running_id)), 20, "the long task to start")
     # the only pool process is busy: this one waits in the queue, then is revoked
-    queued_id = stack.queue("/process-order/99")
+    queued_id = stack.queue("/process-order", json={"order_id": 99})
     response = stack.cancel(queued_id)
     assert response.status_code == 200, response.text
-    assert response.json() == {"task_id": queued_id, "state": "REVOKED", "action": "revoked"}
-    response = stack.cancel(running_id)
+    assert response.json() == {"task_id": queued_id, "cancelled": True, "status": "complete"}
+    # without waiting: asked to stop, still running (the cancel stays asked for)
+    response = stack.cancel(running_id, wait=0)
     assert response.status_code == 202, response.text
-    assert response.json()["action"] == "cancel_requested"
-    assert stack.final(running_id)["state"] == "REVOKED", stack.worker.log()
-    # once the worker took the revoked one off the queue it stays REVOKED, never run
-    marker = stack.queue("/process-order/100")
-    assert stack.final(marker)["state"] == "SUCCESS"
-    assert stack.status(queued_id)["state"] == "REVOKED"
+    assert response.json() == {"task_id": running_id, "cancelled": False, "status": "in_progress"}
+    assert cancelled(stack.final(running_id)), stack.worker.log()
+    # once the worker took the revoked one off the queue it stays cancelled, never run
+    marker = stack.queue("/process-order", json={"order_id": 100})
+    assert succeeded(stack.final(marker))
+    assert cancelled(stack.status(queued_id))
     assert f"process_order[{queued_id}] succeeded" not in stack.worker.log()
 
 

@@ -202,27 +202,24 @@ def test_celery_stack_runs_and_stops_cleanly(tmp_path: Path) -> None:
         send_email(run, "/tasks/send-email")
 
         response = httpx.post(
-            run.url("/tasks/long-running"), params={"steps": 20}, headers=AUTH, timeout=10
+            run.url("/tasks/long-running"), json={"steps": 20}, headers=AUTH, timeout=10
         )
         assert response.status_code == 202, response.text
         task_id = response.json()["task_id"]
 
         def progress() -> dict[str, Any] | None:
             status = httpx.get(run.url(f"/tasks/status/{task_id}"), headers=AUTH, timeout=10).json()
-            return status if status["state"] == "PROGRESS" else None
+            return status if status["status"] == "in_progress" and status["progress"] else None
 
-        status = wait_until(progress, 20, f"PROGRESS of the long task\n{run.output()}")
+        status = wait_until(progress, 20, f"progress of the long task\n{run.output()}")
         assert status["progress"]["total"] == 20 and 0 <= status["progress"]["current"] <= 20
-        wait_until(
-            lambda: (
-                httpx.get(run.url(f"/tasks/status/{task_id}"), headers=AUTH, timeout=10).json()[
-                    "state"
-                ]
-                == "SUCCESS"
-            ),
-            20,
-            "the long task to finish",
-        )
+
+        def finished() -> dict[str, Any] | None:
+            status = httpx.get(run.url(f"/tasks/status/{task_id}"), headers=AUTH, timeout=10).json()
+            return status if status["status"] == "complete" else None
+
+        status = wait_until(finished, 20, "the long task to finish")
+        assert status["success"] is True, status
         ports = [run.port, int(banner["redis"]), int(banner["smtp"])]
         stop_and_check_everything_is_gone(run, ports)
         assert "beat stopped" in run.output() and "redis stopped" in run.output()
@@ -246,20 +243,20 @@ def test_arq_stack_with_the_bundled_redis(tmp_path: Path) -> None:
         wait_until(lambda: "Redis version=6.2" in run.output(), 10, run.output())
         wait_until(lambda: "Starting worker" in run.output(), 30, f"the worker\n{run.output()}")
 
-        send_email(run, "/arq-tasks/send-email")
+        send_email(run, "/tasks/send-email")
 
         response = httpx.post(
-            run.url("/arq-tasks/long-running"), json={"steps": 20}, headers=AUTH, timeout=10
+            run.url("/tasks/long-running"), json={"steps": 20}, headers=AUTH, timeout=10
         )
         assert response.status_code == 202, response.text
-        job_id = response.json()["job_id"]
+        task_id = response.json()["task_id"]
 
         def progress() -> dict[str, Any] | None:
-            url = run.url(f"/arq-tasks/status/{job_id}")
+            url = run.url(f"/tasks/status/{task_id}")
             status = httpx.get(url, headers=AUTH, timeout=10).json()
             return status if status["status"] == "in_progress" and status["progress"] else None
 
-        status = wait_until(progress, 20, f"progress of the long job\n{run.output()}")
+        status = wait_until(progress, 20, f"progress of the long task\n{run.output()}")
         assert status["progress"]["total"] == 20 and 0 <= status["progress"]["current"] <= 20
         ports = [run.port, int(banner["redis"]), int(banner["smtp"])]
         stop_and_check_everything_is_gone(run, ports)

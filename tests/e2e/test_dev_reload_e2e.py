@@ -50,17 +50,17 @@ def test_add_task_while_dev_runs_restarts_the_worker_with_the_new_task(tmp_path:
 
         def route_served() -> bool:
             response = httpx.get(run.url("/openapi.json"), timeout=5)
-            return response.status_code == 200 and "/arq-tasks/greet-user" in response.text
+            return response.status_code == 200 and "/tasks/greet-user" in response.text
 
         wait_until(route_served, 30, f"uvicorn's reload of the new route\n{run.output()}")
         response = httpx.post(
-            run.url("/arq-tasks/greet-user"), json={"name": "Ada"}, headers=AUTH, timeout=10
+            run.url("/tasks/greet-user"), json={"name": "Ada"}, headers=AUTH, timeout=10
         )
         assert response.status_code == 202, response.text
-        job_id = response.json()["job_id"]
+        task_id = response.json()["task_id"]
 
         def finished() -> dict[str, Any] | None:
-            url = run.url(f"/arq-tasks/status/{job_id}")
+            url = run.url(f"/tasks/status/{task_id}")
             status: dict[str, Any] = httpx.get(url, headers=AUTH, timeout=10).json()
             return status if status["status"] == "complete" else None
 

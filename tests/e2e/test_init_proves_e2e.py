@@ -100,7 +100,7 @@ def test_init_serves_the_written_app_in_the_project_interpreter(tmp_path: Path) 
     assert code == 0, output
     assert RESOLVED in output, output
     flat = " ".join(output.split())
-    assert "served: GET /arq-tasks/status/" in flat, output
+    assert "served: GET /tasks/status/" in flat, output
     assert "answered 404 with the app's lifespans running" in flat, output
 
 

@@ -65,14 +65,12 @@ def _arq_email(arq_project: Path, tmp_path: Path, sink: SmtpSink) -> dict[str, A
             env=env,
         )
         with running(api, worker):
-            queued = httpx.post(
-                f"{base}/arq-tasks/send-email", json=EMAIL, headers=AUTH, timeout=10
-            )
+            queued = httpx.post(f"{base}/tasks/send-email", json=EMAIL, headers=AUTH, timeout=10)
             assert queued.status_code == 202, queued.text
-            job_id = queued.json()["job_id"]
+            task_id = queued.json()["task_id"]
 
             def complete() -> dict[str, Any] | None:
-                response = httpx.get(f"{base}/arq-tasks/status/{job_id}", headers=AUTH, timeout=10)
+                response = httpx.get(f"{base}/tasks/status/{task_id}", headers=AUTH, timeout=10)
                 body: dict[str, Any] = response.json()
                 return body if body["status"] == "complete" else None
 
@@ -100,7 +98,7 @@ def test_arq_hang_up_after_the_data_is_one_email_that_may_have_been_sent(
         body = _arq_email(arq_project, tmp_path, sink)
         assert len(sink.messages) == 1, (len(sink.messages), body)
     # not retried, and not called a plain failure
-    assert body["success"] is False and body["error"] == "may_have_been_sent", body
+    assert body["success"] is False and body["error"] == "unconfirmed", body
 
 
 def test_builtin_slow_data_reply_is_one_email_logged_as_sent(tmp_path: Path) -> None:

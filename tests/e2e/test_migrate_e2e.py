@@ -6,7 +6,8 @@ are read from the arq app's OpenAPI (.venvs/arq) before the move and from the ta
 app's (.venvs/taskiq) after it. Then a private redis-server, a real `taskiq worker`,
 a `taskiq scheduler`, uvicorn and an SMTP sink run the moved project: every route
 arq had queues its task and it completes, the schedule fires, and the edited body's
-result comes back through the unchanged status route.
+result comes back through the unchanged status route: a project scaffolded with the
+common task API (`api_shape = "common"`) keeps answering it, under `/tasks`.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ EDITED_BODY = [
     '    marker = {"edited": True, "job_id": ctx["job_id"], "try": ctx["job_try"]}',
     '    return {"width": width * 2, "name": name.upper(), **marker}',
 ]
-ACCEPTED = {"job_id", "status", "duplicate"}
-STATUS = {"job_id", "status", "success", "result", "error", "tries", "progress"}
+ACCEPTED = {"task_id", "status", "status_url", "duplicate"}
+STATUS = {"task_id", "status", "success", "result", "error", "tries", "progress"}
 
 
 @dataclass
@@ -79,7 +80,7 @@ class Stack:
     def post(self, path: str, payload: Any = None, **kwargs: Any) -> httpx.Response:
         headers = {**AUTH, **kwargs.pop("headers", {})}
         return httpx.post(
-            f"{self.base}/arq-tasks{path}",
+            f"{self.base}/tasks{path}",
             json={} if payload is None else payload,
             headers=headers,
             timeout=30,
@@ -87,14 +88,15 @@ class Stack:
         )
 
     def status(self, job_id: str) -> httpx.Response:
-        return httpx.get(f"{self.base}/arq-tasks/status/{job_id}", headers=AUTH, timeout=10)
+        return httpx.get(f"{self.base}/tasks/status/{job_id}", headers=AUTH, timeout=10)
 
     def queue(self, path: str, payload: Any = None) -> str:
         response = self.post(path, payload)
         assert response.status_code == 202, response.text
         body = response.json()
         assert set(body) == ACCEPTED and body["duplicate"] is False, body
-        job_id: str = body["job_id"]
+        assert body["status_url"] == f"/tasks/status/{body['task_id']}", body
+        job_id: str = body["task_id"]
         self.queued.add(job_id)
         return job_id
 
@@ -236,19 +238,19 @@ def test_list_shows_the_three_added_tasks(moved: Moved) -> None:
     added = sorted(name for name, row in rows.items() if row["added_by"] == "add-task")
     assert added == sorted(ADDED), rows
     for name in ADDED:
-        assert rows[name]["route"] == f"POST /arq-tasks/{name}", rows[name]
+        assert rows[name]["route"] == f"POST /tasks/{name}", rows[name]
     assert rows["tick"]["schedule"] and not rows["resize"]["schedule"]
 
 
 def test_the_taskiq_app_has_every_route_the_arq_app_had(moved: Moved) -> None:
     routes = openapi_routes(runner_python("taskiq"), moved.project, APP)
     assert moved.arq_routes - routes == set()
-    task_routes = {r for r in routes if r[0].startswith("/arq-tasks/")}
-    assert task_routes == {r for r in moved.arq_routes if r[0].startswith("/arq-tasks/")}
+    task_routes = {r for r in routes if r[0].startswith("/tasks/")}
+    assert task_routes == {r for r in moved.arq_routes if r[0].startswith("/tasks/")}
     for name in ADDED:
-        assert (f"/arq-tasks/{name}", "post") in task_routes
-    assert ("/arq-tasks/status/{job_id}", "get") in task_routes
-    assert ("/arq-tasks/abort/{job_id}", "post") in task_routes
+        assert (f"/tasks/{name}", "post") in task_routes
+    assert ("/tasks/status/{task_id}", "get") in task_routes
+    assert ("/tasks/cancel/{task_id}", "post") in task_routes
 
 
 def test_every_task_queued_through_its_route_completes(stack: Stack) -> None:
@@ -265,7 +267,7 @@ def test_every_task_queued_through_its_route_completes(stack: Stack) -> None:
     for path, job_id in job_ids.items():
         body = stack.wait_complete(job_id)
         assert body["success"] is True and body["error"] is None, (path, body)
-        assert body["job_id"] == job_id and body["tries"] == 1, (path, body)
+        assert body["task_id"] == job_id and body["tries"] == 1, (path, body)
         results[path] = body["result"]
     assert results["/process-data"]["mean"] == 2
     assert results["/long-running"] == {"steps": 3}
@@ -289,21 +291,21 @@ def test_an_idempotency_key_answers_the_same_job(stack: Stack) -> None:
     second = stack.post("/resize", {"width": 1, "name": "a"}, headers=key)
     assert second.status_code == 200, second.text
     assert second.json()["duplicate"] is True
-    assert second.json()["job_id"] == first.json()["job_id"]
+    assert second.json()["task_id"] == first.json()["task_id"]
 
 
-def test_abort_keeps_arqs_answer(stack: Stack) -> None:
+def test_cancel_keeps_the_common_answer(stack: Stack) -> None:
     job_id = stack.queue("/long-running", {"steps": 80})  # 8 s < the 10 s time limit
     wait_until(
         lambda: stack.status(job_id).json()["status"] == "in_progress",
         10,
         f"long task running\n{stack.worker.log()[-2000:]}",
     )
-    aborted = stack.post(f"/abort/{job_id}", params={"wait": 5})
-    assert aborted.status_code == 200, aborted.text
-    assert aborted.json() == {"job_id": job_id, "aborted": True, "status": "complete"}
+    cancelled = stack.post(f"/cancel/{job_id}", params={"wait": 5})
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json() == {"task_id": job_id, "cancelled": True, "status": "complete"}
     body = stack.status(job_id).json()
-    assert body["success"] is False and body["error"] == "aborted", body
+    assert body["success"] is False and body["error"] == "cancelled", body
 
 
 def test_the_scheduler_fires_tick_every_5_seconds(stack: Stack) -> None:

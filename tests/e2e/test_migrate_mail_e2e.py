@@ -87,7 +87,7 @@ def test_a_set_arq_smtp_host_stays_in_effect_after_migrating(tmp_path: Path) -> 
             server, base = serve_app(python, project, "app.main:app", logs / "web.log", env)
             with running(server):
                 response = httpx.post(
-                    f"{base}/api/v1/arq-tasks/send-email",
+                    f"{base}/api/v1/tasks/send-email",
                     json={"to": "ada@example.com", "subject": "Still here", "body": "Moved."},
                     headers=AUTH,
                     timeout=10,

@@ -120,14 +120,10 @@ class Stack:
         return self.start(name, "scheduler", SCHEDULER, TASKS, "--update-interval", "1")
 
     def post(self, path: str, payload: Any) -> httpx.Response:
-        return httpx.post(
-            f"{self.base}/taskiq-tasks{path}", json=payload, headers=HEADERS, timeout=30
-        )
+        return httpx.post(f"{self.base}/tasks{path}", json=payload, headers=HEADERS, timeout=30)
 
     def status(self, task_id: str) -> dict[str, Any]:
-        response = httpx.get(
-            f"{self.base}/taskiq-tasks/status/{task_id}", headers=HEADERS, timeout=10
-        )
+        response = httpx.get(f"{self.base}/tasks/status/{task_id}", headers=HEADERS, timeout=10)
         assert response.status_code == 200, response.text
         body: dict[str, Any] = response.json()
         return body

@@ -87,7 +87,7 @@ class Stack:
         self, path: str, payload: Any = None, headers: dict[str, str] | None = None, **kwargs: Any
     ) -> httpx.Response:
         return httpx.post(
-            f"{self.base}/taskiq-tasks{path}",
+            f"{self.base}/tasks{path}",
             json={} if payload is None else payload,
             headers={"Authorization": f"Bearer {TOKEN}", **(headers or {})},
             timeout=30,
@@ -96,7 +96,7 @@ class Stack:
 
     def status(self, task_id: str) -> httpx.Response:
         return httpx.get(
-            f"{self.base}/taskiq-tasks/status/{task_id}",
+            f"{self.base}/tasks/status/{task_id}",
             headers={"Authorization": f"Bearer {TOKEN}"},
             timeout=10,
         )
@@ -170,7 +170,7 @@ def test_send_email_arrives_and_reports_success(stack: Stack) -> None:
 
 def test_requests_without_the_token_are_refused(stack: Stack) -> None:
     response = httpx.post(
-        f"{stack.base}/taskiq-tasks/process-data", json={"data_id": 1, "values": [1]}, timeout=10
+        f"{stack.base}/tasks/process-data", json={"data_id": 1, "values": [1]}, timeout=10
     )
     assert response.status_code == 401
 
@@ -222,7 +222,12 @@ def test_an_idempotency_key_queues_one_task(stack: Stack) -> None:
     stack.wait_status(task_id, "complete", 20)
     done = stack.post("/process-data", payload, key)  # finished: still that task
     assert done.status_code == 200, done.text
-    assert done.json() == {"task_id": task_id, "status": "complete", "duplicate": True}
+    assert done.json() == {
+        "task_id": task_id,
+        "status": "complete",
+        "status_url": f"/tasks/status/{task_id}",
+        "duplicate": True,
+    }
 
     burst = {"Idempotency-Key": f"burst-{uuid.uuid4().hex}"}
     with ThreadPoolExecutor(8) as pool:

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.e2e
 ENVIRONMENT = {"celery": "celery", "arq": "arq", "builtin": "celery"}
 WORKER = {"celery": "celery_app", "arq": "arq_worker", "builtin": "notifications"}
 ROUTE = {
-    "celery": "/tasks/process-order/{order_id}",
-    "arq": "/arq-tasks/process-data",
+    "celery": "/tasks/process-order",
+    "arq": "/tasks/process-data",
     "builtin": "/notifications/send-email",
 }
 

@@ -130,7 +130,7 @@ def the_app() -> FastAPI:
 def _router_prefix() -> str:
     """The path the app serves the job router under: whatever prefix its include
     gives it (`prefix=settings.API_V1_STR`), read from the app itself."""
-    tail = "/arq-tasks/status/{job_id}"
+    tail = "/tasks/status/{task_id}"
     # the OpenAPI paths, not app.routes: newer FastAPI keeps included routers nested
     for path in the_app().openapi().get("paths", {}):
         if path.endswith(tail):
@@ -139,7 +139,7 @@ def _router_prefix() -> str:
 
 
 def served(path: str) -> str:
-    """A path of the job router (`/arq-tasks/...`) as the app serves it."""
+    """A path of the job router (`/tasks/...`) as the app serves it."""
     return f"{_router_prefix()}{path}"
 
 
@@ -234,7 +234,7 @@ class SmtpSink:
 
 
 def status_of(client: TestClient, job_id: str) -> dict[str, Any]:
-    response = client.get(served(f"/arq-tasks/status/{job_id}"))
+    response = client.get(served(f"/tasks/status/{job_id}"))
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
@@ -244,10 +244,10 @@ def test_requests_without_the_token_are_refused(token: str) -> None:
     application = the_app()
     unknown = uuid.uuid4().hex
     requests = [
-        ("POST", served("/arq-tasks/send-email")),
-        ("POST", served("/arq-tasks/process-data")),
-        ("GET", served(f"/arq-tasks/status/{unknown}")),
-        ("POST", served(f"/arq-tasks/abort/{unknown}")),
+        ("POST", served("/tasks/send-email")),
+        ("POST", served("/tasks/process-data")),
+        ("GET", served(f"/tasks/status/{unknown}")),
+        ("POST", served(f"/tasks/cancel/{unknown}")),
     ]
     payload = {"to": "a@example.com", "subject": "Hi", "body": "b"}
     for authorization in ("", "Bearer wrong-token", f"Basic {token}", "Bearer "):
@@ -265,7 +265,7 @@ def test_anonymous_requests_pass_only_when_allowed(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(CONFIG, "BGTASKS_ALLOW_ANONYMOUS", True)
-    path = served(f"/arq-tasks/status/{uuid.uuid4().hex}")
+    path = served(f"/tasks/status/{uuid.uuid4().hex}")
     anonymous = client.get(path, headers={"authorization": ""})
     assert anonymous.status_code == 404  # past the hook: an unknown id
     wrong = client.get(path, headers={"authorization": "Bearer wrong-token"})
@@ -276,12 +276,12 @@ def test_a_post_that_is_not_json_is_refused(token: str) -> None:
     # What a cross-site form or no-cors fetch can send without a CORS preflight.
     caller = TestClient(the_app(), headers=HEADERS)
     form = caller.post(
-        served("/arq-tasks/send-email"),
+        served("/tasks/send-email"),
         data={"to": "a@example.com", "subject": "Hi", "body": "b"},
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
     assert form.status_code == 415, form.text
-    abort_path = served(f"/arq-tasks/abort/{uuid.uuid4().hex}")
+    abort_path = served(f"/tasks/cancel/{uuid.uuid4().hex}")
     for content_type in ("text/plain", "multipart/form-data; boundary=x"):
         response = caller.post(abort_path, headers={"content-type": content_type})
         assert response.status_code == 415, content_type
@@ -293,11 +293,19 @@ def test_openapi_declares_the_real_responses() -> None:
         ("/send-email", "post"): {"200", "202", "401", "413", "415", "429", "503"},
         ("/process-data", "post"): {"200", "202", "401", "413", "415", "503"},
         ("/long-running", "post"): {"200", "202", "401", "413", "415", "503"},
-        ("/status/{job_id}", "get"): {"200", "401", "404", "503"},
-        ("/abort/{job_id}", "post"): {"200", "202", "401", "404", "409", "415", "503"},
+        ("/status/{task_id}", "get"): {"200", "401", "404", "503"},
+        ("/cancel/{task_id}", "post"): {
+            "200",
+            "202",
+            "401",
+            "404",
+            "409",
+            "415",
+            "503",
+        },
     }
     for (path, method), codes in declared.items():
-        operation = schema[served(f"/arq-tasks{path}")][method]
+        operation = schema[served(f"/tasks{path}")][method]
         assert codes <= set(operation["responses"]), (path, operation["responses"])
         assert operation["summary"] and "Queue Send" not in operation["summary"], path
         refused = operation["responses"]["401"]["content"]["application/json"]
@@ -394,11 +402,11 @@ def test_send_email_job_delivers(
     client: TestClient, redis_url: str, queue_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     response = client.post(
-        served("/arq-tasks/send-email"),
+        served("/tasks/send-email"),
         json={"to": "user@example.com", "subject": "Welcome", "body": "Hello!"},
     )
     assert response.status_code == 202, response.text
-    job_id = response.json()["job_id"]
+    job_id = response.json()["task_id"]
     assert status_of(client, job_id)["status"] == "queued"
 
     async def deliver() -> list[Message]:
@@ -423,7 +431,7 @@ def test_the_worker_log_names_the_job_not_its_arguments(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     payload = {"to": "private.person@example.com", "subject": "Hi", "body": "Secret"}
-    response = client.post(served("/arq-tasks/send-email"), json=payload)
+    response = client.post(served("/tasks/send-email"), json=payload)
     assert response.status_code == 202, response.text
 
     async def deliver() -> list[Message]:
@@ -442,14 +450,12 @@ def test_the_worker_log_names_the_job_not_its_arguments(
 def test_encoded_line_breaks_are_refused(client: TestClient) -> None:
     for subject in (*SUBJECT_PROBES, "a\r\nBcc: x", "tab\there", "line\u2028break"):
         payload = {"to": "a@example.com", "subject": subject, "body": "b"}
-        response = client.post(served("/arq-tasks/send-email"), json=payload)
+        response = client.post(served("/tasks/send-email"), json=payload)
         assert response.status_code == 422, subject
     for to in RECIPIENT_PROBES:
         payload = {"to": to, "subject": "Hi", "body": "b"}
-        assert (
-            client.post(served("/arq-tasks/send-email"), json=payload).status_code
-            == 422
-        )
+        refused = client.post(served("/tasks/send-email"), json=payload)
+        assert refused.status_code == 422
 
 
 def test_the_job_refuses_what_the_api_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -482,11 +488,11 @@ def test_non_finite_numbers_and_large_bodies_are_refused(client: TestClient) -> 
     for raw in ("1e400", "NaN", "-Infinity"):
         body = '{"data_id": 1, "values": [1, ' + raw + "]}"
         response = client.post(
-            served("/arq-tasks/process-data"), content=body, headers=JSON
+            served("/tasks/process-data"), content=body, headers=JSON
         )
         assert response.status_code == 422, raw
         assert "input" not in response.json()["detail"][0]
-    abort_path = served(f"/arq-tasks/abort/{uuid.uuid4().hex}")
+    abort_path = served(f"/tasks/cancel/{uuid.uuid4().hex}")
     assert client.post(abort_path, params={"wait": "nan"}).status_code == 422
     oversized = b'{"data_id": 1, "values": [' + b"1," * 200_000 + b"1]}"
 
@@ -497,7 +503,7 @@ def test_non_finite_numbers_and_large_bodies_are_refused(client: TestClient) -> 
 
     for content in (oversized, chunked()):
         response = client.post(
-            served("/arq-tasks/process-data"), content=content, headers=JSON
+            served("/tasks/process-data"), content=content, headers=JSON
         )
         assert response.status_code == 413
 
@@ -506,10 +512,10 @@ def test_process_data_job_result(
     client: TestClient, redis_url: str, queue_name: str
 ) -> None:
     response = client.post(
-        served("/arq-tasks/process-data"), json={"data_id": 7, "values": [1, 2, 3.5]}
+        served("/tasks/process-data"), json={"data_id": 7, "values": [1, 2, 3.5]}
     )
     assert response.status_code == 202, response.text
-    job_id = response.json()["job_id"]
+    job_id = response.json()["task_id"]
     asyncio.run(drain_queue(redis_url, queue_name))
     body = status_of(client, job_id)
     assert body["status"] == "complete" and body["success"] is True
@@ -517,12 +523,9 @@ def test_process_data_job_result(
 
 
 def test_unknown_job_is_404(client: TestClient) -> None:
-    assert (
-        client.get(served(f"/arq-tasks/status/{uuid.uuid4().hex}")).status_code == 404
-    )
-    assert (
-        client.post(served(f"/arq-tasks/abort/{uuid.uuid4().hex}")).status_code == 404
-    )
+    unknown = uuid.uuid4().hex
+    assert client.get(served(f"/tasks/status/{unknown}")).status_code == 404
+    assert client.post(served(f"/tasks/cancel/{unknown}")).status_code == 404
 
 
 def test_idempotency_key_enqueues_once(
@@ -531,16 +534,13 @@ def test_idempotency_key_enqueues_once(
     key = uuid.uuid4().hex
     payload = {"data_id": 1, "values": [1]}
     headers = {"Idempotency-Key": key}
-    first = client.post(
-        served("/arq-tasks/process-data"), json=payload, headers=headers
-    )
-    second = client.post(
-        served("/arq-tasks/process-data"), json=payload, headers=headers
-    )
+    url = served("/tasks/process-data")
+    first = client.post(url, json=payload, headers=headers)
+    second = client.post(url, json=payload, headers=headers)
     assert first.status_code == 202 and second.status_code == 200
     assert first.json()["duplicate"] is False and second.json()["duplicate"] is True
-    job_id = first.json()["job_id"]
-    assert job_id == second.json()["job_id"]
+    job_id = first.json()["task_id"]
+    assert job_id == second.json()["task_id"]
     # a keyed hash: the key cannot be read from, nor the id guessed from, the other
     assert job_id.startswith("process_data:") and key not in job_id
     assert asyncio.run(drain_queue(redis_url, queue_name)).jobs_complete == 1
@@ -566,13 +566,13 @@ def test_idempotency_keys_are_per_caller(
         for caller in ("user:alice", "user:bob"):
             application.dependency_overrides[authorize_task_access] = as_caller(caller)
             response = client.post(
-                served("/arq-tasks/process-data"),
+                served("/tasks/process-data"),
                 json=payload,
                 headers={"Idempotency-Key": key},
             )
             assert response.status_code == 202, response.text
             assert response.json()["duplicate"] is False
-            job_ids.append(response.json()["job_id"])
+            job_ids.append(response.json()["task_id"])
     finally:
         application.dependency_overrides.pop(authorize_task_access, None)
     assert job_ids[0] != job_ids[1]
@@ -660,22 +660,22 @@ def test_enqueues_made_together_queue_each_id_once(
 
 
 def test_abort_queued_job(client: TestClient, redis_url: str, queue_name: str) -> None:
-    response = client.post(served("/arq-tasks/long-running"), json={"steps": 50})
-    job_id = response.json()["job_id"]
+    response = client.post(served("/tasks/long-running"), json={"steps": 50})
+    job_id = response.json()["task_id"]
     # no worker runs yet: the abort is recorded, the job has not stopped
-    pending = client.post(served(f"/arq-tasks/abort/{job_id}"), params={"wait": 0})
+    pending = client.post(served(f"/tasks/cancel/{job_id}"), params={"wait": 0})
     assert pending.status_code == 202
-    assert pending.json() == {"job_id": job_id, "aborted": False, "status": "queued"}
+    assert pending.json() == {"task_id": job_id, "cancelled": False, "status": "queued"}
 
     # the worker drops the job instead of running it; arq counts that as a failure
     with pytest.raises(FailedJobs):
         asyncio.run(drain_queue(redis_url, queue_name))
     body = status_of(client, job_id)
-    assert body["status"] == "complete" and body["error"] == "aborted"
+    assert body["status"] == "complete" and body["error"] == "cancelled"
     assert body["result"] is None
-    done = client.post(served(f"/arq-tasks/abort/{job_id}"))
+    done = client.post(served(f"/tasks/cancel/{job_id}"))
     assert done.status_code == 409  # finished: nothing left to abort
-    assert done.json() == {"job_id": job_id, "aborted": True, "status": "complete"}
+    assert done.json() == {"task_id": job_id, "cancelled": True, "status": "complete"}
 
 
 def test_daily_cleanup_drops_stale_abort_requests(redis_url: str) -> None:
@@ -701,21 +701,15 @@ def test_daily_cleanup_drops_stale_abort_requests(redis_url: str) -> None:
 
 def test_inputs_are_bounded(client: TestClient) -> None:
     bad_email = {"to": "not-an-address", "subject": "s", "body": "b"}
-    assert (
-        client.post(served("/arq-tasks/send-email"), json=bad_email).status_code == 422
-    )
+    email_url = served("/tasks/send-email")
+    assert client.post(email_url, json=bad_email).status_code == 422
     injected = {"to": "a@example.com", "subject": "a\r\nBcc: x", "body": "b"}
-    assert (
-        client.post(served("/arq-tasks/send-email"), json=injected).status_code == 422
-    )
-    assert (
-        client.post(served("/arq-tasks/long-running"), json={"steps": 0}).status_code
-        == 422
-    )
+    assert client.post(email_url, json=injected).status_code == 422
+    long_url = served("/tasks/long-running")
+    assert client.post(long_url, json={"steps": 0}).status_code == 422
     too_many = {"data_id": 1, "values": [0] * 10_001}
-    assert (
-        client.post(served("/arq-tasks/process-data"), json=too_many).status_code == 422
-    )
+    data_url = served("/tasks/process-data")
+    assert client.post(data_url, json=too_many).status_code == 422
 
 
 def test_resize_image_runs_on_the_worker(
@@ -728,12 +722,12 @@ def test_resize_image_runs_on_the_worker(
         "sizes": [1],
     }
     response = client.post(
-        served("/arq-tasks/resize-image"),
+        served("/tasks/resize-image"),
         json=payload,
     )
     assert response.status_code == 202, response.text
     asyncio.run(drain_queue(redis_url, queue_name))
-    body = status_of(client, response.json()["job_id"])
+    body = status_of(client, response.json()["task_id"])
     # run to an end by the worker; what the body returns or raises is the task's own
     assert body["status"] == "complete", body
     assert body["success"] is True or body["error"] == "failed", body
@@ -746,12 +740,12 @@ def test_nightly_report_runs_on_the_worker(
 ) -> None:
     payload: dict[str, Any] = {}
     response = client.post(
-        served("/arq-tasks/nightly-report"),
+        served("/tasks/nightly-report"),
         json=payload,
     )
     assert response.status_code == 202, response.text
     asyncio.run(drain_queue(redis_url, queue_name))
-    body = status_of(client, response.json()["job_id"])
+    body = status_of(client, response.json()["task_id"])
     # run to an end by the worker; what the body returns or raises is the task's own
     assert body["status"] == "complete", body
     assert body["success"] is True or body["error"] == "failed", body

@@ -290,6 +290,7 @@ class _Route:
 
 _route: _Route | None = None
 _route_checked = False
+_blocking_reason: str | None = None
 _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Clients]" = (
     weakref.WeakKeyDictionary()
 )
@@ -379,6 +380,8 @@ def _tls(name: str, url: str, enabled: bool, options: Any) -> dict[str, Any] | s
 def _blocking(reason: str) -> _Route | None:
     # A warning, once per process (route() keeps the answer), at the app's startup:
     # the blocking path works, but every publish then costs a threadpool hop.
+    global _blocking_reason
+    _blocking_reason = reason
     logger.warning(
         "fast_publish is off, tasks are published in the threadpool: %s", reason
     )
@@ -392,6 +395,17 @@ def route() -> _Route | None:
         _route = _find_route()
         _route_checked = True
     return _route
+
+
+def fallback_reason() -> str | None:
+    """Why tasks are published through apply_async in the threadpool right now, or
+    None while the fast path is on (`bgtasks doctor` reports it)."""
+    if route() is None:
+        return _blocking_reason
+    wrapped = wrapper_in_the_way()
+    if wrapped is not None:
+        return f"{wrapped} is wrapped (an integration adds headers to each message)"
+    return None
 
 
 class _Clients:

@@ -80,6 +80,8 @@ def send_email(self: Task, to: str, subject: str, body: str) -> dict[str, Any]:
     the message may have been sent: that is recorded (registry.record_mail) first, and
     a run that finds the record (a retry, a redelivery after a crash) sends nothing.
     """
+    # refused before anything else (ValueError is never retried): one bare address
+    mailer.checked_recipient(to)
     task_id = self.request.id
     attempts = self.request.retries + 1
     outcome = registry.mail_outcome(task_id)

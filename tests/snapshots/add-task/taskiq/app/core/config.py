@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     SMTP_TIMEOUT: float = 10.0
     EMAIL_FROM: str = "noreply@example.com"
     BGTASKS_API_TOKEN: SecretStr = SecretStr("")
-    BGTASKS_ALLOW_ANONYMOUS: bool = False
+    BGTASKS_ALLOW_ANONYMOUS: str = "false"
 
 
 settings = Settings()

@@ -154,16 +154,34 @@ def checked_subject(subject: str) -> str:
     return subject
 
 
-def checked_recipient(address: str) -> str:
-    """`address` when it is safe as a To header; ValueError otherwise.
+# Characters that make a To header name more than one mailbox, or a display name
+# around one: lists (,), groups (name: ...;), <addr>, comments, quoting and spaces.
+_NOT_IN_ONE_ADDRESS = frozenset(',;:<>()[]"\\')
 
-    RFC 2047 forbids encoded words in an address, and the email package decodes one
-    there anyway: refused even when it decodes to something harmless looking, since it
-    can hide a second "@" or a comma.
+
+def checked_recipient(address: str) -> str:
+    """`address` when it is exactly one bare address (name@domain) safe as a To
+    header; ValueError otherwise.
+
+    The worker checks again what the API validated: code that queues the task directly
+    could pass "a@example.com, someone@else.example", and the SMTP client sends to every
+    address the To header names. RFC 2047 forbids encoded words in an address, and the
+    email package decodes one there anyway: refused even when it decodes to something
+    harmless looking, since it can hide a second "@" or a comma.
     """
     _check_header_text(address, "the recipient")
     if "=?" in address:
         raise ValueError("the recipient must not hold an encoded word (=?...?=)")
+    local, at, domain = address.partition("@")
+    if (
+        not (local and at and domain)
+        or "@" in domain
+        or any(char.isspace() or char in _NOT_IN_ONE_ADDRESS for char in address)
+    ):
+        raise ValueError(
+            "the recipient must be one address (name@domain): no lists, groups, "
+            "display names or spaces"
+        )
     return address
 
 

@@ -88,7 +88,7 @@ def api_token_caller(request: Request) -> str:
         if expected and hmac.compare_digest(given, expected):
             # a stable name for the token's holder, never the token itself
             return "token:" + hashlib.sha256(expected).hexdigest()[:16]
-    elif config.bgtasks_allow_anonymous is True:
+    elif anonymous_access_allowed():
         if not _anonymous_warned:
             _anonymous_warned = True
             logger.warning(
@@ -102,5 +102,23 @@ def api_token_caller(request: Request) -> str:
         headers={"WWW-Authenticate": "Bearer"},
     )
 
+
+def anonymous_access_allowed() -> bool:
+    """Whether requests without a token are let in: the setting
+    BGTASKS_ALLOW_ANONYMOUS, exactly true or false (any case, spaces
+    around ignored). Anything else is refused rather than guessed: 1, yes or an empty
+    value may mean either."""
+    value: object = get_settings().bgtasks_allow_anonymous
+    if isinstance(value, bool):  # a field declared as bool: pydantic has read it
+        return value
+    word = str(value).strip().lower()
+    if word not in ("true", "false"):
+        setting = "BGTASKS_ALLOW_ANONYMOUS"
+        raise RuntimeError(f"{setting} must be true or false, not {value!r}")
+    return word == "true"
+
+
+# read once at import: a wrong value stops the app at startup, not each request
+anonymous_access_allowed()
 
 Caller = Annotated[str, Depends(authorize_task_access)]

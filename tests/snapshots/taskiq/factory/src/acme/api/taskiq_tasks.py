@@ -240,8 +240,8 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 router = APIRouter(
-    prefix="/taskiq-tasks",
-    tags=["taskiq-tasks"],
+    prefix="/tasks",
+    tags=["tasks"],
     dependencies=[Depends(remember_caller)],
     route_class=BoundedRoute,
     responses=errors(401, 503),
@@ -320,6 +320,7 @@ class LongRunningRequest(BaseModel):
 class TaskAccepted(BaseModel):
     task_id: str
     status: str = "queued"
+    status_url: str  # where to read its status
     duplicate: bool = False
 
 
@@ -394,6 +395,7 @@ async def _enqueue(
                 return TaskAccepted(
                     task_id=task_id,
                     status=record.get("state", "queued"),
+                    status_url=_status_path(request, task_id),
                     duplicate=True,
                 )
         waiting = await record_queued(task_id, task.task_name)
@@ -413,7 +415,24 @@ async def _enqueue(
             if isinstance(exc.__cause__, QueueFull):  # filled up meanwhile
                 raise queue_full(exc.__cause__.waiting) from None
             raise
-    return TaskAccepted(task_id=task_id, status="queued")
+    return TaskAccepted(
+        task_id=task_id, status="queued", status_url=_status_path(request, task_id)
+    )
+
+
+_ID_PLACEHOLDER = "0-task-id-0"
+_status_paths: dict[tuple[Any, str], str] = {}
+
+
+def _status_path(request: Request, task_id: str) -> str:
+    """The path of the task's status, as the app including this router serves it."""
+    # url_for walks every route of the app: once per app and mount point, not per task
+    key = (request.app, str(request.scope.get("root_path", "")))
+    path = _status_paths.get(key)
+    if path is None:
+        url = request.url_for("get_task_status", task_id=_ID_PLACEHOLDER)
+        path = _status_paths[key] = url.path
+    return path.replace(_ID_PLACEHOLDER, task_id)
 
 
 def _may_have_been_sent(exc: BaseException) -> bool:

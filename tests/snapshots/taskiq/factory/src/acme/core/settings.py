@@ -24,7 +24,7 @@ class Settings(AppSettings, RedisSettings):
     smtp_timeout: float = 10.0
     email_from: str = "noreply@example.com"
     bgtasks_api_token: SecretStr = SecretStr("")
-    bgtasks_allow_anonymous: bool = False
+    bgtasks_allow_anonymous: str = "false"
 
 
 @lru_cache

@@ -1,4 +1,8 @@
-"""HTTP API for the arq jobs: enqueue, status, abort (added by bgtasks).
+"""HTTP API for the arq jobs: enqueue, status, cancel (added by bgtasks).
+
+The routes answer as every queue runner's do: `task_id`, a status of queued |
+in_progress | retrying (arq's deferred: waiting for its retry) | complete, an error of
+cancelled | timed_out | unconfirmed (an email maybe delivered) | failed.
 
 Idempotency: send an `Idempotency-Key` header (1-64 characters of A-Z a-z 0-9 _ . -)
 to enqueue a job at most once per caller. While that job exists (queued, running, or
@@ -22,7 +26,7 @@ idempotency keys and the email rate limit.
 
 A request body larger than MAX_BODY_BYTES is refused with 413 before it is read, and a
 422 names what is wrong without echoing the input (see BoundedRoute). A POST must say
-`Content-Type: application/json` (415 otherwise), also one without a body (abort).
+`Content-Type: application/json` (415 otherwise), also one without a body (cancel).
 """
 
 import asyncio
@@ -72,7 +76,13 @@ from app.tasks.idempotency import (
     job_id_secret,
     scoped_job_id,
 )
-from app.tasks.pool import lifespan, queue_errors_as_503, queue_of
+from app.tasks.pool import (
+    UNCONFIRMED_MESSAGE,
+    EnqueueOutcomeUnknown,
+    lifespan,
+    queue_errors_as_503,
+    queue_of,
+)
 from app.tasks.serialization import error_kind
 
 logger = logging.getLogger(__name__)
@@ -83,7 +93,7 @@ logger = logging.getLogger(__name__)
 # --forwarded-allow-ips set to the proxy's own address only; never trust
 # X-Forwarded-For from anywhere else, or any client picks its own address.
 EMAILS_PER_MINUTE = 20
-ABORT_POLL_SECONDS = 0.2
+CANCEL_POLL_SECONDS = 0.2
 # The largest request body read (413 beyond). The largest valid ones: 10 000 values
 # written at full precision (24 characters each, with ", ") come to about 260 kB, an
 # email of 20 000 characters each escaped as \uXXXX to 120 kB (240 kB for emoji).
@@ -94,27 +104,27 @@ MAX_BODY_BYTES = 256 * 1024
 class TaskAccess:
     """What a request to the task routes asks for."""
 
-    action: str  # "queue", "status" or "abort"
-    task_id: str | None  # the task it reads or aborts; None when queueing
+    action: str  # "queue", "status" or "cancel"
+    task_id: str | None  # the task it reads or cancels; None when queueing
 
 
 def task_access(request: Request) -> TaskAccess:
     """The action and task id of a request, from its method and path."""
-    task_id = request.path_params.get("job_id")
+    task_id = request.path_params.get("task_id")
     if task_id is None:
         return TaskAccess("queue", None)
-    action = "status" if request.method in ("GET", "HEAD") else "abort"
+    action = "status" if request.method in ("GET", "HEAD") else "cancel"
     return TaskAccess(action, str(task_id))
 
 
 async def authorize_task_access(request: Request) -> str:
-    """Decide who may queue, read and abort tasks: the one place to edit.
+    """Decide who may queue, read and cancel tasks: the one place to edit.
 
     Every route of the router depends on it. Return the caller's identity, a stable
     string that is not a secret (idempotency keys and the email rate limit are kept
     per identity), or raise HTTPException(401) / (403) to refuse. `task_access(request)`
     says what is asked (`.action`, `.task_id`; a plain call, as a dependency it would
-    cost every request a resolution): whether a caller may read or abort a
+    cost every request a resolution): whether a caller may read or cancel a
     task somebody else queued is your application's policy, decided here.
 
     As generated a request passes with the API token, sent as
@@ -133,6 +143,16 @@ async def authorize_task_access(request: Request) -> str:
             return f"user:{user.id}"
     """
     return api_token_caller(request)  # no per-task policy as generated
+
+
+def may_use_task(caller: str, owner: str | None, access: TaskAccess) -> bool:
+    """Whether `caller` may read or cancel a task `owner` queued (the identity
+    authorize_task_access returned when it was queued). As generated: only the caller
+    who queued it; `owner` None (queued by other code than these routes) lets every
+    caller the hook admits. A refused caller is answered 404, as for an unknown id.
+    Edit to let an operator see every task, e.g. `or caller == "user:admin"`."""
+    del access  # as generated, one rule for every action
+    return owner is None or hmac.compare_digest(owner.encode(), caller.encode())
 
 
 def client_identity(request: Request) -> str:
@@ -161,7 +181,7 @@ def api_token_caller(request: Request) -> str:
         if expected and hmac.compare_digest(given, expected):
             # a stable name for the token's holder, never the token itself
             return "token:" + hashlib.sha256(expected).hexdigest()[:16]
-    elif config.BGTASKS_ALLOW_ANONYMOUS is True:
+    elif anonymous_access_allowed():
         if not _anonymous_warned:
             _anonymous_warned = True
             logger.warning(
@@ -175,6 +195,24 @@ def api_token_caller(request: Request) -> str:
         headers={"WWW-Authenticate": "Bearer"},
     )
 
+
+def anonymous_access_allowed() -> bool:
+    """Whether requests without a token are let in: the setting
+    BGTASKS_ALLOW_ANONYMOUS, exactly true or false (any case, spaces
+    around ignored). Anything else is refused rather than guessed: 1, yes or an empty
+    value may mean either."""
+    value: object = settings.BGTASKS_ALLOW_ANONYMOUS
+    if isinstance(value, bool):  # a field declared as bool: pydantic has read it
+        return value
+    word = str(value).strip().lower()
+    if word not in ("true", "false"):
+        setting = "BGTASKS_ALLOW_ANONYMOUS"
+        raise RuntimeError(f"{setting} must be true or false, not {value!r}")
+    return word == "true"
+
+
+# read once at import: a wrong value stops the app at startup, not each request
+anonymous_access_allowed()
 
 Caller = Annotated[str, Depends(authorize_task_access)]
 
@@ -325,8 +363,8 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 router = APIRouter(
-    prefix="/arq-tasks",
-    tags=["arq-tasks"],
+    prefix="/tasks",
+    tags=["tasks"],
     dependencies=[Depends(remember_caller)],
     route_class=BoundedRoute,
     responses=errors(401),
@@ -335,7 +373,8 @@ router = APIRouter(
 )
 
 
-JobId = Annotated[
+# arq's job id rule (an Idempotency-Key's id is "<function>:<hash>"); uuid4 hex passes
+TaskId = Annotated[
     str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
 ]
 
@@ -358,20 +397,21 @@ class LongRunningRequest(BaseModel):
     steps: int = Field(default=100, ge=1, le=1000)
 
 
-class JobAccepted(BaseModel):
-    job_id: str
+class TaskAccepted(BaseModel):
+    task_id: str
     status: str
+    status_url: str  # where to read its status
     duplicate: bool = False
 
 
-class UnconfirmedJob(BaseModel):
+class UnconfirmedTask(BaseModel):
     message: str
-    job_id: str
+    task_id: str
     outcome: str  # "unknown": queued or not
 
 
 class Unconfirmed(BaseModel):
-    detail: UnconfirmedJob
+    detail: UnconfirmedTask
 
 
 class Progress(BaseModel):
@@ -380,12 +420,12 @@ class Progress(BaseModel):
     percent: int
 
 
-class JobStatusResponse(BaseModel):
-    job_id: str
-    status: str  # deferred | queued | in_progress | complete
+class TaskStatus(BaseModel):
+    task_id: str
+    status: str  # queued | in_progress | retrying | complete
     success: bool | None = None
     result: Any = None  # only when the job succeeded
-    # aborted | timed_out | may_have_been_sent | failed, never the raw exception
+    # cancelled | timed_out | unconfirmed | failed, never the raw exception
     error: str | None = None
     tries: int | None = None
     progress: Progress | None = None  # while a long job runs
@@ -393,7 +433,7 @@ class JobStatusResponse(BaseModel):
 
 # a repeated Idempotency-Key: the job it queued before
 DUPLICATE: dict[str, Any] = {
-    "model": JobAccepted,
+    "model": TaskAccepted,
     "description": "Already queued with this Idempotency-Key: that job",
 }
 # Redis did not confirm the enqueue (503 means not queued, this may be queued)
@@ -404,10 +444,24 @@ UNCONFIRMED: dict[str, Any] = {
 }
 
 
-class AbortResponse(BaseModel):
-    job_id: str
-    aborted: bool
+class CancelResponse(BaseModel):
+    task_id: str
+    cancelled: bool
     status: str
+
+
+# arq's words in those of every queue runner's API (arq defers a job only for a retry)
+STATUS_WORDS = {JobStatus.deferred.value: "retrying"}
+ERROR_WORDS = {"aborted": "cancelled", "may_have_been_sent": "unconfirmed"}
+
+
+def _status_word(state: JobStatus) -> str:
+    return STATUS_WORDS.get(state.value, state.value)
+
+
+def _error_word(result: Any) -> str:
+    kind = error_kind(result)
+    return ERROR_WORDS.get(kind, kind)
 
 
 def _progress(stored: bytes | None) -> Progress | None:
@@ -434,7 +488,7 @@ async def _enqueue(
     function: str,
     idempotency_key: str | None,
     **kwargs: Any,
-) -> JobAccepted:
+) -> TaskAccepted:
     queue = queue_of(request)
     with queue_errors_as_503():
         job_id = None
@@ -442,16 +496,50 @@ async def _enqueue(
             secret = await job_id_secret(queue)
             scope = IdempotencyScope(caller=caller_of(request), key=idempotency_key)
             job_id = scoped_job_id(secret, function, scope)
-        job = await queue.enqueue_job(function, _job_id=job_id, **kwargs)
+        try:
+            job = await queue.enqueue_job(function, _job_id=job_id, **kwargs)
+        except EnqueueOutcomeUnknown as exc:
+            raise _unconfirmed(exc.job_id) from None
         if job is not None:
-            return JobAccepted(job_id=job.job_id, status=JobStatus.queued.value)
+            return TaskAccepted(
+                task_id=job.job_id,
+                status=JobStatus.queued.value,
+                status_url=_status_path(request, job.job_id),
+            )
         if job_id is None:  # arq picked a random id: cannot collide, never trust that
             raise HTTPException(status_code=503, detail="task queue unavailable")
         # None: a job with this id exists already. Answer with it; enqueue nothing.
         existing = _job(queue, job_id)
         state = await existing.status()
     response.status_code = 200
-    return JobAccepted(job_id=job_id, status=state.value, duplicate=True)
+    return TaskAccepted(
+        task_id=job_id,
+        status=_status_word(state),
+        status_url=_status_path(request, job_id),
+        duplicate=True,
+    )
+
+
+def _unconfirmed(job_id: str) -> HTTPException:
+    """504 for a job Redis may have received without confirming it: its id."""
+    logger.warning("job %s: enqueue not confirmed by Redis", job_id)
+    detail = {"message": UNCONFIRMED_MESSAGE, "task_id": job_id, "outcome": "unknown"}
+    return HTTPException(status_code=504, detail=detail)
+
+
+_ID_PLACEHOLDER = "0-task-id-0"
+_status_paths: dict[tuple[Any, str], str] = {}
+
+
+def _status_path(request: Request, task_id: str) -> str:
+    """The path of the task's status, as the app including this router serves it."""
+    # url_for walks every route of the app: once per app and mount point, not per task
+    key = (request.app, str(request.scope.get("root_path", "")))
+    path = _status_paths.get(key)
+    if path is None:
+        url = request.url_for("get_task_status", task_id=_ID_PLACEHOLDER)
+        path = _status_paths[key] = url.path
+    return path.replace(_ID_PLACEHOLDER, task_id)
 
 
 @router.post(
@@ -466,7 +554,7 @@ async def queue_send_email(
     request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
-) -> JobAccepted:
+) -> TaskAccepted:
     return await _enqueue(
         request,
         response,
@@ -489,7 +577,7 @@ async def queue_process_data(
     request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
-) -> JobAccepted:
+) -> TaskAccepted:
     return await _enqueue(
         request,
         response,
@@ -511,26 +599,27 @@ async def queue_long_running(
     request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
-) -> JobAccepted:
+) -> TaskAccepted:
     return await _enqueue(
         request, response, "long_running_task", idempotency_key, steps=payload.steps
     )
 
 
 @router.get(
-    "/status/{job_id}",
-    summary="Read a job's status",
+    "/status/{task_id}",
+    summary="A task's state and result",
     responses=errors(404, 503),
 )
-async def get_job_status(job_id: JobId, request: Request) -> JobStatusResponse:
-    """The job's state; its result once it succeeded; 404 for an unknown id."""
+async def get_task_status(task_id: TaskId, request: Request) -> TaskStatus:
+    """The task's state; its result once it succeeded; 404 for an unknown id."""
+    job_id = task_id
     queue = queue_of(request)
     job = _job(queue, job_id)
     with queue_errors_as_503():
         state = await job.status()
         if state == JobStatus.not_found:
             raise HTTPException(status_code=404, detail="job not found")
-        answer = JobStatusResponse(job_id=job_id, status=state.value)
+        answer = TaskStatus(task_id=job_id, status=_status_word(state))
         if state == JobStatus.complete:
             try:
                 info = await job.result_info()
@@ -544,34 +633,35 @@ async def get_job_status(job_id: JobId, request: Request) -> JobStatusResponse:
                 if info.success:
                     answer.result = info.result
                 else:
-                    answer.error = error_kind(info.result)
+                    answer.error = _error_word(info.result)
         elif state == JobStatus.in_progress:
             answer.progress = _progress(await queue.get(progress_key(job_id)))
     return answer
 
 
 @router.post(
-    "/abort/{job_id}",
-    summary="Abort a job",
+    "/cancel/{task_id}",
+    summary="Cancel a queued or running task",
     responses={
-        202: {"model": AbortResponse, "description": "Asked to stop; not stopped yet"},
-        409: {"model": AbortResponse, "description": "Already finished: its outcome"},
+        202: {"model": CancelResponse, "description": "Asked to stop; not stopped yet"},
+        409: {"model": CancelResponse, "description": "Already finished: its outcome"},
         **errors(404, 415, 503),
     },
 )
-async def abort_job(
-    job_id: JobId,
+async def cancel_task(
+    task_id: TaskId,
     request: Request,
     response: Response,
     wait: Annotated[float, Query(ge=0, le=30, allow_inf_nan=False)] = 5.0,
-) -> AbortResponse:
-    """Abort a queued or running job, waiting up to `wait` seconds for the outcome.
+) -> CancelResponse:
+    """Cancel a queued or running task, waiting up to `wait` seconds for the outcome.
 
-    200 with `"aborted": true` once this request stopped it; 409 when the job had
-    finished (before the request, or first during the wait: `"aborted"` says whether
-    it ended aborted); 202 when it has not stopped yet (the abort stays requested: a
-    queued job is dropped when a worker reaches it).
+    200 with `"cancelled": true` once this request stopped it; 409 when the task had
+    finished (before the request, or first during the wait: `"cancelled"` says whether
+    it ended cancelled); 202 when it has not stopped yet (the cancel stays asked for: a
+    queued task is dropped when a worker reaches it).
     """
+    job_id = task_id
     queue = queue_of(request)
     job = _job(queue, job_id)
     with queue_errors_as_503():
@@ -587,7 +677,7 @@ async def abort_job(
             with contextlib.suppress(
                 SerializationError, asyncio.TimeoutError, TimeoutError
             ):
-                await job.abort(timeout=wait, poll_delay=ABORT_POLL_SECONDS)
+                await job.abort(timeout=wait, poll_delay=CANCEL_POLL_SECONDS)
             state = await job.status()
         aborted = False
         if state == JobStatus.complete:
@@ -608,7 +698,9 @@ async def abort_job(
         response.status_code = 202
     elif finished_before or not aborted:
         response.status_code = 409  # nothing left to stop, as celery's cancel answers
-    return AbortResponse(job_id=job_id, aborted=aborted, status=state.value)
+    return CancelResponse(
+        task_id=task_id, cancelled=aborted, status=_status_word(state)
+    )
 
 
 class ResizeImageRequest(BaseModel):
@@ -627,7 +719,7 @@ async def queue_resize_image(
     request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
-) -> JobAccepted:
+) -> TaskAccepted:
     return await _enqueue(
         request,
         response,
@@ -647,7 +739,7 @@ async def queue_nightly_report(
     request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
-) -> JobAccepted:
+) -> TaskAccepted:
     return await _enqueue(
         request,
         response,

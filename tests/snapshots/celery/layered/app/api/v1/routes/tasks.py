@@ -3,15 +3,21 @@
 Celery's client API blocks (publishing, reading the result backend, revoke). The queue
 endpoints are `async def` and publish through fast_publish, which never blocks the
 event loop (with a Redis broker it writes the message with redis.asyncio, otherwise it
-publishes in the threadpool); the others are plain `def`, run in FastAPI's threadpool.
+publishes in the threadpool); status and cancel read the backend in FastAPI's
+threadpool.
 
-Cancel is `DELETE /tasks/cancel/{task_id}`:
-- queued (PENDING) or waiting to retry (RETRY): revoked without terminate; it never
-  runs. Answers 200 with state REVOKED.
-- running (STARTED, PROGRESS): a cancel flag is set. A task that checks it between
-  steps (long_running) stops at its next check and ends REVOKED; any other finishes
-  the run it is in but is never retried or re-run. Answers 202 with the state now.
-- finished (SUCCESS, FAILURE, REVOKED): nothing to do. Answers 409 with that state.
+The routes answer as every queue runner's do: inputs in a JSON body, a status of
+queued | in_progress | retrying | complete (Celery's PENDING, STARTED/PROGRESS, RETRY,
+and SUCCESS/FAILURE/REVOKED), `success` and `error` once complete.
+
+Cancel is `POST /tasks/cancel/{task_id}` (`?wait=` up to 30 s, 5 by default):
+- queued or waiting to retry: revoked without terminate; it never runs. Answers 200
+  with `"cancelled": true`.
+- running: a cancel flag is set. A task that checks it between steps (long_running)
+  stops at its next check; any other finishes the run it is in but is never retried or
+  re-run. Answers 200 once it stopped within the wait, 202 while it has not, 409 when
+  it finished first.
+- finished: nothing to do. Answers 409 with its outcome.
 
 A request body larger than MAX_BODY_BYTES is refused with 413 before it is read, and a
 422 names what is wrong without echoing the input (see BoundedRoute). A POST must say
@@ -23,15 +29,17 @@ value of
 BGTASKS_API_TOKEN; anything else is 401.
 """
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
 import logging
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from celery import states
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
@@ -47,6 +55,7 @@ from pydantic import (
     ValidationError,
 )
 from redis.exceptions import RedisError
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
 
@@ -72,6 +81,7 @@ EMAIL_RATE_WINDOW_SECONDS = 60
 # 10 000 characters, which a client escaping every character as \uXXXX (12 bytes for
 # an emoji's surrogate pair) sends as about 120 kB.
 MAX_BODY_BYTES = 128 * 1024
+CANCEL_POLL_SECONDS = 0.2
 
 TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
 
@@ -121,6 +131,16 @@ async def authorize_task_access(request: Request) -> str:
     return api_token_caller(request)  # no per-task policy as generated
 
 
+def may_use_task(caller: str, owner: str | None, access: TaskAccess) -> bool:
+    """Whether `caller` may read or cancel a task `owner` queued (the identity
+    authorize_task_access returned when it was queued). As generated: only the caller
+    who queued it; `owner` None (queued by other code than these routes) lets every
+    caller the hook admits. A refused caller is answered 404, as for an unknown id.
+    Edit to let an operator see every task, e.g. `or caller == "user:admin"`."""
+    del access  # as generated, one rule for every action
+    return owner is None or hmac.compare_digest(owner.encode(), caller.encode())
+
+
 def client_identity(request: Request) -> str:
     """The client address as an identity. Behind a reverse proxy that is the proxy's,
     unless uvicorn runs with --proxy-headers and --forwarded-allow-ips set to the
@@ -147,7 +167,7 @@ def api_token_caller(request: Request) -> str:
         if expected and hmac.compare_digest(given, expected):
             # a stable name for the token's holder, never the token itself
             return "token:" + hashlib.sha256(expected).hexdigest()[:16]
-    elif config.BGTASKS_ALLOW_ANONYMOUS is True:
+    elif anonymous_access_allowed():
         if not _anonymous_warned:
             _anonymous_warned = True
             logger.warning(
@@ -161,6 +181,24 @@ def api_token_caller(request: Request) -> str:
         headers={"WWW-Authenticate": "Bearer"},
     )
 
+
+def anonymous_access_allowed() -> bool:
+    """Whether requests without a token are let in: the setting
+    BGTASKS_ALLOW_ANONYMOUS, exactly true or false (any case, spaces
+    around ignored). Anything else is refused rather than guessed: 1, yes or an empty
+    value may mean either."""
+    value: object = settings.BGTASKS_ALLOW_ANONYMOUS
+    if isinstance(value, bool):  # a field declared as bool: pydantic has read it
+        return value
+    word = str(value).strip().lower()
+    if word not in ("true", "false"):
+        setting = "BGTASKS_ALLOW_ANONYMOUS"
+        raise RuntimeError(f"{setting} must be true or false, not {value!r}")
+    return word == "true"
+
+
+# read once at import: a wrong value stops the app at startup, not each request
+anonymous_access_allowed()
 
 Caller = Annotated[str, Depends(authorize_task_access)]
 
@@ -302,10 +340,20 @@ class EmailRequest(BaseModel):
     body: str = Field(min_length=1, max_length=10_000)
 
 
-class QueuedTask(BaseModel):
+class ProcessOrderRequest(BaseModel):
+    order_id: int = Field(ge=1, le=2**63 - 1)
+
+
+class LongRunningRequest(BaseModel):
+    steps: int = Field(default=100, ge=1, le=celery_tasks.MAX_STEPS)
+
+
+class TaskAccepted(BaseModel):
     task_id: str
-    state: str
-    status_url: str
+    status: str = "queued"
+    status_url: str  # where to read its status
+    # always false here: Celery's routes take no Idempotency-Key
+    duplicate: bool = False
 
 
 class Progress(BaseModel):
@@ -316,21 +364,41 @@ class Progress(BaseModel):
 
 class TaskStatus(BaseModel):
     task_id: str
-    state: str
-    progress: Progress | None = None
-    result: Any = None
-    # FAILURE only: the exception's type name; messages and tracebacks stay private.
+    # queued | in_progress | retrying | complete
+    status: str
+    success: bool | None = None
+    result: Any = None  # only when the task succeeded
+    # cancelled | timed_out | unconfirmed (an email maybe delivered) | failed
     error: str | None = None
-    # STARTED/PROGRESS whose worker is gone: the state is the last one it wrote, and
-    # the message is delivered again (the task re-runs) by redelivery_due_at.
+    tries: int | None = None  # Celery does not report its tries
+    progress: Progress | None = None  # while a long task runs
+    # in_progress whose worker is gone: the status is the last one it wrote, and the
+    # message is delivered again (the task re-runs) by redelivery_due_at.
     lost: bool = False
     redelivery_due_at: datetime | None = None
 
 
-class CancelResult(BaseModel):
+class CancelResponse(BaseModel):
     task_id: str
-    state: str
-    action: Literal["revoked", "cancel_requested", "none"]
+    cancelled: bool
+    status: str
+
+
+# Celery's states in the words of every queue runner's API; the ready states
+# (SUCCESS, FAILURE, REVOKED) are "complete", any state of a task's own "in_progress"
+STATUS_OF_STATE = {
+    states.PENDING: "queued",
+    states.RECEIVED: "queued",
+    states.STARTED: "in_progress",
+    "PROGRESS": "in_progress",
+    states.RETRY: "retrying",
+}
+# A failure's exception type, said in the same words (any other is "failed")
+ERROR_OF_EXCEPTION = {
+    "SoftTimeLimitExceeded": "timed_out",
+    "TimeLimitExceeded": "timed_out",
+    "DeliveryUnknown": "unconfirmed",  # the mailer: handed over, never confirmed
+}
 
 
 @contextlib.contextmanager
@@ -347,7 +415,7 @@ def _service_errors() -> Iterator[None]:
 
 async def _enqueue(
     request: Request, task: Any, kwargs: dict[str, Any], **options: Any
-) -> QueuedTask:
+) -> TaskAccepted:
     task_id = str(uuid.uuid4())
     with _service_errors():
         # The id is recorded as issued before (or with) the message: a status call
@@ -355,9 +423,7 @@ async def _enqueue(
         await fast_publish.enqueue(
             task, kwargs, task_id=task_id, ttl=RESULT_EXPIRES, **options
         )
-    return QueuedTask(
-        task_id=task_id, state=states.PENDING, status_url=_status_path(request, task_id)
-    )
+    return TaskAccepted(task_id=task_id, status_url=_status_path(request, task_id))
 
 
 _ID_PLACEHOLDER = "0-task-id-0"
@@ -391,17 +457,26 @@ def _error_name(result: object) -> str:
 def _status(task_id: str, meta: dict[str, Any]) -> TaskStatus:
     state = str(meta.get("status", states.PENDING))
     result = meta.get("result")
-    status = TaskStatus(task_id=task_id, state=state)
+    status = TaskStatus(task_id=task_id, status=_status_word(state))
     if state == "PROGRESS":
         with contextlib.suppress(ValidationError):
             status.progress = Progress.model_validate(result)
     elif state == states.SUCCESS:
-        status.result = result
+        status.success, status.result = True, result
     elif state == states.FAILURE:
-        status.error = _error_name(result)
+        error = _error_name(result)
+        status.success, status.error = False, ERROR_OF_EXCEPTION.get(error, "failed")
+    elif state == states.REVOKED:
+        status.success, status.error = False, "cancelled"
     if state in (states.STARTED, "PROGRESS"):
         _check_alive(status)
     return status
+
+
+def _status_word(state: str | None) -> str:
+    if state in states.READY_STATES:
+        return "complete"
+    return STATUS_OF_STATE.get(str(state or states.PENDING), "in_progress")
 
 
 def _check_alive(status: TaskStatus) -> None:
@@ -424,7 +499,7 @@ def _check_alive(status: TaskStatus) -> None:
     dependencies=[Depends(limit_email_rate)],
     responses=errors(413, 415, 429, 503),
 )
-async def queue_send_email(payload: EmailRequest, request: Request) -> QueuedTask:
+async def queue_send_email(payload: EmailRequest, request: Request) -> TaskAccepted:
     """Queue an email; poll status_url for the outcome."""
     # send_email ignores results by default; keep this one so its status can be read.
     return await _enqueue(
@@ -436,16 +511,18 @@ async def queue_send_email(payload: EmailRequest, request: Request) -> QueuedTas
 
 
 @router.post(
-    "/process-order/{order_id}",
+    "/process-order",
     status_code=202,
     name="bgtasks_process_order",
     summary="Queue an order's processing",
     responses=errors(413, 415, 503),
 )
 async def queue_process_order(
-    order_id: Annotated[int, Path(ge=1, le=2**63 - 1)], request: Request
-) -> QueuedTask:
-    return await _enqueue(request, celery_tasks.process_order, {"order_id": order_id})
+    payload: ProcessOrderRequest, request: Request
+) -> TaskAccepted:
+    return await _enqueue(
+        request, celery_tasks.process_order, {"order_id": payload.order_id}
+    )
 
 
 @router.post(
@@ -456,24 +533,22 @@ async def queue_process_order(
     responses=errors(413, 415, 503),
 )
 async def queue_long_running(
-    request: Request,
-    steps: Annotated[int, Query(ge=1, le=celery_tasks.MAX_STEPS)] = 100,
-) -> QueuedTask:
-    """Queue a task that reports PROGRESS (current, total, percent) while it runs."""
-    return await _enqueue(request, celery_tasks.long_running, {"steps": steps})
+    payload: LongRunningRequest, request: Request
+) -> TaskAccepted:
+    """Queue a task that reports its progress (current, total, percent) as it runs."""
+    return await _enqueue(request, celery_tasks.long_running, {"steps": payload.steps})
 
 
 @router.get(
     "/status/{task_id}",
     name="bgtasks_task_status",
-    summary="Read a task's status",
+    summary="A task's state and result",
     responses=errors(404, 503),
 )
 def task_status(task_id: TaskId) -> TaskStatus:
-    """PENDING, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE or REVOKED; 404: unknown.
-
-    A STARTED or PROGRESS task whose worker died says `"lost": true` and when it will
-    be delivered again (`redelivery_due_at`).
+    """queued, in_progress, retrying or complete (then `success`, and the result or the
+    error); 404: unknown. An in_progress task whose worker died says `"lost": true` and
+    when it will be delivered again (`redelivery_due_at`).
     """
     with _service_errors():
         _check_issued(task_id)
@@ -482,33 +557,74 @@ def task_status(task_id: TaskId) -> TaskStatus:
         return _status(task_id, meta)
 
 
-@router.delete(
+@router.post(
     "/cancel/{task_id}",
     name="bgtasks_cancel_task",
-    summary="Cancel a task",
+    summary="Cancel a queued or running task",
     responses={
-        202: {"model": CancelResult, "description": "Asked to stop; still running"},
-        409: {"model": CancelResult, "description": "Already finished: its state"},
-        **errors(404, 503),
+        202: {"model": CancelResponse, "description": "Asked to stop; not stopped yet"},
+        409: {"model": CancelResponse, "description": "Already finished: its outcome"},
+        **errors(404, 415, 503),
     },
 )
-def cancel_task(task_id: TaskId, response: Response) -> CancelResult:
-    """Cancel a queued task (revoke) or ask a running one to stop (cancel flag)."""
+async def cancel_task(
+    task_id: TaskId,
+    response: Response,
+    wait: Annotated[float, Query(ge=0, le=30, allow_inf_nan=False)] = 5.0,
+) -> CancelResponse:
+    """Cancel a task, waiting up to `wait` seconds for it to stop.
+
+    A queued task is revoked and never runs; a running one stops at its next check of
+    the cancel flag (tasks that never check run to their end). 200 with
+    `"cancelled": true` once this request stopped it; 409 when the task had finished
+    (before the request, or first during the wait: `"cancelled"` says whether it ended
+    cancelled); 202 when it has not stopped yet (the cancel stays asked for).
+    """
     with _service_errors():
-        _check_issued(task_id)
-        # The flag goes first: a worker that picks the task up after this point skips
-        # it, even one that was not running when revoke() was broadcast.
-        registry.request_cancel(task_id, ttl=RESULT_EXPIRES)
-        state = celery_app.backend.get_task_meta(task_id, cache=False).get("status")
+        state, revoked = await run_in_threadpool(_ask_to_cancel, task_id)
+        if revoked:  # it had not started: it never runs
+            return CancelResponse(task_id=task_id, cancelled=True, status="complete")
         if state in states.READY_STATES:
-            response.status_code = 409
-            return CancelResult(task_id=task_id, state=str(state), action="none")
-        if state in (states.PENDING, states.RECEIVED, states.RETRY):
-            # No terminate: that would kill whatever the worker process runs by then.
-            celery_app.control.revoke(task_id)
-            # Not started when the flag was set, so it can never run: say so now
-            # rather than leave PENDING until a worker discards the message.
-            celery_app.backend.mark_as_revoked(task_id, reason="cancelled")
-            return CancelResult(task_id=task_id, state=states.REVOKED, action="revoked")
-    response.status_code = 202
-    return CancelResult(task_id=task_id, state=str(state), action="cancel_requested")
+            response.status_code = 409  # nothing left to stop
+            return _cancel_answer(task_id, state)
+        deadline = time.monotonic() + wait
+        while state not in states.READY_STATES and time.monotonic() < deadline:
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            state = await run_in_threadpool(_state_of, task_id)
+    answer = _cancel_answer(task_id, state)
+    if answer.status != "complete":
+        response.status_code = 202
+    elif not answer.cancelled:
+        response.status_code = 409  # it finished first
+    return answer
+
+
+def _state_of(task_id: str) -> str | None:
+    state = celery_app.backend.get_task_meta(task_id, cache=False).get("status")
+    return None if state is None else str(state)
+
+
+def _ask_to_cancel(
+    task_id: str,
+) -> tuple[str | None, bool]:
+    """Set the cancel flag and revoke the task when it has not started: the state it
+    was in, and whether this call revoked it."""
+    _check_issued(task_id)
+    # The flag goes first: a worker that picks the task up after this point skips it,
+    # even one that was not running when revoke() was broadcast.
+    registry.request_cancel(task_id, ttl=RESULT_EXPIRES)
+    state = _state_of(task_id)
+    if state in (None, states.PENDING, states.RECEIVED, states.RETRY):
+        # No terminate: that would kill whatever the worker process runs by then.
+        celery_app.control.revoke(task_id)
+        # Not started when the flag was set, so it can never run: say so now rather
+        # than leave it queued until a worker discards the message.
+        celery_app.backend.mark_as_revoked(task_id, reason="cancelled")
+        return state, True
+    return state, False
+
+
+def _cancel_answer(task_id: str, state: str | None) -> CancelResponse:
+    return CancelResponse(
+        task_id=task_id, cancelled=state == states.REVOKED, status=_status_word(state)
+    )
