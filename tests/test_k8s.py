@@ -373,3 +373,37 @@ def test_a_broker_change_is_drift(projects, tmp_path: Path) -> None:  # type: ig
     assert any(
         p.startswith("deploy/k8s/worker-scaledobject.yaml: triggers are rabbitmq") for p in problems
     ), problems
+
+
+def test_check_fails_naming_the_manifest_when_the_queue_is_renamed(tmp_path: Path) -> None:
+    """The whole path a user takes: `init --with k8s`, `check` green, the queue renamed in
+    the code, `check` red naming the ScaledObject, `update` writes it again, green."""
+    project = tmp_path / "shop"
+    shutil.copytree(REPO / "examples" / "layered", project)
+
+    def bgtasks(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bgtasks_gen", *args],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**os.environ, "BGTASKS_RESOLVE_TIMEOUT": "0"},
+        )
+
+    init = bgtasks("init", str(project), "--runner", "taskiq", "--with", "k8s")
+    assert init.returncode == 0, init.stdout + init.stderr
+    assert bgtasks("check", str(project)).returncode == 0
+    taskiq_app = project / "app/tasks/taskiq_app.py"
+    text = taskiq_app.read_text(encoding="utf-8")
+    assert 'STREAM = "bgtasks:taskiq"' in text
+    taskiq_app.write_text(text.replace('STREAM = "bgtasks:taskiq"', 'STREAM = "shop:tasks"'))
+    check = bgtasks("check", str(project))
+    assert check.returncode == 1, check.stdout
+    assert "deploy/k8s/worker-scaledobject.yaml" in check.stdout, check.stdout
+    assert "shop:tasks" in check.stdout, check.stdout
+    update = bgtasks("update", str(project))
+    assert update.returncode == 0, update.stdout + update.stderr
+    scaled = yaml.safe_load((project / "deploy/k8s/worker-scaledobject.yaml").read_text())
+    assert scaled["spec"]["triggers"][0]["metadata"]["stream"] == "shop:tasks"
+    recheck = bgtasks("check", str(project))
+    assert recheck.returncode == 0, recheck.stdout

@@ -2,11 +2,12 @@
 
 Per runner and broker: a project is scaffolded, its manifests rendered, and the keys,
 stream, group or queue each trigger names are read FROM the rendered ScaledObject. With
-no worker running, N tasks are queued by the generated code's own enqueue functions
-(celery's `apply_async`, arq's `enqueue_job` on the generated WorkerSettings' Redis,
-taskiq's `kiq` on the generated broker); the trigger, evaluated with the queries KEDA's
-scaler sends, must read N. Then the worker the manifest's Deployment runs drains them
-and the trigger reads 0.
+no worker running, tasks are queued by the generated code's own enqueue functions
+(celery's `apply_async`, priorities included, arq's `enqueue_job` on the generated
+WorkerSettings' Redis, taskiq's `kiq` on the generated broker) and through the generated
+HTTP API served by uvicorn (celery's fast publish path); the trigger, evaluated with the
+queries KEDA's scaler sends, must read how many were queued. Then the worker the
+manifest's Deployment runs drains them and the trigger reads 0.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 import yaml
@@ -27,19 +29,28 @@ import yaml
 from bgtasks_gen.addtask import load_project
 from bgtasks_gen.k8s import k8s_files
 from tests.e2e.harness import (
+    API_TOKEN,
+    AUTH,
     missing,
     port_open,
     redis_server,
     runner_python,
     running,
     scaffold,
+    serve_app,
     start_process,
     wait_until,
 )
 
 pytestmark = pytest.mark.e2e
 
-QUEUED = 7  # tasks queued with the workers stopped
+QUEUED = 7  # tasks queued by the enqueue functions with the workers stopped
+API_QUEUED = 3  # and through the generated API
+API_ROUTE = {
+    "celery": ("/tasks/process-order", lambda i: {"order_id": i + 1}),
+    "arq": ("/tasks/process-data", lambda i: {"data_id": i + 1, "values": [1.0]}),
+    "taskiq": ("/tasks/process-data", lambda i: {"data_id": i + 1, "values": [1.0]}),
+}
 PRIORITY_QUEUED = 2  # of them, celery on Redis: sent with a priority (a suffixed list)
 
 # What KEDA's `redis` scaler evaluates on the trigger's key: the command that counts
@@ -192,7 +203,7 @@ def test_trigger_reads_the_queued_tasks_then_zero(
     with redis_server(tmp_path) as redis_url:
         amqp_url = f"amqp://guest:guest@127.0.0.1:5672/{vhost_name}"
         # the settings by the names the manifests give them, pointed at these brokers
-        env = {**config, "PYTHONPATH": str(project), "BGTASKS_API_TOKEN": "k8s-e2e"}
+        env = {**config, "PYTHONPATH": str(project), "BGTASKS_API_TOKEN": API_TOKEN}
         for name in secret_names:
             if name.endswith(("_URL", "_BACKEND")):
                 env[name] = f"{redis_url}/0"
@@ -214,17 +225,23 @@ def test_trigger_reads_the_queued_tasks_then_zero(
             timeout=60,
         )
         assert result.returncode == 0, result.stdout + result.stderr
+        path, body = API_ROUTE[runner]
+        server, base = serve_app(python, project, "app.main:app", logs / "web.log", env)
+        with running(server):
+            for i in range(API_QUEUED):
+                answer = httpx.post(f"{base}{path}", json=body(i), headers=AUTH, timeout=10)
+                assert answer.status_code == 202, answer.text
 
         def total() -> int:
             return sum(keda_value(t, redis_url, amqp_url, amqp_python) for t in triggers)
 
         values = [keda_value(t, redis_url, amqp_url, amqp_python) for t in triggers]
-        assert sum(values) == QUEUED, (triggers, values)
+        assert sum(values) == QUEUED + API_QUEUED, (triggers, values)
         if (runner, broker) == ("celery", "redis"):
             # priority 5 is kombu's step 3: its own list, which a trigger reads too
             by_key = {t["metadata"]["listName"]: v for t, v in zip(triggers, values, strict=True)}
             assert by_key == {
-                "celery": QUEUED - PRIORITY_QUEUED,
+                "celery": QUEUED - PRIORITY_QUEUED + API_QUEUED,
                 "celery\x06\x163": PRIORITY_QUEUED,
                 "celery\x06\x166": 0,
                 "celery\x06\x169": 0,
