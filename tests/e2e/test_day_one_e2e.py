@@ -15,6 +15,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,14 @@ def _edit_the_added_body(project: Path, runner: str) -> None:
 def test_first_hour_on_a_template_shaped_project(tmp_path: Path, runner: str) -> None:
     python = runner_python(VENV[runner])
     project = write_tree(tmp_path / "project", TEMPLATE_SHAPED)
+    laps: dict[str, float] = {}  # seconds per step of the first hour, printed at the end
+    started = time.monotonic()
+
+    def lap(step: str) -> None:
+        nonlocal started
+        laps[step] = round(time.monotonic() - started, 2)
+        started = time.monotonic()
+
     init = subprocess.run(
         [sys.executable, "-m", "bgtasks_gen", "init", str(project), "--runner", runner],
         capture_output=True,
@@ -153,9 +162,11 @@ def test_first_hour_on_a_template_shaped_project(tmp_path: Path, runner: str) ->
     )
     assert init.returncode == 0, init.stdout + init.stderr
     steps = _next_steps(init.stdout)
+    lap("init")
 
     check = bgtasks(project, "check")
     assert check.returncode == 0, check.stdout + check.stderr
+    lap("check")
 
     with redis_server(tmp_path) as redis_url:
         subprocess.run(_step(steps, "cp .env.example .env"), shell=True, cwd=project, check=True)
@@ -187,8 +198,10 @@ def test_first_hour_on_a_template_shaped_project(tmp_path: Path, runner: str) ->
                 timeout=30,
             )
             assert answered.stdout == "202", f"{literal}\n{answered.stdout}\n{server.log()}"
+        lap("next steps: .env, token, serve, printed curl 202")
 
         _scaffold_tests(python, project, steps)
+        lap("the scaffold's own tests")
 
         added = bgtasks(project, "add-task", "resize_image", "--arg", "image_id:int")
         assert added.returncode == 0, added.stdout + added.stderr
@@ -198,9 +211,12 @@ def test_first_hour_on_a_template_shaped_project(tmp_path: Path, runner: str) ->
             scheduled = ("--cron", "0 6 * * 1-5", "--retries", "2", "--timeout", "120")
             added = bgtasks(project, "add-task", "nightly_report", *scheduled)
             assert added.returncode == 0, added.stdout + added.stderr
+        lap("add-task (x2 on queue runners)")
         check = bgtasks(project, "check")
         assert check.returncode == 0, check.stdout + check.stderr
+        lap("check")
         _scaffold_tests(python, project, steps)
+        lap("the scaffold's own tests, added tasks included")
 
     listed = bgtasks(project, "list", "--json")
     assert listed.returncode == 0, listed.stdout + listed.stderr
@@ -216,3 +232,5 @@ def test_first_hour_on_a_template_shaped_project(tmp_path: Path, runner: str) ->
             120,
         )
     assert {tuple(sorted(row)) for row in rows.values()} == {tuple(sorted(rows["resize_image"]))}
+    lap("list --json")
+    print(json.dumps({"runner": runner, "seconds": laps}))
