@@ -64,3 +64,16 @@ AUTH_FIELDS = (
     ),
     SettingsField("bgtasks_allow_anonymous", "str", '"false"'),
 )
+
+# The failed-task inbox of the queue runners (failed_inbox.py): how many entries it keeps
+# and for how long; beyond either, the oldest go and are counted as dropped.
+INBOX_FIELDS = (
+    SettingsField(
+        "bgtasks_failed_max_entries",
+        "int",
+        "10000",
+        (),
+        "Failed-task inbox (background tasks)",
+    ),
+    SettingsField("bgtasks_failed_retention_seconds", "int", str(7 * 24 * 60 * 60)),
+)
