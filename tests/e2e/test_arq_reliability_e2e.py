@@ -61,15 +61,17 @@ class Stack:
         headers = {**AUTH, **kwargs.pop("headers", {})}
         return httpx.post(f"{self.base}/tasks{path}", headers=headers, timeout=30, **kwargs)
 
-    def status(self, job_id: str) -> dict[str, Any]:
-        response = httpx.get(f"{self.base}/tasks/status/{job_id}", headers=AUTH, timeout=10)
+    def status(self, job_id: str, user: str | None = None) -> dict[str, Any]:
+        # a job is its caller's: read it as the user who queued it
+        headers = {**AUTH, "X-Test-User": user} if user else AUTH
+        response = httpx.get(f"{self.base}/tasks/status/{job_id}", headers=headers, timeout=10)
         assert response.status_code == 200, response.text
         body: dict[str, Any] = response.json()
         return body
 
-    def wait_complete(self, job_id: str, timeout: float) -> dict[str, Any]:
+    def wait_complete(self, job_id: str, timeout: float, user: str | None = None) -> dict[str, Any]:
         def done() -> dict[str, Any] | None:
-            body = self.status(job_id)
+            body = self.status(job_id, user)
             return body if body["status"] == "complete" else None
 
         result: dict[str, Any] = wait_until(
@@ -136,8 +138,8 @@ def test_same_idempotency_key_from_two_callers_is_two_jobs(stack: Stack) -> None
     # the job id is a keyed hash, not the key
     for job_id in (alice_id, bob_id):
         assert key not in job_id and job_id != f"process_data:{key}"
-    assert stack.wait_complete(alice_id, 20)["result"]["data_id"] == 1
-    assert stack.wait_complete(bob_id, 20)["result"]["data_id"] == 2
+    assert stack.wait_complete(alice_id, 20, "alice")["result"]["data_id"] == 1
+    assert stack.wait_complete(bob_id, 20, "bob")["result"]["data_id"] == 2
     # the same caller again is still deduplicated
     again = _process(stack, 1, headers={"Idempotency-Key": key, "X-Test-User": "alice"})
     assert again.status_code == 200 and again.json()["task_id"] == alice_id

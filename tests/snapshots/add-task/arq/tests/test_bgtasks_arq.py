@@ -579,6 +579,56 @@ def test_idempotency_keys_are_per_caller(
     assert asyncio.run(drain_queue(redis_url, queue_name)).jobs_complete == 2
 
 
+def test_a_job_is_private_to_the_caller_who_queued_it(
+    client: TestClient, redis_url: str, queue_name: str
+) -> None:
+    application = client.app
+    assert isinstance(application, FastAPI)
+    overrides = application.dependency_overrides
+    payload = {"data_id": 1, "values": [1]}
+
+    def as_alice() -> None:
+        overrides[authorize_task_access] = as_caller("user:alice")
+
+    def as_bob() -> None:
+        overrides[authorize_task_access] = as_caller("user:bob")
+
+    async def queued_by_other_code() -> str:
+        queue = create_queue()
+        queue.default_queue_name = queue_name
+        try:
+            job = await queue.enqueue_job("process_data", data_id=1, values=[1])
+        finally:
+            await queue.aclose(close_connection_pool=True)
+        assert job is not None
+        return job.job_id
+
+    try:
+        as_alice()
+        response = client.post(served("/tasks/process-data"), json=payload)
+        assert response.status_code == 202, response.text
+        job_id = response.json()["task_id"]
+        as_bob()
+        status = client.get(served(f"/tasks/status/{job_id}"))
+        stop = client.post(served(f"/tasks/cancel/{job_id}"), params={"wait": 0})
+        unknown = client.get(served(f"/tasks/status/{uuid.uuid4().hex}"))
+        assert (status.status_code, stop.status_code) == (404, 404)
+        assert status.json() == unknown.json()  # nothing tells it from an unknown id
+        unowned = asyncio.run(queued_by_other_code())
+        as_alice()
+        assert status_of(client, job_id)["status"] == "queued"
+        # Bob's cancel asked for nothing: both jobs run to their end
+        assert asyncio.run(drain_queue(redis_url, queue_name)).jobs_complete == 2
+        assert status_of(client, job_id)["success"] is True
+        as_bob()
+        later = client.get(served(f"/tasks/status/{job_id}"))
+        assert later.status_code == 404
+        # a job queued by other code (a cron job, say) has no owner: any caller's
+        assert status_of(client, unowned)["success"] is True
+    finally:
+        overrides.pop(authorize_task_access, None)
+
+
 def test_queue_client_stores_jobs_as_arq_does(redis_url: str, queue_name: str) -> None:
     """The API's one-round-trip enqueue writes what arq's own enqueue_job writes."""
     suffix = uuid.uuid4().hex
@@ -727,10 +777,20 @@ def test_resize_image_runs_on_the_worker(
     )
     assert response.status_code == 202, response.text
     asyncio.run(drain_queue(redis_url, queue_name))
-    body = status_of(client, response.json()["task_id"])
+    job_id = response.json()["task_id"]
+    body = status_of(client, job_id)
     # run to an end by the worker; what the body returns or raises is the task's own
     assert body["status"] == "complete", body
     assert body["success"] is True or body["error"] == "failed", body
+    # the job is its caller's: another one is answered as for an unknown id
+    application = client.app
+    assert isinstance(application, FastAPI)
+    application.dependency_overrides[authorize_task_access] = as_caller("user:other")
+    try:
+        other = client.get(served(f"/tasks/status/{job_id}"))
+    finally:
+        application.dependency_overrides.pop(authorize_task_access, None)
+    assert other.status_code == 404
 
 
 def test_nightly_report_runs_on_the_worker(
@@ -745,10 +805,20 @@ def test_nightly_report_runs_on_the_worker(
     )
     assert response.status_code == 202, response.text
     asyncio.run(drain_queue(redis_url, queue_name))
-    body = status_of(client, response.json()["task_id"])
+    job_id = response.json()["task_id"]
+    body = status_of(client, job_id)
     # run to an end by the worker; what the body returns or raises is the task's own
     assert body["status"] == "complete", body
     assert body["success"] is True or body["error"] == "failed", body
+    # the job is its caller's: another one is answered as for an unknown id
+    application = client.app
+    assert isinstance(application, FastAPI)
+    application.dependency_overrides[authorize_task_access] = as_caller("user:other")
+    try:
+        other = client.get(served(f"/tasks/status/{job_id}"))
+    finally:
+        application.dependency_overrides.pop(authorize_task_access, None)
+    assert other.status_code == 404
 
     scheduled = [job.name for job in WorkerSettings.cron_jobs]
     assert "cron:nightly_report" in scheduled

@@ -23,7 +23,7 @@ import pytest
 from celery import signals
 from celery.beat import ScheduleEntry
 from celery.contrib.testing.worker import start_worker
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from kombu.entity import Exchange, Queue
 from kombu.exceptions import OperationalError
@@ -353,6 +353,17 @@ def test_openapi_declares_the_real_responses(api: FastAPI) -> None:
         assert operation["summary"] and "Bgtasks" not in operation["summary"], name
         refused = operation["responses"]["401"]["content"]["application/json"]
         assert refused["schema"]["$ref"].endswith("/ErrorMessage"), name
+    # Queueing may answer 504: the task may be queued, its id in an Unconfirmed body
+    # (and 200 for a repeated Idempotency-Key, the header every queue route takes)
+    for name in ("bgtasks_send_email", "bgtasks_long_running"):
+        operation = schema[_template(api, name)]["post"]
+        unconfirmed = operation["responses"]["504"]["content"]["application/json"]
+        assert unconfirmed["schema"]["$ref"].endswith("/Unconfirmed"), name
+        duplicate = operation["responses"]["200"]["content"]["application/json"]
+        assert duplicate["schema"]["$ref"].endswith("/TaskAccepted"), name
+        parameters = operation.get("parameters", [])
+        headers = {p["name"] for p in parameters if p["in"] == "header"}
+        assert headers == {"Idempotency-Key"}, name
 
 
 def test_configuration_is_json_only_and_reliable() -> None:
@@ -648,6 +659,86 @@ def test_email_rate_limit(
     assert response.status_code == 429
 
 
+async def _user_of(request: Request) -> str:
+    """Stands in for a hook that knows the project's users: the one the test names."""
+    return "user:" + request.headers.get("x-test-user", "alice")
+
+
+@pytest.fixture
+def users(api: FastAPI, client: TestClient) -> Iterator[TestClient]:
+    """`client`, with callers told apart by the x-test-user header (alice without)."""
+    api.dependency_overrides[task_routes.authorize_task_access] = _user_of
+    try:
+        yield client
+    finally:
+        api.dependency_overrides.pop(task_routes.authorize_task_access, None)
+
+
+BOB = {"x-test-user": "bob"}
+
+
+def test_an_idempotency_key_queues_once_per_caller(
+    worker: Any, users: TestClient, api: FastAPI
+) -> None:
+    path = api.url_path_for("bgtasks_process_order")
+    key = {"idempotency-key": f"order-{uuid.uuid4().hex}"}
+    first = users.post(path, json={"order_id": 7}, headers=key)
+    assert first.status_code == 202, first.text
+    task_id = first.json()["task_id"]
+    assert first.json()["duplicate"] is False
+    # the same request again: the task queued first, nothing queued now
+    again = users.post(path, json={"order_id": 7}, headers=key)
+    assert again.status_code == 200, again.text
+    assert again.json()["task_id"] == task_id
+    assert again.json()["duplicate"] is True
+    # the same key from another caller is that caller's own task
+    other = users.post(path, json={"order_id": 7}, headers={**key, **BOB})
+    assert other.status_code == 202, other.text
+    assert other.json()["task_id"] != task_id
+    # ... and a key is 1-64 characters of A-Z a-z 0-9 _ . -
+    bad = users.post(path, json={"order_id": 7}, headers={"idempotency-key": "a b"})
+    assert bad.status_code == 422, bad.text
+    assert _final(users, api, task_id)["success"] is True
+    bobs_status = other.json()["status_url"]
+
+    def bobs_done() -> bool:
+        answer = users.get(bobs_status, headers=BOB)
+        assert answer.status_code == 200, answer.text
+        return bool(answer.json()["status"] == "complete")
+
+    _wait_for(bobs_done, "bob's task to finish")
+
+
+def test_tasks_are_private_to_their_caller(
+    worker: Any, users: TestClient, api: FastAPI
+) -> None:
+    task_id = _queue(users, api, "bgtasks_process_order", json={"order_id": 8})
+    status_path = api.url_path_for("bgtasks_task_status", task_id=task_id)
+    cancel_path = api.url_path_for("bgtasks_cancel_task", task_id=task_id)
+    refused = [
+        users.get(status_path, headers=BOB),
+        users.post(cancel_path, headers=BOB, params={"wait": 0}),
+    ]
+    for response in refused:
+        # as for an id never issued: nothing says the task exists
+        assert response.status_code == 404, response.text
+        assert response.json() == {"detail": "Unknown task id"}
+    # bob's cancel did nothing: alice's task runs to its end
+    final = _final(users, api, task_id)
+    assert final["success"] is True, final
+    # a task queued by other code (celery beat, your own) has no owner: anyone reads it
+    unowned = str(uuid.uuid4())
+    registry.remember(unowned, ttl=60)
+    try:
+        path = api.url_path_for("bgtasks_task_status", task_id=unowned)
+        for headers in ({}, BOB):
+            response = users.get(path, headers=headers)
+            assert response.status_code == 200, response.text
+            assert response.json()["status"] == "queued"
+    finally:
+        registry.forget(unowned)
+
+
 def test_cancel_flags_are_per_task() -> None:
     # The base task reads this flag before it runs: revoke() alone is forgotten when
     # workers restart, the flag stays in Redis.
@@ -673,6 +764,15 @@ def test_resize_image_succeeds(
     final = _final(client, api, task_id)
     # run to an end by the worker; what the body returns or raises is the task's own
     assert final["status"] == "complete", final
+    # the same request with an Idempotency-Key twice: queued once
+    path = api.url_path_for("bgtasks_resize_image")
+    key = {"idempotency-key": uuid.uuid4().hex}
+    first = client.post(path, json=payload, headers=key)
+    again = client.post(path, json=payload, headers=key)
+    assert (first.status_code, again.status_code) == (202, 200), again.text
+    assert again.json()["task_id"] == first.json()["task_id"]
+    assert again.json()["duplicate"] is True
+    _final(client, api, first.json()["task_id"])
 
 
 def test_nightly_report_succeeds(
@@ -685,6 +785,15 @@ def test_nightly_report_succeeds(
     final = _final(client, api, task_id)
     # run to an end by the worker; what the body returns or raises is the task's own
     assert final["status"] == "complete", final
+    # the same request with an Idempotency-Key twice: queued once
+    path = api.url_path_for("bgtasks_nightly_report")
+    key = {"idempotency-key": uuid.uuid4().hex}
+    first = client.post(path, json=payload, headers=key)
+    again = client.post(path, json=payload, headers=key)
+    assert (first.status_code, again.status_code) == (202, 200), again.text
+    assert again.json()["task_id"] == first.json()["task_id"]
+    assert again.json()["duplicate"] is True
+    _final(client, api, first.json()["task_id"])
 
     entry = celery_app.conf.beat_schedule["nightly_report"]
     assert entry["task"] == celery_tasks.nightly_report.name

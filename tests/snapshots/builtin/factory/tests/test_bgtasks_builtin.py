@@ -18,6 +18,7 @@ from acme.core.settings import get_settings
 from acme.server import app
 from acme.tasks import email as email_module
 from acme.tasks import notifications as jobs
+from acme.tasks.auth import authorize_task_access
 
 Sent = list[tuple[str, str, str]]
 JSON = {"content-type": "application/json"}
@@ -82,10 +83,13 @@ def client(token: str) -> TestClient:
 
 @pytest.fixture(autouse=True)
 def _fresh_email_counts() -> Iterator[None]:
-    """Each test starts with no emails counted against its caller."""
+    """Each test starts with no emails counted against its caller, and no
+    Idempotency-Key remembered."""
     routes._email_times.clear()
+    routes._answers.clear()
     yield
     routes._email_times.clear()
+    routes._answers.clear()
 
 
 def test_emails_are_limited_per_caller(
@@ -150,7 +154,7 @@ def test_openapi_declares_the_real_responses() -> None:
     for path in (SEND_EMAIL, PROCESS):
         operation = schema[path]["post"]
         codes = set(operation["responses"])
-        assert {"202", "401", "413", "415", "422"} <= codes, (path, codes)
+        assert {"200", "202", "401", "413", "415", "422"} <= codes, (path, codes)
         assert operation["summary"].startswith("Queue a"), path
         refused = operation["responses"]["401"]["content"]["application/json"]
         assert refused["schema"]["$ref"].endswith("/ErrorMessage"), path
@@ -166,6 +170,47 @@ def test_send_email_is_accepted_and_runs_after_the_response(
     assert response.status_code == 202
     assert response.json()["status"] == "accepted"
     assert sent == [("ada@example.com", "Hi", "Welcome")]
+
+
+def test_an_idempotency_key_runs_the_work_once_per_caller(
+    client: TestClient, sent: Sent
+) -> None:
+    email = {"to": "ada@example.com", "subject": "Hi", "body": "Welcome"}
+    key = {"Idempotency-Key": "welcome-ada-1"}
+    first = client.post(SEND_EMAIL, json=email, headers=key)
+    again = client.post(SEND_EMAIL, json=email, headers=key)
+    assert (first.status_code, again.status_code) == (202, 200), again.text
+    assert first.json()["duplicate"] is False
+    assert again.json() == {**first.json(), "duplicate": True}
+    assert len(sent) == 1  # the repeat scheduled nothing
+    other_key = client.post(
+        SEND_EMAIL, json=email, headers={"Idempotency-Key": "welcome-ada-2"}
+    )
+    assert other_key.status_code == 202 and len(sent) == 2
+    # the same key from another caller is theirs: it runs
+    API.dependency_overrides[authorize_task_access] = lambda: "user:someone-else"
+    try:
+        theirs = client.post(SEND_EMAIL, json=email, headers=key)
+    finally:
+        API.dependency_overrides.pop(authorize_task_access, None)
+    assert theirs.status_code == 202 and len(sent) == 3
+    refused = client.post(SEND_EMAIL, json=email, headers={"Idempotency-Key": "a b"})
+    assert refused.status_code == 422 and len(sent) == 3
+
+
+def test_a_repeated_notification_runs_once(
+    client: TestClient, sent: Sent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    processed: list[int] = []
+    monkeypatch.setattr(
+        jobs, "process_notification", lambda user_id, message: processed.append(user_id)
+    )
+    notice = {"user_id": 7, "message": "Hello", "email": "ada@example.com"}
+    key = {"Idempotency-Key": "notice-7"}
+    codes = [client.post(PROCESS, json=notice, headers=key).status_code for _ in "ab"]
+    assert codes == [202, 200]
+    assert processed == [7] and len(sent) == 1
+    assert routes._email_times and len(next(iter(routes._email_times.values()))) == 1
 
 
 def test_invalid_input_is_refused(client: TestClient, sent: Sent) -> None:

@@ -366,6 +366,38 @@ def test_an_idempotency_key_queues_once_per_caller(client: TestClient) -> None:
     assert refused.status_code == 422
 
 
+def test_a_task_is_private_to_the_caller_who_queued_it(client: TestClient) -> None:
+    payload = {"data_id": 2, "values": [1, 2]}
+    task_id = post(client, "queue_process_data", payload).json()["task_id"]
+
+    async def someone_else(request: Request) -> str:
+        return "another-caller"
+
+    app: Any = client.app
+    app.dependency_overrides[authorize_task_access] = someone_else
+    status_url = url(client, "get_task_status", task_id=task_id)
+    status = client.get(status_url)
+    stop = post(client, "cancel_task", {}, task_id=task_id)
+    unknown = client.get(url(client, "get_task_status", task_id=uuid.uuid4().hex))
+    assert (status.status_code, stop.status_code) == (404, 404)
+    assert status.json() == unknown.json()  # nothing tells it from an unknown id
+
+    async def sent_by_other_code() -> str:
+        sent = await taskiq_tasks.process_data.kiq(data_id=2, values=[1, 2])
+        return sent.task_id
+
+    unowned = run(client, sent_by_other_code)
+    app.dependency_overrides[authorize_task_access] = _caller
+    assert status_of(client, task_id)["status"] == "queued"
+    # the other caller's request to stop it changed nothing: both tasks run
+    assert run(client, drain) == 2
+    assert status_of(client, task_id)["success"] is True
+    app.dependency_overrides[authorize_task_access] = someone_else
+    assert client.get(status_url).status_code == 404
+    # a task sent by other code (a schedule, say) has no owner: any caller's
+    assert status_of(client, unowned)["success"] is True
+
+
 def test_progress_is_an_object_while_it_runs(client: TestClient) -> None:
     task_id = post(client, "queue_long_running", {"steps": 1}).json()["task_id"]
 

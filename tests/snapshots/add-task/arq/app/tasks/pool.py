@@ -16,6 +16,11 @@ answers 503: not queued). One that Redis may have received but did not confirm i
 EnqueueOutcomeUnknown with the job id (the API answers 504, never 503): the job may be
 queued. Retrying with the same `_job_id` (the API's Idempotency-Key) never queues it
 twice.
+
+A job queued through the API records its owner, the caller's identity, under
+owner_key(job_id) in the same script call that stores the job. The record outlives the
+job by OWNER_KEPT_EXTRA_MS, longer than any job runs and its result is kept as
+generated, so a finished job never loses its owner while its status is readable.
 """
 
 import asyncio
@@ -66,23 +71,48 @@ _HANDLERS_FLAG = "bgtasks_runs_event_handlers"
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
 
 # arq's enqueue_job takes three round trips (WATCH, EXISTS, MULTI/EXEC); this script
-# does the same for a batch of jobs in one, each atomically: store the job unless its
-# id is taken, then queue it. KEYS, per job: job key, result key, queue. ARGV, per job:
-# expiry ms, job bytes, score, job id. Answers 1 (queued) or 0 (id taken) per job.
+# does the same for a batch of jobs in one, each atomically: store the job and its
+# owner unless its id is taken, then queue it. KEYS, per job: job key, result key,
+# queue, owner key. ARGV, per job: expiry ms, job bytes, score, job id, owner ("" for
+# none: a stale record under the id is dropped), owner expiry ms. Answers 1 (queued) or
+# 0 (id taken) per job.
 ENQUEUE_SCRIPT = """
 local created = {}
-for i = 0, #KEYS / 3 - 1 do
-    local k, a = 3 * i, 4 * i
+for i = 0, #KEYS / 4 - 1 do
+    local k, a = 4 * i, 6 * i
     if redis.call('EXISTS', KEYS[k + 1], KEYS[k + 2]) > 0 then
         created[i + 1] = 0
     else
         redis.call('PSETEX', KEYS[k + 1], ARGV[a + 1], ARGV[a + 2])
+        if ARGV[a + 5] == '' then
+            redis.call('DEL', KEYS[k + 4])
+        else
+            redis.call('PSETEX', KEYS[k + 4], ARGV[a + 6], ARGV[a + 5])
+        end
         redis.call('ZADD', KEYS[k + 3], ARGV[a + 3], ARGV[a + 4])
         created[i + 1] = 1
     end
 end
 return created
 """
+# Where a job's owner is kept, and how much longer than the job itself: a job may start
+# until its key expires, then run (the job timeout setting caps it) and keep its result
+# (KEEP_RESULT, an hour as generated). Raise it if you keep results longer.
+OWNER_KEY_PREFIX = "bgtasks:owner:"
+OWNER_KEPT_EXTRA_MS = 86_400_000
+
+
+def owner_key(job_id: str) -> str:
+    """The Redis key of the identity that queued `job_id` through the API."""
+    return OWNER_KEY_PREFIX + job_id
+
+
+async def job_owner(queue: ArqRedis, job_id: str) -> str | None:
+    """Who queued `job_id` through the API; None for a job queued by other code."""
+    stored = await queue.get(owner_key(job_id))
+    return None if stored is None else bytes(stored).decode()
+
+
 # The longest an enqueue waits, for its batch's turn and Redis's answer together (one
 # batch is in flight at a time, so it rarely waits for a free connection).
 ENQUEUE_TIMEOUT = SOCKET_TIMEOUT + 1.0
@@ -244,8 +274,11 @@ class QueueClient(ArqRedis):
         _defer_by: float | timedelta | None = None,
         _expires: float | timedelta | None = None,
         _job_try: int | None = None,
+        _owner: str | None = None,
         **kwargs: Any,
     ) -> Job | None:
+        """arq's enqueue_job; `_owner`, when given, is recorded with the job (see
+        owner_key), in the same script call."""
         if _defer_until is not None and _defer_by is not None:
             raise RuntimeError("use either 'defer_until' or 'defer_by' or neither")
         queue_name = _queue_name or self.default_queue_name
@@ -265,11 +298,17 @@ class QueueClient(ArqRedis):
             enqueued_ms,
             serializer=self.job_serializer,
         )
-        keys = [job_key_prefix + job_id, result_key_prefix + job_id, queue_name]
+        keys = [
+            job_key_prefix + job_id,
+            result_key_prefix + job_id,
+            queue_name,
+            owner_key(job_id),
+        ]
+        owner_ms = expires_ms + OWNER_KEPT_EXTRA_MS
+        job_args = [expires_ms, job, score, job_id, _owner or "", owner_ms]
         handover = _Handover()
         try:
             async with asyncio.timeout(ENQUEUE_TIMEOUT):
-                job_args = [expires_ms, job, score, job_id]
                 created = await self._batches.submit((keys, job_args, handover))
         except TimeoutError as exc:
             if handover.started:
@@ -415,10 +454,11 @@ def combine_lifespans(*lifespans: Callable[[FastAPI], Any]) -> Lifespan:
     return combined
 
 
-def queue_of(request: Request) -> ArqRedis:
+def queue_of(request: Request) -> QueueClient:
     """The pool the lifespan opened for the app serving `request` (503 without one)."""
     queue = getattr(request.app.state, STATE_KEY, None)
-    if not isinstance(queue, ArqRedis):
+    # a QueueClient: a plain ArqRedis would hand `_owner` to the job as an argument
+    if not isinstance(queue, QueueClient):
         logger.error(
             "no arq pool on app.state: %s.lifespan is not running (is the router "
             "included in the app that serves? in tests, use TestClient in a `with`)",

@@ -5,6 +5,10 @@ sends the due tasks; any other waits on standby, tries again every LOCK_RETRY_SE
 and takes over when the holder stops (it releases the lock) or dies (the lock expires
 after LOCK_TTL seconds). Without Redis no beat sends anything: a schedule run late is
 better than one run twice.
+
+Each firing is also claimed in Redis before it is sent (its due time, per entry): a
+standby that takes over right after the holder sent a slot finds that slot claimed
+and skips it, instead of sending it again from its own, older view of the schedule.
 """
 
 import logging
@@ -13,7 +17,8 @@ import socket
 import uuid
 from typing import Any
 
-from celery.beat import PersistentScheduler
+from celery.beat import PersistentScheduler, ScheduleEntry
+from celery.schedules import schedule as interval_schedule
 from redis.exceptions import RedisError
 
 from app.tasks import registry
@@ -25,6 +30,23 @@ LOCK_TTL = 30
 # The holder refreshes the lock at least this often, well within LOCK_TTL.
 LOCK_REFRESH_SECONDS = 5
 LOCK_RETRY_SECONDS = 5
+SLOT_KEY = "beat-slot:app.tasks"
+# how long a claimed slot is remembered (an entry firing less often than this is
+# compared with nothing, as when the schedule is new)
+SLOT_MEMORY_SECONDS = 8 * 24 * 60 * 60
+
+# Claim a firing: refused when the entry's last claimed slot is less than `gap`
+# seconds before this one (the same firing, or one of the same period). KEYS: the
+# entry's slot key. ARGV: slot (epoch seconds), gap, memory seconds.
+_CLAIM_SLOT = """
+local last = tonumber(redis.call('GET', KEYS[1]) or '')
+local slot, gap = tonumber(ARGV[1]), tonumber(ARGV[2])
+if last and slot < last + gap then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+return 1
+"""
 
 
 class SingleBeatScheduler(PersistentScheduler):
@@ -40,6 +62,32 @@ class SingleBeatScheduler(PersistentScheduler):
         if not self._hold_lock():
             return LOCK_RETRY_SECONDS
         return min(float(super().tick(*args, **kwargs)), LOCK_REFRESH_SECONDS)
+
+    def apply_entry(self, entry: ScheduleEntry, producer: Any = None) -> None:
+        # only the firing this scheduler claims first is sent, by whichever beat
+        if self._claim_slot(entry):
+            super().apply_entry(entry, producer=producer)
+
+    def _claim_slot(self, entry: ScheduleEntry) -> bool:
+        schedule = entry.schedule
+        # the time this firing was due: celery's own estimate from the last run
+        due = schedule.now() + schedule.remaining_estimate(entry.last_run_at)
+        if isinstance(schedule, interval_schedule):
+            # one firing per period, whichever beat's clock it was computed on
+            gap = schedule.run_every.total_seconds() * 0.9
+        else:
+            gap = 1.0  # crontab, solar: slots are distinct times
+        key = f"{registry.KEY_PREFIX}:{SLOT_KEY}:{entry.name}"
+        try:
+            claimed = registry.client().eval(
+                _CLAIM_SLOT, 1, key, f"{due.timestamp():.3f}", gap, SLOT_MEMORY_SECONDS
+            )
+        except RedisError:
+            logger.warning("beat: Redis unreachable, %s not sent", entry.name)
+            return False
+        if not claimed:
+            logger.info("beat: %s at %s was sent already; skipped", entry.name, due)
+        return bool(claimed)
 
     def close(self) -> None:
         if self.holds_lock:

@@ -19,16 +19,22 @@ issued-id record. With a Redis broker, `enqueue` does neither:
   add headers of its own to each message (wrapper_in_the_way): apply_async in the
   threadpool then runs the wrapper for each message;
 - it is written with redis.asyncio in one round trip, together with the issued-id
-  record (registry.py): one Lua script does both when the broker and the result
-  backend are the same Redis server (their databases may differ), else two calls.
+  record and its owner (registry.py): one Lua script does both when the broker and
+  the result backend are the same Redis server (their databases may differ), else
+  two calls. With an Idempotency-Key's claim the script takes the claim (SET NX) and
+  writes the message only if it did; held already, it writes nothing and answers
+  with the task that holds it.
   The messages queued while a write is in flight go together in the next one
   (Batches): under load one call serves many requests, and a lone message goes at
   once.
 
 One bounded connection pool per process and event loop, created on first use; every
-wait is bounded (PUBLISH_TIMEOUT): an unreachable broker is an OperationalError (the
-API answers 503) within that time, and the event loop keeps serving meanwhile. A
-message given up on before its batch was sent is never sent.
+wait is bounded (PUBLISH_TIMEOUT), and the event loop keeps serving meanwhile. A
+failure that proves the message was not written (no connection could be made: none
+was sent) is an OperationalError, the API's 503; once the script was handed to a
+connection, a Redis that does not answer may still run it (a paused or overloaded
+server runs what it was sent when it resumes): OutcomeUnknown, the API's 504 with the
+task id. A message given up on before its batch was sent is never sent.
 
 Verified against celery 5.7.0 with kombu 5.7.0, and celery 5.6.3 with kombu 5.6.2
 (tests/test_bgtasks_celery_publish.py compares what this module stores with what
@@ -57,10 +63,12 @@ import gc
 import inspect
 import json
 import logging
+import socket
 import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, final
 
 import celery
@@ -100,35 +108,96 @@ PUBLISH_TIMEOUT = SOCKET_TIMEOUT + 1.0
 # a read such as routing through an exchange's bindings, is not reproduced here.
 _WRITES = frozenset({"lpush", "sadd", "pexpire"})
 
-# KEYS: the issued-id keys of N messages, then one key per write. ARGV: the issued-id
-# database, the broker database, N, each id's TTL, then each write's command and value.
-# SELECT inside a script applies to that script only.
-_ONE_ROUND_TRIP = """
-local ids = tonumber(ARGV[3])
+# Per message, in the result backend's database: take its Idempotency-Key's claim when
+# it has one (unless held: then the holder's id is its answer and nothing of it is
+# written), and record its issued id with the owner. KEYS from k: the claim (or a
+# placeholder), the issued id, the message's writes. ARGV from a: whether it has a
+# claim, the TTL, the issued record's value, the task id, the number of writes, then
+# each write's command and value. `held[m]` is '' for a message to write.
+_CLAIM_AND_ISSUE = """
+local held, plan = {}, {}
+for m = 1, messages do
+  local claimed, ttl, writes = ARGV[a] == '1', ARGV[a + 1], tonumber(ARGV[a + 4])
+  local holder = false
+  if claimed then
+    holder = redis.call('GET', KEYS[k])
+  end
+  if holder then
+    held[m] = holder
+  else
+    held[m] = ''
+    if claimed then
+      redis.call('SET', KEYS[k], ARGV[a + 3], 'EX', ttl)
+    end
+    redis.call('SET', KEYS[k + 1], ARGV[a + 2], 'EX', ttl)
+  end
+  plan[m] = {a + 5, k + 2, writes}
+  a = a + 5 + 2 * writes
+  k = k + 2 + writes
+end
+"""
+# The messages' writes (their keys and ARGV as above) of the messages to write.
+_WRITE_MESSAGES = """
+for m = 1, messages do
+  if held[m] == '' then
+    local at, key = plan[m][1], plan[m][2]
+    for w = 0, plan[m][3] - 1 do
+      redis.call(ARGV[at + 2 * w], KEYS[key + w], ARGV[at + 2 * w + 1])
+    end
+  end
+end
+"""
+# Broker and result backend on one server. ARGV: the result backend's database, the
+# broker's, D queue declarations (kombu's SADD of bindings: KEYS 1..D, ARGV command and
+# value each), the number of messages, then the messages. SELECT inside a script
+# applies to that script only.
+_ONE_ROUND_TRIP = (
+    """
+local declarations = tonumber(ARGV[3])
+local messages = tonumber(ARGV[4 + 2 * declarations])
+local a, k = 5 + 2 * declarations, declarations + 1
 redis.call('SELECT', ARGV[1])
-for i = 1, ids do
-    redis.call('SET', KEYS[i], 1, 'EX', ARGV[3 + i])
-end
+"""
+    + _CLAIM_AND_ISSUE
+    + """
 redis.call('SELECT', ARGV[2])
-for i = ids + 1, #KEYS do
-    local at = ids + 2 * (i - ids) + 2
-    redis.call(ARGV[at], KEYS[i], ARGV[at + 1])
+for i = 1, declarations do
+  redis.call(ARGV[2 + 2 * i], KEYS[i], ARGV[3 + 2 * i])
 end
-return #KEYS - ids
 """
-# The ids alone, on the result backend's own server: KEYS the ids, ARGV their TTLs.
-_ISSUED_ONLY = """
-for i = 1, #KEYS do
-    redis.call('SET', KEYS[i], 1, 'EX', ARGV[i])
-end
-return #KEYS
+    + _WRITE_MESSAGES
+    + """
+return held
 """
-# The writes alone (the issued ids went to their own server first).
+)
+# Two servers, first the result backend's: claims and issued ids alone (ARGV: the
+# number of messages, then the messages, each with no writes).
+_ISSUED_ONLY = (
+    """
+local messages = tonumber(ARGV[1])
+local a, k = 2, 1
+"""
+    + _CLAIM_AND_ISSUE
+    + """
+return held
+"""
+)
+# ... then the broker's: the writes alone (declarations included), KEYS the keys, ARGV
+# each write's command and value.
 _WRITES_ONLY = """
 for i = 1, #KEYS do
     redis.call(ARGV[2 * i - 1], KEYS[i], ARGV[2 * i])
 end
 return #KEYS
+"""
+# Release the claims of messages that were not written, if they still name them.
+_RELEASE = """
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i] then
+    redis.call('DEL', KEYS[i])
+  end
+end
+return 0
 """
 
 # kombu's own methods a message and a declaration go through; a transport that
@@ -174,6 +243,71 @@ _wrappers_logged: set[str] = set()
 
 class Unsupported(Exception):
     """A publish this module does not reproduce; the blocking path sends it."""
+
+
+class OutcomeUnknown(OperationalError):
+    """The message may be queued: it was handed to the broker (or its script to
+    Redis), which did not confirm it in time. A stalled server still runs what it was
+    sent when it resumes. Its id and claim stay recorded: the same Idempotency-Key
+    then answers with this task instead of queueing another."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task {task_id} not confirmed in time: it may be queued")
+        self.task_id = task_id
+
+
+def nothing_sent(exc: BaseException) -> bool:
+    """Whether `exc` proves the message never left: no connection could be made (it
+    was refused, the name did not resolve, none was free, the connection was never
+    set up). Anything else, a timeout while writing or waiting for the answer above
+    all, may have queued it."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (ConnectionRefusedError, socket.gaierror, NotSent)):
+            return True
+        text = str(current)
+        if isinstance(current, RedisError) and (
+            "connecting to" in text or "No connection available" in text
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+class NotSent(RedisError):
+    """A batch given up on before it had a connection: nothing of it was sent."""
+
+
+@dataclass(eq=False)
+class _Handover:
+    """Where a message of a batch stands. `started`: its batch holds a connection to
+    the broker's Redis, from then on the message may be queued. `abandoned`: its
+    caller gave up first (and answered "not queued"), so its batch must never be
+    sent. Both are set by synchronous code of one event loop: never both."""
+
+    started: bool = False
+    abandoned: bool = False
+
+
+# The handovers of the batch being written, in the task that writes it.
+_SENDING: ContextVar[tuple[_Handover, ...]] = ContextVar("_SENDING", default=())
+
+
+class _SendingPool(BlockingConnectionPool):
+    """The broker's pool: hands the batch being written over once it holds a connected
+    connection, or refuses to send it when one of its callers has given up."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        connection = await super().get_connection(*args, **kwargs)
+        batch = _SENDING.get()
+        if any(handover.abandoned for handover in batch):
+            await self.release(connection)
+            raise NotSent("the batch was given up on before it was sent")
+        for handover in batch:
+            handover.started = True
+        return connection
 
 
 @final  # its __enter__ returns exactly a Recorder
@@ -412,17 +546,22 @@ class _Clients:
     """This event loop's Redis clients: the broker's, and the backend's if apart."""
 
     def __init__(self, found: _Route) -> None:
-        self.broker = _client(found.broker)
-        self.backend = self.broker if found.same_server else _client(found.backend)
+        self.broker = _client(found.broker, _SendingPool)
+        self.backend = (
+            self.broker
+            if found.same_server
+            else _client(found.backend, BlockingConnectionPool)
+        )
         self.one_round_trip = self.broker.register_script(_ONE_ROUND_TRIP)
         self.writes_only = self.broker.register_script(_WRITES_ONLY)
         self.issued_only = self.backend.register_script(_ISSUED_ONLY)
+        self.release = self.backend.register_script(_RELEASE)
         send = functools.partial(_write_batch, found, self)
-        self.batches: Batches[_Message, None] = Batches(send, PUBLISH_TIMEOUT)
+        self.batches: Batches[_Message, str] = Batches(send, PUBLISH_TIMEOUT)
 
 
-def _client(params: dict[str, Any]) -> Redis:
-    pool = BlockingConnectionPool(
+def _client(params: dict[str, Any], kind: type[BlockingConnectionPool]) -> Redis:
+    pool = kind(
         max_connections=MAX_CONNECTIONS,
         timeout=PUBLISH_TIMEOUT,
         socket_timeout=SOCKET_TIMEOUT,
@@ -459,6 +598,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await aclose()
+        await registry.aclose()
 
 
 # False leaves Python's garbage collector as it is at the app's startup.
@@ -760,25 +900,47 @@ def _repeat(
 
 
 async def enqueue(
-    task: Task, kwargs: dict[str, Any], *, task_id: str, ttl: int, **options: Any
-) -> None:
-    """Queue `task` with `kwargs` under `task_id`, recording the id as issued first.
+    task: Task,
+    kwargs: dict[str, Any],
+    *,
+    task_id: str,
+    ttl: int,
+    owner: str | None = None,
+    claim: str | None = None,
+    **options: Any,
+) -> str:
+    """Queue `task` with `kwargs` under `task_id`, recording the id as issued (with
+    `owner`, the caller who queued it) first or in the same step.
+
+    With `claim` (registry.claim_key of an Idempotency-Key) the task is queued only if
+    no earlier task holds that claim; otherwise nothing is queued and that task's id is
+    returned. Returns the id the task is queued under.
 
     Raises OperationalError when the broker or the result backend cannot be reached
-    within PUBLISH_TIMEOUT (nothing is recorded then, or the record is removed).
+    within PUBLISH_TIMEOUT and nothing was queued (nothing stays recorded then), and
+    OutcomeUnknown, a subclass, when the message may have been queued.
     """
     try:
         built = build(task, kwargs, task_id, **options)
     except Unsupported as reason:
         if route() is not None:
             logger.debug("task %s published in the threadpool: %s", task_id, reason)
-        await run_in_threadpool(_publish_blocking, task, kwargs, task_id, ttl, options)
-        return
+        return await run_in_threadpool(
+            _publish_blocking, task, kwargs, task_id, ttl, options, owner, claim
+        )
+    issued = registry.issued_key(task_id)
+    value = registry.issued_value(owner)
+    message = _Message(built, task_id, issued, value, ttl, claim)
     try:
         async with asyncio.timeout(PUBLISH_TIMEOUT):
-            await _write(built, task_id, ttl)
+            held = await _write(message)
     except (TimeoutError, RedisError, OSError) as exc:
+        if message.handover.started and not nothing_sent(exc):
+            raise OutcomeUnknown(task_id) from exc
+        # never sent; and now never will be, should its batch still get a connection
+        message.handover.abandoned = True
         raise OperationalError(f"could not queue task {task_id}: {exc!r}") from exc
+    return held or task_id
 
 
 ItemT = TypeVar("ItemT")
@@ -850,58 +1012,124 @@ class Batches(Generic[ItemT, ResultT]):
             self._sender = None
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class _Message:
-    """A message and its issued id, as one item of a batch."""
+    """A message and its issued id (and claim), as one item of a batch."""
 
     built: Built
+    task_id: str
     issued: str  # the issued-id key
+    issued_value: str  # what it holds: the owner
     ttl: int
+    claim: str | None = None  # an Idempotency-Key's claim
+    handover: _Handover = field(default_factory=_Handover)
+
+    def claim_and_issue(self, writes: list[tuple[str, str, Any]]) -> tuple[Any, Any]:
+        """This message's KEYS and ARGV for _CLAIM_AND_ISSUE, with `writes`."""
+        keys = [self.claim or self.issued, self.issued, *(key for _, key, _ in writes)]
+        args = [
+            "1" if self.claim else "0",
+            self.ttl,
+            self.issued_value,
+            self.task_id,
+            len(writes),
+            *(part for name, _, value in writes for part in (name, value)),
+        ]
+        return keys, args
 
 
-async def _write(built: Built, task_id: str, ttl: int) -> None:
-    message = _Message(built, registry.issued_key(task_id), ttl)
-    await _clients_for_this_loop(built.route).batches.submit(message)
+async def _write(message: _Message) -> str:
+    clients = _clients_for_this_loop(message.built.route)
+    return await clients.batches.submit(message)
 
 
 async def _write_batch(
     found: _Route, clients: _Clients, batch: list[_Message]
-) -> list[None]:
-    """Write a batch's ids and messages: one script call, or two on two servers."""
+) -> list[str]:
+    """Write a batch's claims, ids and messages: one script call, or two on two
+    servers. Per message: '' when it was written, else the id of the task holding its
+    claim (nothing of it written)."""
     declarations = list(_pending_declarations)
-    writes = [*declarations, *(write for one in batch for write in one.built.writes)]
-    keys = [key for _, key, _ in writes]
-    commands = [part for name, _, value in writes for part in (name, value)]
-    issued = [one.issued for one in batch]
-    ttls = [one.ttl for one in batch]
-    if found.same_server:
-        databases = [found.backend_db, found.broker_db]
-        await _retrying_refused(
-            found,
-            clients.one_round_trip,
-            keys=[*issued, *keys],
-            args=[*databases, len(issued), *ttls, *commands],
-        )
-    else:
-        await _retrying_refused(found, clients.issued_only, keys=issued, args=ttls)
-        try:
-            await _retrying_refused(
-                found, clients.writes_only, keys=keys, args=commands
+    declared = [part for name, _, value in declarations for part in (name, value)]
+    sending = _SENDING.set(tuple(one.handover for one in batch))
+    try:
+        if found.same_server:
+            keys = [key for _, key, _ in declarations]
+            args: list[Any] = [found.backend_db, found.broker_db, len(declarations)]
+            args += [*declared, len(batch)]
+            for one in batch:
+                one_keys, one_args = one.claim_and_issue(one.built.writes)
+                keys += one_keys
+                args += one_args
+            held = await _retrying_refused(
+                found, clients.one_round_trip, keys=keys, args=args
             )
-        except BaseException:
-            await asyncio.shield(_forget(clients.backend, issued))
-            raise
+        else:
+            held = await _write_apart(found, clients, batch, declarations)
+    finally:
+        _SENDING.reset(sending)
     for write in declarations:
         if write in _pending_declarations:
             _pending_declarations.remove(write)
-    return [None] * len(batch)
+    return [_text(one) for one in held]
 
 
-async def _forget(backend: Redis, issued: list[str]) -> None:
+async def _write_apart(
+    found: _Route,
+    clients: _Clients,
+    batch: list[_Message],
+    declarations: list[tuple[str, str, Any]],
+) -> list[Any]:
+    """The claims and ids on the result backend's server, then the messages of the
+    claimed ones on the broker's; the claims and ids are removed again when the
+    messages were certainly not written."""
+    keys: list[Any] = []
+    args: list[Any] = [len(batch)]
+    for one in batch:
+        one_keys, one_args = one.claim_and_issue([])
+        keys += one_keys
+        args += one_args
+    # not the broker's pool: nothing is handed over yet
+    handovers = _SENDING.set(())
     try:
-        await backend.delete(*issued)
+        held = await _retrying_refused(found, clients.issued_only, keys=keys, args=args)
+    finally:
+        _SENDING.reset(handovers)
+    written = [one for i, one in enumerate(batch) if not _text(held[i])]
+    writes = [*declarations, *(w for one in written for w in one.built.writes)]
+    try:
+        await _retrying_refused(
+            found,
+            clients.writes_only,
+            keys=[key for _, key, _ in writes],
+            args=[part for name, _, value in writes for part in (name, value)],
+        )
+    except BaseException as exc:
+        if not any(one.handover.started for one in batch) or nothing_sent(exc):
+            await asyncio.shield(_forget(clients, written))
+        raise
+    return list(held)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
+
+
+async def _forget(clients: _Clients, messages: list[_Message]) -> None:
+    """Remove the ids and claims of messages that were not written."""
+    try:
+        await clients.backend.delete(*(one.issued for one in messages))
+        claimed = [one for one in messages if one.claim]
+        if claimed:
+            await clients.release(
+                keys=[one.claim or "" for one in claimed],
+                args=[one.task_id for one in claimed],
+            )
     except RedisError:
-        logger.warning("could not remove the issued-id records %s", issued)
+        logger.warning(
+            "could not remove the records of unsent tasks %s",
+            [one.task_id for one in messages],
+        )
 
 
 async def _retrying_refused(found: _Route, call: Any, *args: Any, **kwargs: Any) -> Any:
@@ -931,13 +1159,35 @@ async def _retrying_refused(found: _Route, call: Any, *args: Any, **kwargs: Any)
 
 
 def _publish_blocking(
-    task: Task, kwargs: dict[str, Any], task_id: str, ttl: int, options: dict[str, Any]
-) -> None:
-    """The blocking path (run in the threadpool): record the id, then apply_async."""
+    task: Task,
+    kwargs: dict[str, Any],
+    task_id: str,
+    ttl: int,
+    options: dict[str, Any],
+    owner: str | None = None,
+    claim: str | None = None,
+) -> str:
+    """The blocking path (run in the threadpool): record the id (and take the claim),
+    then apply_async. The id of the task queued, or of the one holding the claim."""
     # Recorded before publishing, so a status call can never race the record.
-    registry.remember(task_id, ttl=ttl)
+    try:
+        held = registry.remember(task_id, ttl=ttl, owner=owner, claim=claim)
+    except RedisError:
+        if claim is not None:
+            # Redis may yet take the claim: release it, or the key would name a task
+            # never published
+            with contextlib.suppress(RedisError):
+                registry.forget(task_id, claim=claim)
+        raise
+    if held is not None:
+        return held
     try:
         task.apply_async(kwargs=kwargs, task_id=task_id, **options)
-    except Exception:
-        registry.forget(task_id)
+    except Exception as exc:
+        connection_error = isinstance(exc, (OperationalError, RedisError, OSError))
+        if connection_error and not nothing_sent(exc):
+            # the broker may have it: the record and the claim stay
+            raise OutcomeUnknown(task_id) from exc
+        registry.forget(task_id, claim=claim)
         raise
+    return task_id

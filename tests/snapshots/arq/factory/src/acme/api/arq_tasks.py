@@ -22,7 +22,10 @@ Who may call these routes is decided by `authorize_task_access` below, the one p
 edit: as generated, callers send `Authorization: Bearer <token>`, the token being the
 value of
 BGTASKS_API_TOKEN; anything else is 401. The identity it returns scopes
-idempotency keys and the email rate limit.
+idempotency keys and the email rate limit, and owns the jobs it queues: status and
+cancel answer 404, as for an unknown id, unless `may_use_task` lets the caller use the
+job (as generated: only the caller who queued it; a job queued by other code, such as
+a cron job, has no owner and every admitted caller may use it).
 
 A request body larger than MAX_BODY_BYTES is refused with 413 before it is read, and a
 422 names what is wrong without echoing the input (see BoundedRoute). A POST must say
@@ -79,6 +82,7 @@ from acme.tasks.idempotency import (
 from acme.tasks.pool import (
     UNCONFIRMED_MESSAGE,
     EnqueueOutcomeUnknown,
+    job_owner,
     lifespan,
     queue_errors_as_503,
     queue_of,
@@ -98,6 +102,8 @@ CANCEL_POLL_SECONDS = 0.2
 # written at full precision (24 characters each, with ", ") come to about 260 kB, an
 # email of 20 000 characters each escaped as \uXXXX to 120 kB (240 kB for emoji).
 MAX_BODY_BYTES = 256 * 1024
+# the 404 of an unknown id, and of a job the caller may not use: the same answer
+UNKNOWN_ID = "Unknown task id"
 
 
 @dataclass(frozen=True)
@@ -490,14 +496,17 @@ async def _enqueue(
     **kwargs: Any,
 ) -> TaskAccepted:
     queue = queue_of(request)
+    caller = caller_of(request)
     with queue_errors_as_503():
         job_id = None
         if idempotency_key:
             secret = await job_id_secret(queue)
-            scope = IdempotencyScope(caller=caller_of(request), key=idempotency_key)
+            scope = IdempotencyScope(caller=caller, key=idempotency_key)
             job_id = scoped_job_id(secret, function, scope)
         try:
-            job = await queue.enqueue_job(function, _job_id=job_id, **kwargs)
+            job = await queue.enqueue_job(
+                function, _job_id=job_id, _owner=caller, **kwargs
+            )
         except EnqueueOutcomeUnknown as exc:
             raise _unconfirmed(exc.job_id) from None
         if job is not None:
@@ -540,6 +549,15 @@ def _status_path(request: Request, task_id: str) -> str:
         url = request.url_for("get_task_status", task_id=_ID_PLACEHOLDER)
         path = _status_paths[key] = url.path
     return path.replace(_ID_PLACEHOLDER, task_id)
+
+
+async def _usable_job(request: Request, queue: ArqRedis, job_id: str) -> Job:
+    """The job, when the caller may use it (see may_use_task); 404 otherwise, the
+    answer for an unknown id, so nobody learns which ids others hold."""
+    owner = await job_owner(queue, job_id)
+    if not may_use_task(caller_of(request), owner, task_access(request)):
+        raise HTTPException(status_code=404, detail=UNKNOWN_ID)
+    return _job(queue, job_id)
 
 
 @router.post(
@@ -614,11 +632,11 @@ async def get_task_status(task_id: TaskId, request: Request) -> TaskStatus:
     """The task's state; its result once it succeeded; 404 for an unknown id."""
     job_id = task_id
     queue = queue_of(request)
-    job = _job(queue, job_id)
     with queue_errors_as_503():
+        job = await _usable_job(request, queue, job_id)
         state = await job.status()
         if state == JobStatus.not_found:
-            raise HTTPException(status_code=404, detail="job not found")
+            raise HTTPException(status_code=404, detail=UNKNOWN_ID)
         answer = TaskStatus(task_id=job_id, status=_status_word(state))
         if state == JobStatus.complete:
             try:
@@ -663,11 +681,11 @@ async def cancel_task(
     """
     job_id = task_id
     queue = queue_of(request)
-    job = _job(queue, job_id)
     with queue_errors_as_503():
+        job = await _usable_job(request, queue, job_id)
         state = await job.status()
         if state == JobStatus.not_found:
-            raise HTTPException(status_code=404, detail="job not found")
+            raise HTTPException(status_code=404, detail=UNKNOWN_ID)
         finished_before = state == JobStatus.complete
         if not finished_before:
             # With JSON results abort() raises SerializationError even when the job

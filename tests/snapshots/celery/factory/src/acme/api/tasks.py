@@ -3,8 +3,9 @@
 Celery's client API blocks (publishing, reading the result backend, revoke). The queue
 endpoints are `async def` and publish through fast_publish, which never blocks the
 event loop (with a Redis broker it writes the message with redis.asyncio, otherwise it
-publishes in the threadpool); status and cancel read the backend in FastAPI's
-threadpool.
+publishes in the threadpool); status and cancel read Redis with redis.asyncio, each
+read bounded (registry.READ_TIMEOUT: a stalled Redis is a quick 503). Only revoking a
+queued task runs in the threadpool.
 
 The routes answer as every queue runner's do: inputs in a JSON body, a status of
 queued | in_progress | retrying | complete (Celery's PENDING, STARTED/PROGRESS, RETRY,
@@ -19,6 +20,23 @@ Cancel is `POST /tasks/cancel/{task_id}` (`?wait=` up to 30 s, 5 by default):
   it finished first.
 - finished: nothing to do. Answers 409 with its outcome.
 
+Idempotency: send an `Idempotency-Key` header (1-64 characters of A-Z a-z 0-9 _ . -)
+to queue a task at most once per caller. While that task's record exists (queued,
+running, or finished with its result still kept: RESULT_EXPIRES) the same request
+from the same caller answers 200 with the existing task's id and status and
+`"duplicate": true`, instead of 202 and a new task. The same key from another caller
+is another task. Without the header, every request queues a new task.
+
+503 means the task was not queued: send the request again. 504 means the broker may
+have received the task without confirming it (it hung, and runs what it was sent once
+it resumes): the body names the task id with `"outcome": "unknown"`. The same request
+with the same Idempotency-Key is then safe, it never queues a second task; without a
+key, a retry may run the work twice.
+
+A task is its caller's: status and cancel answer 404, as for an id never issued, to
+any other caller (see may_use_task). A task queued by other code (celery beat, your
+own) has no caller recorded, and every caller may read it.
+
 A request body larger than MAX_BODY_BYTES is refused with 413 before it is read, and a
 422 names what is wrong without echoing the input (see BoundedRoute). A POST must say
 `Content-Type: application/json` (415 otherwise), also one without a body.
@@ -26,7 +44,8 @@ A request body larger than MAX_BODY_BYTES is refused with 413 before it is read,
 Who may call these routes is decided by `authorize_task_access` below, the one place to
 edit: as generated, callers send `Authorization: Bearer <token>`, the token being the
 value of
-BGTASKS_API_TOKEN; anything else is 401.
+BGTASKS_API_TOKEN; anything else is 401. The identity it returns owns the tasks
+it queues, and scopes idempotency keys and the email rate limit.
 """
 
 import asyncio
@@ -42,7 +61,16 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from celery import states
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi import (
+    APIRouter,
+    Depends,
+    Header,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+)
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from kombu.exceptions import OperationalError
@@ -65,6 +93,7 @@ from acme.tasks import tasks as celery_tasks
 from acme.tasks.celery_app import (
     REDELIVERY_DELAY,
     RESULT_EXPIRES,
+    ResultBackend,
     celery_app,
 )
 
@@ -82,6 +111,9 @@ EMAIL_RATE_WINDOW_SECONDS = 60
 # an emoji's surrogate pair) sends as about 120 kB.
 MAX_BODY_BYTES = 128 * 1024
 CANCEL_POLL_SECONDS = 0.2
+# The longest a status or cancel waits for a result backend other than Redis (read in
+# the threadpool; with Redis, registry.READ_TIMEOUT bounds each read).
+BACKEND_TIMEOUT = 2.0
 
 TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
 
@@ -203,10 +235,35 @@ anonymous_access_allowed()
 Caller = Annotated[str, Depends(authorize_task_access)]
 
 
-def limit_email_rate(caller: Caller) -> None:
+async def remember_caller(request: Request, caller: Caller) -> None:
+    """The router's dependency: runs the hook once per request and keeps its answer for
+    the routes (see caller_of). Every dependency costs FastAPI a resolution per request,
+    so the routes read the caller and the Idempotency-Key without one each."""
+    request.state.bgtasks_caller = caller
+
+
+def caller_of(request: Request) -> str:
+    """The identity authorize_task_access returned for this request."""
+    return str(request.state.bgtasks_caller)
+
+
+# A plain header parameter, validated by FastAPI; scoped to the caller when queueing.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+    ),
+]
+
+
+async def limit_email_rate(request: Request) -> None:
     """Refuse more than EMAIL_RATE_LIMIT emails per caller and window (429)."""
     with _service_errors():
-        count = registry.hit(f"email:{caller}", EMAIL_RATE_WINDOW_SECONDS)
+        key = f"email:{caller_of(request)}"
+        count = await registry.hit_async(key, EMAIL_RATE_WINDOW_SECONDS)
     if count > EMAIL_RATE_LIMIT:
         raise HTTPException(status_code=429, detail="Too many emails, try again later")
 
@@ -323,7 +380,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 router = APIRouter(
     prefix="/tasks",
     tags=["tasks"],
-    dependencies=[Depends(authorize_task_access)],
+    dependencies=[Depends(remember_caller)],
     route_class=BoundedRoute,
     responses=errors(401),
     # fast_publish's Redis connections close with the app that includes this router
@@ -352,8 +409,7 @@ class TaskAccepted(BaseModel):
     task_id: str
     status: str = "queued"
     status_url: str  # where to read its status
-    # always false here: Celery's routes take no Idempotency-Key
-    duplicate: bool = False
+    duplicate: bool = False  # true: queued before with this Idempotency-Key
 
 
 class Progress(BaseModel):
@@ -382,6 +438,33 @@ class CancelResponse(BaseModel):
     task_id: str
     cancelled: bool
     status: str
+
+
+class UnconfirmedTask(BaseModel):
+    message: str
+    task_id: str
+    outcome: str  # "unknown": queued or not
+
+
+class Unconfirmed(BaseModel):
+    detail: UnconfirmedTask
+
+
+# a repeated Idempotency-Key: the task it queued before
+DUPLICATE: dict[str, Any] = {
+    "model": TaskAccepted,
+    "description": "Already queued with this Idempotency-Key: that task",
+}
+# the broker did not confirm the task (503 means not queued, this may be queued)
+UNCONFIRMED: dict[str, Any] = {
+    "model": Unconfirmed,
+    "description": "Not confirmed in time: the task may be queued. Retrying with the "
+    "same Idempotency-Key never queues it twice",
+}
+UNCONFIRMED_MESSAGE = (
+    "the task queue did not confirm in time: the task may be queued; retry with the "
+    "same Idempotency-Key (never queued twice) or read its status"
+)
 
 
 # Celery's states in the words of every queue runner's API; the ready states
@@ -414,16 +497,53 @@ def _service_errors() -> Iterator[None]:
 
 
 async def _enqueue(
-    request: Request, task: Any, kwargs: dict[str, Any], **options: Any
+    request: Request,
+    response: Response,
+    task: Any,
+    kwargs: dict[str, Any],
+    idempotency_key: str | None,
+    **options: Any,
 ) -> TaskAccepted:
     task_id = str(uuid.uuid4())
+    caller = caller_of(request)
+    claim = None
+    if idempotency_key:
+        claim = registry.claim_key(caller, task.name, idempotency_key)
     with _service_errors():
-        # The id is recorded as issued before (or with) the message: a status call
-        # can never race the record.
-        await fast_publish.enqueue(
-            task, kwargs, task_id=task_id, ttl=RESULT_EXPIRES, **options
-        )
-    return TaskAccepted(task_id=task_id, status_url=_status_path(request, task_id))
+        try:
+            # The id is recorded as issued, with its caller, before (or with) the
+            # message: a status call can never race the record.
+            queued = await fast_publish.enqueue(
+                task,
+                kwargs,
+                task_id=task_id,
+                ttl=RESULT_EXPIRES,
+                owner=caller,
+                claim=claim,
+                **options,
+            )
+        except fast_publish.OutcomeUnknown as exc:
+            raise _unconfirmed(exc.task_id) from None
+        if queued == task_id:
+            status_url = _status_path(request, task_id)
+            return TaskAccepted(task_id=task_id, status_url=status_url)
+        # The key was claimed before: that task is the answer, nothing was queued now.
+        record = await _read(queued)
+        meta = await _meta(queued, record)
+    response.status_code = 200
+    return TaskAccepted(
+        task_id=queued,
+        status=_status_word(meta.get("status")),
+        status_url=_status_path(request, queued),
+        duplicate=True,
+    )
+
+
+def _unconfirmed(task_id: str) -> HTTPException:
+    """504 for a task the broker may have received without confirming it: its id."""
+    logger.warning("task %s: publish not confirmed in time", task_id)
+    detail = {"message": UNCONFIRMED_MESSAGE, "task_id": task_id, "outcome": "unknown"}
+    return HTTPException(status_code=504, detail=detail)
 
 
 _ID_PLACEHOLDER = "0-task-id-0"
@@ -440,9 +560,47 @@ def _status_path(request: Request, task_id: str) -> str:
     return path.replace(_ID_PLACEHOLDER, task_id)
 
 
-def _check_issued(task_id: str) -> None:
-    # Celery answers PENDING for any id, even one it never saw; ours are recorded.
-    if not registry.was_issued(task_id):
+def record_key(task_id: str) -> bytes | None:
+    """Where the result backend keeps the task's meta in Redis (None: not in Redis)."""
+    backend = celery_app.backend
+    if isinstance(backend, ResultBackend):
+        return bytes(backend.get_key_for_task(task_id))
+    return None
+
+
+async def _read(task_id: str) -> registry.TaskRecord:
+    """What Redis holds on the task, the result backend's value included when that
+    is Redis: one bounded read."""
+    return await registry.read_task(task_id, record_key(task_id))
+
+
+async def _meta(task_id: str, record: registry.TaskRecord) -> dict[str, Any]:
+    return await _decoded_meta(task_id, record.meta)
+
+
+async def _decoded_meta(task_id: str, meta: bytes | None) -> dict[str, Any]:
+    """The task's meta (state and result) as Celery reads it: decoded from the value
+    read from Redis, or read from another result backend in the threadpool."""
+    backend = celery_app.backend
+    if isinstance(backend, ResultBackend):
+        if meta is None:  # nothing stored yet: what Celery says of any such id
+            return {"status": states.PENDING, "result": None}
+        decoded: dict[str, Any] = backend.decode_result(meta)
+        return decoded
+    # The thread may go on after the wait; the request does not.
+    read = run_in_threadpool(backend.get_task_meta, task_id, cache=False)
+    async with asyncio.timeout(BACKEND_TIMEOUT):
+        found: dict[str, Any] = await read
+    return found
+
+
+def _check_access(request: Request, record: registry.TaskRecord) -> None:
+    """404 unless the id was issued, to this caller (or to no one: see may_use_task)."""
+    # Celery answers PENDING for any id, even one it never saw; ours are recorded, with
+    # their caller: someone else's task is as unknown as an id never issued.
+    if not record.issued or not may_use_task(
+        caller_of(request), record.owner, task_access(request)
+    ):
         raise HTTPException(status_code=404, detail="Unknown task id")
 
 
@@ -454,7 +612,9 @@ def _error_name(result: object) -> str:
     return "Error"
 
 
-def _status(task_id: str, meta: dict[str, Any]) -> TaskStatus:
+def _status(
+    task_id: str, meta: dict[str, Any], record: registry.TaskRecord
+) -> TaskStatus:
     state = str(meta.get("status", states.PENDING))
     result = meta.get("result")
     status = TaskStatus(task_id=task_id, status=_status_word(state))
@@ -469,7 +629,7 @@ def _status(task_id: str, meta: dict[str, Any]) -> TaskStatus:
     elif state == states.REVOKED:
         status.success, status.error = False, "cancelled"
     if state in (states.STARTED, "PROGRESS"):
-        _check_alive(status)
+        _check_alive(status, record)
     return status
 
 
@@ -479,16 +639,46 @@ def _status_word(state: str | None) -> str:
     return STATUS_OF_STATE.get(str(state or states.PENDING), "in_progress")
 
 
-def _check_alive(status: TaskStatus) -> None:
+def _check_alive(status: TaskStatus, record: registry.TaskRecord) -> None:
     # A running task refreshes its alive key (see liveness.py); a worker killed
     # outright leaves its last state behind, which would read as still running.
-    alive, started_at = registry.liveness(status.task_id)
-    if alive:
+    if record.alive:
         return
     status.lost = True
-    if started_at is not None:
-        due = started_at + REDELIVERY_DELAY
+    if record.started_at is not None:
+        due = record.started_at + REDELIVERY_DELAY
         status.redelivery_due_at = datetime.fromtimestamp(due, tz=UTC)
+
+
+async def _ask_to_cancel(request: Request, task_id: str) -> tuple[str | None, bool]:
+    """Set the cancel flag and revoke the task when it has not started: the state it
+    was in, and whether this call revoked it. 404 for an id not the caller's."""
+    record = await _read(task_id)
+    _check_access(request, record)
+    # The flag goes first: a worker that picks the task up after this point skips it,
+    # even one that was not running when revoke() was broadcast.
+    meta_key = record_key(task_id)
+    meta = await registry.request_cancel_then_read(task_id, RESULT_EXPIRES, meta_key)
+    state = (await _decoded_meta(task_id, meta)).get("status")
+    if state in (None, states.PENDING, states.RECEIVED, states.RETRY):
+        await run_in_threadpool(_revoke, task_id)
+        return state, True
+    return None if state is None else str(state), False
+
+
+def _revoke(task_id: str) -> None:
+    # No terminate: that would kill whatever the worker process runs by then.
+    celery_app.control.revoke(task_id)
+    # Not started when the flag was set, so it can never run: say so now rather than
+    # leave it queued until a worker discards the message.
+    celery_app.backend.mark_as_revoked(task_id, reason="cancelled")
+
+
+async def _state_of(task_id: str) -> str | None:
+    meta_key = record_key(task_id)
+    meta = await registry.read_meta(meta_key) if meta_key is not None else None
+    state = (await _decoded_meta(task_id, meta)).get("status")
+    return None if state is None else str(state)
 
 
 @router.post(
@@ -497,15 +687,22 @@ def _check_alive(status: TaskStatus) -> None:
     name="bgtasks_send_email",
     summary="Queue an email",
     dependencies=[Depends(limit_email_rate)],
-    responses=errors(413, 415, 429, 503),
+    responses={200: DUPLICATE, 504: UNCONFIRMED, **errors(413, 415, 429, 503)},
 )
-async def queue_send_email(payload: EmailRequest, request: Request) -> TaskAccepted:
+async def queue_send_email(
+    payload: EmailRequest,
+    request: Request,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> TaskAccepted:
     """Queue an email; poll status_url for the outcome."""
     # send_email ignores results by default; keep this one so its status can be read.
     return await _enqueue(
         request,
+        response,
         celery_tasks.send_email,
         {"to": str(payload.to), "subject": payload.subject, "body": payload.body},
+        idempotency_key,
         ignore_result=False,
     )
 
@@ -515,13 +712,20 @@ async def queue_send_email(payload: EmailRequest, request: Request) -> TaskAccep
     status_code=202,
     name="bgtasks_process_order",
     summary="Queue an order's processing",
-    responses=errors(413, 415, 503),
+    responses={200: DUPLICATE, 504: UNCONFIRMED, **errors(413, 415, 503)},
 )
 async def queue_process_order(
-    payload: ProcessOrderRequest, request: Request
+    payload: ProcessOrderRequest,
+    request: Request,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> TaskAccepted:
     return await _enqueue(
-        request, celery_tasks.process_order, {"order_id": payload.order_id}
+        request,
+        response,
+        celery_tasks.process_order,
+        {"order_id": payload.order_id},
+        idempotency_key,
     )
 
 
@@ -530,13 +734,22 @@ async def queue_process_order(
     status_code=202,
     name="bgtasks_long_running",
     summary="Queue a long task that reports progress",
-    responses=errors(413, 415, 503),
+    responses={200: DUPLICATE, 504: UNCONFIRMED, **errors(413, 415, 503)},
 )
 async def queue_long_running(
-    payload: LongRunningRequest, request: Request
+    payload: LongRunningRequest,
+    request: Request,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> TaskAccepted:
     """Queue a task that reports its progress (current, total, percent) as it runs."""
-    return await _enqueue(request, celery_tasks.long_running, {"steps": payload.steps})
+    return await _enqueue(
+        request,
+        response,
+        celery_tasks.long_running,
+        {"steps": payload.steps},
+        idempotency_key,
+    )
 
 
 @router.get(
@@ -545,16 +758,17 @@ async def queue_long_running(
     summary="A task's state and result",
     responses=errors(404, 503),
 )
-def task_status(task_id: TaskId) -> TaskStatus:
+async def task_status(task_id: TaskId, request: Request) -> TaskStatus:
     """queued, in_progress, retrying or complete (then `success`, and the result or the
-    error); 404: unknown. An in_progress task whose worker died says `"lost": true` and
-    when it will be delivered again (`redelivery_due_at`).
+    error); 404: unknown, or another caller's. An in_progress task whose worker died
+    says `"lost": true` and when it will be delivered again (`redelivery_due_at`).
     """
     with _service_errors():
-        _check_issued(task_id)
-        # One read of the stored meta: state and result come from the same snapshot.
-        meta = celery_app.backend.get_task_meta(task_id)
-        return _status(task_id, meta)
+        # One read: the record, the state and result, the liveness, at one moment.
+        record = await _read(task_id)
+        _check_access(request, record)
+        meta = await _meta(task_id, record)
+    return _status(task_id, meta, record)
 
 
 @router.post(
@@ -569,6 +783,7 @@ def task_status(task_id: TaskId) -> TaskStatus:
 )
 async def cancel_task(
     task_id: TaskId,
+    request: Request,
     response: Response,
     wait: Annotated[float, Query(ge=0, le=30, allow_inf_nan=False)] = 5.0,
 ) -> CancelResponse:
@@ -581,7 +796,7 @@ async def cancel_task(
     cancelled); 202 when it has not stopped yet (the cancel stays asked for).
     """
     with _service_errors():
-        state, revoked = await run_in_threadpool(_ask_to_cancel, task_id)
+        state, revoked = await _ask_to_cancel(request, task_id)
         if revoked:  # it had not started: it never runs
             return CancelResponse(task_id=task_id, cancelled=True, status="complete")
         if state in states.READY_STATES:
@@ -590,38 +805,13 @@ async def cancel_task(
         deadline = time.monotonic() + wait
         while state not in states.READY_STATES and time.monotonic() < deadline:
             await asyncio.sleep(CANCEL_POLL_SECONDS)
-            state = await run_in_threadpool(_state_of, task_id)
+            state = await _state_of(task_id)
     answer = _cancel_answer(task_id, state)
     if answer.status != "complete":
         response.status_code = 202
     elif not answer.cancelled:
         response.status_code = 409  # it finished first
     return answer
-
-
-def _state_of(task_id: str) -> str | None:
-    state = celery_app.backend.get_task_meta(task_id, cache=False).get("status")
-    return None if state is None else str(state)
-
-
-def _ask_to_cancel(
-    task_id: str,
-) -> tuple[str | None, bool]:
-    """Set the cancel flag and revoke the task when it has not started: the state it
-    was in, and whether this call revoked it."""
-    _check_issued(task_id)
-    # The flag goes first: a worker that picks the task up after this point skips it,
-    # even one that was not running when revoke() was broadcast.
-    registry.request_cancel(task_id, ttl=RESULT_EXPIRES)
-    state = _state_of(task_id)
-    if state in (None, states.PENDING, states.RECEIVED, states.RETRY):
-        # No terminate: that would kill whatever the worker process runs by then.
-        celery_app.control.revoke(task_id)
-        # Not started when the flag was set, so it can never run: say so now rather
-        # than leave it queued until a worker discards the message.
-        celery_app.backend.mark_as_revoked(task_id, reason="cancelled")
-        return state, True
-    return state, False
 
 
 def _cancel_answer(task_id: str, state: str | None) -> CancelResponse:

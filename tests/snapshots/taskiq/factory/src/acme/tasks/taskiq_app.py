@@ -134,7 +134,8 @@ def capped_timeout(seconds: int) -> int:
 
 
 def status_key(task_id: str) -> str:
-    """Redis hash of a task this app issued: state, tries, progress, cancel flag."""
+    """Redis hash of a task this app issued: state, tries, progress, cancel flag, and
+    its owner (the identity that queued it through the API; none for other tasks)."""
     return f"bgtasks:taskiq:task:{task_id}"
 
 
@@ -160,8 +161,8 @@ end
 """
 # Marks tasks queued while the stream has room for them: KEYS the stream, then the
 # tasks' status hashes; ARGV the consumer group, MAX_QUEUED, the hashes' TTL, then each
-# task's name. Returns for each task 0 (written) or the backlog that refused it (its
-# status is not written).
+# task's name, then each task's owner ("" for none). Returns for each task 0 (written)
+# or the backlog that refused it (its status is not written).
 QUEUED_SCRIPT = (
     BACKLOG_LUA
     + """
@@ -172,7 +173,13 @@ for i = 2, #KEYS do
     if waiting >= limit then
         written[i - 1] = waiting
     else
+        local owner = ARGV[#KEYS + i + 1]
         redis.call('HSET', KEYS[i], 'state', 'queued', 'task', ARGV[i + 2])
+        if owner == '' then
+            redis.call('HDEL', KEYS[i], 'owner')
+        else
+            redis.call('HSET', KEYS[i], 'owner', owner)
+        end
         redis.call('EXPIRE', KEYS[i], ARGV[3])
         written[i - 1] = 0
         waiting = waiting + 1
@@ -318,9 +325,10 @@ _queued: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Batches[Any, int]
 )
 
 
-async def record_queued(task_id: str, task_name: str) -> int:
+async def record_queued(task_id: str, task_name: str, owner: str | None = None) -> int:
     """Write the status hash of a task about to be sent (state "queued", kept
-    KEEP_PENDING seconds). Concurrent calls share one script call (Batches).
+    KEEP_PENDING seconds), with its owner: the identity that queues it through the API,
+    kept as long as its status. Concurrent calls share one script call (Batches).
 
     0 once written; with the queue full, the tasks waiting (nothing is written)."""
     loop = asyncio.get_running_loop()
@@ -328,20 +336,21 @@ async def record_queued(task_id: str, task_name: str) -> int:
     if batches is None:
         batches = _queued[loop] = Batches(_write_queued, RECORD_TIMEOUT)
     async with asyncio.timeout(RECORD_TIMEOUT):
-        return await batches.submit((status_key(task_id), task_name))
+        return await batches.submit((status_key(task_id), task_name, owner or ""))
 
 
-async def _write_queued(records: list[tuple[str, str]]) -> list[int]:
+async def _write_queued(records: list[tuple[str, str, str]]) -> list[int]:
     async with redis_client() as redis:
         written: Any = await redis.eval(
             QUEUED_SCRIPT,
             len(records) + 1,
             STREAM,
-            *(key for key, _ in records),
+            *(key for key, _, _ in records),
             CONSUMER_GROUP,
             MAX_QUEUED,
             KEEP_PENDING,
-            *(name for _, name in records),
+            *(name for _, name, _ in records),
+            *(owner for _, _, owner in records),
         )
     return [int(waiting) for waiting in written]
 

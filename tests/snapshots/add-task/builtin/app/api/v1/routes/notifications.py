@@ -12,6 +12,13 @@ BGTASKS_API_TOKEN; anything else is 401. Emails are limited per
 caller (429 beyond EMAIL_RATE_LIMIT a window), counted in this process: BackgroundTasks
 have no shared store, so each web process counts on its own. A limit at the proxy in
 front is the exact one.
+
+Idempotency: send an `Idempotency-Key` header (1-64 characters of A-Z a-z 0-9 _ . -)
+to queue the work at most once per caller, route and key. A repeat within
+IDEMPOTENCY_WINDOW_SECONDS answers 200 with the first answer and `"duplicate": true`,
+and schedules nothing. Like the email limit, the keys are remembered in this process
+only (at most IDEMPOTENCY_ENTRIES of them, the oldest forgotten first): a repeat that
+reaches another web process, or comes after a restart, runs the work again.
 """
 
 import time
@@ -23,6 +30,7 @@ from fastapi import (
     APIRouter,
     BackgroundTasks,
     Depends,
+    Header,
     HTTPException,
     Request,
     Response,
@@ -211,6 +219,68 @@ class NotificationRequest(BaseModel):
 class Accepted(BaseModel):
     status: Literal["accepted"] = "accepted"
     detail: str
+    duplicate: bool = False  # true: a repeated Idempotency-Key, nothing queued again
+
+
+# a repeated Idempotency-Key: the first answer, nothing scheduled again
+DUPLICATE: dict[str, Any] = {
+    "model": Accepted,
+    "description": "Already queued with this Idempotency-Key: the first answer",
+}
+
+
+# How long, and for how many (caller, route, key) at most, this process remembers the
+# first answer to an Idempotency-Key (see above).
+IDEMPOTENCY_WINDOW_SECONDS = 3600.0
+IDEMPOTENCY_ENTRIES = 10_000
+# oldest first: an entry is never refreshed, so insertion order is time order
+_answers: OrderedDict[tuple[str, str, str], tuple[float, Accepted]] = OrderedDict()
+
+# The same header as the queue runners' routes take, validated by FastAPI.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+    ),
+]
+
+
+def repeated_answer(
+    caller: str,
+    route: str,
+    key: str | None,
+    response: Response,
+) -> Accepted | None:
+    """The first answer to `caller`'s `key` on `route` within the window, marked a
+    duplicate (and the response made a 200); None when the work is to be queued."""
+    now = time.monotonic()
+    while _answers:
+        at, _ = next(iter(_answers.values()))
+        if now - at < IDEMPOTENCY_WINDOW_SECONDS:
+            break
+        _answers.popitem(last=False)
+    found = _answers.get((caller, route, key)) if key else None
+    if found is None:
+        return None
+    response.status_code = 200
+    return Accepted(detail=found[1].detail, duplicate=True)
+
+
+def remember_answer(
+    caller: str,
+    route: str,
+    key: str | None,
+    answer: Accepted,
+) -> Accepted:
+    """Keep `answer` for repeats of `key` (none without one); `answer` itself."""
+    if key:
+        _answers[(caller, route, key)] = (time.monotonic(), answer)
+        while len(_answers) > IDEMPOTENCY_ENTRIES:
+            _answers.popitem(last=False)
+    return answer
 
 
 @router.post(
@@ -218,28 +288,43 @@ class Accepted(BaseModel):
     status_code=202,
     summary="Queue an email",
     dependencies=[Depends(limit_email_rate)],
-    responses=errors(413, 415, 429),
+    responses={200: DUPLICATE, **errors(413, 415, 429)},
 )
 async def send_email_later(
-    request: EmailRequest, background_tasks: BackgroundTasks
+    request: EmailRequest,
+    background_tasks: BackgroundTasks,
+    response: Response,
+    caller: Caller,
+    idempotency_key: IdempotencyKey = None,
 ) -> Accepted:
     """Send an email after the response; failures are logged, never retried."""
+    earlier = repeated_answer(caller, "send_email", idempotency_key, response)
+    if earlier is not None:
+        return earlier
     background_tasks.add_task(
         jobs.safely(send_email), str(request.to), request.subject, request.body
     )
-    return Accepted(detail="the email will be sent after this response")
+    answer = Accepted(detail="the email will be sent after this response")
+    return remember_answer(caller, "send_email", idempotency_key, answer)
 
 
 @router.post(
     "/process",
     status_code=202,
     summary="Queue a notification",
-    responses=errors(413, 415, 429),
+    responses={200: DUPLICATE, **errors(413, 415, 429)},
 )
 async def process_later(
-    request: NotificationRequest, background_tasks: BackgroundTasks, caller: Caller
+    request: NotificationRequest,
+    background_tasks: BackgroundTasks,
+    response: Response,
+    caller: Caller,
+    idempotency_key: IdempotencyKey = None,
 ) -> Accepted:
     """Process a notification (and email it) after the response, each job isolated."""
+    earlier = repeated_answer(caller, "process", idempotency_key, response)
+    if earlier is not None:
+        return earlier  # before the email count: a repeat sends nothing
     if request.email is not None:
         count_email(caller)  # the copy by email counts like any other email
     background_tasks.add_task(
@@ -252,7 +337,8 @@ async def process_later(
             "New notification",
             request.message,
         )
-    return Accepted(detail="the notification will be processed after this response")
+    answer = Accepted(detail="the notification will be processed after this response")
+    return remember_answer(caller, "process", idempotency_key, answer)
 
 
 class ResizeImageRequest(BaseModel):
@@ -264,15 +350,22 @@ class ResizeImageRequest(BaseModel):
     "/resize-image",
     status_code=202,
     summary="Queue resize image",
-    responses=errors(413, 415),
+    responses={200: DUPLICATE, **errors(413, 415)},
 )
 async def resize_image_later(
     request: ResizeImageRequest,
     background_tasks: BackgroundTasks,
+    response: Response,
+    caller: Caller,
+    idempotency_key: IdempotencyKey = None,
 ) -> Accepted:
     """Queue resize_image to run after the response."""
+    earlier = repeated_answer(caller, "resize_image", idempotency_key, response)
+    if earlier is not None:
+        return earlier
     background_tasks.add_task(
         jobs.safely(jobs.resize_image),
         **request.model_dump(),
     )
-    return Accepted(detail="resize_image queued")
+    answer = Accepted(detail="resize_image queued")
+    return remember_answer(caller, "resize_image", idempotency_key, answer)

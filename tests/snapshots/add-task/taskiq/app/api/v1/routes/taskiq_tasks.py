@@ -20,7 +20,10 @@ the same Idempotency-Key is then safe, it never queues a second task.
 Who may call these routes is decided by `authorize_task_access` in app.tasks.auth,
 the one place to edit: as generated, callers send `Authorization: Bearer <token>` (the
 BGTASKS_API_TOKEN setting); the identity it returns scopes idempotency
-keys and the email rate limit.
+keys and the email rate limit, and owns the tasks it queues (kept in the task's status
+record): status and cancel answer 404, as for an unknown id, unless `may_use_task`
+lets the caller use the task (as generated: only the caller who queued it; a task sent
+by other code, such as a schedule, has no owner and every admitted caller may use it).
 
 A request body larger than MAX_BODY_BYTES is refused with 413 before it is read, and a
 422 names what is wrong without echoing the input (see BoundedRoute).
@@ -61,7 +64,7 @@ from taskiq import AsyncTaskiqDecoratedTask
 from taskiq.exceptions import SendTaskError
 
 from app.tasks import taskiq_tasks
-from app.tasks.auth import Caller
+from app.tasks.auth import Caller, may_use_task, task_access
 from app.tasks.taskiq_app import (
     KEEP_PENDING,
     KEEP_RESULT,
@@ -82,6 +85,8 @@ CANCEL_POLL_SECONDS = 0.2
 # written at full precision (24 characters each, with ", ") come to about 260 kB, an
 # email of 20 000 characters each escaped as \uXXXX to 120 kB (240 kB for emoji).
 MAX_BODY_BYTES = 256 * 1024
+# the 404 of an unknown id, and of a task the caller may not use: the same answer
+UNKNOWN_ID = "Unknown task id"
 
 
 @contextlib.contextmanager
@@ -383,10 +388,11 @@ async def _enqueue(
     """Record the id as issued, then send the task under it. With an Idempotency-Key
     the id is derived from it, and only the request that claims it sends the task."""
     task_id = uuid.uuid4().hex
+    caller = caller_of(request)
     with queue_errors_as_503():
         if idempotency_key:
             secret = await task_id_secret()
-            scope = IdempotencyScope(caller=caller_of(request), key=idempotency_key)
+            scope = IdempotencyScope(caller=caller, key=idempotency_key)
             task_id = scoped_task_id(secret, task.task_name, scope)
             if not await _claim(task_id):
                 # queued before (or being queued right now): that task, nothing sent
@@ -398,7 +404,7 @@ async def _enqueue(
                     status_url=_status_path(request, task_id),
                     duplicate=True,
                 )
-        waiting = await record_queued(task_id, task.task_name)
+        waiting = await record_queued(task_id, task.task_name, owner=caller)
         if waiting:  # nothing written
             if idempotency_key is not None:
                 await _release(task_id)  # the same request may try again
@@ -485,11 +491,14 @@ async def _read(task_id: str) -> dict[str, str]:
     return {_str(key): _str(value) for key, value in raw.items()}
 
 
-async def _record(task_id: str) -> dict[str, str]:
-    """The task's status hash; 404 for an id this app never issued (or that expired)."""
+async def _record(request: Request, task_id: str) -> dict[str, str]:
+    """The task's status hash; 404 for an id this app never issued (or that expired),
+    and for a task the caller may not use (see may_use_task): the same answer, so
+    nobody learns which ids others hold."""
     record = await _read(task_id)
-    if not record:
-        raise HTTPException(status_code=404, detail="task not found")
+    owner = record.get("owner")
+    if not record or not may_use_task(caller_of(request), owner, task_access(request)):
+        raise HTTPException(status_code=404, detail=UNKNOWN_ID)
     return record
 
 
@@ -567,9 +576,9 @@ async def queue_long_running(
 @router.get(
     "/status/{task_id}", summary="A task's state and result", responses=errors(404)
 )
-async def get_task_status(task_id: TaskId) -> TaskStatus:
+async def get_task_status(task_id: TaskId, request: Request) -> TaskStatus:
     """The task's state, its progress while it runs, its result once it succeeded."""
-    record = await _record(task_id)
+    record = await _record(request, task_id)
     answer = TaskStatus(
         task_id=task_id,
         status=record.get("state", "queued"),
@@ -612,6 +621,7 @@ async def _result(task_id: str) -> Any:
 )
 async def cancel_task(
     task_id: TaskId,
+    request: Request,
     response: Response,
     wait: Annotated[float, Query(ge=0, le=30, allow_inf_nan=False)] = 5.0,
 ) -> CancelResponse:
@@ -623,7 +633,7 @@ async def cancel_task(
     (before the request, or first during the wait: `"cancelled"` says whether it ended
     cancelled); 202 when it has not stopped yet (the cancel stays asked for).
     """
-    record = await _record(task_id)
+    record = await _record(request, task_id)
     if record.get("state") == "complete":
         response.status_code = 409  # nothing left to stop
         return _cancel_answer(task_id, record)
@@ -634,7 +644,7 @@ async def cancel_task(
             await pipe.execute()
     deadline = time.monotonic() + wait
     while True:
-        record = await _record(task_id)
+        record = await _record(request, task_id)
         if record.get("state") == "complete" or time.monotonic() >= deadline:
             break
         await asyncio.sleep(CANCEL_POLL_SECONDS)
