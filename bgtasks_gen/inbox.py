@@ -1,7 +1,7 @@
 """`bgtasks failed`: the failed-task inbox, read and acted on from the project folder.
 
 The inbox lives in the project's Redis and its code is the project's own generated
-module (`<tasks package>.failed_inbox`): list, show, replay and discard run that module
+module (`<tasks package>.<runner>_inbox`): list, show, replay and discard run that module
 in the project's interpreter, with the project's settings read as its processes read
 them (environment, then .env), the way `doctor` asks. Nothing of bgtasks needs to be
 importable there: the request goes in as JSON, the answer comes back as one marked line.
@@ -25,7 +25,6 @@ from bgtasks_gen.project_env import (
 )
 
 ANSWER_MARKER = "BGTASKS-INBOX:"
-INBOX_MODULE = "failed_inbox"  # the generated module, in the project's tasks package
 QUEUE_RUNNERS = ("celery", "arq", "taskiq")
 TIMEOUT_SECONDS = 60.0
 
@@ -95,7 +94,8 @@ def run_inbox(root: Path, request: InboxRequest, python: Path | None = None) -> 
             "(BackgroundTasks keeps nothing after a failure)",
             "the inbox comes with the queue runners: celery, arq or taskiq",
         )
-    module = f"{project.tasks_module}.{INBOX_MODULE}"
+    # the generated module, in the project's tasks package (one per runner)
+    module = f"{project.tasks_module}.{project.spec.name}_inbox"
     module_file = project.source_root / Path(*module.split(".")).with_suffix(".py")
     if not module_file.is_file():
         raise BadInput(

@@ -30,6 +30,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+# The longest files, started first: two processes each take whole files (--dist
+# loadfile), so a long file collected last would run alone at the end of the run.
+LONGEST_FIRST = (
+    "test_crash.py",
+    "e2e/test_fifty_tasks.py",
+    "e2e/test_celery_reliability_e2e.py",
+    "e2e/test_next_steps_e2e.py",
+    "e2e/test_day_one_e2e.py",
+    "e2e/test_celery_e2e.py",
+    "e2e/test_taskiq_e2e.py",
+    "e2e/test_scale_out_e2e.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.path.as_posix()
+        for position, tail in enumerate(LONGEST_FIRST):
+            if path.endswith("/tests/" + tail):
+                return position
+        return len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the rest keep their order
+
+
 def invoke(*args: str) -> tuple[int, str]:
     """Run the bgtasks CLI in-process; (exit code, output)."""
     from typer.testing import CliRunner

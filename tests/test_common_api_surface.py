@@ -31,9 +31,9 @@ OWN_DATA_ROUTE = {
     "arq": ("/process-data", ["data_id", "values"]),
     "taskiq": ("/process-data", ["data_id", "values"]),
 }
-# Celery's queue routes take no Idempotency-Key yet: no header, no 200 "duplicate" and
-# no 504 "may be queued" answer
-WITHOUT_IDEMPOTENCY = {"celery"}
+# runners whose queue routes take no Idempotency-Key (no header, no 200 "duplicate",
+# no 504 "may be queued"): none any more; kept to say where such a runner would go
+WITHOUT_IDEMPOTENCY: set[str] = set()
 # optional fields a runner adds to the shared status answer (Celery: a running task
 # whose worker died)
 EXTRA_STATUS_FIELDS = {"celery": {"lost", "redelivery_due_at"}}
@@ -104,7 +104,7 @@ def surface(runner: str, document: dict[str, Any]) -> dict[str, Any]:
                 code: _fields(document, answer.get("content"))
                 for code, answer in operation["responses"].items()
             }
-            queues = method == "post" and not tail.startswith("/cancel/")
+            queues = method == "post" and not tail.startswith(("/cancel/", "/failed/"))
             if runner in WITHOUT_IDEMPOTENCY and queues:
                 parameters.add(("header", "Idempotency-Key"))
                 answers["200"] = answers["202"]
@@ -136,11 +136,23 @@ def test_every_queue_runner_answers_with_the_same_surface(
     assert arq == taskiq
     # what the comparison covers, spelled out on one of them
     assert sorted(taskiq) == [
+        "DELETE /failed/{entry_id}",
+        "GET /failed",
+        "GET /failed/{entry_id}",
         "GET /status/{task_id}",
         "POST /cancel/{task_id}",
+        "POST /failed/{entry_id}/replay",
         "POST /long-running",
         "POST /send-email",
     ]
+    # the failed-task inbox: paged, replayed once unless forced
+    listing = taskiq["GET /failed"]
+    assert listing["parameters"] == [("query", "limit"), ("query", "offset"), ("query", "task")]
+    assert listing["answers"]["200"] == ["dropped", "entries", "total"]
+    replay = taskiq["POST /failed/{entry_id}/replay"]
+    assert replay["parameters"] == [("query", "force")]
+    assert replay["answers"]["202"] == ["entry_id", "status_url", "task_id"]
+    assert {"404", "409"} <= set(replay["answers"])
     assert taskiq["POST /send-email"]["body"] == ["body", "subject", "to"]
     assert taskiq["POST /long-running"]["body"] == ["steps"]
     accepted = taskiq["POST /long-running"]["answers"]["202"]

@@ -38,6 +38,7 @@ def render_inbox(tmp_path: Path, max_entries: int, retention: int) -> ModuleType
     add_filters(environment)
     text = environment.get_template("_partials/failed_inbox.py.jinja").render(
         private_tasks=["send_email"],
+        runner="arq",
         settings_expr="SETTINGS",
         field_names={
             "bgtasks_failed_max_entries": "FAILED_MAX",

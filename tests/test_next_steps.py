@@ -141,6 +141,8 @@ def test_env_example_names_follow_the_env_prefix(tmp_path: Path) -> None:
         "SHOP_EMAIL_FROM": "noreply@example.com",
         "SHOP_BGTASKS_API_TOKEN": "",
         "SHOP_BGTASKS_ALLOW_ANONYMOUS": "false",
+        "SHOP_BGTASKS_FAILED_MAX_ENTRIES": "10000",
+        "SHOP_BGTASKS_FAILED_RETENTION_SECONDS": "604800",
     }
     # a run file: once written it is the user's
     (root / ".env.example").write_text(text + "MINE=1\n")

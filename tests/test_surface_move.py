@@ -24,7 +24,7 @@ def _layout(project: Path) -> dict[str, object]:
     ("runner", "router", "old_route"),
     [
         ("arq", "app/api/v1/routes/arq_tasks.py", '"/abort/{job_id}"'),
-        ("celery", "app/api/v1/routes/tasks.py", "@router.delete("),
+        ("celery", "app/api/v1/routes/tasks.py", "Cancel is `DELETE /tasks/cancel/{task_id}`"),
     ],
 )
 def test_an_old_surface_is_kept_then_moved(

@@ -65,7 +65,7 @@ AUTH_FIELDS = (
     SettingsField("bgtasks_allow_anonymous", "str", '"false"'),
 )
 
-# The failed-task inbox of the queue runners (failed_inbox.py): how many entries it keeps
+# The failed-task inbox of the queue runners (<runner>_inbox.py): how many entries it keeps
 # and for how long; beyond either, the oldest go and are counted as dropped.
 INBOX_FIELDS = (
     SettingsField(

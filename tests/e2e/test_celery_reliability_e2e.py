@@ -193,10 +193,10 @@ def test_two_beats_run_each_entry_once_per_period(stack: Stack) -> None:
     time.sleep(1)
     second = stack.beat("beat-b", loglevel="info")
     with running(first, second):
-        time.sleep(31)
+        time.sleep(16)  # three periods of the 5 s entry
         assert first.alive() and second.alive(), first.log() + second.log()
         sent = _sends(first.log()), _sends(second.log())
-        assert 5 <= sum(sent) <= 7, (sent, first.log(), second.log())
+        assert 2 <= sum(sent) <= 4, (sent, first.log(), second.log())
         assert 0 in sent, sent  # only the lock holder sent anything
         assert "holds the beat lock; standing by" in second.log(), second.log()
         # the holder stops: the standby takes over within its retry interval

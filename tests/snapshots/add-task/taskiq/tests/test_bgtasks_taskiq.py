@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -28,7 +29,7 @@ from taskiq.receiver import Receiver
 from taskiq.serializers import JSONSerializer
 
 from app.core.config import settings
-from app.tasks import taskiq_tasks
+from app.tasks import taskiq_inbox, taskiq_tasks
 from app.tasks.auth import authorize_task_access
 from app.tasks.taskiq_app import (
     RETRY_PREFIX,
@@ -293,12 +294,18 @@ def test_a_transient_failure_is_retried_a_permanent_one_is_not(
     assert run(client, lambda: attempt("451 try again later")) == 1
     assert status_of(client, transient)["status"] == "retrying"
     assert run(client, lambda: take_retries(transient)) == 1
+    # retried: not failed for good, so not in the failed-task inbox
+    kept = client.get(url(client, "bgtasks_failed_entry", entry_id=transient))
+    assert kept.status_code == 404
 
     permanent = post(client, "queue_send_email", payload).json()["task_id"]
     assert run(client, lambda: attempt("550 no such user")) == 1
     body = status_of(client, permanent)
     assert body["status"] == "complete" and body["error"] == "failed"
     assert run(client, lambda: take_retries(permanent)) == 0
+    # failed for good: kept in the failed-task inbox (then removed from it)
+    kept_url = url(client, "bgtasks_failed_discard", entry_id=permanent)
+    assert client.delete(kept_url).status_code == 204
 
 
 def test_process_data_result(client: TestClient) -> None:
@@ -443,6 +450,128 @@ def test_the_routes_refuse_requests_without_the_token(client: TestClient) -> Non
         pytest.skip("anonymous requests are allowed in this environment")
     response = post(client, "queue_process_data", {"data_id": 1, "values": [1]})
     assert response.status_code == 401
+
+
+def refused_for_good(client: TestClient, smtp_settings: Callable[[int], None]) -> int:
+    """Run what is queued with a mail server that refuses every recipient for good
+    (550: not retried); how many ran."""
+
+    async def refuse() -> int:
+        async with SmtpSink(rcpt_reply="550 no such user").running() as sink:
+            smtp_settings(sink.port)
+            return await drain()
+
+    return run(client, refuse)
+
+
+def inbox_url(client: TestClient, name: str, entry_id: str) -> str:
+    return url(client, name, entry_id=entry_id)
+
+
+def test_a_task_failed_for_good_is_kept_its_address_hidden(
+    client: TestClient, smtp_settings: Callable[[int], None]
+) -> None:
+    payload = {"to": "grace@example.com", "subject": "Refused", "body": "code 1234"}
+    task_id = post(client, "queue_send_email", payload).json()["task_id"]
+    assert refused_for_good(client, smtp_settings) == 1
+    listed = client.get(
+        url(client, "bgtasks_failed_list"), params={"task": "send_email", "limit": 100}
+    )
+    assert listed.status_code == 200, listed.text
+    (entry,) = [e for e in listed.json()["entries"] if e["id"] == task_id]
+    assert (entry["kind"], entry["task"]) == ("failed", "send_email")
+    assert entry["attempts"] == 1  # refused for good: not retried
+    assert entry["error_type"] == "EmailNotSent" and "550" in entry["error"]
+    assert entry["kwargs"] == {name: taskiq_inbox.HIDDEN for name in payload}
+    shown = client.get(inbox_url(client, "bgtasks_failed_entry", task_id))
+    assert shown.status_code == 200 and shown.json()["kwargs"] == entry["kwargs"]
+    for text in (listed.text, shown.text):
+        assert "grace@example.com" not in text and "code 1234" not in text
+    discard_url = inbox_url(client, "bgtasks_failed_discard", task_id)
+    assert client.delete(discard_url).status_code == 204
+    gone = client.get(inbox_url(client, "bgtasks_failed_entry", task_id))
+    assert gone.status_code == 404
+    assert client.delete(discard_url).status_code == 404
+
+
+def test_a_replay_runs_the_task_again_once_unless_forced(
+    client: TestClient, smtp_settings: Callable[[int], None]
+) -> None:
+    payload = {"to": "grace@example.com", "subject": "Again", "body": "x"}
+    task_id = post(client, "queue_send_email", payload).json()["task_id"]
+    assert refused_for_good(client, smtp_settings) == 1
+    replay_url = inbox_url(client, "bgtasks_failed_replay", task_id)
+    first = client.post(replay_url, json={})
+    assert first.status_code == 202, first.text
+    again = first.json()["task_id"]
+    assert first.json()["entry_id"] == task_id and again != task_id
+    status_url = url(client, "get_task_status", task_id=again)
+    assert first.json()["status_url"] == status_url
+    assert refused_for_good(client, smtp_settings) == 1  # fails again: linked back
+    linked = client.get(inbox_url(client, "bgtasks_failed_entry", again)).json()
+    assert linked["replay_of"] == task_id
+    refused = client.post(replay_url, json={})
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["detail"]["replayed_as"] == again
+    forced = client.post(replay_url, params={"force": "true"}, json={})
+    assert forced.status_code == 202, forced.text
+    sink = SmtpSink()
+
+    async def deliver() -> int:
+        async with sink.running():
+            smtp_settings(sink.port)
+            return await drain()
+
+    assert run(client, deliver) == 1
+    (message,) = sink.messages
+    assert (message["To"], message["Subject"]) == ("grace@example.com", "Again")
+    assert status_of(client, forced.json()["task_id"])["success"] is True
+    for entry_id in (task_id, again):
+        client.delete(inbox_url(client, "bgtasks_failed_discard", entry_id))
+
+
+def test_unknown_inbox_entries_are_404(client: TestClient) -> None:
+    unknown = uuid.uuid4().hex
+    shown = client.get(inbox_url(client, "bgtasks_failed_entry", unknown))
+    assert shown.status_code == 404
+    replay = client.post(inbox_url(client, "bgtasks_failed_replay", unknown), json={})
+    assert replay.status_code == 404
+    discard = client.delete(inbox_url(client, "bgtasks_failed_discard", unknown))
+    assert discard.status_code == 404
+    too_many = client.get(url(client, "bgtasks_failed_list"), params={"limit": 101})
+    assert too_many.status_code == 422
+
+
+def test_a_message_that_is_no_task_is_kept_as_poison_never_run(
+    client: TestClient,
+) -> None:
+    raw = f"not a task {uuid.uuid4().hex}".encode()
+
+    async def push() -> None:
+        async with _stream_client() as redis:
+            await redis.xadd(broker.queue_name, {"data": raw})
+
+    run(client, push)
+    assert run(client, drain) == 1  # taken, acknowledged, not run
+    encoded = base64.b64encode(raw).decode()
+    found: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 10
+    while not found and time.monotonic() < deadline:  # written right after the drop
+        listed = client.get(url(client, "bgtasks_failed_list"), params={"limit": 100})
+        found = [e for e in listed.json()["entries"] if e["raw"] == encoded]
+        time.sleep(0.05)
+    assert found, "no poison entry for the message"
+    (entry,) = found
+    assert entry["kind"] == "poison" and "not a task message" in entry["error"]
+    assert entry["raw_size"] == len(raw)
+    replay_url = inbox_url(client, "bgtasks_failed_replay", entry["id"])
+    replay = client.post(replay_url, json={})
+    assert replay.status_code == 422  # nothing to run
+    client.delete(inbox_url(client, "bgtasks_failed_discard", entry["id"]))
+    # the next message is a task as usual
+    response = post(client, "queue_process_data", {"data_id": 5, "values": [5]})
+    assert run(client, drain) == 1
+    assert status_of(client, response.json()["task_id"])["success"] is True
 
 
 def test_resize_image_runs_on_the_worker(client: TestClient) -> None:

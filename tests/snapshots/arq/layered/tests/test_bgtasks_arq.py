@@ -38,7 +38,7 @@ from redis.exceptions import RedisError
 
 from app.api.v1.routes.arq_tasks import authorize_task_access
 from app.core.config import settings
-from app.tasks import arq_tasks
+from app.tasks import arq_inbox, arq_tasks
 from app.tasks.arq_tasks import (
     SEND_EMAIL_MAX_TRIES,
     EmailNotSent,
@@ -176,7 +176,10 @@ async def drain_queue(redis_url: str, queue_name: str) -> Worker:
         poll_delay=0,
         handle_signals=False,
         allow_abort_jobs=True,
-        job_serializer=serialize,
+        # the worker's own: its queue guard, and what records into the inbox
+        on_startup=WorkerSettings.on_startup,
+        on_shutdown=WorkerSettings.on_shutdown,
+        job_serializer=WorkerSettings.job_serializer,
         job_deserializer=deserialize,
     )
     try:
@@ -315,11 +318,14 @@ def test_openapi_declares_the_real_responses() -> None:
 def test_worker_settings_register_function_objects() -> None:
     functions = {f.name: f for f in WorkerSettings.functions}
     assert {"send_email", "process_data", "long_running_task"} <= set(functions)
-    assert functions["send_email"].coroutine is arq_tasks.send_email
+    # wrapped, to keep what fails for good in the failed-task inbox
+    send = functions["send_email"].coroutine
+    assert getattr(send, "__wrapped__", None) is arq_tasks.send_email
     assert all(isinstance(f, Function) and f.timeout_s for f in functions.values())
     assert all(isinstance(job, CronJob) for job in WorkerSettings.cron_jobs)
     assert WorkerSettings.allow_abort_jobs
-    assert WorkerSettings.job_serializer is serialize
+    record = {**JOB_RECORD, "s": True, "r": 1, "st": 2, "ft": 3}
+    assert WorkerSettings.job_serializer(record) == serialize(record)
     assert WorkerSettings.job_deserializer is deserialize
 
 
@@ -760,3 +766,125 @@ def test_inputs_are_bounded(client: TestClient) -> None:
     too_many = {"data_id": 1, "values": [0] * 10_001}
     data_url = served("/tasks/process-data")
     assert client.post(data_url, json=too_many).status_code == 422
+
+
+def refused_email_in_inbox(
+    client: TestClient,
+    redis_url: str,
+    queue_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    payload: dict[str, str],
+) -> str:
+    """Queue an email the server refuses for good (550); its job id, once the worker
+    has given up on it."""
+    response = client.post(served("/tasks/send-email"), json=payload)
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["task_id"]
+
+    async def refuse() -> None:
+        async with SmtpSink(rcpt_reply="550 no such user").running() as sink:
+            use_smtp(monkeypatch, sink.port)
+            await drain_queue(redis_url, queue_name)
+
+    with pytest.raises(FailedJobs):
+        asyncio.run(refuse())
+    return job_id
+
+
+def test_arq_inbox_lists_shows_replays_and_discards(
+    client: TestClient, redis_url: str, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = {"to": "inbox.person@example.com", "subject": "Hi", "body": "Private"}
+    job_id = refused_email_in_inbox(client, redis_url, queue_name, monkeypatch, payload)
+    entry_path = served(f"/tasks/failed/{job_id}")
+    try:
+        listing = client.get(
+            served("/tasks/failed"), params={"task": "send_email", "limit": 100}
+        )
+        assert listing.status_code == 200, listing.text
+        page = listing.json()
+        assert job_id in [entry["id"] for entry in page["entries"]]
+        assert page["total"] >= 1 and page["dropped"] >= 0
+        shown = client.get(entry_path)
+        assert shown.status_code == 200, shown.text
+        entry = shown.json()
+        assert (entry["kind"], entry["task"]) == ("failed", "send_email")
+        assert entry["error_type"] == "EmailNotSent" and entry["attempts"] == 1
+        # personal data is kept for a replay, never shown
+        assert set(entry["kwargs"].values()) == {arq_inbox.HIDDEN}
+        for text in (listing.text, shown.text):
+            assert "inbox.person" not in text and "Private" not in text
+
+        async def deliver() -> list[Message]:
+            async with SmtpSink().running() as sink:
+                use_smtp(monkeypatch, sink.port)
+                await drain_queue(redis_url, queue_name)
+                return sink.messages
+
+        replayed = client.post(f"{entry_path}/replay")
+        assert replayed.status_code == 202, replayed.text
+        new_id = replayed.json()["task_id"]
+        assert new_id != job_id and replayed.json()["entry_id"] == job_id
+        assert replayed.json()["status_url"] == served(f"/tasks/status/{new_id}")
+        messages = asyncio.run(deliver())
+        assert [message["To"] for message in messages] == [payload["to"]]
+        assert status_of(client, new_id)["success"] is True
+        again = client.post(f"{entry_path}/replay")
+        assert again.status_code == 409, again.text
+        assert again.json()["detail"]["replayed_as"] == new_id
+        forced = client.post(f"{entry_path}/replay", params={"force": "true"})
+        assert forced.status_code == 202, forced.text
+        assert client.get(entry_path).json()["replayed_as"] == forced.json()["task_id"]
+        assert client.delete(entry_path).status_code == 204
+    finally:
+        client.delete(entry_path)
+    assert client.get(entry_path).status_code == 404
+    assert client.delete(entry_path).status_code == 404
+    assert client.post(f"{entry_path}/replay").status_code == 404
+
+
+def test_a_poison_queue_entry_lands_in_the_inbox_unrun(
+    client: TestClient, redis_url: str, queue_name: str
+) -> None:
+    member = b"\xff\xfe" + uuid.uuid4().hex.encode()  # a job id that is not UTF-8
+
+    async def push() -> None:
+        redis = Redis.from_url(redis_url)
+        try:
+            await redis.zadd(queue_name, {member: 1})
+        finally:
+            await redis.aclose()
+
+    asyncio.run(push())
+    response = client.post(
+        served("/tasks/process-data"), json={"data_id": 1, "values": [1]}
+    )
+    assert response.status_code == 202, response.text
+    # the worker drops the entry and goes on: the next job still runs
+    assert asyncio.run(drain_queue(redis_url, queue_name)).jobs_complete == 1
+    listing = client.get(served("/tasks/failed"), params={"limit": 100})
+    assert listing.status_code == 200, listing.text
+    raw = base64.b64encode(member).decode()
+    found = [entry for entry in listing.json()["entries"] if entry["raw"] == raw]
+    assert len(found) == 1, listing.text
+    entry = found[0]
+    assert entry["kind"] == "poison" and "not UTF-8" in entry["error"]
+    path = served(f"/tasks/failed/{entry['id']}")
+    try:
+        assert client.post(f"{path}/replay").status_code == 422  # nothing to run
+    finally:
+        assert client.delete(path).status_code == 204
+
+
+def test_arq_inbox_routes_are_declared() -> None:
+    schema = the_app().openapi()["paths"]
+    entry = "/failed/{entry_id}"
+    declared = {
+        ("/failed", "get"): {"200", "401", "503"},
+        (entry, "get"): {"200", "401", "404", "503"},
+        (f"{entry}/replay", "post"): {"202", "401", "404", "409", "422", "503"},
+        (entry, "delete"): {"204", "401", "404", "503"},
+    }
+    for (path, method), codes in declared.items():
+        operation = schema[served(f"/tasks{path}")][method]
+        assert codes <= set(operation["responses"]), (path, operation["responses"])

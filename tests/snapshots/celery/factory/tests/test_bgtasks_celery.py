@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 from acme.api import tasks as task_routes
 from acme.core.settings import get_settings
 from acme.server import app
-from acme.tasks import mailer, registry
+from acme.tasks import celery_inbox, mailer, registry
 from acme.tasks import tasks as celery_tasks
 from acme.tasks.celery_app import (
     RETRY_BACKOFF_MAX,
@@ -345,6 +345,10 @@ def test_openapi_declares_the_real_responses(api: FastAPI) -> None:
         ("bgtasks_long_running", "post", ""): {"202", "401", "413", "415", "503"},
         ("bgtasks_task_status", "get", "task_id"): {"200", "401", "404", "503"},
         ("bgtasks_cancel_task", "post", "task_id"): {"202", "401", "404", "409", "415"},
+        ("bgtasks_failed_list", "get", ""): {"200", "401", "503"},
+        ("bgtasks_failed_entry", "get", "entry_id"): {"200", "401", "404", "503"},
+        ("bgtasks_failed_replay", "post", "entry_id"): {"202", "409", "415", "422"},
+        ("bgtasks_failed_discard", "delete", "entry_id"): {"204", "401", "404"},
     }
     for (name, method, param), codes in declared.items():
         path = _template(api, name, *([param] if param else []))
@@ -532,6 +536,93 @@ def test_refused_recipient_fails_at_once_without_leaking_it(
     assert final["success"] is False
     assert final["error"] == "failed"
     assert "reject-me" not in str(final)
+
+
+def _inbox_entry(client: TestClient, api: FastAPI, entry_id: str) -> dict[str, Any]:
+    """The inbox's entry `entry_id` once the worker has recorded it (after the status
+    says FAILURE: Celery stores the outcome first, then signals the failure)."""
+    path = api.url_path_for("bgtasks_failed_entry", entry_id=entry_id)
+
+    def kept() -> dict[str, Any]:
+        response = client.get(path)
+        assert response.status_code in (200, 404), response.text
+        return dict(response.json()) if response.status_code == 200 else {}
+
+    found: dict[str, Any] = _wait_for(kept, f"task {entry_id} in the failed-task inbox")
+    return found
+
+
+def test_a_refused_email_lands_in_the_inbox_without_its_address(
+    worker: Any, client: TestClient, api: FastAPI, smtp: SmtpSink
+) -> None:
+    name = celery_tasks.send_email.name
+    payload = _email("refused, kept", to="reject-kept@example.com")
+    task_id = _queue(client, api, "bgtasks_send_email", json=payload)
+    _final(client, api, task_id)
+    found = _inbox_entry(client, api, task_id)
+    assert (found["kind"], found["task"]) == ("failed", name), found
+    assert (found["error_type"], found["attempts"]) == ("EmailRejected", 1), found
+    # kept for a replay, never shown: the email's arguments are personal data
+    assert found["kwargs"] == dict.fromkeys(payload, celery_inbox.HIDDEN), found
+    listing = client.get(
+        api.url_path_for("bgtasks_failed_list"), params={"task": name, "limit": 100}
+    )
+    assert listing.status_code == 200, listing.text
+    assert task_id in [item["id"] for item in listing.json()["entries"]]
+    assert listing.json()["total"] >= 1
+    for text in (listing.text, str(found)):
+        assert "reject-kept" not in text and "refused, kept" not in text
+    for limit in (0, celery_inbox.MAX_PAGE + 1):
+        params = {"limit": limit}
+        refused = client.get(api.url_path_for("bgtasks_failed_list"), params=params)
+        assert refused.status_code == 422, refused.text
+
+    # replayed once under a new id (refused again: its own entry, linked back);
+    # a second replay is 409 with that id, unless forced
+    replay = api.url_path_for("bgtasks_failed_replay", entry_id=task_id)
+    response = client.post(replay)
+    assert response.status_code == 202, response.text
+    again_id = response.json()["task_id"]
+    assert again_id != task_id
+    assert response.json()["status_url"] == api.url_path_for(
+        "bgtasks_task_status", task_id=again_id
+    )
+    _final(client, api, again_id)
+    assert _inbox_entry(client, api, again_id)["replay_of"] == task_id
+    response = client.post(replay)
+    assert response.status_code == 409, response.text
+    assert response.json()["detail"]["replayed_as"] == again_id
+    response = client.post(replay, params={"force": True})
+    assert response.status_code == 202, response.text
+    _final(client, api, response.json()["task_id"])
+
+    # discarded: gone, and a second discard, a read or a replay of it is 404
+    show = api.url_path_for("bgtasks_failed_entry", entry_id=task_id)
+    assert client.delete(show).status_code == 204
+    for gone in (client.get(show), client.delete(show), client.post(replay)):
+        assert gone.status_code == 404, gone.text
+        assert gone.json() == {"detail": "No such entry in the failed-task inbox"}
+
+
+def test_a_poison_entry_is_shown_and_never_replayed(
+    client: TestClient, api: FastAPI
+) -> None:
+    entry_id = f"poison-{uuid.uuid4().hex}"
+    try:
+        celery_inbox.record(
+            registry.client(),
+            celery_inbox.poison_entry(entry_id, "its body is not JSON", b"\xff" * 8),
+        )
+    except (OSError, RedisError) as exc:
+        _unavailable(f"result backend unreachable ({type(exc).__name__})")
+    found = _inbox_entry(client, api, entry_id)
+    assert (found["kind"], found["error"]) == ("poison", "its body is not JSON")
+    assert base64.b64decode(found["raw"]) == b"\xff" * 8
+    replay = api.url_path_for("bgtasks_failed_replay", entry_id=entry_id)
+    response = client.post(replay)
+    assert response.status_code == 422, response.text
+    show = api.url_path_for("bgtasks_failed_entry", entry_id=entry_id)
+    assert client.delete(show).status_code == 204
 
 
 def test_transient_smtp_error_is_retried_and_a_retry_can_be_cancelled(

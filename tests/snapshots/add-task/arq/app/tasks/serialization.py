@@ -86,14 +86,26 @@ _RESULT_FIELDS: dict[str, Callable[[object], bool]] = {
 }
 
 
+# At most this much of a refused record is kept with the error (the failed-task
+# inbox keeps it for an operator to read)
+MAX_REFUSED_BYTES = 4_096
+
+
 class RecordRefused(ValueError):
-    """A record arq could not use; says why, never what the record holds."""
+    """A record arq could not use; says why, never what the record holds. `raw`: the
+    record's first MAX_REFUSED_BYTES (for the failed-task inbox, never for a log),
+    `size` its whole size."""
+
+    def __init__(self, reason: str, raw: bytes = b"") -> None:
+        super().__init__(reason)
+        self.raw = bytes(raw[:MAX_REFUSED_BYTES])
+        self.size = len(raw)
 
 
 def _refuse(raw: bytes, reason: str) -> RecordRefused:
     # the size, not the content: a record holds a job's arguments
     logger.error("refused an arq record (%d bytes): %s", len(raw), reason)
-    return RecordRefused(reason)
+    return RecordRefused(reason, raw)
 
 
 def deserialize(raw: bytes) -> dict[str, Any]:

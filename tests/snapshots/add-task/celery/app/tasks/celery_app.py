@@ -16,7 +16,7 @@ from celery.utils.log import get_task_logger
 from redis.exceptions import RedisError
 
 from app.core.config import settings
-from app.tasks import liveness, registry
+from app.tasks import celery_inbox, liveness, registry
 
 logger = get_task_logger(__name__)
 
@@ -254,3 +254,20 @@ def _mark_alive(task_id: str, **_: Any) -> None:
 @signals.task_postrun.connect
 def _mark_done(task_id: str, **_: Any) -> None:
     liveness.task_finished(task_id)
+
+
+@signals.task_failure.connect
+def _keep_failure(
+    sender: Task,
+    task_id: str,
+    exception: BaseException,
+    args: Any = None,
+    kwargs: Any = None,
+    einfo: Any = None,
+    **_: Any,
+) -> None:
+    # Sent once a task failed for good (never for a retry): after its last retry, for
+    # an error it does not retry, or for a worker lost with no retry left. Every task
+    # of the app, added ones included, lands in the failed-task inbox with its
+    # arguments (celery_inbox.py), for an operator to read, replay or discard.
+    celery_inbox.keep_failure(sender, task_id, exception, args, kwargs, einfo)

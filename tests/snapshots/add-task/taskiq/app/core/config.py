@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     EMAIL_FROM: str = "noreply@example.com"
     BGTASKS_API_TOKEN: SecretStr = SecretStr("")
     BGTASKS_ALLOW_ANONYMOUS: str = "false"
+    BGTASKS_FAILED_MAX_ENTRIES: int = 10000
+    BGTASKS_FAILED_RETENTION_SECONDS: int = 604800
 
 
 settings = Settings()

@@ -24,12 +24,26 @@ A queue entry arq cannot take (an id that is not UTF-8, a score that is no time)
 job record it cannot use (serialization.py) would stop arq's loop, and the next
 worker's after it. Such an entry is logged with its reason and size and dropped (see
 drop_poison_entries); the worker goes on with the next job.
+
+What failed for good lands in the failed-task inbox (arq_inbox.py), for every
+registered function and cron job alike (record_failures, at the end of this module):
+an error a job does not retry, or its last try asking for another; a job cut by its
+timeout; a job arq refuses before it runs (its record unreadable: poison; its tries
+used up by workers that stopped or died during it: lost; its function unknown); a
+queue entry the guard above drops (poison). A failure to record is logged, never
+raised into the worker.
 """
 
+import asyncio
+import dataclasses
 import datetime
+import functools
+import hashlib
 import logging
 import math
 import random
+import re
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 from arq import cron, func
@@ -41,15 +55,22 @@ from arq.constants import (
     retry_key_prefix,
 )
 from arq.cron import CronJob
-from arq.worker import Function
+from arq.jobs import DeserializationError
+from arq.worker import Function, JobExecutionFailed, RetryJob
+from arq.worker import Retry as JobRetry
+from arq.worker import func as as_function
 from redis.asyncio.retry import Retry
 from redis.backoff import AbstractBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.core.config import settings
-from app.tasks import arq_tasks
-from app.tasks.serialization import deserialize, serialize
+from app.tasks import arq_inbox, arq_tasks
+from app.tasks.serialization import (
+    RecordRefused,
+    deserialize,
+    serialize,
+)
 
 # arq's own line for a job it starts: "<waited>s -> <job id>:<function>(<args>)<try>",
 # its arrow written as an escape here to keep this file ASCII
@@ -178,13 +199,13 @@ async def drop_poison_entries(ctx: dict[str, Any]) -> None:
         withscores = kwargs.pop("withscores", False)
         entries = await read(name, *args, **{**kwargs, "withscores": True})
         usable: list[Any] = []
-        poison: list[bytes] = []
+        poison: dict[bytes, str] = {}
         for member, score in entries:
             reason = _unusable(member, score)
             if not reason:
                 usable.append((member, score) if withscores else member)
                 continue
-            poison.append(member)
+            poison[member] = reason
             _redis_logger.error(
                 "dropped queue entry %r (%d bytes): %s",
                 member[:40],
@@ -192,10 +213,217 @@ async def drop_poison_entries(ctx: dict[str, Any]) -> None:
                 reason,
             )
         if poison:
-            await _drop_entries(redis, queue, poison)
+            await _drop_entries(redis, queue, list(poison))
+            await asyncio.gather(
+                *(
+                    keep(redis, _dropped_entry(member, reason))
+                    for member, reason in poison.items()
+                )
+            )
         return usable
 
     redis.zrangebyscore = zrangebyscore  # type: ignore[method-assign]
+
+
+# -- the failed-task inbox -------------------------------------------------------------
+
+# The longest a record may take (seconds): the end of the job that failed waits for it.
+RECORD_TIMEOUT = 5.0
+# arq's own default, for functions registered without max_tries
+ARQ_MAX_TRIES = 5
+# A job id the inbox routes take as it is in their path (the rule of arq's ids there);
+# any other is kept under a hash of it.
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+_inbox_logger = logging.getLogger(f"{__name__}.inbox")
+# records handed over by the job serializer (see serialize_job_or_result), until done
+_pending: set[asyncio.Task[None]] = set()
+# an exception record_failures already kept: arq's result then says nothing new
+_KEPT = "_bgtasks_kept"
+
+
+def _entry_id(job_id: object) -> str:
+    """The inbox entry id of a job id (str) or a raw queue entry (bytes)."""
+    if isinstance(job_id, str) and _PLAIN_ID.fullmatch(job_id):
+        return job_id
+    raw = job_id if isinstance(job_id, bytes) else str(job_id).encode(errors="replace")
+    return f"job-{hashlib.sha256(raw).hexdigest()[:32]}"
+
+
+def _dropped_entry(member: bytes, reason: str) -> dict[str, Any]:
+    entry_id = _entry_id(member)
+    return arq_inbox.poison_entry(entry_id, f"queue entry dropped: {reason}", member)
+
+
+async def keep(redis: Any, entry: dict[str, Any]) -> None:
+    """Record `entry` in the inbox; a failure to is logged, never raised."""
+    try:
+        dropped = await asyncio.wait_for(
+            arq_inbox.arecord(redis, entry), RECORD_TIMEOUT
+        )
+    except Exception:  # Redis down or slow: the job's own outcome stands
+        _inbox_logger.warning(
+            "could not keep %s %s in the failed-task inbox",
+            entry.get("kind"),
+            entry.get("id"),
+            exc_info=True,
+        )
+        return
+    if dropped:
+        _inbox_logger.warning(
+            "failed-task inbox full: %d older entries dropped", dropped
+        )
+
+
+async def _keep_failure(
+    ctx: dict[str, Any],
+    task: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    error: BaseException,
+) -> None:
+    try:
+        found = arq_inbox.failure_entry(
+            _entry_id(ctx.get("job_id", "")),
+            task,
+            list(args),
+            dict(kwargs),
+            error,
+            attempts=int(ctx.get("job_try") or 1),
+        )
+    except Exception:  # the worker goes on, whatever this meets
+        _inbox_logger.warning(
+            "could not describe job %s", ctx.get("job_id"), exc_info=True
+        )
+        return
+    await keep(ctx["redis"], found)
+
+
+WorkerCoroutine = Callable[..., Awaitable[Any]]
+
+
+def _recording(coroutine: WorkerCoroutine, task: str, max_tries: int) -> Any:
+    """`coroutine`, keeping its failure in the inbox when arq will not run it again."""
+
+    @functools.wraps(coroutine)
+    async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await coroutine(ctx, *args, **kwargs)
+        except (JobRetry, RetryJob) as exc:  # both retried by arq
+            if int(ctx.get("job_try") or 1) >= max_tries:
+                # arq refuses the try this asks for ("max retries exceeded"): the
+                # error behind it is the failure
+                cause = exc.__cause__
+                error = cause if isinstance(cause, Exception) else exc
+                await _keep_failure(ctx, task, args, kwargs, error)
+                setattr(exc, _KEPT, True)
+            raise
+        except Exception as exc:  # arq retries only Retry: failed for good
+            await _keep_failure(ctx, task, args, kwargs, exc)
+            setattr(exc, _KEPT, True)
+            raise
+        # CancelledError: an abort (asked for), a shutdown (run again) or the job's
+        # timeout, which arq reports as TimeoutError (serialize_job_or_result)
+
+    return run
+
+
+def _decided_by_arq(
+    data: dict[str, Any],
+) -> dict[str, Any] | None:
+    """The inbox entry of a failure arq decided around the job's code, from the
+    result record it writes; None when there is none to keep."""
+    error = data.get("r")
+    if not isinstance(error, Exception) or getattr(error, _KEPT, False):
+        return None  # an abort (CancelledError), or kept when it was raised
+    job_id = _entry_id(data.get("id", ""))
+    task, job_try = str(data.get("f") or ""), int(data.get("t") or 1)
+    if task == "<unknown>":  # arq's name for a job whose record it could not read
+        task = ""
+    args, kwargs = list(data.get("a") or ()), dict(data.get("k") or {})
+    if isinstance(error, DeserializationError):
+        refused = error.__cause__
+        reason = str(refused) if isinstance(refused, RecordRefused) else "unreadable"
+        raw = refused.raw if isinstance(refused, RecordRefused) else b""
+        found = arq_inbox.poison_entry(job_id, f"job record refused: {reason}", raw)
+        found["raw_size"] = refused.size if isinstance(refused, RecordRefused) else 0
+        return found
+    kind = "failed"
+    if isinstance(error, JobExecutionFailed):
+        # tries used up by workers that stopped or died during them, or a job whose
+        # record expired before it ran: nothing will deliver it again
+        message = str(error)
+        if message.startswith("max ") or message == "job expired":
+            kind = "lost"
+            job_try = max(1, job_try - 1)  # the try arq refused never ran
+    found = arq_inbox.failure_entry(
+        job_id, task, args, kwargs, error, attempts=job_try, kind=kind
+    )
+    if isinstance(error, TimeoutError) and not found["error"]:
+        found["error"] = "cut by the job's timeout"  # arq's TimeoutError says nothing
+    return found
+
+
+async def _keep_decided(found: dict[str, Any]) -> None:
+    client = arq_inbox.async_client()
+    try:
+        if found["kind"] == "lost" and await arq_inbox.entry(client, found["id"]):
+            return  # its last try's failure is kept already (see _recording)
+        await keep(client, found)
+    except Exception:  # Redis down: logged, never raised into the worker
+        _inbox_logger.warning(
+            "could not keep %s in the failed-task inbox", found["id"], exc_info=True
+        )
+    finally:
+        await client.aclose()
+
+
+def serialize_job_or_result(data: dict[str, Any]) -> bytes:
+    """The worker's job_serializer: `serialize`, and a failure arq decides outside the
+    job's own code (a record it cannot read, tries used up, a timeout) handed to the
+    inbox. arq hands every result it writes through here, and no hook after it."""
+    if data.get("s") is False:
+        try:
+            found = _decided_by_arq(data)
+            if found is not None:
+                task = asyncio.get_running_loop().create_task(_keep_decided(found))
+                _pending.add(task)
+                task.add_done_callback(_pending.discard)
+        except Exception:  # the result is written all the same
+            _inbox_logger.warning(
+                "could not describe job %s", data.get("id"), exc_info=True
+            )
+    return serialize(data)
+
+
+async def finish_records(ctx: dict[str, Any]) -> None:
+    """on_shutdown: wait (briefly) for the records still being written."""
+    del ctx
+    if _pending:
+        await asyncio.wait(set(_pending), timeout=RECORD_TIMEOUT)
+
+
+def record_failures(settings: Any) -> None:
+    """Make every function and cron job of `settings` keep its failures in the inbox.
+
+    Called once below, so that functions add-task registers take part with no code
+    of their own.
+    """
+    # (no local named like the two lists, no call named func or cron: bgtasks finds
+    # the registrations by those names)
+    default_tries = int(vars(settings).get("max_tries", ARQ_MAX_TRIES))
+    registered: list[Function] = []
+    for item in vars(settings).get("functions", ()):
+        function = as_function(item)  # a Function, or a bare coroutine
+        tries = default_tries if function.max_tries is None else function.max_tries
+        wrapped = _recording(function.coroutine, function.name, tries)
+        registered.append(dataclasses.replace(function, coroutine=wrapped))
+    scheduled: list[CronJob] = []
+    for job in vars(settings).get("cron_jobs", ()):
+        wrapped = _recording(job.coroutine, job.name, job.max_tries)
+        scheduled.append(dataclasses.replace(job, coroutine=wrapped))
+    settings.functions = registered
+    settings.cron_jobs = scheduled
 
 
 def capped_timeout(seconds: int) -> int:
@@ -210,11 +438,13 @@ def capped_timeout(seconds: int) -> int:
 
 class WorkerSettings:
     redis_settings = resilient_redis_settings(str(settings.REDIS_URL))
-    # JSON, never pickle: the web app's pool (pool.py) uses the same pair
-    job_serializer = serialize
+    # JSON, never pickle: the web app's pool (pool.py) uses the same format; this
+    # serializer also hands what arq fails for good to the failed-task inbox
+    job_serializer = serialize_job_or_result
     job_deserializer = deserialize
-    # keep it when you add your own on_startup: call it from there first
+    # keep them when you add your own: call them from yours first
     on_startup = drop_poison_entries
+    on_shutdown = finish_records
 
     # Function objects with explicit names: the names the API enqueues by.
     functions: ClassVar[list[Function]] = [
@@ -263,3 +493,6 @@ class WorkerSettings:
     allow_abort_jobs = True  # POST /arq-tasks/abort/{job_id} cancels running jobs
     job_completion_wait = 25  # seconds; below a typical 30 s termination grace period
     health_check_interval = 60
+
+
+record_failures(WorkerSettings)

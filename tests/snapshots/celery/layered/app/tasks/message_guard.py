@@ -6,6 +6,8 @@ acknowledged is restored on the next start and kills it again. Messages come fro
 anything that can write to the broker, so every task checks its message's shape before
 Celery reads it, and a message that fails is rejected without requeue (dropped), logged
 with its task id, and recorded as FAILURE so a status request does not wait forever.
+Every message dropped here lands in the failed-task inbox (celery_inbox.py) as poison:
+the reason and its raw bytes, never run.
 
 GuardedRedisTransport does the same one step earlier: an entry on the queue that is not
 a kombu envelope at all (not JSON) is dropped with a log line, where kombu would raise
@@ -23,11 +25,21 @@ from celery.utils.iso8601 import parse_iso8601
 from celery.worker import strategy
 from kombu.transport import redis as kombu_redis
 
+from app.tasks import celery_inbox
+
 logger = logging.getLogger(__name__)
 
 
 class MalformedMessage(Exception):
     """The stored outcome of a message that was dropped before its task could run."""
+
+
+def raw_body(message: Any) -> bytes:
+    """A message's body as it came (bytes), for the failed-task inbox."""
+    body = getattr(message, "body", b"")
+    if isinstance(body, str):
+        return body.encode("utf-8", "replace")
+    return bytes(body) if isinstance(body, (bytes, bytearray, memoryview)) else b""
 
 
 def problem_with(message: Any) -> str | None:
@@ -137,6 +149,7 @@ def guarded_strategy(
                 logger.warning(
                     "could not record FAILURE for task %s", task_id, exc_info=True
                 )
+        celery_inbox.keep_poison(problem, raw_body(message), task_id, task.name)
         # Celery's consumer answers this error with a reject without requeue.
         raise InvalidTaskError(f"malformed message for {task.name}: {problem}")
 
@@ -160,6 +173,9 @@ class GuardedRedisChannel(kombu_redis.Channel):
                     "its task is not a string",
                     headers.get("id"),
                 )
+                celery_inbox.keep_poison(
+                    "its task is not a string", raw_body(message), headers.get("id")
+                )
                 message.ack()
                 return None
             return callback(message)
@@ -169,17 +185,48 @@ class GuardedRedisChannel(kombu_redis.Channel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         read = self.handlers["BRPOP"]
+        replies: list[Any] = []
 
         def guarded_read(**options: Any) -> Any:
+            replies.clear()
+            _note_replies(self.client, replies)
             try:
                 return read(**options)
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 problem = type(exc).__name__
             # BRPOP already removed the entry: nothing is left to requeue.
             logger.error("dropped a queue entry that is not a message (%s)", problem)
+            reason = f"its queue entry is not a message ({problem})"
+            celery_inbox.keep_poison(reason, _popped(replies))
             return False
 
         self.handlers["BRPOP"] = guarded_read
+
+
+def _note_replies(client: Any, replies: list[Any]) -> None:
+    """Have `client` note its BRPOP replies in `replies`: kombu parses the entry it
+    popped in the same call, so a raw entry that is not a message is kept only here."""
+    if getattr(client.parse_response, "bgtasks_notes", None) is replies:
+        return
+    parse = client.parse_response
+
+    def noted(connection: Any, command: Any, **options: Any) -> Any:
+        reply = parse(connection, command, **options)
+        if command == "BRPOP":
+            replies.append(reply)
+        return reply
+
+    noted.bgtasks_notes = replies  # type: ignore[attr-defined]
+    client.parse_response = noted
+
+
+def _popped(replies: list[Any]) -> bytes:
+    """The raw entry of the last BRPOP reply noted (queue name, entry), or b""."""
+    reply = replies[-1] if replies else None
+    if not isinstance(reply, (list, tuple)) or len(reply) != 2:
+        return b""
+    raw = reply[1]
+    return raw if isinstance(raw, bytes) else str(raw).encode("utf-8", "replace")
 
 
 class GuardedRedisTransport(kombu_redis.Transport):

@@ -21,6 +21,11 @@ Tasks therefore run at least once: keep them idempotent.
 
 Everything on the wire is JSON (taskiq's default for messages; the result backend is
 set to JSON here, its own default is pickle).
+
+What fails for good is kept in the failed-task inbox (taskiq_inbox.py): a task whose
+last try failed, or that failed with an error it does not retry (FailedInboxMiddleware),
+and a message the worker cannot run, kept with the reason and never executed
+(InboxFormatter).
 """
 
 import asyncio
@@ -30,6 +35,7 @@ import json
 import logging
 import random
 import time
+import uuid
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -38,6 +44,7 @@ from typing import Any, Generic, TypeVar
 
 import taskiq_fastapi
 from fastapi import FastAPI
+from pydantic import ValidationError
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.exceptions import ResponseError
 from taskiq import (
@@ -50,6 +57,7 @@ from taskiq import (
     TaskiqScheduler,
 )
 from taskiq.exceptions import NoResultError, ScheduledTaskCancelledError
+from taskiq.formatters.proxy_formatter import ProxyFormatter
 from taskiq.middlewares import SmartRetryMiddleware
 from taskiq.schedule_sources import LabelScheduleSource
 from taskiq.scheduler.scheduled_task import ScheduledTask
@@ -61,6 +69,7 @@ from taskiq_redis import (
 )
 
 from app.core.config import settings
+from app.tasks import taskiq_inbox
 
 logger = logging.getLogger(__name__)
 
@@ -433,6 +442,124 @@ class TaskStateMiddleware(TaskiqMiddleware):
             await pipe.execute()
 
 
+# A poison message keeps its own task id as its entry's id when the id is this plain
+# (the inbox routes take it in a path); any other gets a new one.
+MAX_ENTRY_ID_CHARS = 64
+# Inbox writes started from synchronous code (the formatter): held until done, or
+# the event loop could drop them unfinished.
+_inbox_writes: set["asyncio.Task[None]"] = set()
+
+
+async def keep_in_inbox(found: dict[str, Any]) -> None:
+    """Record `found` in the failed-task inbox; a failure to record (Redis down) is
+    logged, never raised: the task's outcome stands."""
+    try:
+        async with redis_client() as redis:
+            dropped = await taskiq_inbox.arecord(redis, found)
+    except Exception:
+        logger.warning(
+            "could not keep %s %s in the failed-task inbox",
+            found.get("kind"),
+            found.get("id"),
+            exc_info=True,
+        )
+        return
+    if dropped:
+        logger.warning("the failed-task inbox is full: %d older entries went", dropped)
+
+
+class FailedInboxMiddleware(TaskiqMiddleware):
+    """Keeps each task that failed for good in the failed-task inbox, with its
+    arguments: after its last try, or at once for an error it does not retry.
+
+    post_execute runs once every on_error has: a retry that BackoffRetryMiddleware
+    scheduled has replaced the error with NoResultError by then. A task cancelled
+    through the API did what was asked: not kept. Any task of the broker takes part,
+    those `bgtasks add-task` writes too.
+    """
+
+    async def post_execute(
+        self, message: TaskiqMessage, result: TaskiqResult[Any]
+    ) -> None:
+        error = result.error
+        if not result.is_err or error is None:
+            return
+        if isinstance(error, (NoResultError, TaskCancelled)):
+            return
+        try:
+            found = taskiq_inbox.failure_entry(
+                message.task_id,
+                message.task_name,
+                list(message.args),
+                dict(message.kwargs),
+                error,
+                attempts=int(message.labels.get("_retries", 0)) + 1,
+            )
+        except Exception:  # the worker goes on, whatever this meets
+            logger.warning(
+                "could not describe the failure of task %s",
+                message.task_id,
+                exc_info=True,
+            )
+            return
+        await keep_in_inbox(found)
+
+
+def keep_poison(
+    reason: str, raw: bytes, task_id: object = None, task: object = None
+) -> None:
+    """Keep a message the worker drops without running it: the reason and its raw
+    bytes. Called from synchronous code in the event loop: the write runs on it."""
+    plain = (
+        isinstance(task_id, str)
+        and 0 < len(task_id) <= MAX_ENTRY_ID_CHARS
+        and task_id.isascii()
+        and all(char.isalnum() or char in "-_" for char in task_id)
+    )
+    entry_id = str(task_id) if plain else f"poison-{uuid.uuid4().hex}"
+    name = task if isinstance(task, str) else ""
+    found = taskiq_inbox.poison_entry(entry_id, reason, raw, name)
+    logger.warning("dropped a message the worker cannot run, kept as %s", entry_id)
+    try:
+        write = asyncio.get_running_loop().create_task(keep_in_inbox(found))
+    except RuntimeError:  # no event loop running: nowhere to write from
+        logger.warning("could not keep poison message %s: no event loop", entry_id)
+        return
+    _inbox_writes.add(write)
+    write.add_done_callback(_inbox_writes.discard)
+
+
+def _invalid_fields(exc: Exception) -> str:
+    """What a message lacks, by field name and error type: never the values."""
+    if not isinstance(exc, ValidationError):
+        return type(exc).__name__
+    where = sorted({".".join(map(str, error["loc"])) for error in exc.errors()})
+    return f"{type(exc).__name__} ({', '.join(where[:10])})"
+
+
+class InboxFormatter(ProxyFormatter):
+    """taskiq's message format, keeping what the worker cannot run as poison in the
+    failed-task inbox: a message that cannot be parsed (or whose labels cannot), or
+    one naming a task this worker does not define. taskiq's receiver then logs it,
+    acknowledges it and runs nothing, as it always has."""
+
+    def loads(self, message: bytes) -> TaskiqMessage:
+        try:
+            parsed = super().loads(message)
+            parsed.parse_labels()
+        except Exception as exc:
+            keep_poison(f"not a task message: {_invalid_fields(exc)}", message)
+            raise
+        # parsed here: the receiver's own parse_labels() finds nothing left to do
+        parsed.labels_types = None
+        if self.broker.is_worker_process and not self.broker.find_task(
+            parsed.task_name
+        ):
+            reason = f"no task {parsed.task_name!r} is defined in this worker"
+            keep_poison(reason, message, parsed.task_id, parsed.task_name)
+        return parsed
+
+
 async def claim_firing(source: str, slot: str, ttl: int) -> None:
     """Let one scheduler send this firing: the first to claim it in Redis.
 
@@ -550,6 +677,8 @@ class ReclaimingStreamBroker(RedisStreamBroker):
                 )
                 for _stream, entries in fetched or []:
                     for entry_id, fields in entries:
+                        if await self.dropped_without_data(entry_id, fields):
+                            continue
                         yield self.ackable_message(entry_id, fields)
                 claimed: Any = await redis.xautoclaim(
                     self.queue_name,
@@ -561,7 +690,19 @@ class ReclaimingStreamBroker(RedisStreamBroker):
                 for entry_id, fields in claimed[1]:
                     if fields:  # None: removed from the stream meanwhile
                         logger.warning("taking over unacknowledged task %s", entry_id)
+                        if await self.dropped_without_data(entry_id, fields):
+                            continue
                         yield self.ackable_message(entry_id, fields)
+
+    async def dropped_without_data(self, entry_id: Any, fields: Any) -> bool:
+        """An entry with no task message in it (written by other code than taskiq):
+        kept in the failed-task inbox as poison and acknowledged, never run. taskiq
+        would stop listening on it, and find it again after every restart."""
+        if b"data" in fields:
+            return False
+        keep_poison("a stream entry without a data field", repr(fields).encode())
+        await self._ack_generator(id=entry_id, queue_name=self.queue_name)()
+        return True
 
     def ackable_message(self, entry_id: Any, fields: Any) -> AckableMessage:
         """A stream entry as the message taskiq's receiver runs and acknowledges."""
@@ -609,7 +750,9 @@ broker.add_middlewares(
         schedule_source=retry_source,
         types_of_exceptions=(TransientError,),
     ),
+    FailedInboxMiddleware(),
 )
+broker.formatter = InboxFormatter(broker)
 
 # it logs every poll of the retry schedules at INFO
 logging.getLogger("taskiq.redis_schedule_source").setLevel(logging.WARNING)
@@ -621,15 +764,25 @@ scheduler = TaskiqScheduler(broker, sources)
 # the app's dependencies are usable in tasks (see taskiq_fastapi.TaskiqDepends).
 taskiq_fastapi.init(broker, "app.main:app")
 
+_app_holds_broker = False  # set while the web app's lifespan runs
+
+
+def broker_running() -> bool:
+    """Whether this process runs the broker already (a worker, the scheduler, the web
+    app): code elsewhere (a script, the `bgtasks failed` CLI) starts it itself."""
+    return broker.is_worker_process or broker.is_scheduler_process or _app_holds_broker
+
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Start the broker with the web app (and freeze what is loaded by then: see
     freeze_startup_objects), stop it at exit. Inside the worker (which runs the app's
     lifespan too) the worker owns the broker: nothing to do here."""
+    global _app_holds_broker
     if broker.is_worker_process:
         yield
         return
+    _app_holds_broker = True
     try:
         await broker.startup()
     except Exception as exc:  # the broker's own errors too, not only OSError
@@ -644,6 +797,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        _app_holds_broker = False
         await broker.shutdown()
         await redis_pool.disconnect()
 

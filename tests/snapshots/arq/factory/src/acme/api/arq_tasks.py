@@ -27,6 +27,14 @@ cancel answer 404, as for an unknown id, unless `may_use_task` lets the caller u
 job (as generated: only the caller who queued it; a job queued by other code, such as
 a cron job, has no owner and every admitted caller may use it).
 
+The failed-task inbox (arq_inbox.py) keeps every job that failed for good, was lost
+with its workers, or was dropped as poison. `GET /failed` lists them newest first
+(`?offset=&limit=&task=`, with the `total` kept and how many the limits `dropped`),
+`GET /failed/{entry_id}` shows one, `POST /failed/{entry_id}/replay` queues its job
+again under a new id (409 when it was replayed before; `?force=true` queues it once
+more), `DELETE /failed/{entry_id}` discards it. The arguments of send_email are shown
+as hidden. Every caller the access hook admits may use them: see authorize_task_access.
+
 A request body larger than MAX_BODY_BYTES is refused with 413 before it is read, and a
 422 names what is wrong without echoing the input (see BoundedRoute). A POST must say
 `Content-Type: application/json` (415 otherwise), also one without a body (cancel).
@@ -69,6 +77,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
 
 from acme.core.settings import get_settings
+from acme.tasks import arq_inbox
 from acme.tasks.arq_tasks import (
     checked_recipient,
     checked_subject,
@@ -110,12 +119,24 @@ UNKNOWN_ID = "Unknown task id"
 class TaskAccess:
     """What a request to the task routes asks for."""
 
-    action: str  # "queue", "status" or "cancel"
+    # "queue", "status", "cancel", or the failed-task inbox's "failed.read",
+    # "failed.replay" and "failed.discard"
+    action: str
     task_id: str | None  # the task it reads or cancels; None when queueing
 
 
 def task_access(request: Request) -> TaskAccess:
     """The action and task id of a request, from its method and path."""
+    entry_id = request.path_params.get("entry_id")
+    if entry_id is not None:  # an inbox entry: the failed task's id
+        methods = {
+            "GET": "failed.read",
+            "HEAD": "failed.read",
+            "DELETE": "failed.discard",
+        }
+        return TaskAccess(methods.get(request.method, "failed.replay"), str(entry_id))
+    if request.method in ("GET", "HEAD") and request.url.path.endswith("/failed"):
+        return TaskAccess("failed.read", None)  # the inbox's listing
     task_id = request.path_params.get("task_id")
     if task_id is None:
         return TaskAccess("queue", None)
@@ -132,6 +153,9 @@ async def authorize_task_access(request: Request) -> str:
     says what is asked (`.action`, `.task_id`; a plain call, as a dependency it would
     cost every request a resolution): whether a caller may read or cancel a
     task somebody else queued is your application's policy, decided here.
+    The failed-task inbox ("failed.read", "failed.replay", "failed.discard") holds the
+    failures of every caller's tasks: once identities are per user, admit only your
+    operators to those actions.
 
     As generated a request passes with the API token, sent as
     `Authorization: Bearer <token>` and set in the environment as
@@ -719,3 +743,152 @@ async def cancel_task(
     return CancelResponse(
         task_id=task_id, cancelled=aborted, status=_status_word(state)
     )
+
+
+class FailedEntry(BaseModel):
+    """A job that failed for good ("failed"), was lost with its workers ("lost"), or
+    a message dropped as poison ("poison": never run, its raw bytes in `raw`)."""
+
+    id: str
+    kind: str
+    task: str
+    args: list[Any]  # a job with personal data (send_email): each shown as hidden
+    kwargs: dict[str, Any]
+    error_type: str
+    error: str
+    traceback: str
+    attempts: int
+    first_failed_at: float  # Unix times
+    last_failed_at: float
+    worker: str
+    replay_of: str | None = None  # the entry this job replayed
+    replayed_as: str | None = None  # the job id of its latest replay
+    replayed_at: float | None = None
+    raw_size: int | None = None  # poison: its size in bytes
+    raw: str | None = None  # poison: its first bytes, base64
+
+
+class FailedPage(BaseModel):
+    entries: list[FailedEntry]
+    total: int  # entries kept
+    dropped: int  # entries the limits removed so far
+
+
+class Replayed(BaseModel):
+    entry_id: str
+    task_id: str  # the new job
+    status_url: str
+
+
+class EarlierReplay(BaseModel):
+    message: str
+    replayed_as: str  # the job id it was replayed as
+
+
+class ReplayConflict(BaseModel):
+    detail: EarlierReplay
+
+
+class Unprocessable(BaseModel):
+    detail: Any  # why there is nothing to run (text), or the invalid parameters (list)
+
+
+NOT_IN_INBOX: dict[str, Any] = {
+    "model": ErrorMessage,
+    "description": "No such entry in the failed-task inbox",
+}
+
+
+def _not_in_inbox() -> HTTPException:
+    return HTTPException(status_code=404, detail=NOT_IN_INBOX["description"])
+
+
+@router.get(
+    "/failed",
+    name="bgtasks_failed_list",
+    summary="Jobs that failed for good, newest first",
+    responses=errors(503),
+)
+async def failed_list(
+    request: Request,
+    offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=arq_inbox.MAX_PAGE)] = 20,
+    task: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+) -> FailedPage:
+    """A page of the inbox, optionally of one task (its registered name); send_email's
+    arguments are shown as hidden."""
+    with queue_errors_as_503():
+        found, total, dropped = await arq_inbox.page(
+            queue_of(request), offset, limit, task
+        )
+    entries = [FailedEntry(**item) for item in found]
+    return FailedPage(entries=entries, total=total, dropped=dropped)
+
+
+@router.get(
+    "/failed/{entry_id}",
+    name="bgtasks_failed_entry",
+    summary="One entry of the failed-task inbox",
+    responses={404: NOT_IN_INBOX, **errors(503)},
+)
+async def failed_entry(entry_id: TaskId, request: Request) -> FailedEntry:
+    with queue_errors_as_503():
+        found = await arq_inbox.entry(queue_of(request), entry_id)
+    if found is None:
+        raise _not_in_inbox()
+    return FailedEntry(**arq_inbox.public(found))
+
+
+@router.post(
+    "/failed/{entry_id}/replay",
+    status_code=202,
+    name="bgtasks_failed_replay",
+    summary="Queue a failed job again, under a new job id",
+    responses={
+        404: NOT_IN_INBOX,
+        409: {"model": ReplayConflict, "description": "Replayed before: its job id"},
+        422: {"model": Unprocessable, "description": "Nothing to run (poison)"},
+        504: UNCONFIRMED,
+        **errors(415, 503),
+    },
+)
+async def failed_replay(
+    entry_id: TaskId,
+    request: Request,
+    force: Annotated[bool, Query()] = False,
+) -> Replayed:
+    """Queue the entry's job with its arguments again; the new job is the caller's.
+    Once per entry: again only with `force=true`. A failure of the new job is an
+    entry of its own, with `replay_of` naming this one."""
+    with queue_errors_as_503():
+        try:
+            task_id = await arq_inbox.replay_on(
+                queue_of(request), entry_id, force, owner=caller_of(request)
+            )
+        except arq_inbox.ReplayRefused as refused:
+            detail = {"message": str(refused), "replayed_as": refused.earlier}
+            raise HTTPException(status_code=409, detail=detail) from None
+        except LookupError:
+            raise _not_in_inbox() from None
+        except ValueError as error:
+            raise HTTPException(status_code=422, detail=str(error)) from None
+        except EnqueueOutcomeUnknown as exc:
+            raise _unconfirmed(exc.job_id) from None
+    status_url = _status_path(request, task_id)
+    return Replayed(entry_id=entry_id, task_id=task_id, status_url=status_url)
+
+
+@router.delete(
+    "/failed/{entry_id}",
+    status_code=204,
+    name="bgtasks_failed_discard",
+    summary="Discard an entry of the failed-task inbox",
+    response_class=Response,
+    responses={404: NOT_IN_INBOX, **errors(503)},
+)
+async def failed_discard(entry_id: TaskId, request: Request) -> Response:
+    with queue_errors_as_503():
+        removed = await arq_inbox.discard(queue_of(request), entry_id)
+    if not removed:
+        raise _not_in_inbox()
+    return Response(status_code=204)

@@ -23,6 +23,8 @@ class Settings(AppSettings, RedisSettings):
     email_from: str = "noreply@example.com"
     bgtasks_api_token: SecretStr = SecretStr("")
     bgtasks_allow_anonymous: str = "false"
+    bgtasks_failed_max_entries: int = 10000
+    bgtasks_failed_retention_seconds: int = 604800
 
 
 @lru_cache

@@ -332,7 +332,7 @@ class QueueClient(ArqRedis):
         )
 
 
-def create_queue() -> ArqRedis:
+def create_queue() -> QueueClient:
     """A QueueClient on a bounded connection pool, with the JSON serializers."""
     connections = EnqueuePool.from_url(
         str(get_settings().redis_url),

@@ -37,6 +37,14 @@ A task is its caller's: status and cancel answer 404, as for an id never issued,
 any other caller (see may_use_task). A task queued by other code (celery beat, your
 own) has no caller recorded, and every caller may read it.
 
+The failed-task inbox (celery_inbox.py) keeps every task that failed for good, every
+message the worker dropped as poison and every task lost with its worker:
+`GET /failed` lists them newest first (`?offset=&limit=&task=`; with `total` kept and
+how many the limits `dropped`), `GET /failed/{entry_id}` shows one, `POST
+/failed/{entry_id}/replay` queues its task again under a new id (409 when it was
+replayed before: `?force=true` queues it once more), `DELETE /failed/{entry_id}`
+discards it. The arguments of a task with personal data (the email) are never shown.
+
 A request body larger than MAX_BODY_BYTES is refused with 413 before it is read, and a
 422 names what is wrong without echoing the input (see BoundedRoute). A POST must say
 `Content-Type: application/json` (415 otherwise), also one without a body.
@@ -88,7 +96,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
 
 from acme.core.settings import get_settings
-from acme.tasks import fast_publish, mailer, registry
+from acme.tasks import celery_inbox, fast_publish, mailer, registry
 from acme.tasks import tasks as celery_tasks
 from acme.tasks.celery_app import (
     REDELIVERY_DELAY,
@@ -122,12 +130,24 @@ TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-
 class TaskAccess:
     """What a request to the task routes asks for."""
 
-    action: str  # "queue", "status" or "cancel"
+    # "queue", "status", "cancel", or the failed-task inbox's "failed.read",
+    # "failed.replay" and "failed.discard"
+    action: str
     task_id: str | None  # the task it reads or cancels; None when queueing
 
 
 def task_access(request: Request) -> TaskAccess:
     """The action and task id of a request, from its method and path."""
+    entry_id = request.path_params.get("entry_id")
+    if entry_id is not None:  # an inbox entry: the failed task's id
+        methods = {
+            "GET": "failed.read",
+            "HEAD": "failed.read",
+            "DELETE": "failed.discard",
+        }
+        return TaskAccess(methods.get(request.method, "failed.replay"), str(entry_id))
+    if request.method in ("GET", "HEAD") and request.url.path.endswith("/failed"):
+        return TaskAccess("failed.read", None)  # the inbox's listing
     task_id = request.path_params.get("task_id")
     if task_id is None:
         return TaskAccess("queue", None)
@@ -144,6 +164,9 @@ async def authorize_task_access(request: Request) -> str:
     says what is asked (`.action`, `.task_id`; a plain call, as a dependency it would
     cost every request a resolution): whether a caller may read or cancel a
     task somebody else queued is your application's policy, decided here.
+    The failed-task inbox ("failed.read", "failed.replay", "failed.discard") holds the
+    failures of every caller's tasks: once identities are per user, admit only your
+    operators to those actions.
 
     As generated a request passes with the API token, sent as
     `Authorization: Bearer <token>` and set in the environment as
@@ -818,3 +841,151 @@ def _cancel_answer(task_id: str, state: str | None) -> CancelResponse:
     return CancelResponse(
         task_id=task_id, cancelled=state == states.REVOKED, status=_status_word(state)
     )
+
+
+class FailedEntry(BaseModel):
+    """A task that failed for good ("failed"), was lost with its worker ("lost"), or
+    a message dropped as poison ("poison": never run, its raw bytes in `raw`)."""
+
+    id: str
+    kind: str
+    task: str
+    args: list[Any]  # a task with personal data: each shown as hidden
+    kwargs: dict[str, Any]
+    error_type: str
+    error: str
+    traceback: str
+    attempts: int
+    first_failed_at: float  # Unix times
+    last_failed_at: float
+    worker: str
+    replay_of: str | None = None  # the entry this task replayed
+    replayed_as: str | None = None  # the task id of its latest replay
+    replayed_at: float | None = None
+    raw_size: int | None = None  # poison: its size in bytes
+    raw: str | None = None  # poison: its first bytes, base64
+
+
+class FailedPage(BaseModel):
+    entries: list[FailedEntry]
+    total: int  # entries kept
+    dropped: int  # entries the limits removed so far
+
+
+class Replayed(BaseModel):
+    entry_id: str
+    task_id: str  # the new task
+    status_url: str
+
+
+class EarlierReplay(BaseModel):
+    message: str
+    replayed_as: str  # the task id it was replayed as
+
+
+class ReplayConflict(BaseModel):
+    detail: EarlierReplay
+
+
+class Unprocessable(BaseModel):
+    detail: Any  # why there is nothing to run (text), or the invalid parameters (list)
+
+
+NOT_IN_INBOX: dict[str, Any] = {
+    "model": ErrorMessage,
+    "description": "No such entry in the failed-task inbox",
+}
+
+
+def _not_in_inbox() -> HTTPException:
+    return HTTPException(status_code=404, detail=NOT_IN_INBOX["description"])
+
+
+@router.get(
+    "/failed",
+    name="bgtasks_failed_list",
+    summary="Tasks that failed for good, newest first",
+    responses=errors(503),
+)
+async def failed_list(
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=celery_inbox.MAX_PAGE)] = 20,
+    task: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+) -> FailedPage:
+    """A page of the inbox, optionally of one task (its full name); a task with
+    personal data shows its arguments as hidden."""
+    with _service_errors():
+        found, total, dropped = await celery_inbox.page(
+            registry.async_client(), offset, limit, task
+        )
+    entries = [FailedEntry(**item) for item in found]
+    return FailedPage(entries=entries, total=total, dropped=dropped)
+
+
+@router.get(
+    "/failed/{entry_id}",
+    name="bgtasks_failed_entry",
+    summary="One entry of the failed-task inbox",
+    responses={404: NOT_IN_INBOX, **errors(503)},
+)
+async def failed_entry(entry_id: TaskId) -> FailedEntry:
+    with _service_errors():
+        found = await celery_inbox.entry(registry.async_client(), entry_id)
+    if found is None:
+        raise _not_in_inbox()
+    return FailedEntry(**celery_inbox.public(found))
+
+
+@router.post(
+    "/failed/{entry_id}/replay",
+    status_code=202,
+    name="bgtasks_failed_replay",
+    summary="Queue a failed task again, under a new task id",
+    responses={
+        404: NOT_IN_INBOX,
+        409: {"model": ReplayConflict, "description": "Replayed before: its task id"},
+        422: {"model": Unprocessable, "description": "Nothing to run (poison)"},
+        504: UNCONFIRMED,
+        **errors(415, 503),
+    },
+)
+async def failed_replay(
+    entry_id: TaskId,
+    request: Request,
+    force: Annotated[bool, Query()] = False,
+) -> Replayed:
+    """Queue the entry's task with its arguments again; the new task is the caller's.
+    Once per entry: again only with `force=true`. A failure of the new task is an
+    entry of its own, with `replay_of` naming this one."""
+    with _service_errors():
+        try:
+            task_id = await celery_inbox.replay_with(
+                registry.async_client(), entry_id, force, owner=caller_of(request)
+            )
+        except celery_inbox.ReplayRefused as refused:
+            detail = {"message": str(refused), "replayed_as": refused.earlier}
+            raise HTTPException(status_code=409, detail=detail) from None
+        except LookupError:
+            raise _not_in_inbox() from None
+        except ValueError as error:
+            raise HTTPException(status_code=422, detail=str(error)) from None
+        except fast_publish.OutcomeUnknown as exc:
+            raise _unconfirmed(exc.task_id) from None
+    status_url = _status_path(request, task_id)
+    return Replayed(entry_id=entry_id, task_id=task_id, status_url=status_url)
+
+
+@router.delete(
+    "/failed/{entry_id}",
+    status_code=204,
+    name="bgtasks_failed_discard",
+    summary="Discard an entry of the failed-task inbox",
+    response_class=Response,
+    responses={404: NOT_IN_INBOX, **errors(503)},
+)
+async def failed_discard(entry_id: TaskId) -> Response:
+    with _service_errors():
+        removed = await celery_inbox.discard(registry.async_client(), entry_id)
+    if not removed:
+        raise _not_in_inbox()
+    return Response(status_code=204)

@@ -27,6 +27,14 @@ by other code, such as a schedule, has no owner and every admitted caller may us
 
 A request body larger than MAX_BODY_BYTES is refused with 413 before it is read, and a
 422 names what is wrong without echoing the input (see BoundedRoute).
+
+The failed-task inbox (taskiq_inbox.py) keeps every task that failed for good and every
+message the worker dropped as poison, bounded by count and age. `GET /failed` lists
+them newest first (`?offset=&limit=&task=`, with `total` kept and how many the limits
+`dropped`), `GET /failed/{entry_id}` shows one, `POST /failed/{entry_id}/replay`
+queues its task again under a new id (409 when it was replayed before:
+`?force=true` queues it once more), `DELETE /failed/{entry_id}` discards it. The
+arguments of a task with personal data (send_email) are shown as hidden.
 """
 
 import asyncio
@@ -63,7 +71,7 @@ from starlette.types import Message, Receive
 from taskiq import AsyncTaskiqDecoratedTask
 from taskiq.exceptions import SendTaskError
 
-from acme.tasks import taskiq_tasks
+from acme.tasks import taskiq_inbox, taskiq_tasks
 from acme.tasks.auth import Caller, may_use_task, task_access
 from acme.tasks.taskiq_app import (
     KEEP_PENDING,
@@ -660,3 +668,159 @@ def _cancel_answer(task_id: str, record: dict[str, str]) -> CancelResponse:
     state = record.get("state", "queued")
     cancelled = state == "complete" and record.get("error") == "cancelled"
     return CancelResponse(task_id=task_id, cancelled=cancelled, status=state)
+
+
+class FailedEntry(BaseModel):
+    """A task that failed for good ("failed"), or a message the worker dropped as
+    poison ("poison": never run, its first bytes in `raw`)."""
+
+    id: str
+    kind: str
+    task: str
+    args: list[Any]  # a task with personal data: each shown as hidden
+    kwargs: dict[str, Any]
+    error_type: str
+    error: str
+    traceback: str
+    attempts: int
+    first_failed_at: float  # Unix times
+    last_failed_at: float
+    worker: str
+    replay_of: str | None = None  # the entry this task replayed
+    replayed_as: str | None = None  # the task id of its latest replay
+    replayed_at: float | None = None
+    raw_size: int | None = None  # poison: its size in bytes
+    raw: str | None = None  # poison: its first bytes, base64
+
+
+class FailedPage(BaseModel):
+    entries: list[FailedEntry]
+    total: int  # entries kept
+    dropped: int  # entries the limits removed so far
+
+
+class Replayed(BaseModel):
+    entry_id: str
+    task_id: str  # the new task
+    status_url: str
+
+
+class EarlierReplay(BaseModel):
+    message: str
+    replayed_as: str  # the task id it was replayed as
+
+
+class ReplayConflict(BaseModel):
+    detail: EarlierReplay
+
+
+class Unprocessable(BaseModel):
+    detail: Any  # why there is nothing to run (text), or the invalid parameters (list)
+
+
+# an inbox entry's id: the failed task's id, or "poison-" and 32 hex digits
+EntryId = Annotated[
+    str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+]
+NOT_IN_INBOX: dict[str, Any] = {
+    "model": ErrorMessage,
+    "description": "No such entry in the failed-task inbox",
+}
+
+
+def _not_in_inbox() -> HTTPException:
+    return HTTPException(status_code=404, detail=NOT_IN_INBOX["description"])
+
+
+@router.get(
+    "/failed",
+    name="bgtasks_failed_list",
+    summary="Tasks that failed for good, newest first",
+    responses=errors(503),
+)
+async def failed_list(
+    offset: Annotated[int, Query(ge=0, le=10_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=taskiq_inbox.MAX_PAGE)] = 20,
+    task: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+) -> FailedPage:
+    """A page of the inbox, optionally of one task (its name); a task with personal
+    data shows its arguments as hidden."""
+    with queue_errors_as_503():
+        async with redis_client() as redis:
+            found, total, dropped = await taskiq_inbox.page(redis, offset, limit, task)
+    entries = [FailedEntry(**item) for item in found]
+    return FailedPage(entries=entries, total=total, dropped=dropped)
+
+
+@router.get(
+    "/failed/{entry_id}",
+    name="bgtasks_failed_entry",
+    summary="One entry of the failed-task inbox",
+    responses={404: NOT_IN_INBOX, **errors(503)},
+)
+async def failed_entry(entry_id: EntryId) -> FailedEntry:
+    with queue_errors_as_503():
+        async with redis_client() as redis:
+            found = await taskiq_inbox.entry(redis, entry_id)
+    if found is None:
+        raise _not_in_inbox()
+    return FailedEntry(**taskiq_inbox.public(found))
+
+
+@router.post(
+    "/failed/{entry_id}/replay",
+    status_code=202,
+    name="bgtasks_failed_replay",
+    summary="Queue a failed task again, under a new task id",
+    responses={
+        404: NOT_IN_INBOX,
+        409: {"model": ReplayConflict, "description": "Replayed before: its task id"},
+        422: {"model": Unprocessable, "description": "Nothing to run (poison)"},
+        504: UNCONFIRMED,
+        **errors(415, 503),
+    },
+)
+async def failed_replay(
+    entry_id: EntryId,
+    request: Request,
+    force: Annotated[bool, Query()] = False,
+) -> Replayed:
+    """Queue the entry's task with its arguments again; the new task is the caller's.
+    Once per entry: again only with `force=true`. A failure of the new task is an
+    entry of its own, with `replay_of` naming this one."""
+    with queue_errors_as_503():
+        try:
+            async with redis_client() as redis:
+                task_id = await taskiq_inbox.replay_with(
+                    redis, entry_id, force, owner=caller_of(request)
+                )
+        except taskiq_inbox.ReplayRefused as refused:
+            detail = {"message": str(refused), "replayed_as": refused.earlier}
+            raise HTTPException(status_code=409, detail=detail) from None
+        except LookupError:
+            raise _not_in_inbox() from None
+        except ValueError as error:
+            raise HTTPException(status_code=422, detail=str(error)) from None
+        except taskiq_inbox.ReplayUnconfirmed as unconfirmed:
+            raise _unconfirmed(unconfirmed.task_id) from None
+        except QueueFull as full:
+            raise queue_full(full.waiting) from None
+    status_url = _status_path(request, task_id)
+    return Replayed(entry_id=entry_id, task_id=task_id, status_url=status_url)
+
+
+@router.delete(
+    "/failed/{entry_id}",
+    status_code=204,
+    name="bgtasks_failed_discard",
+    summary="Discard an entry of the failed-task inbox",
+    response_class=Response,
+    responses={404: NOT_IN_INBOX, **errors(503)},
+)
+async def failed_discard(entry_id: EntryId) -> Response:
+    with queue_errors_as_503():
+        async with redis_client() as redis:
+            removed = await taskiq_inbox.discard(redis, entry_id)
+    if not removed:
+        raise _not_in_inbox()
+    return Response(status_code=204)

@@ -23,12 +23,24 @@ logger = logging.getLogger(__name__)
 class TaskAccess:
     """What a request to the task routes asks for."""
 
-    action: str  # "queue", "status" or "cancel"
+    # "queue", "status", "cancel", or the failed-task inbox's "failed.read",
+    # "failed.replay" and "failed.discard"
+    action: str
     task_id: str | None  # the task it reads or cancels; None when queueing
 
 
 def task_access(request: Request) -> TaskAccess:
     """The action and task id of a request, from its method and path."""
+    entry_id = request.path_params.get("entry_id")
+    if entry_id is not None:  # an inbox entry: the failed task's id
+        methods = {
+            "GET": "failed.read",
+            "HEAD": "failed.read",
+            "DELETE": "failed.discard",
+        }
+        return TaskAccess(methods.get(request.method, "failed.replay"), str(entry_id))
+    if request.method in ("GET", "HEAD") and request.url.path.endswith("/failed"):
+        return TaskAccess("failed.read", None)  # the inbox's listing
     task_id = request.path_params.get("task_id")
     if task_id is None:
         return TaskAccess("queue", None)
@@ -45,6 +57,9 @@ async def authorize_task_access(request: Request) -> str:
     says what is asked (`.action`, `.task_id`; a plain call, as a dependency it would
     cost every request a resolution): whether a caller may read or cancel a
     task somebody else queued is your application's policy, decided here.
+    The failed-task inbox ("failed.read", "failed.replay", "failed.discard") holds the
+    failures of every caller's tasks: once identities are per user, admit only your
+    operators to those actions.
 
     As generated a request passes with the API token, sent as
     `Authorization: Bearer <token>` and set in the environment as
