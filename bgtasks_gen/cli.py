@@ -99,7 +99,8 @@ WithFeatures = Annotated[
         "--with",
         metavar="FEATURE[,FEATURE]",
         help="Optional parts to add (repeatable or comma-separated), kept by later runs: "
-        "k8s = Kubernetes manifests under deploy/k8s/ with KEDA autoscaling on the queue.",
+        "k8s = Kubernetes manifests under deploy/k8s/ with KEDA autoscaling on the queue; "
+        "dashboard = the task dashboard page (on by default at init for a queue runner).",
     ),
 ]
 WithoutFeatures = Annotated[
@@ -107,7 +108,8 @@ WithoutFeatures = Annotated[
     typer.Option(
         "--without",
         metavar="FEATURE[,FEATURE]",
-        help="Optional parts to leave out or take out (their generated files are removed).",
+        help="Optional parts to leave out or take out (their generated files are removed), "
+        "e.g. --without dashboard.",
     ),
 ]
 

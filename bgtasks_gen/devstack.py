@@ -122,6 +122,9 @@ class StackPlan:
     def banner(self) -> str:
         """The first line: where everything is."""
         parts = [f"API {self.api_url} (docs {self.api_url}/docs)"]
+        page = dashboard_path(self.project)
+        if page:
+            parts.append(f"dashboard {self.api_url}{page}")
         if self.flower_url:
             parts.append(f"Flower {self.flower_url}")
         if self.redis_url:
@@ -129,6 +132,20 @@ class StackPlan:
         if self.sink_port is not None:
             parts.append(f"SMTP sink smtp://{LOCALHOST}:{self.sink_port}")
         return "bgtasks dev: " + " | ".join(parts) + " | Ctrl-C stops everything"
+
+
+def dashboard_path(project: StackProject) -> str:
+    """The task dashboard's path, with the prefix the app serves the router under; ""
+    when the project has no dashboard."""
+    from bgtasks_gen.api_surface import email_route
+
+    features = project.state_layout.get("features")
+    if not isinstance(features, list) or "dashboard" not in features:
+        return ""
+    shape = str(project.state_layout.get("api_shape") or "")
+    route = email_route(project.spec.email_route, "" if shape == project.spec.name else shape)
+    served = str(project.state_layout.get("api_prefix") or "")
+    return f"{served}{route.rsplit('/', 1)[0]}/dashboard"
 
 
 def free_port() -> int:

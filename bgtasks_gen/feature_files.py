@@ -25,6 +25,8 @@ SKIPPED = (
 )
 # where each feature writes, relative to the project root
 FOLDERS = {"k8s": "deploy/k8s"}
+# a feature made of the runner's own templates: the name its module ends with
+MODULE_SUFFIXES = {"dashboard": "_dashboard.py"}
 
 
 def feature_files(
@@ -62,6 +64,13 @@ def _render(copy: Path, chosen: list[str]) -> dict[str, str]:
 
 
 def owned_feature_files(owned: Iterable[str], feature: str) -> list[str]:
-    """The recorded generated files a feature wrote (what `--without` takes out)."""
+    """The recorded generated files a feature wrote (what `--without` takes out): those
+    in its folder, or for a feature made of the runner's templates (the dashboard), its
+    module (`<runner>_dashboard.py`), which the runner's render now leaves out."""
+    if feature in MODULE_SUFFIXES:
+        suffix = MODULE_SUFFIXES[feature]
+        return sorted(rel for rel in owned if rel.endswith(suffix) and "/" in rel)
+    if feature not in FOLDERS:
+        return []
     folder = FOLDERS[feature] + "/"
     return sorted(rel for rel in owned if rel.startswith(folder))

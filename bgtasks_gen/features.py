@@ -15,9 +15,14 @@ from bgtasks_gen.errors import BadInput
 FEATURES: dict[str, str] = {
     "k8s": "a kustomize base under deploy/k8s/: web, worker and scheduler Deployments, "
     "probes, a PodDisruptionBudget and KEDA autoscaling on the queue's real keys",
+    "dashboard": "one page under the task router ({prefix}/dashboard): queues, runs with "
+    "their progress, recent outcomes, the failed-task inbox with replay and discard, "
+    "schedules, worker and scheduler health",
 }
 # features that only make sense for a runner with a worker process
-WORKER_FEATURES = frozenset({"k8s"})
+WORKER_FEATURES = frozenset({"k8s", "dashboard"})
+# on at init unless --without names them (update keeps what the project has)
+DEFAULT_FEATURES = ("dashboard",)
 
 
 def split_names(values: Iterable[str]) -> list[str]:
@@ -27,10 +32,16 @@ def split_names(values: Iterable[str]) -> list[str]:
 
 
 def choose_features(
-    recorded: Iterable[str], add: Iterable[str], remove: Iterable[str], *, runner: str
+    recorded: Iterable[str],
+    add: Iterable[str],
+    remove: Iterable[str],
+    *,
+    runner: str,
+    defaults: Iterable[str] = (),
 ) -> tuple[str, ...]:
-    """The features of this run: the recorded ones, plus --with, minus --without; an
-    unknown name, or one given both ways, is refused before anything is read."""
+    """The features of this run: the recorded ones and `defaults` (an init's
+    DEFAULT_FEATURES), plus --with, minus --without; an unknown name, or one given both
+    ways, is refused before anything is read."""
     adding, removing = split_names(add), split_names(remove)
     for name in adding + removing:
         if name not in FEATURES:
@@ -49,7 +60,7 @@ def choose_features(
                 "runs tasks inside the web process",
                 "choose a queue runner (--runner celery, arq or taskiq)",
             )
-    chosen = [name for name in recorded if name in FEATURES and name not in removing]
+    chosen = [name for name in [*recorded, *defaults] if name in FEATURES and name not in removing]
     if runner == "builtin":  # recorded for a queue runner this project moved away from
         chosen = [name for name in chosen if name not in WORKER_FEATURES]
     return tuple(sorted(set(chosen) | set(adding)))

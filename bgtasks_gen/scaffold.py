@@ -28,7 +28,7 @@ from bgtasks_gen.discovery import (
 from bgtasks_gen.errors import BadInput, DiscoveryError
 from bgtasks_gen.feature_files import FOLDERS as FEATURE_FOLDERS
 from bgtasks_gen.feature_files import feature_files, owned_feature_files
-from bgtasks_gen.features import choose_features
+from bgtasks_gen.features import DEFAULT_FEATURES, choose_features
 from bgtasks_gen.mypy_config import plan_mypy_override
 from bgtasks_gen.nextsteps import (
     ENV_EXAMPLE,
@@ -394,6 +394,11 @@ def plan_init(
         with_features,
         without_features,
         runner=spec.name,
+        # the first init of this runner (not update, not a re-run, not migrate's
+        # carried set) starts with the defaults
+        defaults=DEFAULT_FEATURES
+        if merge is None and not replaces and spec.name not in _list(state.get("runners"))
+        else (),
     )
     state_files = state.get("files", {})
     owned = set(state_files) if isinstance(state_files, dict) else set()
@@ -458,6 +463,7 @@ def plan_init(
     elif api_shape is None and spec.name != "builtin":
         api_shape = COMMON_API_SHAPE
     context["api_shape"] = api_shape or ""
+    context["with_dashboard"] = "dashboard" in features
     # beside another queue runner's router on "/tasks", this one takes "/<runner>-tasks"
     set_up = [r for r in _list(state.get("runners")) if r != replaces]
     context["queue_prefix"] = router_prefix(spec.name, api_shape or "", set_up)
@@ -671,7 +677,7 @@ def _plan_features(
     if merge is None:
         plan.changes.extend(_feature_file_change(root, rel, files[rel]) for rel in sorted(files))
         # a file the new render no longer has (migrate onto a runner without a scheduler)
-        for name in features:
+        for name in (n for n in features if n in FEATURE_FOLDERS):
             for rel in owned_feature_files(owned_hashes(state), name):
                 if rel not in files and _unedited(root, rel):
                     change = deleted(root, rel, "no longer part of this runner's manifests")
@@ -714,12 +720,7 @@ def _dropped_feature_files(
 ) -> list[str]:
     had = {str(name) for name in recorded} if isinstance(recorded, list) else set()
     owned = owned_hashes(state)
-    return [
-        rel
-        for name in sorted(had - set(features))
-        if name in FEATURE_FOLDERS
-        for rel in owned_feature_files(owned, name)
-    ]
+    return [rel for name in sorted(had - set(features)) for rel in owned_feature_files(owned, name)]
 
 
 def _plan_mypy_override(

@@ -81,7 +81,8 @@ def client(dashboard: ModuleType) -> TestClient:
 
     router = APIRouter(prefix="/tasks", dependencies=[Depends(hook)])
 
-    async def snapshot() -> dict[str, Any]:
+    async def snapshot(request: Request) -> dict[str, Any]:
+        assert request.url.path.endswith("/dashboard/data")
         return SNAPSHOT
 
     dashboard.dashboard_routes(

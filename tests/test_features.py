@@ -83,7 +83,7 @@ def test_k8s_is_written_kept_checked_and_taken_out(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     manifests = project / "deploy" / "k8s"
     assert (manifests / "worker-scaledobject.yaml").is_file()
-    assert 'features = ["k8s"]' in (project / ".bgtasks.toml").read_text()
+    assert 'features = ["dashboard", "k8s"]' in (project / ".bgtasks.toml").read_text()
     # a later run without the option keeps the feature, and changes nothing
     again = _bgtasks("init", str(project), "--runner", "celery", "--no-verify")
     assert "nothing to do" in again.stdout + again.stderr
@@ -110,5 +110,35 @@ def test_k8s_is_written_kept_checked_and_taken_out(tmp_path: Path) -> None:
     taken = _bgtasks("update", str(project), "--without", "k8s")
     assert taken.returncode == 0, taken.stderr
     assert not list(manifests.glob("*.yaml"))
+    assert 'features = ["dashboard"]' in (project / ".bgtasks.toml").read_text()
+    assert _bgtasks("check", str(project)).returncode == 0
+
+
+def test_the_dashboard_is_on_by_default_and_can_be_left_out_or_taken_out(
+    tmp_path: Path,
+) -> None:
+    project = tmp_path / "shop"
+    shutil.copytree(EXAMPLE, project)
+    dashboard = project / "app" / "tasks" / "arq_dashboard.py"
+    routes = project / "app" / "api" / "v1" / "routes" / "arq_tasks.py"
+    done = _bgtasks("init", str(project), "--runner", "arq", "--without", "dashboard")
+    assert done.returncode == 0, done.stderr
+    assert not dashboard.exists()
+    assert "dashboard" not in routes.read_text()
     assert "features" not in (project / ".bgtasks.toml").read_text()
+    # a re-run keeps it out: the default is the first init's, not every run's
+    again = _bgtasks("init", str(project), "--runner", "arq", "--no-verify")
+    assert "nothing to do" in again.stdout + again.stderr
+    assert not dashboard.exists()
+
+    added = _bgtasks("update", str(project), "--with", "dashboard")
+    assert added.returncode == 0, added.stdout + added.stderr
+    assert dashboard.is_file() and "dashboard.dashboard_routes(" in routes.read_text()
+    assert 'features = ["dashboard"]' in (project / ".bgtasks.toml").read_text()
+    assert _bgtasks("check", str(project)).returncode == 0
+
+    taken = _bgtasks("update", str(project), "--without", "dashboard")
+    assert taken.returncode == 0, taken.stdout + taken.stderr
+    assert not dashboard.exists()
+    assert "dashboard" not in routes.read_text()
     assert _bgtasks("check", str(project)).returncode == 0

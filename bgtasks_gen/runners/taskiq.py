@@ -122,6 +122,8 @@ SPEC = RunnerSpec(
     },
     next_steps=_next_steps,
     lifespan_module="taskiq_app",
+    # the dashboard reads cron entries with taskiq's own matcher, which has no types
+    untyped_packages=("pycron",),
     tasks_file="taskiq_tasks.py",
     scaffold_tasks=(
         "send_email",

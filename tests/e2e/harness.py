@@ -194,6 +194,39 @@ def smtp_sink(delay: float = 0.0, hang_up: bool = False) -> Iterator[SmtpSink]:
         controller.stop()
 
 
+# the reply of a mailbox that does not exist: a permanent refusal, never retried
+REFUSED = "550 5.1.1 no such mailbox here"
+
+
+@dataclass
+class RefusingSink(SmtpSink):
+    """The SMTP sink, answering RCPT with `rcpt_reply` (a 550 refuses the recipient for
+    good; a 250 takes it)."""
+
+    rcpt_reply: str = "250 OK"
+
+    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        if self.rcpt_reply.startswith("250"):
+            envelope.rcpt_tos.append(address)
+        return self.rcpt_reply
+
+
+@contextlib.contextmanager
+def refusing_sink() -> Iterator[RefusingSink]:
+    """A sink that refuses every recipient until its rcpt_reply is set to 250."""
+    from aiosmtpd.controller import Controller
+
+    sink = RefusingSink(port=free_port(), rcpt_reply=REFUSED)
+    controller = Controller(sink, hostname=sink.host, port=sink.port)
+    controller.start()
+    try:
+        yield sink
+    finally:
+        controller.stop()
+
+
 def runner_python(runner: str) -> Path:
     """The interpreter of the runner's own virtual environment (made by .ci/setup-venvs)."""
     override = os.environ.get(f"BGTASKS_{runner.upper()}_PYTHON")

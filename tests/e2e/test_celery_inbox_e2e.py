@@ -32,11 +32,13 @@ import redis
 from bgtasks_gen.inbox import InboxRequest, run_inbox
 from tests.e2e.harness import (
     AUTH,
+    REFUSED,
     Proc,
-    SmtpSink,
+    RefusingSink,
     add_task,
     free_port,
     redis_server,
+    refusing_sink,
     runner_python,
     running,
     scaffold,
@@ -49,37 +51,8 @@ pytestmark = pytest.mark.e2e
 
 CELERY_APP = "app.tasks.celery_app"
 SEND_EMAIL = "app.tasks.tasks.send_email"
-REFUSED = "550 5.1.1 no such mailbox here"
 RECIPIENT = "grace.hopper@example.com"
 WAIT = 30.0
-
-
-@dataclass
-class RefusingSink(SmtpSink):
-    """The harness's SMTP sink, answering RCPT with `rcpt_reply` (a 550 refuses the
-    recipient for good; a 250 takes it)."""
-
-    rcpt_reply: str = "250 OK"
-
-    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
-        self, server: Any, session: Any, envelope: Any, address: str, options: Any
-    ) -> str:
-        if self.rcpt_reply.startswith("250"):
-            envelope.rcpt_tos.append(address)
-        return self.rcpt_reply
-
-
-@contextlib.contextmanager
-def refusing_sink() -> Iterator[RefusingSink]:
-    from aiosmtpd.controller import Controller
-
-    sink = RefusingSink(port=free_port(), rcpt_reply=REFUSED)
-    controller = Controller(sink, hostname=sink.host, port=sink.port)
-    controller.start()
-    try:
-        yield sink
-    finally:
-        controller.stop()
 
 
 @dataclass

@@ -198,6 +198,10 @@ def test_celery_stack_runs_and_stops_cleanly(tmp_path: Path) -> None:
         assert "CELERY_BROKER_URL: redis://127.0.0.1:" in run.output()
         wait_until(lambda: " ready." in run.output(), 30, f"the worker\n{run.output()}")
         assert "beat: Starting..." in run.output()
+        # the dashboard's address is on the first line, and the page answers there
+        page = re.search(r"dashboard (http://\S+)", run.output().splitlines()[0])
+        assert page and page.group(1) == run.url("/tasks/dashboard"), run.output()
+        assert httpx.get(page.group(1), timeout=10).status_code == 200
 
         send_email(run, "/tasks/send-email")
 

@@ -16,7 +16,6 @@ third failure drops the oldest and `dropped` counts it. With Redis gone, 503.
 from __future__ import annotations
 
 import base64
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +28,11 @@ import redis
 from bgtasks_gen.inbox import InboxRequest, run_inbox
 from tests.e2e.harness import (
     AUTH,
+    REFUSED,
     Proc,
+    RefusingSink,
     RestartableRedis,
-    SmtpSink,
-    free_port,
+    refusing_sink,
     restartable_redis,
     runner_python,
     running,
@@ -48,37 +48,8 @@ BROKER = "app.tasks.taskiq_app:broker"
 TASKS = "app.tasks.taskiq_tasks"
 STREAM = "bgtasks:taskiq"  # the generated broker's stream and consumer group
 GROUP = "bgtasks"
-REFUSED = "550 5.1.1 no such mailbox here"
 RECIPIENT = "grace.hopper@example.com"
 WAIT = 30.0
-
-
-@dataclass
-class RefusingSink(SmtpSink):
-    """The harness's SMTP sink, answering RCPT with `rcpt_reply` (a 550 refuses the
-    recipient for good; a 250 takes it)."""
-
-    rcpt_reply: str = "250 OK"
-
-    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
-        self, server: Any, session: Any, envelope: Any, address: str, options: Any
-    ) -> str:
-        if self.rcpt_reply.startswith("250"):
-            envelope.rcpt_tos.append(address)
-        return self.rcpt_reply
-
-
-@contextlib.contextmanager
-def refusing_sink() -> Iterator[RefusingSink]:
-    from aiosmtpd.controller import Controller
-
-    sink = RefusingSink(port=free_port(), rcpt_reply=REFUSED)
-    controller = Controller(sink, hostname=sink.host, port=sink.port)
-    controller.start()
-    try:
-        yield sink
-    finally:
-        controller.stop()
 
 
 @dataclass

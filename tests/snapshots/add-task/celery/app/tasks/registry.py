@@ -188,6 +188,11 @@ def _alive_key(task_id: str) -> str:
     return f"{KEY_PREFIX}:alive:{task_id}"
 
 
+def alive_key(task_id: str) -> str:
+    """The key a running task keeps fresh (the dashboard reads it)."""
+    return _alive_key(task_id)
+
+
 def _started_key(task_id: str) -> str:
     return f"{KEY_PREFIX}:started:{task_id}"
 

@@ -14,6 +14,7 @@ and skips it, instead of sending it again from its own, older view of the schedu
 import logging
 import os
 import socket
+import time
 import uuid
 from typing import Any
 
@@ -21,7 +22,7 @@ from celery.beat import PersistentScheduler, ScheduleEntry
 from celery.schedules import schedule as interval_schedule
 from redis.exceptions import RedisError
 
-from app.tasks import registry
+from app.tasks import celery_inbox, registry
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,11 @@ class SingleBeatScheduler(PersistentScheduler):
         self.lock_token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.holds_lock = False
         self.told_waiting = False
+        # "alive" on the task board while this beat holds the lock (it sends)
+        self.heartbeat = celery_inbox.Heartbeat(
+            celery_inbox.SCHEDULERS_KEY, self.lock_token
+        )
+        self.last_heartbeat = 0.0
         super().__init__(*args, **kwargs)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
@@ -90,6 +96,7 @@ class SingleBeatScheduler(PersistentScheduler):
         return bool(claimed)
 
     def close(self) -> None:
+        self.heartbeat.stop()
         if self.holds_lock:
             try:
                 registry.release_lock(LOCK_NAME, self.lock_token)
@@ -120,4 +127,19 @@ class SingleBeatScheduler(PersistentScheduler):
             )
             self.told_waiting = True
         self.holds_lock = held
+        if held:
+            self._say_alive()
         return held
+
+    def _say_alive(self) -> None:
+        # at most every HEARTBEAT_SECONDS (tick runs every LOCK_REFRESH_SECONDS or less)
+        now = time.monotonic()
+        if now - self.last_heartbeat < celery_inbox.HEARTBEAT_SECONDS:
+            return
+        self.last_heartbeat = now
+        try:
+            celery_inbox.heartbeat(
+                registry.client(), celery_inbox.SCHEDULERS_KEY, self.lock_token
+            )
+        except RedisError:
+            logger.warning("beat: could not say it is alive on the task board")

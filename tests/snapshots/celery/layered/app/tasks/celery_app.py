@@ -234,14 +234,37 @@ def _retry_result_writes(**_: Any) -> None:
 
 
 @signals.task_prerun.connect
-def _mark_alive(task_id: str, **_: Any) -> None:
+def _mark_alive(task_id: str, task: Task, **_: Any) -> None:
     # Before Celery stores STARTED, so a running task never reads as lost.
     liveness.task_started(task_id, record_ttl=RESULT_EXPIRES)
+    celery_inbox.board_started(task_id, str(task.name))
 
 
 @signals.task_postrun.connect
-def _mark_done(task_id: str, **_: Any) -> None:
+def _mark_done(
+    task_id: str, task: Task, retval: Any = None, state: Any = None, **_: Any
+) -> None:
     liveness.task_finished(task_id)
+    celery_inbox.board_finished(task_id, str(task.name), state, retval)
+
+
+# The worker says it is alive on the task board (the dashboard reads it), from its main
+# process, for as long as it consumes.
+_heartbeats: list[celery_inbox.Heartbeat] = []
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    name = str(getattr(sender, "hostname", "") or celery_inbox.worker_name())
+    heartbeat = celery_inbox.Heartbeat(celery_inbox.WORKERS_KEY, name)
+    heartbeat.start()
+    _heartbeats.append(heartbeat)
+
+
+@signals.worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    while _heartbeats:
+        _heartbeats.pop().stop()
 
 
 @signals.task_failure.connect

@@ -15,6 +15,7 @@ from fastapi import Depends, HTTPException, Request
 from pydantic import SecretStr
 
 from app.core.config import settings
+from app.tasks import taskiq_dashboard as dashboard
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,11 @@ class TaskAccess:
 
 def task_access(request: Request) -> TaskAccess:
     """The action and task id of a request, from its method and path."""
+    path = request.url.path
+    if path.endswith("/dashboard") and request.method in ("GET", "HEAD"):
+        return TaskAccess("dashboard.page", None)  # the page's shell: no data in it
+    if path.endswith(("/dashboard/session", "/dashboard/data")):
+        return TaskAccess("dashboard.read", None)  # signing in or out, the page's data
     entry_id = request.path_params.get("entry_id")
     if entry_id is not None:  # an inbox entry: the failed task's id
         methods = {
@@ -76,6 +82,8 @@ async def authorize_task_access(request: Request) -> str:
                 raise HTTPException(status_code=403, detail="Not your task")
             return f"user:{user.id}"
     """
+    if task_access(request).action == "dashboard.page":
+        return "page"  # the sign-in page itself; everything it reads comes through here
     return api_token_caller(request)  # no per-task policy as generated
 
 
@@ -115,6 +123,8 @@ def api_token_caller(request: Request) -> str:
         if expected and hmac.compare_digest(given, expected):
             # a stable name for the token's holder, never the token itself
             return "token:" + hashlib.sha256(expected).hexdigest()[:16]
+    elif (signed_in := dashboard_caller(request)) is not None:
+        return signed_in  # a browser signed in on the dashboard (cookie, CSRF token)
     elif anonymous_access_allowed():
         if not _anonymous_warned:
             _anonymous_warned = True
@@ -128,6 +138,19 @@ def api_token_caller(request: Request) -> str:
         detail="Missing or invalid API token",
         headers={"WWW-Authenticate": "Bearer"},
     )
+
+
+def dashboard_secret() -> bytes:
+    """The key the dashboard's sessions are signed with (see the dashboard module)."""
+    token: object = settings.BGTASKS_API_TOKEN
+    if isinstance(token, SecretStr):
+        token = token.get_secret_value()
+    return dashboard.session_secret(str(token or ""))
+
+
+def dashboard_caller(request: Request) -> str | None:
+    """The identity of a browser signed in on the dashboard, or None."""
+    return dashboard.session_caller(dashboard_secret(), request)
 
 
 def anonymous_access_allowed() -> bool:

@@ -307,6 +307,7 @@ def _recording(coroutine: WorkerCoroutine, task: str, max_tries: int) -> Any:
 
     @functools.wraps(coroutine)
     async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        await _note(arq_inbox.anote_started(ctx["redis"], str(ctx.get("job_id")), task))
         try:
             return await coroutine(ctx, *args, **kwargs)
         except (JobRetry, RetryJob) as exc:  # both retried by arq
@@ -378,10 +379,49 @@ async def _keep_decided(found: dict[str, Any]) -> None:
         await client.aclose()
 
 
+async def _note(writing: Awaitable[None]) -> None:
+    """A note on the task board (arq_inbox): bounded, and never raised into the job."""
+    try:
+        await asyncio.wait_for(writing, RECORD_TIMEOUT)
+    except Exception:  # Redis down or slow: the job runs all the same
+        _inbox_logger.warning("could not note a run on the task board", exc_info=True)
+
+
+# the worker's one client for outcome notes (the serializer has no ctx["redis"])
+_board_clients: dict[asyncio.AbstractEventLoop, Any] = {}
+
+
+async def _note_outcome(data: dict[str, Any]) -> None:
+    loop = asyncio.get_running_loop()
+    client = _board_clients.get(loop)
+    if client is None:
+        client = _board_clients[loop] = arq_inbox.async_client()
+    success = data.get("s") is True
+    await _note(
+        arq_inbox.anote_finished(
+            client,
+            str(data.get("id") or ""),
+            str(data.get("f") or ""),
+            "succeeded" if success else "failed",
+            "" if success else type(data.get("r")).__name__,
+        )
+    )
+
+
 def serialize_job_or_result(data: dict[str, Any]) -> bytes:
     """The worker's job_serializer: `serialize`, and a failure arq decides outside the
     job's own code (a record it cannot read, tries used up, a timeout) handed to the
-    inbox. arq hands every result it writes through here, and no hook after it."""
+    inbox. arq hands every result it writes through here, and no hook after it: the
+    task board learns each job's outcome here too."""
+    if "s" in data and data.get("id"):  # a result, not a job
+        try:
+            task = asyncio.get_running_loop().create_task(_note_outcome(data))
+            _pending.add(task)
+            task.add_done_callback(_pending.discard)
+        except Exception:  # the result is written all the same
+            _inbox_logger.warning(
+                "could not note job %s on the task board", data.get("id"), exc_info=True
+            )
     if data.get("s") is False:
         try:
             found = _decided_by_arq(data)

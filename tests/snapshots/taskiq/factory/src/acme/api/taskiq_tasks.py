@@ -71,8 +71,15 @@ from starlette.types import Message, Receive
 from taskiq import AsyncTaskiqDecoratedTask
 from taskiq.exceptions import SendTaskError
 
+from acme.tasks import taskiq_dashboard as dashboard
 from acme.tasks import taskiq_inbox, taskiq_tasks
-from acme.tasks.auth import Caller, may_use_task, task_access
+from acme.tasks.auth import (
+    Caller,
+    authorize_task_access,
+    dashboard_secret,
+    may_use_task,
+    task_access,
+)
 from acme.tasks.taskiq_app import (
     KEEP_PENDING,
     KEEP_RESULT,
@@ -260,6 +267,14 @@ router = APIRouter(
     responses=errors(401, 503),
     # the broker starts and stops with the app that includes this router
     lifespan=broker_lifespan,
+)
+# the task dashboard's page, its sign-in and data (taskiq_dashboard.py), first: no
+# route with a path parameter answers in their place
+dashboard.dashboard_routes(
+    router,
+    secret=dashboard_secret,
+    caller=Depends(authorize_task_access),
+    snapshot=dashboard.snapshot,
 )
 
 TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]

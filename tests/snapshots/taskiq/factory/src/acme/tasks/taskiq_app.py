@@ -29,6 +29,7 @@ and a message the worker cannot run, kept with the reason and never executed
 """
 
 import asyncio
+import contextlib
 import gc
 import hashlib
 import json
@@ -46,7 +47,7 @@ import taskiq_fastapi
 from fastapi import FastAPI
 from pydantic import ValidationError
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from taskiq import (
     AckableMessage,
     BrokerMessage,
@@ -406,29 +407,75 @@ class BackoffRetryMiddleware(SmartRetryMiddleware):
 
 
 class TaskStateMiddleware(TaskiqMiddleware):
-    """Keeps each task's status hash current: running, retrying, finished."""
+    """Keeps each task's status hash current (running, retrying, finished) and the task
+    board (taskiq_inbox) with it: the runs going on, their outcomes, and a heartbeat of
+    each worker and scheduler process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._heartbeats: set[asyncio.Task[None]] = set()
+
+    async def startup(self) -> None:
+        if self.broker.is_worker_process:
+            key = taskiq_inbox.WORKERS_KEY
+        elif self.broker.is_scheduler_process:
+            key = taskiq_inbox.SCHEDULERS_KEY
+        else:
+            return  # the web app: nothing to say
+        self._heartbeats.add(asyncio.create_task(_say_alive(key)))
+
+    async def shutdown(self) -> None:
+        while self._heartbeats:
+            beating = self._heartbeats.pop()
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
 
     async def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
         key = status_key(message.task_id)
+        board_keys, board_argv = taskiq_inbox.started_arguments(
+            message.task_id, message.task_name
+        )
         async with redis_client() as redis, redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping={"state": "in_progress", "task": message.task_name})
             pipe.hincrby(key, "tries", 1)
             pipe.expire(key, KEEP_PENDING)
+            pipe.eval(
+                taskiq_inbox.STARTED_SCRIPT, len(board_keys), *board_keys, *board_argv
+            )
             await pipe.execute()
         return message
 
     async def post_execute(
         self, message: TaskiqMessage, result: TaskiqResult[Any]
     ) -> None:
-        if isinstance(result.error, NoResultError):  # a retry is scheduled
-            async with redis_client() as redis:
-                await redis.hset(status_key(message.task_id), "state", "retrying")
+        if not isinstance(result.error, NoResultError):
+            return
+        # a retry is scheduled: this run is over, the task is not
+        board_keys, board_argv = taskiq_inbox.finished_arguments(
+            message.task_id, message.task_name, ""
+        )
+        async with redis_client() as redis, redis.pipeline(transaction=True) as pipe:
+            pipe.hset(status_key(message.task_id), "state", "retrying")
+            pipe.eval(
+                taskiq_inbox.FINISHED_SCRIPT, len(board_keys), *board_keys, *board_argv
+            )
+            await pipe.execute()
 
     async def post_save(
         self, message: TaskiqMessage, result: TaskiqResult[Any]
     ) -> None:
         key = status_key(message.task_id)
+        board_keys, board_argv = taskiq_inbox.finished_arguments(
+            message.task_id,
+            message.task_name,
+            "failed" if result.is_err else "succeeded",
+            type(result.error).__name__ if result.is_err else "",
+        )
         async with redis_client() as redis, redis.pipeline(transaction=True) as pipe:
+            pipe.eval(
+                taskiq_inbox.FINISHED_SCRIPT, len(board_keys), *board_keys, *board_argv
+            )
             pipe.hset(
                 key,
                 mapping={
@@ -440,6 +487,24 @@ class TaskStateMiddleware(TaskiqMiddleware):
             pipe.hdel(key, "cancel")
             pipe.expire(key, KEEP_RESULT)
             await pipe.execute()
+
+
+async def _say_alive(key: str) -> None:
+    """This process is alive, on the task board, every HEARTBEAT_SECONDS; at the end
+    (the broker's shutdown cancels it) it says it stopped."""
+    name = taskiq_inbox.worker_name()
+    try:
+        while True:
+            try:
+                async with redis_client() as redis:
+                    await taskiq_inbox.aheartbeat(redis, key, name)
+            except RedisError:  # Redis away: the board shows it down meanwhile
+                logger.warning("could not say %s is alive", name)
+            await asyncio.sleep(taskiq_inbox.HEARTBEAT_SECONDS)
+    finally:
+        with contextlib.suppress(RedisError):
+            async with redis_client() as redis:
+                await taskiq_inbox.aforget(redis, key, name)
 
 
 # A poison message keeps its own task id as its entry's id when the id is this plain

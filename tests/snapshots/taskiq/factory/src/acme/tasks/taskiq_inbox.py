@@ -14,6 +14,9 @@ BGTASKS_FAILED_RETENTION_SECONDS).
 
 The arguments of tasks that carry personal data (PRIVATE_TASKS) are kept for replay
 and never shown: `public(entry)` is what listings, logs and the dashboard get.
+
+The same Redis keeps the task board the dashboard reads (at the end of this module):
+the runs going on now, the recent outcomes, and which workers and schedulers are alive.
 """
 
 from __future__ import annotations
@@ -298,6 +301,153 @@ async def mark_replayed(
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# The task board: the workers note each run's start and outcome and say they are alive;
+# the dashboard reads it. Every write is one round trip and bounded: the running set
+# loses a run's entry when it finishes (or, for a worker killed mid-task, after
+# RUNNING_FORGET_SECONDS), recent outcomes keep the last RECENT_MAX, a worker or
+# scheduler that stops saying it is alive is forgotten after ALIVE_FORGET_SECONDS.
+BOARD_PREFIX = "bgtasks:taskiq:board"
+RUNNING_KEY = f"{BOARD_PREFIX}:running"  # sorted set: task id by start time
+RUNNING_TASK_KEY = f"{BOARD_PREFIX}:running-task"  # hash: task id -> task name
+RECENT_KEY = f"{BOARD_PREFIX}:recent"  # list of outcome JSON, newest first
+WORKERS_KEY = f"{BOARD_PREFIX}:workers"  # sorted set: worker name by last heartbeat
+SCHEDULERS_KEY = f"{BOARD_PREFIX}:schedulers"  # the same for schedulers
+RECENT_MAX = 50
+HEARTBEAT_SECONDS = 10
+ALIVE_WITHIN_SECONDS = 3 * HEARTBEAT_SECONDS  # two missed heartbeats: not alive
+ALIVE_FORGET_SECONDS = 24 * 60 * 60
+RUNNING_FORGET_SECONDS = 24 * 60 * 60
+MAX_RUNNING_SHOWN = 50
+
+# A run started (pipelines may send it too: see started_arguments). KEYS: running,
+# running-task. ARGV: task id, task name, now.
+STARTED_SCRIPT = """
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+"""
+
+# A run ended: out of the running set, and its outcome (when it has one: a retry has
+# not ended the task) first in the recent list. KEYS: running, running-task, recent.
+# ARGV: task id, outcome JSON or "", how many outcomes to keep.
+FINISHED_SCRIPT = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if ARGV[2] ~= '' then
+  redis.call('LPUSH', KEYS[3], ARGV[2])
+  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1)
+end
+"""
+
+
+def started_arguments(task_id: str, task: str) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of the started script."""
+    return [RUNNING_KEY, RUNNING_TASK_KEY], [task_id, task, time.time()]
+
+
+def finished_arguments(
+    task_id: str, task: str, outcome: str, error_type: str = ""
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of the finished script. `outcome`: "succeeded", "failed", or ""
+    (the run ended and the task goes on: a retry). Only the error's type is kept: its
+    message may hold a task's private arguments."""
+    body = ""
+    if outcome:
+        body = json.dumps(
+            {
+                "task": task,
+                "task_id": task_id,
+                "success": outcome == "succeeded",
+                "error": error_type,
+                "finished_at": time.time(),
+            }
+        )
+    return [RUNNING_KEY, RUNNING_TASK_KEY, RECENT_KEY], [task_id, body, RECENT_MAX]
+
+
+def note_started(client: Any, task_id: str, task: str) -> None:
+    """`task_id` started running (a synchronous redis client: a Celery worker)."""
+    keys, argv = started_arguments(task_id, task)
+    client.eval(STARTED_SCRIPT, len(keys), *keys, *argv)
+
+
+def note_finished(
+    client: Any, task_id: str, task: str, outcome: str, error_type: str = ""
+) -> None:
+    """A run of `task_id` ended (see finished_arguments)."""
+    keys, argv = finished_arguments(task_id, task, outcome, error_type)
+    client.eval(FINISHED_SCRIPT, len(keys), *keys, *argv)
+
+
+async def anote_started(client: Any, task_id: str, task: str) -> None:
+    """`note_started` for an asyncio redis client (arq, taskiq)."""
+    keys, argv = started_arguments(task_id, task)
+    await client.eval(STARTED_SCRIPT, len(keys), *keys, *argv)
+
+
+async def anote_finished(
+    client: Any, task_id: str, task: str, outcome: str, error_type: str = ""
+) -> None:
+    """`note_finished` for an asyncio redis client."""
+    keys, argv = finished_arguments(task_id, task, outcome, error_type)
+    await client.eval(FINISHED_SCRIPT, len(keys), *keys, *argv)
+
+
+def heartbeat(client: Any, key: str, name: str) -> None:
+    """Say that worker or scheduler `name` is alive (`key`: WORKERS_KEY or
+    SCHEDULERS_KEY); a synchronous client."""
+    client.zadd(key, {name: time.time()})
+
+
+async def aheartbeat(client: Any, key: str, name: str) -> None:
+    """`heartbeat` for an asyncio redis client."""
+    await client.zadd(key, {name: time.time()})
+
+
+async def aforget(client: Any, key: str, name: str) -> None:
+    """A worker or scheduler that stops cleanly says so at once."""
+    await client.zrem(key, name)
+
+
+async def board(client: Any) -> dict[str, Any]:
+    """What the workers said, in one round trip: the runs going on now (id, task,
+    start time; newest first), the recent outcomes, and how many workers and
+    schedulers said they were alive within ALIVE_WITHIN_SECONDS. Entries past their
+    forget time are removed on the way."""
+    now = time.time()
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.zremrangebyscore(RUNNING_KEY, "-inf", now - RUNNING_FORGET_SECONDS)
+        pipe.zrevrange(RUNNING_KEY, 0, MAX_RUNNING_SHOWN - 1, withscores=True)
+        pipe.lrange(RECENT_KEY, 0, RECENT_MAX - 1)
+        for key in (WORKERS_KEY, SCHEDULERS_KEY):
+            pipe.zremrangebyscore(key, "-inf", now - ALIVE_FORGET_SECONDS)
+            pipe.zcount(key, now - ALIVE_WITHIN_SECONDS, "+inf")
+        _, running, recent, _, workers, _, schedulers = await pipe.execute()
+    ids = [_text(member) for member, _ in running]
+    names = await client.hmget(RUNNING_TASK_KEY, ids) if ids else []
+    runs = [
+        {
+            "task_id": task_id,
+            "task": _text(names[index] or b""),
+            "started_at": float(running[index][1]),
+        }
+        for index, task_id in enumerate(ids)
+    ]
+    outcomes = []
+    for raw in recent:
+        try:
+            item = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(item, dict):
+            outcomes.append(item)
+    return {
+        "running": runs,
+        "recent": outcomes,
+        "workers": int(workers),
+        "schedulers": int(schedulers),
+    }
 
 
 # The Redis calls of async_client() (the `bgtasks failed` CLI, a replay outside the

@@ -96,6 +96,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
 
 from app.core.config import settings
+from app.tasks import celery_dashboard as dashboard
 from app.tasks import celery_inbox, fast_publish, mailer, registry
 from app.tasks import tasks as celery_tasks
 from app.tasks.celery_app import (
@@ -138,6 +139,11 @@ class TaskAccess:
 
 def task_access(request: Request) -> TaskAccess:
     """The action and task id of a request, from its method and path."""
+    path = request.url.path
+    if path.endswith("/dashboard") and request.method in ("GET", "HEAD"):
+        return TaskAccess("dashboard.page", None)  # the page's shell: no data in it
+    if path.endswith(("/dashboard/session", "/dashboard/data")):
+        return TaskAccess("dashboard.read", None)  # signing in or out, the page's data
     entry_id = request.path_params.get("entry_id")
     if entry_id is not None:  # an inbox entry: the failed task's id
         methods = {
@@ -183,6 +189,8 @@ async def authorize_task_access(request: Request) -> str:
                 raise HTTPException(status_code=403, detail="Not your task")
             return f"user:{user.id}"
     """
+    if task_access(request).action == "dashboard.page":
+        return "page"  # the sign-in page itself; everything it reads comes through here
     return api_token_caller(request)  # no per-task policy as generated
 
 
@@ -222,6 +230,8 @@ def api_token_caller(request: Request) -> str:
         if expected and hmac.compare_digest(given, expected):
             # a stable name for the token's holder, never the token itself
             return "token:" + hashlib.sha256(expected).hexdigest()[:16]
+    elif (signed_in := dashboard_caller(request)) is not None:
+        return signed_in  # a browser signed in on the dashboard (cookie, CSRF token)
     elif anonymous_access_allowed():
         if not _anonymous_warned:
             _anonymous_warned = True
@@ -235,6 +245,19 @@ def api_token_caller(request: Request) -> str:
         detail="Missing or invalid API token",
         headers={"WWW-Authenticate": "Bearer"},
     )
+
+
+def dashboard_secret() -> bytes:
+    """The key the dashboard's sessions are signed with (see the dashboard module)."""
+    token: object = settings.BGTASKS_API_TOKEN
+    if isinstance(token, SecretStr):
+        token = token.get_secret_value()
+    return dashboard.session_secret(str(token or ""))
+
+
+def dashboard_caller(request: Request) -> str | None:
+    """The identity of a browser signed in on the dashboard, or None."""
+    return dashboard.session_caller(dashboard_secret(), request)
 
 
 def anonymous_access_allowed() -> bool:
@@ -408,6 +431,14 @@ router = APIRouter(
     responses=errors(401),
     # fast_publish's Redis connections close with the app that includes this router
     lifespan=fast_publish.lifespan,
+)
+# the task dashboard's page, its sign-in and data (celery_dashboard.py), first: no
+# route with a path parameter answers in their place
+dashboard.dashboard_routes(
+    router,
+    secret=dashboard_secret,
+    caller=Depends(authorize_task_access),
+    snapshot=dashboard.snapshot,
 )
 
 
