@@ -17,7 +17,12 @@ from bgtasks_gen.runners.base import (
     TaskShape,
 )
 from bgtasks_gen.runners.celery import CELERY_BESIDE_ARQ, PINS_CELERY_56
-from bgtasks_gen.runners.fields import AUTH_FIELDS, INBOX_FIELDS, SMTP_FIELDS
+from bgtasks_gen.runners.fields import (
+    AUTH_FIELDS,
+    INBOX_FIELDS,
+    SMTP_FIELDS,
+    result_retention_field,
+)
 
 ARQ_FIELDS = (
     SettingsField(
@@ -60,7 +65,7 @@ SPEC = RunnerSpec(
         "(the largest job timeout + 10 s): keep the {arq_job_timeout} setting realistic",
         "jobs run at least once: a retry or a re-run repeats them, keep them idempotent",
     ),
-    settings_fields=(*ARQ_FIELDS, *SMTP_FIELDS, *AUTH_FIELDS, *INBOX_FIELDS),
+    settings_fields=(*ARQ_FIELDS, *SMTP_FIELDS, *AUTH_FIELDS, *INBOX_FIELDS, result_retention_field(60 * 60)),
     router_file="arq_tasks",
     dependencies=(
         "arq>=0.28,<0.29",

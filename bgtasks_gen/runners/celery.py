@@ -14,7 +14,12 @@ from bgtasks_gen.runners.base import (
     TaskShape,
     TemplateInputs,
 )
-from bgtasks_gen.runners.fields import AUTH_FIELDS, INBOX_FIELDS, SMTP_FIELDS
+from bgtasks_gen.runners.fields import (
+    AUTH_FIELDS,
+    INBOX_FIELDS,
+    SMTP_FIELDS,
+    result_retention_field,
+)
 
 # celery 5.7 (kombu 5.7's [redis] extra) needs redis-py >= 6.4; arq 0.28 needs redis-py < 6.
 # One release back they meet: celery 5.6.3 / kombu 5.6.2 accept redis 5.x.
@@ -128,7 +133,7 @@ SPEC = RunnerSpec(
         "celery 5.7 (kombu[redis] needs redis>=6.4) cannot share an environment with "
         "arq (redis<6); beside arq use celery[redis]>=5.6,<5.7",
     ),
-    settings_fields=(*CELERY_FIELDS, *SMTP_FIELDS, *AUTH_FIELDS, *INBOX_FIELDS),
+    settings_fields=(*CELERY_FIELDS, *SMTP_FIELDS, *AUTH_FIELDS, *INBOX_FIELDS, result_retention_field(24 * 60 * 60)),
     router_file="tasks",
     dependencies=(
         "celery[redis]>=5.7,<5.8",

@@ -77,3 +77,10 @@ INBOX_FIELDS = (
     ),
     SettingsField("bgtasks_failed_retention_seconds", "int", str(7 * 24 * 60 * 60)),
 )
+
+
+def result_retention_field(default_seconds: int) -> SettingsField:
+    """How long a finished task's result and status stay readable through the API
+    (seconds); each runner keeps its own default (Celery's a day, arq's and taskiq's an
+    hour, as their results carry more)."""
+    return SettingsField("bgtasks_result_retention_seconds", "int", str(default_seconds))

@@ -16,7 +16,12 @@ from bgtasks_gen.runners.base import (
     SettingsField,
     TaskShape,
 )
-from bgtasks_gen.runners.fields import AUTH_FIELDS, INBOX_FIELDS, SMTP_FIELDS
+from bgtasks_gen.runners.fields import (
+    AUTH_FIELDS,
+    INBOX_FIELDS,
+    SMTP_FIELDS,
+    result_retention_field,
+)
 
 TASKIQ_FIELDS = (
     SettingsField(
@@ -111,7 +116,7 @@ SPEC = RunnerSpec(
         "a running task stops on cancel only where it reports progress; tasks run at "
         "least once, keep them idempotent",
     ),
-    settings_fields=(*TASKIQ_FIELDS, *SMTP_FIELDS, *AUTH_FIELDS, *INBOX_FIELDS),
+    settings_fields=(*TASKIQ_FIELDS, *SMTP_FIELDS, *AUTH_FIELDS, *INBOX_FIELDS, result_retention_field(60 * 60)),
     router_file="taskiq_tasks",
     dependencies=TASKIQ_DEPENDENCIES,
     pin_rules=PIN_RULES,

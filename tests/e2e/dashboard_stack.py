@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from tests.e2e.harness import (
     AUTH,
@@ -35,6 +36,8 @@ from tests.e2e.harness import (
 
 WAIT = 30.0
 RECIPIENT = "ada.lovelace@example.com"
+# the stacks keep finished results this long (the generated default is an hour or a day)
+RESULT_RETENTION = 120
 
 
 def _commands(runner: str, python: Path, logs: Path) -> dict[str, list[str]]:
@@ -67,6 +70,7 @@ def _commands(runner: str, python: Path, logs: Path) -> dict[str, list[str]]:
 
 def _env(runner: str, redis_url: str, sink: RefusingSink) -> dict[str, str]:
     mail = {
+        "BGTASKS_RESULT_RETENTION_SECONDS": str(RESULT_RETENTION),
         "SMTP_HOST": sink.host,
         "SMTP_PORT": str(sink.port),
         "SMTP_USER": "",
@@ -93,6 +97,7 @@ class DashboardStack:
     prefix: str
     worker: Proc
     scheduler: Proc | None
+    redis_url: str = ""
 
     def url(self, path: str) -> str:
         return f"{self.base}{self.prefix}{path}"
@@ -133,6 +138,19 @@ class DashboardStack:
         assert response.status_code == 202, response.text
         return str(response.json()["task_id"])
 
+    def result_ttl(self, task_id: str) -> int:
+        """Seconds the runner's Redis still keeps a finished task's result (or status)."""
+        database, key = {
+            "celery": (1, f"celery-task-meta-{task_id}"),
+            "arq": (0, f"arq:result:{task_id}"),
+            "taskiq": (0, f"bgtasks:taskiq:task:{task_id}"),
+        }[self.runner]
+        client = redis.Redis.from_url(f"{self.redis_url}/{database}")
+        try:
+            return int(client.ttl(key))
+        finally:
+            client.close()
+
     def logs(self) -> str:
         parts = [self.worker.log()] + ([self.scheduler.log()] if self.scheduler else [])
         return "\n".join(parts)[-6000:]
@@ -158,7 +176,14 @@ def dashboard_stack(runner: str, root: Path) -> Iterator[DashboardStack]:
             paths = httpx.get(f"{base}/openapi.json", timeout=10).json()["paths"]
             (page,) = [p for p in paths if p.endswith("/dashboard")]
             stack = DashboardStack(
-                runner, project, sink, base, page.removesuffix("/dashboard"), worker, scheduler
+                runner,
+                project,
+                sink,
+                base,
+                page.removesuffix("/dashboard"),
+                worker,
+                scheduler,
+                redis_url,
             )
             for proc in procs:
                 if not proc.alive():

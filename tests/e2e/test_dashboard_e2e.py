@@ -22,6 +22,7 @@ import pytest
 
 from tests.e2e.dashboard_stack import (
     RECIPIENT,
+    RESULT_RETENTION,
     WAIT,
     DashboardStack,
     csrf_of,
@@ -84,6 +85,8 @@ def test_the_page_data_tells_the_truth(stack: DashboardStack) -> None:
     done = stack.board_when(lambda b: _outcome(b, task_id) is not None, f"{task_id} done")
     assert _outcome(done, task_id)["success"] is True, done["recent"]  # type: ignore[index]
     assert _running(done, task_id) is None
+    # its result is kept as long as the setting says (BGTASKS_RESULT_RETENTION_SECONDS)
+    assert 0 < stack.result_ttl(task_id) <= RESULT_RETENTION, stack.runner
 
     # an email refused for good: a failure, kept in the inbox, its recipient hidden
     email_id = stack.refused_email(f"Refused {uuid.uuid4()}")

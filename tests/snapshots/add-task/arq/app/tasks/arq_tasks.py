@@ -56,10 +56,11 @@ STEP_SECONDS = 0.1
 PROGRESS_WRITE_INTERVAL = 0.5  # seconds between progress writes to Redis
 PROGRESS_TTL = 3600
 
-# Seconds a finished job's result is kept (arq_worker.WorkerSettings): the email's for
-# less, as it holds the job's arguments (address, body).
-SEND_EMAIL_KEEP_RESULT = 600
-KEEP_RESULT = 3600
+# Seconds a finished job's result is kept (arq_worker.WorkerSettings; the
+# BGTASKS_RESULT_RETENTION_SECONDS setting, an hour as generated): the
+# email's for at most 10 minutes, as it holds the job's arguments (address, body).
+KEEP_RESULT = max(60, int(settings.BGTASKS_RESULT_RETENTION_SECONDS))
+SEND_EMAIL_KEEP_RESULT = min(600, KEEP_RESULT)
 # arq keeps an abort request that came after its job finished for good, and drops the
 # next job under that id unrun. A request older than the shortest result lifetime is
 # stale unless its job still waits (an id can be reused once its result is gone).

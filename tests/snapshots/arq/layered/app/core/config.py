@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     BGTASKS_ALLOW_ANONYMOUS: str = "false"
     BGTASKS_FAILED_MAX_ENTRIES: int = 10000
     BGTASKS_FAILED_RETENTION_SECONDS: int = 604800
+    BGTASKS_RESULT_RETENTION_SECONDS: int = 3600
 
 
 settings = Settings()

@@ -90,7 +90,9 @@ CONSUMER_GROUP = "bgtasks"
 # refuses new ones. The scheduler's firings (schedules, retries) are never refused.
 MAX_QUEUED = max(1, int(settings.TASKIQ_MAX_QUEUED))
 TRIM_EVERY = 10.0  # seconds between a worker's trims of acknowledged entries
-KEEP_RESULT = 3600  # seconds a finished task's result and status stay readable
+# seconds a finished task's result and status stay readable (the
+# BGTASKS_RESULT_RETENTION_SECONDS setting, an hour as generated)
+KEEP_RESULT = max(60, int(settings.BGTASKS_RESULT_RETENTION_SECONDS))
 KEEP_PENDING = 7 * 86400  # seconds a queued task's status is kept while it waits
 MAX_CONNECTIONS = 20  # Redis connections per process; a caller waits for a free one
 SOCKET_TIMEOUT = 5.0

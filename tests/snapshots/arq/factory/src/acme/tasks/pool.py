@@ -97,9 +97,12 @@ return created
 """
 # Where a job's owner is kept, and how much longer than the job itself: a job may start
 # until its key expires, then run (the job timeout setting caps it) and keep its result
-# (KEEP_RESULT, an hour as generated). Raise it if you keep results longer.
+# (the BGTASKS_RESULT_RETENTION_SECONDS setting): a day, or an hour
+# more than results are kept.
 OWNER_KEY_PREFIX = "bgtasks:owner:"
-OWNER_KEPT_EXTRA_MS = 86_400_000
+OWNER_KEPT_EXTRA_MS = 1000 * max(
+    86_400, int(get_settings().bgtasks_result_retention_seconds) + 3_600
+)
 
 
 def owner_key(job_id: str) -> str:

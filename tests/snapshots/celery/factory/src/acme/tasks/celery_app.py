@@ -45,8 +45,9 @@ TASK_TIME_LIMIT = 6 * 60
 RETRY_BACKOFF_MAX = 10 * 60
 # A task whose pool process died (OOM kill, segfault) is sent again after this delay.
 WORKER_LOST_RETRY_DELAY = 5
-# Results (and the ids the API issued) are kept this long.
-RESULT_EXPIRES = 24 * 60 * 60
+# Results (and the ids the API issued) are kept this long (seconds; the
+# BGTASKS_RESULT_RETENTION_SECONDS setting, a day as generated).
+RESULT_EXPIRES = max(60, int(get_settings().bgtasks_result_retention_seconds))
 
 # Redis hands an unacknowledged message to another worker after visibility_timeout.
 # It must outlast the longest run (the hard limit, with a 2x margin) and the longest

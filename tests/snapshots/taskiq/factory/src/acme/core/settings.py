@@ -27,6 +27,7 @@ class Settings(AppSettings, RedisSettings):
     bgtasks_allow_anonymous: str = "false"
     bgtasks_failed_max_entries: int = 10000
     bgtasks_failed_retention_seconds: int = 604800
+    bgtasks_result_retention_seconds: int = 3600
 
 
 @lru_cache
