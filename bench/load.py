@@ -390,20 +390,41 @@ class App:
     endpoints: list[Endpoint]
     clients_before: int = 0
     clients_after: int = 0
+    label: str = ""  # a variant's name in the table (e.g. "arq --without dashboard")
+
+    @property
+    def name(self) -> str:
+        return self.label or self.runner
 
 
 def bench_runners(
-    runners: list[str], seconds: float, concurrency: int, repeats: int, workdir: Path
+    runners: list[str],
+    seconds: float,
+    concurrency: int,
+    repeats: int,
+    workdir: Path,
+    without: list[str] | None = None,
 ) -> list[str]:
-    """Every runner's app served at once; the turns go through all their endpoints."""
+    """Every runner's app served at once; the turns go through all their endpoints. Each
+    feature in `without` adds, per runner, the same app scaffolded without it, measured
+    on the queue endpoints in the same turns (a before/after in one run)."""
     with contextlib.ExitStack() as stack:
         apps = []
-        for runner in runners:
-            (workdir / runner).mkdir()
-            python, project = prepare(runner, workdir / runner)
+        variants = [(runner, "") for runner in runners]
+        variants += [(runner, feature) for feature in without or () for runner in runners]
+        for runner, feature in variants:
+            folder = workdir / (f"{runner}-without-{feature}" if feature else runner)
+            folder.mkdir()
+            init_args = ("--without", feature) if feature else ()
+            python, project = prepare(runner, folder, *init_args)
             redis_port, env = stack.enter_context(private_redis(project))
             server = stack.enter_context(serve(python, project, env))
-            apps.append(App(runner, server, redis_port, ENDPOINTS[runner]))
+            endpoints = ENDPOINTS[runner]
+            label = ""
+            if feature:
+                endpoints = [e for e in endpoints if e.kind == "bgtasks"]
+                label = f"{runner} --without {feature}"
+            apps.append(App(runner, server, redis_port, endpoints, label=label))
         # warm up every endpoint until each threadpool thread has its connections
         for app in apps:
             for endpoint in app.endpoints:
@@ -411,13 +432,13 @@ def bench_runners(
                 measure(url, endpoint.body, min(seconds, 3), concurrency)
             app.clients_before = connected_clients(app.redis_port)
         runs: dict[tuple[str, str], list[Figures]] = {
-            (app.runner, e.label): [] for app in apps for e in app.endpoints
+            (app.name, e.label): [] for app in apps for e in app.endpoints
         }
         queued: dict[tuple[str, str], tuple[int, int]] = {}
         for _ in range(repeats):
             for app in apps:
                 for endpoint in app.endpoints:
-                    key = (app.runner, endpoint.label)
+                    key = (app.name, endpoint.label)
                     length = int(redis_cli(app.redis_port, "llen", "celery") or 0)
                     cpu = cpu_seconds(app.server.pid)
                     url = app.server.base + endpoint.path
@@ -436,12 +457,14 @@ def bench_runners(
 
     rows = []
     for app in apps:
-        noops = [(app.runner, e.label) for e in app.endpoints if e.kind == "no-op"]
-        seeds = [(app.runner, e.label) for e in app.endpoints if e.kind == "seed"]
-        if app.runner == "taskiq" and "arq" in runners:
+        noops = [(app.name, e.label) for e in app.endpoints if e.kind == "no-op"]
+        seeds = [(app.name, e.label) for e in app.endpoints if e.kind == "seed"]
+        if app.name == "taskiq" and "arq" in runners:
             seeds = [("arq", QUEUE_ENDPOINT["arq"].label)]
+        if app.label:  # a variant: against the same endpoint of the runner's own app
+            seeds = [(app.runner, QUEUE_ENDPOINT[app.runner].label)]
         for endpoint in app.endpoints:
-            key = (app.runner, endpoint.label)
+            key = (app.name, endpoint.label)
             figures = runs[key]
             rates = [f.rate for f in figures]
             messages = ""
@@ -449,10 +472,12 @@ def bench_runners(
                 added, answered = queued[key]
                 messages = f"{added} / {answered}"
             versus = ratio(key, seeds[0]) if seeds else ""
-            if seeds and seeds[0][0] != app.runner:  # taskiq, against arq
+            if app.label:
+                versus = f"{versus} (with it)"
+            elif seeds and seeds[0][0] != app.runner:  # taskiq, against arq
                 versus = f"{versus} (arq's queue endpoint)" if endpoint.kind == "bgtasks" else ""
             rows.append(
-                f"| {app.runner} | {endpoint.label} | {statistics.median(rates):.0f} "
+                f"| {app.name} | {endpoint.label} | {statistics.median(rates):.0f} "
                 f"({min(rates):.0f}-{max(rates):.0f}) "
                 f"| {statistics.median(f.p50 for f in figures):.1f} "
                 f"| {statistics.median(f.p99 for f in figures):.1f} "
@@ -586,11 +611,20 @@ def main() -> None:
     parser.add_argument("--runner", choices=sorted(ENDPOINTS), action="append")
     parser.add_argument("--no-outage", action="store_true", help="skip the broker outages")
     parser.add_argument("--no-rabbitmq", action="store_true", help="skip the RabbitMQ row")
+    parser.add_argument(
+        "--without",
+        action="append",
+        metavar="FEATURE",
+        help="also measure each runner's queue endpoints scaffolded without FEATURE "
+        "(e.g. dashboard), in the same turns",
+    )
     args = parser.parse_args()
     runners = args.runner or sorted(ENDPOINTS)
     rows, outages, rabbit = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        rows = bench_runners(runners, args.seconds, args.concurrency, args.runs, Path(tmp))
+        rows = bench_runners(
+            runners, args.seconds, args.concurrency, args.runs, Path(tmp), args.without
+        )
         for runner in runners:
             if not args.no_outage and runner in OUTAGE_KEY:
                 outage_dir = Path(tmp) / f"{runner}-outage"
