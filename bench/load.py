@@ -404,26 +404,27 @@ def bench_runners(
     repeats: int,
     workdir: Path,
     without: list[str] | None = None,
+    with_: list[str] | None = None,
 ) -> list[str]:
     """Every runner's app served at once; the turns go through all their endpoints. Each
-    feature in `without` adds, per runner, the same app scaffolded without it, measured
-    on the queue endpoints in the same turns (a before/after in one run)."""
+    feature in `without` (`with_`) adds, per runner, the same app scaffolded without
+    (with) it, measured on the queue endpoints in the same turns: a before/after in one
+    run."""
     with contextlib.ExitStack() as stack:
         apps = []
-        variants = [(runner, "") for runner in runners]
-        variants += [(runner, feature) for feature in without or () for runner in runners]
-        for runner, feature in variants:
-            folder = workdir / (f"{runner}-without-{feature}" if feature else runner)
+        variants = [(runner, ()) for runner in runners]
+        variants += [(r, ("--without", f)) for f in without or () for r in runners]
+        variants += [(r, ("--with", f)) for f in with_ or () for r in runners]
+        for runner, init_args in variants:
+            label = " ".join((runner, *init_args)) if init_args else ""
+            folder = workdir / (label.replace(" ", "_") or runner)
             folder.mkdir()
-            init_args = ("--without", feature) if feature else ()
             python, project = prepare(runner, folder, *init_args)
             redis_port, env = stack.enter_context(private_redis(project))
             server = stack.enter_context(serve(python, project, env))
             endpoints = ENDPOINTS[runner]
-            label = ""
-            if feature:
+            if init_args:
                 endpoints = [e for e in endpoints if e.kind == "bgtasks"]
-                label = f"{runner} --without {feature}"
             apps.append(App(runner, server, redis_port, endpoints, label=label))
         # warm up every endpoint until each threadpool thread has its connections
         for app in apps:
@@ -473,7 +474,7 @@ def bench_runners(
                 messages = f"{added} / {answered}"
             versus = ratio(key, seeds[0]) if seeds else ""
             if app.label:
-                versus = f"{versus} (with it)"
+                versus = f"{versus} (vs the default scaffold)"
             elif seeds and seeds[0][0] != app.runner:  # taskiq, against arq
                 versus = f"{versus} (arq's queue endpoint)" if endpoint.kind == "bgtasks" else ""
             rows.append(
@@ -612,6 +613,14 @@ def main() -> None:
     parser.add_argument("--no-outage", action="store_true", help="skip the broker outages")
     parser.add_argument("--no-rabbitmq", action="store_true", help="skip the RabbitMQ row")
     parser.add_argument(
+        "--with",
+        dest="with_",
+        action="append",
+        metavar="FEATURE",
+        help="also measure each runner's queue endpoints scaffolded with FEATURE "
+        "(e.g. metrics), in the same turns",
+    )
+    parser.add_argument(
         "--without",
         action="append",
         metavar="FEATURE",
@@ -623,7 +632,13 @@ def main() -> None:
     rows, outages, rabbit = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         rows = bench_runners(
-            runners, args.seconds, args.concurrency, args.runs, Path(tmp), args.without
+            runners,
+            args.seconds,
+            args.concurrency,
+            args.runs,
+            Path(tmp),
+            args.without,
+            args.with_,
         )
         for runner in runners:
             if not args.no_outage and runner in OUTAGE_KEY:

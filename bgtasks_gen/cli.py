@@ -100,7 +100,8 @@ WithFeatures = Annotated[
         metavar="FEATURE[,FEATURE]",
         help="Optional parts to add (repeatable or comma-separated), kept by later runs: "
         "k8s = Kubernetes manifests under deploy/k8s/ with KEDA autoscaling on the queue; "
-        "dashboard = the task dashboard page (on by default at init for a queue runner).",
+        "dashboard = the task dashboard page (on by default at init for a queue runner); "
+        "metrics = a Prometheus route for the tasks and a Grafana dashboard.",
     ),
 ]
 WithoutFeatures = Annotated[

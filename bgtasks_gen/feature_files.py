@@ -24,9 +24,9 @@ SKIPPED = (
     *(".mypy_cache", ".ruff_cache", ".pytest_cache", ".tox", ".nox", ".bgtasks"),
 )
 # where each feature writes, relative to the project root
-FOLDERS = {"k8s": "deploy/k8s"}
+FOLDERS = {"k8s": "deploy/k8s", "metrics": "deploy/grafana"}
 # a feature made of the runner's own templates: the name its module ends with
-MODULE_SUFFIXES = {"dashboard": "_dashboard.py"}
+MODULE_SUFFIXES = {"dashboard": "_dashboard.py", "metrics": "_metrics.py"}
 
 
 def feature_files(
@@ -60,6 +60,10 @@ def _render(copy: Path, chosen: list[str]) -> dict[str, str]:
         from bgtasks_gen.k8s import k8s_files
 
         files.update(k8s_files(project, FOLDERS["k8s"]))
+    if "metrics" in chosen:
+        from bgtasks_gen.grafana import dashboard_json
+
+        files[f"{FOLDERS['metrics']}/bgtasks-tasks.json"] = dashboard_json(project.spec.name)
     return files
 
 
@@ -67,9 +71,15 @@ def owned_feature_files(owned: Iterable[str], feature: str) -> list[str]:
     """The recorded generated files a feature wrote (what `--without` takes out): those
     in its folder, or for a feature made of the runner's templates (the dashboard), its
     module (`<runner>_dashboard.py`), which the runner's render now leaves out."""
+    found = set(owned_folder_files(owned, feature))
     if feature in MODULE_SUFFIXES:
         suffix = MODULE_SUFFIXES[feature]
-        return sorted(rel for rel in owned if rel.endswith(suffix) and "/" in rel)
+        found.update(rel for rel in owned if rel.endswith(suffix) and "/" in rel)
+    return sorted(found)
+
+
+def owned_folder_files(owned: Iterable[str], feature: str) -> list[str]:
+    """The recorded generated files in the feature's own folder (none without one)."""
     if feature not in FOLDERS:
         return []
     folder = FOLDERS[feature] + "/"

@@ -18,9 +18,12 @@ FEATURES: dict[str, str] = {
     "dashboard": "one page under the task router ({prefix}/dashboard): queues, runs with "
     "their progress, recent outcomes, the failed-task inbox with replay and discard, "
     "schedules, worker and scheduler health",
+    "metrics": "a Prometheus route under the task router ({prefix}/metrics): tasks by "
+    "state, run durations, queue depth and age, enqueue errors, counted across every "
+    "worker and web process; a Grafana dashboard for them in deploy/grafana/",
 }
 # features that only make sense for a runner with a worker process
-WORKER_FEATURES = frozenset({"k8s", "dashboard"})
+WORKER_FEATURES = frozenset({"k8s", "dashboard", "metrics"})
 # on at init unless --without names them (update keeps what the project has)
 DEFAULT_FEATURES = ("dashboard",)
 

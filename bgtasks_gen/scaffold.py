@@ -27,7 +27,7 @@ from bgtasks_gen.discovery import (
 )
 from bgtasks_gen.errors import BadInput, DiscoveryError
 from bgtasks_gen.feature_files import FOLDERS as FEATURE_FOLDERS
-from bgtasks_gen.feature_files import feature_files, owned_feature_files
+from bgtasks_gen.feature_files import feature_files, owned_feature_files, owned_folder_files
 from bgtasks_gen.features import DEFAULT_FEATURES, choose_features
 from bgtasks_gen.mypy_config import plan_mypy_override
 from bgtasks_gen.nextsteps import (
@@ -464,6 +464,7 @@ def plan_init(
         api_shape = COMMON_API_SHAPE
     context["api_shape"] = api_shape or ""
     context["with_dashboard"] = "dashboard" in features
+    context["with_metrics"] = "metrics" in features
     # beside another queue runner's router on "/tasks", this one takes "/<runner>-tasks"
     set_up = [r for r in _list(state.get("runners")) if r != replaces]
     context["queue_prefix"] = router_prefix(spec.name, api_shape or "", set_up)
@@ -677,8 +678,8 @@ def _plan_features(
     if merge is None:
         plan.changes.extend(_feature_file_change(root, rel, files[rel]) for rel in sorted(files))
         # a file the new render no longer has (migrate onto a runner without a scheduler)
-        for name in (n for n in features if n in FEATURE_FOLDERS):
-            for rel in owned_feature_files(owned_hashes(state), name):
+        for name in features:
+            for rel in owned_folder_files(owned_hashes(state), name):
                 if rel not in files and _unedited(root, rel):
                     change = deleted(root, rel, "no longer part of this runner's manifests")
                     plan.changes.extend(c for c in (change,) if c is not None)
@@ -693,6 +694,11 @@ def _plan_features(
             f"k8s: a kustomize base in {FEATURE_FOLDERS['k8s']}/ (fill in secret.yaml and "
             "autoscaler-secret.yaml, set the image, then `kubectl apply -k "
             f"{FEATURE_FOLDERS['k8s']}`; workers scale with KEDA on the queue's own keys)"
+        )
+    if files and "metrics" in features:
+        plan.notes.append(
+            "metrics: Prometheus scrapes GET <task prefix>/metrics with the API token as a "
+            f"bearer token; import {FEATURE_FOLDERS['metrics']}/bgtasks-tasks.json in Grafana"
         )
     for rel in _dropped_feature_files(state, recorded, features):
         for path in (rel, f"{BASE_DIR}/{rel}.base"):
@@ -720,7 +726,14 @@ def _dropped_feature_files(
 ) -> list[str]:
     had = {str(name) for name in recorded} if isinstance(recorded, list) else set()
     owned = owned_hashes(state)
-    return [rel for name in sorted(had - set(features)) for rel in owned_feature_files(owned, name)]
+    dropped = [
+        rel for name in sorted(had - set(features)) for rel in owned_feature_files(owned, name)
+    ]
+    # the queue reader the dashboard and the metrics share goes with the last of them
+    readers = {"dashboard", "metrics"}
+    if had & readers and not set(features) & readers:
+        dropped += sorted(rel for rel in owned if rel.endswith("_queues.py") and "/" in rel)
+    return dropped
 
 
 def _plan_mypy_override(

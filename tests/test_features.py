@@ -142,3 +142,33 @@ def test_the_dashboard_is_on_by_default_and_can_be_left_out_or_taken_out(
     assert not dashboard.exists()
     assert "dashboard" not in routes.read_text()
     assert _bgtasks("check", str(project)).returncode == 0
+
+
+def test_metrics_are_added_and_taken_out_with_their_dashboard_json(tmp_path: Path) -> None:
+    project = tmp_path / "shop"
+    shutil.copytree(EXAMPLE, project)
+    tasks = project / "app" / "tasks"
+    grafana = project / "deploy" / "grafana" / "bgtasks-tasks.json"
+    routes = project / "app" / "api" / "v1" / "routes" / "taskiq_tasks.py"
+    assert _bgtasks("init", str(project), "--runner", "taskiq").returncode == 0
+    assert not (tasks / "taskiq_metrics.py").exists() and not grafana.exists()
+
+    added = _bgtasks("update", str(project), "--with", "metrics")
+    assert added.returncode == 0, added.stdout + added.stderr
+    assert (tasks / "taskiq_metrics.py").is_file() and grafana.is_file()
+    assert "metrics.metrics_routes(" in routes.read_text()
+    assert "bgtasks_tasks_total" in grafana.read_text()
+    assert _bgtasks("check", str(project)).returncode == 0
+
+    taken = _bgtasks("update", str(project), "--without", "metrics")
+    assert taken.returncode == 0, taken.stdout + taken.stderr
+    assert not (tasks / "taskiq_metrics.py").exists() and not grafana.exists()
+    assert "metrics" not in routes.read_text()
+    # the dashboard still reads the queues
+    assert (tasks / "taskiq_queues.py").is_file()
+    assert _bgtasks("check", str(project)).returncode == 0
+
+    gone = _bgtasks("update", str(project), "--without", "dashboard")
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert not (tasks / "taskiq_queues.py").exists()
+    assert _bgtasks("check", str(project)).returncode == 0

@@ -143,6 +143,7 @@ def test_env_example_names_follow_the_env_prefix(tmp_path: Path) -> None:
         "SHOP_BGTASKS_ALLOW_ANONYMOUS": "false",
         "SHOP_BGTASKS_FAILED_MAX_ENTRIES": "10000",
         "SHOP_BGTASKS_FAILED_RETENTION_SECONDS": "604800",
+        "SHOP_BGTASKS_RESULT_RETENTION_SECONDS": "86400",
     }
     # a run file: once written it is the user's
     (root / ".env.example").write_text(text + "MINE=1\n")

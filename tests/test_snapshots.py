@@ -36,6 +36,22 @@ def _files(root: Path) -> dict[str, bytes]:
     }
 
 
+def _compare(project: Path, snapshot: Path, request: pytest.FixtureRequest, what: str) -> None:
+    if request.config.getoption("--update-snapshots"):
+        shutil.rmtree(snapshot, ignore_errors=True)
+        shutil.copytree(project, snapshot, ignore=shutil.ignore_patterns("__pycache__"))
+        return
+    assert snapshot.is_dir(), f"no snapshot for {what}: run with --update-snapshots"
+    expected, actual = _files(snapshot), _files(project)
+    missing = sorted(set(expected) - set(actual))
+    extra = sorted(set(actual) - set(expected))
+    changed = sorted(p for p in set(expected) & set(actual) if expected[p] != actual[p])
+    assert (missing, extra, changed) == ([], [], []), (
+        f"{what} differs from its snapshot (missing, extra, changed); "
+        "if the change is intended, run pytest with --update-snapshots and review the diff"
+    )
+
+
 @pytest.mark.parametrize(("runner", "example"), CASES, ids=[f"{r}-{e}" for r, e in CASES])
 def test_snapshot(
     runner: str, example: str, tmp_path: Path, request: pytest.FixtureRequest
@@ -44,20 +60,26 @@ def test_snapshot(
     shutil.copytree(EXAMPLES / example, project)
     result = CliRunner().invoke(app, ["init", str(project), "--runner", runner])
     assert result.exit_code == 0, result.output
-    snapshot = SNAPSHOTS / runner / example
-    if request.config.getoption("--update-snapshots"):
-        shutil.rmtree(snapshot, ignore_errors=True)
-        shutil.copytree(project, snapshot, ignore=shutil.ignore_patterns("__pycache__"))
-        return
-    assert snapshot.is_dir(), f"no snapshot for {runner}/{example}: run with --update-snapshots"
-    expected, actual = _files(snapshot), _files(project)
-    missing = sorted(set(expected) - set(actual))
-    extra = sorted(set(actual) - set(expected))
-    changed = sorted(p for p in set(expected) & set(actual) if expected[p] != actual[p])
-    assert (missing, extra, changed) == ([], [], []), (
-        f"{runner}/{example} differs from its snapshot (missing, extra, changed); "
-        "if the change is intended, run pytest with --update-snapshots and review the diff"
-    )
+    _compare(project, SNAPSHOTS / runner / example, request, f"{runner}/{example}")
+
+
+# the opt-in features that change the generated code (k8s writes manifests only)
+FEATURE_CASES = [(runner, "metrics") for runner in ("celery", "arq", "taskiq")]
+
+
+@pytest.mark.parametrize(
+    ("runner", "feature"), FEATURE_CASES, ids=[f"{r}-{f}" for r, f in FEATURE_CASES]
+)
+def test_feature_snapshot(
+    runner: str, feature: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    project = tmp_path / "layered"
+    shutil.copytree(EXAMPLES / "layered", project)
+    args = ["init", str(project), "--runner", runner, "--with", feature]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    snapshot = SNAPSHOTS / f"with-{feature}" / runner
+    _compare(project, snapshot, request, f"{runner} --with {feature}")
 
 
 ADD_TASKS = {

@@ -65,7 +65,13 @@ SPEC = RunnerSpec(
         "(the largest job timeout + 10 s): keep the {arq_job_timeout} setting realistic",
         "jobs run at least once: a retry or a re-run repeats them, keep them idempotent",
     ),
-    settings_fields=(*ARQ_FIELDS, *SMTP_FIELDS, *AUTH_FIELDS, *INBOX_FIELDS, result_retention_field(60 * 60)),
+    settings_fields=(
+        *ARQ_FIELDS,
+        *SMTP_FIELDS,
+        *AUTH_FIELDS,
+        *INBOX_FIELDS,
+        result_retention_field(60 * 60),
+    ),
     router_file="arq_tasks",
     dependencies=(
         "arq>=0.28,<0.29",

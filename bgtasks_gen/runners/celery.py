@@ -133,7 +133,13 @@ SPEC = RunnerSpec(
         "celery 5.7 (kombu[redis] needs redis>=6.4) cannot share an environment with "
         "arq (redis<6); beside arq use celery[redis]>=5.6,<5.7",
     ),
-    settings_fields=(*CELERY_FIELDS, *SMTP_FIELDS, *AUTH_FIELDS, *INBOX_FIELDS, result_retention_field(24 * 60 * 60)),
+    settings_fields=(
+        *CELERY_FIELDS,
+        *SMTP_FIELDS,
+        *AUTH_FIELDS,
+        *INBOX_FIELDS,
+        result_retention_field(24 * 60 * 60),
+    ),
     router_file="tasks",
     dependencies=(
         "celery[redis]>=5.7,<5.8",

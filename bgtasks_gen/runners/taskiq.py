@@ -116,7 +116,13 @@ SPEC = RunnerSpec(
         "a running task stops on cancel only where it reports progress; tasks run at "
         "least once, keep them idempotent",
     ),
-    settings_fields=(*TASKIQ_FIELDS, *SMTP_FIELDS, *AUTH_FIELDS, *INBOX_FIELDS, result_retention_field(60 * 60)),
+    settings_fields=(
+        *TASKIQ_FIELDS,
+        *SMTP_FIELDS,
+        *AUTH_FIELDS,
+        *INBOX_FIELDS,
+        result_retention_field(60 * 60),
+    ),
     router_file="taskiq_tasks",
     dependencies=TASKIQ_DEPENDENCIES,
     pin_rules=PIN_RULES,

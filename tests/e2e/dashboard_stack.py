@@ -12,7 +12,7 @@ import contextlib
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,9 @@ from tests.e2e.harness import (
     AUTH,
     Proc,
     RefusingSink,
-    redis_server,
+    RestartableRedis,
     refusing_sink,
+    restartable_redis,
     runner_python,
     running,
     scaffold,
@@ -97,7 +98,12 @@ class DashboardStack:
     prefix: str
     worker: Proc
     scheduler: Proc | None
-    redis_url: str = ""
+    redis: RestartableRedis
+    bases: list[str] = field(default_factory=list)  # every web process, the first too
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url
 
     def url(self, path: str) -> str:
         return f"{self.base}{self.prefix}{path}"
@@ -157,22 +163,38 @@ class DashboardStack:
 
 
 @contextlib.contextmanager
-def dashboard_stack(runner: str, root: Path) -> Iterator[DashboardStack]:
+def dashboard_stack(
+    runner: str, root: Path, *init_args: str, workers: int = 1, webs: int = 1
+) -> Iterator[DashboardStack]:
+    """The stack, scaffolded with `init_args` (e.g. "--with", "metrics"), with `workers`
+    worker processes and `webs` web processes (each its own uvicorn)."""
     python = runner_python(runner)
-    project = scaffold("layered", root, "--runner", runner)
+    project = scaffold("layered", root, "--runner", runner, *init_args)
     assert list(project.rglob(f"{runner}_dashboard.py")), "the dashboard is on by default"
     logs = root / "logs"
     logs.mkdir()
     commands = _commands(runner, python, logs)
-    with redis_server(root) as redis_url, refusing_sink() as sink:
-        env = {**_env(runner, redis_url, sink), "PYTHONPATH": str(project)}
-        worker = start_process(commands["worker"], project, logs / "worker.log", env)
+    with restartable_redis(root) as server, refusing_sink() as sink:
+        env = {**_env(runner, server.url, sink), "PYTHONPATH": str(project)}
+        worker_procs = []
+        for number in range(workers):
+            command = [
+                arg.replace("dashboard@", f"dashboard{number}@") for arg in commands["worker"]
+            ]
+            log = logs / f"worker-{number}.log"
+            worker_procs.append(start_process(command, project, log, env))
         scheduler = None
         if "scheduler" in commands:
             scheduler = start_process(commands["scheduler"], project, logs / "sched.log", env)
-        api, base = serve_app(python, project, "app.main:app", logs / "uvicorn.log", env)
-        procs = [p for p in (api, worker, scheduler) if p is not None]
+        apis, bases = [], []
+        for number in range(webs):
+            log = logs / f"uvicorn-{number}.log"
+            api, web_base = serve_app(python, project, "app.main:app", log, env)
+            apis.append(api)
+            bases.append(web_base)
+        procs = [p for p in (*apis, *worker_procs, scheduler) if p is not None]
         with running(*procs):
+            base = bases[0]
             paths = httpx.get(f"{base}/openapi.json", timeout=10).json()["paths"]
             (page,) = [p for p in paths if p.endswith("/dashboard")]
             stack = DashboardStack(
@@ -181,9 +203,10 @@ def dashboard_stack(runner: str, root: Path) -> Iterator[DashboardStack]:
                 sink,
                 base,
                 page.removesuffix("/dashboard"),
-                worker,
+                worker_procs[0],
                 scheduler,
-                redis_url,
+                server,
+                bases,
             )
             for proc in procs:
                 if not proc.alive():

@@ -59,10 +59,12 @@ from arq.jobs import DeserializationError
 from arq.worker import Function, JobExecutionFailed, RetryJob
 from arq.worker import Retry as JobRetry
 from arq.worker import func as as_function
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import AbstractBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import WatchError
 
 from app.core.config import settings
 from app.tasks import arq_inbox, arq_tasks
@@ -156,6 +158,10 @@ def resilient_redis_settings(url: str) -> RedisSettings:
     return settings
 
 
+# a connection lost while watching is watched again at most this often per command
+REWATCH_TRIES = 3
+
+
 def _unusable(member: bytes, score: float) -> str:
     """Why arq's loop cannot take this queue entry ("" when it can)."""
     try:
@@ -181,6 +187,48 @@ async def _drop_entries(redis: ArqRedis, queue: str, entries: list[bytes]) -> No
         await pipe.execute()
 
 
+class RewatchingPipeline(Pipeline):
+    """A pipeline that takes its WATCH again when the connection drops under it.
+
+    arq's worker watches a job's in-progress key, then reads it and the queue, outside
+    any error handling: a connection lost in between (a Redis restart) raises
+    WatchError out of its loop and the worker exits. Here the keys are watched again on
+    a new connection (through the pool's retry, so an outage is waited out) and the
+    read is repeated: the transaction still goes through only if nothing changed after
+    the new WATCH.
+    """
+
+    watched: tuple[Any, ...] = ()
+
+    async def watch(self, *names: Any) -> Any:  # type: ignore[override]
+        self.watched = names
+        return await super().watch(*names)
+
+    async def immediate_execute_command(self, *args: Any, **options: Any) -> Any:
+        parent: Any = super()  # redis-py's method has no annotations
+        for _ in range(REWATCH_TRIES):
+            try:
+                return await parent.immediate_execute_command(*args, **options)
+            except WatchError:
+                # the connection died while watching (a changed key is told at EXEC)
+                if args[0] == "WATCH" or not self.watched:
+                    raise
+                _redis_logger.warning("connection lost while watching: watching again")
+                await parent.watch(*self.watched)
+        return await parent.immediate_execute_command(*args, **options)
+
+
+def rewatching_pipelines(redis: ArqRedis) -> None:
+    """Make the worker's pipelines RewatchingPipeline (see there)."""
+
+    def pipeline(transaction: bool = True, shard_hint: Any = None) -> Pipeline:
+        return RewatchingPipeline(
+            redis.connection_pool, redis.response_callbacks, transaction, shard_hint
+        )
+
+    redis.pipeline = pipeline  # type: ignore[method-assign]
+
+
 async def drop_poison_entries(ctx: dict[str, Any]) -> None:
     """on_startup: the worker's queue reads skip and drop entries arq cannot take.
 
@@ -190,6 +238,7 @@ async def drop_poison_entries(ctx: dict[str, Any]) -> None:
     such an entry is logged (reason, size) and removed, the others are returned.
     """
     redis: ArqRedis = ctx["redis"]
+    rewatching_pipelines(redis)  # a Redis restart mid-watch: see RewatchingPipeline
     queue = redis.default_queue_name or default_queue_name
     read = redis.zrangebyscore
 
@@ -311,6 +360,8 @@ def _recording(coroutine: WorkerCoroutine, task: str, max_tries: int) -> Any:
         try:
             return await coroutine(ctx, *args, **kwargs)
         except (JobRetry, RetryJob) as exc:  # both retried by arq
+            if int(ctx.get("job_try") or 1) < max_tries:
+                await _note_retry(ctx, task)
             if int(ctx.get("job_try") or 1) >= max_tries:
                 # arq refuses the try this asks for ("max retries exceeded"): the
                 # error behind it is the failure
@@ -389,6 +440,13 @@ async def _note(writing: Awaitable[None]) -> None:
 
 # the worker's one client for outcome notes (the serializer has no ctx["redis"])
 _board_clients: dict[asyncio.AbstractEventLoop, Any] = {}
+
+
+async def _note_retry(ctx: dict[str, Any], task: str) -> None:
+    """A run arq will try again: this run is over (and counted as retried), the job
+    is not."""
+    job_id, redis = str(ctx.get("job_id")), ctx["redis"]
+    await _note(arq_inbox.anote_finished(redis, job_id, task, "", retried=True))
 
 
 async def _note_outcome(data: dict[str, Any]) -> None:

@@ -42,6 +42,7 @@ from app.tasks.taskiq_app import (
     redis_client,
     status_key,
 )
+from app.tasks.taskiq_queues import queue_depths
 
 SESSION_COOKIE = "bgtasks_dashboard"
 SESSION_SECONDS = 30 * 60
@@ -468,27 +469,6 @@ if (CONFIG.signedIn) {
 
 # a cron entry's next run is looked for this far ahead (a minute at a time)
 CRON_HORIZON_MINUTES = 8 * 24 * 60
-# The stream's waiting entries and the id (its time in ms) of the first: KEYS the
-# stream, ARGV the consumer group. Entries read but not acknowledged are running.
-WAITING_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-    return {0, ''}
-end
-for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-    local fields = {}
-    for i = 1, #info, 2 do
-        fields[info[i]] = info[i + 1]
-    end
-    if fields['name'] == ARGV[1] then
-        local after = '(' .. fields['last-delivered-id']
-        local first = redis.call('XRANGE', KEYS[1], after, '+', 'COUNT', 1)
-        local lag = fields['lag'] or redis.call('XLEN', KEYS[1])
-        return {lag, first[1] and first[1][1] or ''}
-    end
-end
-local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-return {redis.call('XLEN', KEYS[1]), first[1] and first[1][1] or ''}
-"""
 _next_runs: dict[tuple[str, str, int], float | None] = {}
 
 
@@ -502,7 +482,7 @@ async def snapshot(request: Request) -> dict[str, Any]:
             board = await taskiq_inbox.board(redis)
             running = await _running(redis, board["running"])
             failed = await taskiq_inbox.page(redis, 0, FAILED_SHOWN)
-            queues = await _queues(redis)
+            queues = await queue_depths(redis)
     except RedisError:
         raise HTTPException(
             status_code=503, detail="The task store is unavailable"
@@ -536,19 +516,6 @@ async def _running(redis: Any, runs: list[dict[str, Any]]) -> list[dict[str, Any
             progress = progress_view(int(current), int(total))
         found.append({**run, "progress": progress})
     return found
-
-
-async def _queues(redis: Any) -> list[dict[str, Any]]:
-    """The stream's tasks waiting for a worker, and how long the first has waited."""
-    waiting, first = await redis.eval(
-        WAITING_SCRIPT, 1, broker.queue_name, broker.consumer_group_name
-    )
-    first_id = first.decode() if isinstance(first, bytes) else str(first)
-    oldest = None
-    if int(waiting) and first_id:
-        oldest = max(0.0, time.time() - int(first_id.split("-")[0]) / 1000)
-    depth = int(waiting)
-    return [{"name": broker.queue_name, "depth": depth, "oldest_seconds": oldest}]
 
 
 async def _schedules() -> list[dict[str, Any]]:

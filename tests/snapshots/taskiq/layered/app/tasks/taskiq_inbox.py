@@ -347,11 +347,11 @@ def started_arguments(task_id: str, task: str) -> tuple[list[str], list[Any]]:
 
 
 def finished_arguments(
-    task_id: str, task: str, outcome: str, error_type: str = ""
+    task_id: str, task: str, outcome: str, error_type: str = "", retried: bool = False
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of the finished script. `outcome`: "succeeded", "failed", or ""
-    (the run ended and the task goes on: a retry). Only the error's type is kept: its
-    message may hold a task's private arguments."""
+    (the run ended and the task goes on: a retry, `retried` when it is one). Only the
+    error's type is kept: its message may hold a task's private arguments."""
     body = ""
     if outcome:
         body = json.dumps(
@@ -363,6 +363,7 @@ def finished_arguments(
                 "finished_at": time.time(),
             }
         )
+    del retried  # counted only with the metrics
     return [RUNNING_KEY, RUNNING_TASK_KEY, RECENT_KEY], [task_id, body, RECENT_MAX]
 
 
@@ -373,10 +374,15 @@ def note_started(client: Any, task_id: str, task: str) -> None:
 
 
 def note_finished(
-    client: Any, task_id: str, task: str, outcome: str, error_type: str = ""
+    client: Any,
+    task_id: str,
+    task: str,
+    outcome: str,
+    error_type: str = "",
+    retried: bool = False,
 ) -> None:
     """A run of `task_id` ended (see finished_arguments)."""
-    keys, argv = finished_arguments(task_id, task, outcome, error_type)
+    keys, argv = finished_arguments(task_id, task, outcome, error_type, retried)
     client.eval(FINISHED_SCRIPT, len(keys), *keys, *argv)
 
 
@@ -387,10 +393,15 @@ async def anote_started(client: Any, task_id: str, task: str) -> None:
 
 
 async def anote_finished(
-    client: Any, task_id: str, task: str, outcome: str, error_type: str = ""
+    client: Any,
+    task_id: str,
+    task: str,
+    outcome: str,
+    error_type: str = "",
+    retried: bool = False,
 ) -> None:
     """`note_finished` for an asyncio redis client."""
-    keys, argv = finished_arguments(task_id, task, outcome, error_type)
+    keys, argv = finished_arguments(task_id, task, outcome, error_type, retried)
     await client.eval(FINISHED_SCRIPT, len(keys), *keys, *argv)
 
 

@@ -30,17 +30,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from arq.constants import (
-    default_queue_name,
-    health_check_key_suffix,
-    in_progress_key_prefix,
-)
+from arq.constants import health_check_key_suffix, in_progress_key_prefix
 from arq.cron import next_cron
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse
 from redis.exceptions import RedisError
 
 from acme.tasks import arq_inbox
+from acme.tasks.arq_queues import queue_depths, queue_name
 from acme.tasks.arq_tasks import progress_key
 from acme.tasks.arq_worker import WorkerSettings
 from acme.tasks.pool import queue_of
@@ -478,25 +475,19 @@ async def snapshot(request: Request) -> dict[str, Any]:
     cron jobs with their next run, and whether a worker refreshed arq's health-check
     key (cron jobs run inside the workers: there is no scheduler of its own)."""
     client = queue_of(request)
-    queue = str(getattr(WorkerSettings, "queue_name", None) or default_queue_name)
-    now_ms = time.time() * 1000
     try:
         board = await arq_inbox.board(client)
         running = await _running(client, board["running"])
         failed = await arq_inbox.page(client, 0, FAILED_SHOWN)
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.zcount(queue, "-inf", now_ms)  # due now; later ones are deferred
-            pipe.zrange(queue, 0, 0, withscores=True)
-            pipe.exists(queue + health_check_key_suffix)
-            due, oldest, health = await pipe.execute()
+        queues = await queue_depths(client)
+        health = await client.exists(queue_name() + health_check_key_suffix)
     except RedisError:
         raise HTTPException(
             status_code=503, detail="The task store is unavailable"
         ) from None
-    waited = (now_ms - oldest[0][1]) / 1000 if oldest and due else None
     return view(
         board,
-        queues=[{"name": queue, "depth": int(due), "oldest_seconds": waited}],
+        queues=queues,
         running=running,
         failed=failed,
         schedules=_schedules(),

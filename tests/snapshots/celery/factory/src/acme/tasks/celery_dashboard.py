@@ -29,17 +29,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio
 from celery.schedules import maybe_schedule
 from celery.schedules import schedule as interval_schedule
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse
 from redis.exceptions import RedisError
 
-from acme.core.settings import get_settings
 from acme.tasks import celery_inbox, registry
 from acme.tasks.beat_lock import SLOT_KEY
-from acme.tasks.celery_app import SOCKET_TIMEOUT, celery_app
+from acme.tasks.celery_app import celery_app
+from acme.tasks.celery_queues import queue_depths
 
 SESSION_COOKIE = "bgtasks_dashboard"
 SESSION_SECONDS = 30 * 60
@@ -465,11 +464,6 @@ if (CONFIG.signedIn) {
 """
 
 
-# kombu keeps a Redis queue's messages of priority 3, 6 and 9 in lists of their own
-PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
-_broker_clients: dict[Any, redis.asyncio.Redis] = {}
-
-
 async def snapshot(request: Request) -> dict[str, Any]:
     """What the page shows of this Celery app: its queues, the runs going on with
     their progress, recent outcomes, the failed-task inbox, beat's schedule, and
@@ -481,7 +475,7 @@ async def snapshot(request: Request) -> dict[str, Any]:
         running = await _running(client, board["running"])
         failed = await celery_inbox.page(client, 0, FAILED_SHOWN)
         schedules = await _schedules(client)
-        queues = await _queues()
+        queues = await queue_depths()
     except RedisError:
         raise HTTPException(
             status_code=503, detail="The task store is unavailable"
@@ -555,39 +549,3 @@ async def _schedules(client: Any) -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-def _queue_names() -> list[str]:
-    names = [str(celery_app.conf.task_default_queue)]
-    for queue in celery_app.conf.task_queues or ():
-        if queue.name not in names:
-            names.append(str(queue.name))
-    return names
-
-
-async def _queues() -> list[dict[str, Any]]:
-    """Messages waiting in each queue (Celery's messages carry no time they were sent:
-    the oldest one's age is not known)."""
-    loop = asyncio.get_running_loop()
-    client = _broker_clients.get(loop)
-    if client is None:
-        client = _broker_clients[loop] = redis.asyncio.Redis.from_url(
-            str(get_settings().celery_broker_url),
-            socket_timeout=SOCKET_TIMEOUT,
-            socket_connect_timeout=SOCKET_TIMEOUT,
-        )
-    names = _queue_names()
-    async with client.pipeline(transaction=False) as pipe:
-        for name in names:
-            for suffix in PRIORITY_SUFFIXES:
-                pipe.llen(name + suffix)
-        lengths = await pipe.execute()
-    per = len(PRIORITY_SUFFIXES)
-    return [
-        {
-            "name": name,
-            "depth": sum(lengths[index * per : (index + 1) * per]),
-            "oldest_seconds": None,
-        }
-        for index, name in enumerate(names)
-    ]

@@ -455,7 +455,7 @@ class TaskStateMiddleware(TaskiqMiddleware):
             return
         # a retry is scheduled: this run is over, the task is not
         board_keys, board_argv = taskiq_inbox.finished_arguments(
-            message.task_id, message.task_name, ""
+            message.task_id, message.task_name, "", retried=True
         )
         async with redis_client() as redis, redis.pipeline(transaction=True) as pipe:
             pipe.hset(status_key(message.task_id), "state", "retrying")
