@@ -339,11 +339,13 @@ class _Edits:
 def _state_text(project: Project, tasks: dict[str, dict[str, object]]) -> str:
     files = project.state.get("files", {})
     runners = project.state.get("runners", [project.spec.name])
+    adopted = project.state.get("adopted")  # `bgtasks adopt`'s records stay as they are
     return render_state(
         [str(r) for r in runners] if isinstance(runners, list) else [project.spec.name],
         {k: v for k, v in project.layout.items()},
         {k: str(v) for k, v in files.items()} if isinstance(files, dict) else {},
         tasks,
+        adopted if isinstance(adopted, dict) else None,
     )
 
 

@@ -779,11 +779,13 @@ def runners(
     out.print(table)
 
 
+from bgtasks_gen.cli_adopt import register as _register_adopt  # noqa: E402
 from bgtasks_gen.cli_failed import register as _register_failed  # noqa: E402
 from bgtasks_gen.cli_stack import register as _register_stack  # noqa: E402
 
 _register_stack(app)
 _register_failed(app)
+_register_adopt(app)
 
 
 class _ReaderMayLeave(io.RawIOBase):

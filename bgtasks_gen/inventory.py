@@ -34,6 +34,7 @@ from bgtasks_gen.schedules import (
 )
 
 ROUTE_METHODS = ("get", "post", "put", "patch", "delete")
+ADOPTED_FILE = "adopted.py"  # adopt/adopted_module.py's MODULE_FILE
 TABLE_COLUMNS = ("task", "route", "schedule", "retries", "timeout", "added by")
 NOT_SET = "—"  # in the table, for a value the task does not have
 
@@ -553,6 +554,10 @@ def _origin(project: Project, name: str) -> str:
     generated = isinstance(files, dict) and project.tasks_file in files
     if name in project.tasks:
         return "add-task"
+    adopted = project.state.get("adopted", {})
+    record = adopted.get(name) if isinstance(adopted, dict) else None
+    if isinstance(record, dict):  # `bgtasks adopt`: the project's function it runs
+        return f"adopt ({record.get('source', '?')})"
     if generated and name in project.spec.scaffold_tasks:
         return "init"
     return "you"
@@ -574,7 +579,8 @@ def list_tasks(project: Project) -> list[TaskRow]:
     modules = [module]
     tasks_package = str(project.layout["tasks_module"])
     stems = {Path(project.tasks_file).stem: module}
-    for name in project.spec.other_task_files:
+    # the tasks `bgtasks adopt` wrote (adopt/adopted_module.py), when there are any
+    for name in (*project.spec.other_task_files, ADOPTED_FILE):
         other = _module(project, project.package_file(tasks_package, name))
         if other is not None:
             modules.append(other)

@@ -629,14 +629,17 @@ def plan_init(
         state_layout["api_prefix"] = api_prefix
     tasks = state.get("tasks")
     tasks = tasks if isinstance(tasks, dict) else None
-    state_text = render_state(runners, state_layout, all_files, tasks)
+    # `bgtasks adopt`'s records, for the runner they were adopted onto
+    adopted = state.get("adopted") if not replaces else None
+    adopted = adopted if isinstance(adopted, dict) else None
+    state_text = render_state(runners, state_layout, all_files, tasks, adopted)
     extra = _plan_features(root, plan, state_text, features, recorded_features, state, merge)
     if extra:
         all_files.update({rel: digest(text) for rel, text in extra.items()})
-        state_text = render_state(runners, state_layout, all_files, tasks)
+        state_text = render_state(runners, state_layout, all_files, tasks, adopted)
     for rel in _dropped_feature_files(state, recorded_features, features):
         all_files.pop(rel, None)
-        state_text = render_state(runners, state_layout, all_files, tasks)
+        state_text = render_state(runners, state_layout, all_files, tasks, adopted)
     old_state = read_existing(root, STATE_FILE)
     if old_state is not None and _same_state(old_state, state_text):
         state_text = old_state

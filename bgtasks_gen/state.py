@@ -73,8 +73,12 @@ def render_state(
     layout: Mapping[str, object],
     files: Mapping[str, str],
     tasks: Mapping[str, Mapping[str, object]] | None = None,
+    adopted: Mapping[str, Mapping[str, object]] | None = None,
 ) -> str:
-    """The state file's text; keys are sorted so the same state gives the same bytes."""
+    """The state file's text; keys are sorted so the same state gives the same bytes.
+
+    `adopted`: the tasks `bgtasks adopt` wrote (task -> its source function, runner and
+    queue name), apart from `tasks`, whose entries add-task renders again."""
     lines = [HEADER, f"version = {_toml_value(__version__)}"]
     lines.append(f"runner = {_toml_value(runners[-1])}")
     lines.append(f"runners = {_toml_value(runners)}")
@@ -86,6 +90,10 @@ def render_state(
         lines += ["", f"[tasks.{name}]"]
         task = (tasks or {})[name]
         lines += [f"{key} = {_toml_value(task[key])}" for key in sorted(task)]
+    for name in sorted(adopted or {}):
+        lines += ["", f"[adopted.{name}]"]
+        record = (adopted or {})[name]
+        lines += [f"{key} = {_toml_value(record[key])}" for key in sorted(record)]
     return "\n".join(lines) + "\n"
 
 
@@ -201,6 +209,8 @@ class _StateCheck:
             self.files(self.table("files", data["files"], MAX_FILES))
         if "tasks" in data:
             self.tasks(self.table("tasks", data["tasks"], MAX_TASKS))
+        if "adopted" in data:
+            self.adopted(self.table("adopted", data["adopted"], MAX_TASKS))
 
     # -- value shapes
 
@@ -381,6 +391,23 @@ class _StateCheck:
                 elif key == "runner":
                     if self.text(f"{where}.runner", value) not in names:
                         self.refuse(f"{where}.runner", f"is not one of {', '.join(names)}")
+                else:
+                    self.scalar(f"{where}.{key}", value)
+
+    def adopted(self, adopted: dict[str, object]) -> None:
+        """[adopted.<task>]: source = the project's dotted function, runner, queue_name."""
+        from bgtasks_gen.runners import runner_names
+
+        for name, record in adopted.items():
+            where = _key("adopted", name)
+            if not (self.text(where, name).isidentifier() and not keyword.iskeyword(name)):
+                self.refuse(where, "is not a Python identifier")
+            for key, value in self.table(where, record, MAX_TEXT).items():
+                if key == "source":
+                    self.dotted(f"{where}.source", value)
+                elif key == "runner":
+                    if self.text(f"{where}.runner", value) not in runner_names():
+                        self.refuse(f"{where}.runner", "is not a runner bgtasks knows")
                 else:
                     self.scalar(f"{where}.{key}", value)
 
