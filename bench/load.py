@@ -412,18 +412,22 @@ def bench_runners(
     run."""
     with contextlib.ExitStack() as stack:
         apps = []
-        variants = [(runner, ()) for runner in runners]
-        variants += [(r, ("--without", f)) for f in without or () for r in runners]
-        variants += [(r, ("--with", f)) for f in with_ or () for r in runners]
-        for runner, init_args in variants:
-            label = " ".join((runner, *init_args)) if init_args else ""
+        variants: list[tuple[str, tuple[str, ...], str]] = [(r, (), "") for r in runners]
+        if without or with_:
+            # the baseline of the variants: as generated, served alone (the main app
+            # also serves the seed's endpoints, whose clients keep threads of their own)
+            variants += [(r, (), f"{r} as generated") for r in runners]
+        variants += [(r, ("--without", f), "") for f in without or () for r in runners]
+        variants += [(r, ("--with", f), "") for f in with_ or () for r in runners]
+        for runner, init_args, named in variants:
+            label = named or (" ".join((runner, *init_args)) if init_args else "")
             folder = workdir / (label.replace(" ", "_") or runner)
             folder.mkdir()
             python, project = prepare(runner, folder, *init_args)
             redis_port, env = stack.enter_context(private_redis(project))
             server = stack.enter_context(serve(python, project, env))
             endpoints = ENDPOINTS[runner]
-            if init_args:
+            if label:
                 endpoints = [e for e in endpoints if e.kind == "bgtasks"]
             apps.append(App(runner, server, redis_port, endpoints, label=label))
         # warm up every endpoint until each threadpool thread has its connections
@@ -462,8 +466,8 @@ def bench_runners(
         seeds = [(app.name, e.label) for e in app.endpoints if e.kind == "seed"]
         if app.name == "taskiq" and "arq" in runners:
             seeds = [("arq", QUEUE_ENDPOINT["arq"].label)]
-        if app.label:  # a variant: against the same endpoint of the runner's own app
-            seeds = [(app.runner, QUEUE_ENDPOINT[app.runner].label)]
+        if app.label:  # a variant: against the baseline served the same way
+            seeds = [(f"{app.runner} as generated", QUEUE_ENDPOINT[app.runner].label)]
         for endpoint in app.endpoints:
             key = (app.name, endpoint.label)
             figures = runs[key]
@@ -473,8 +477,10 @@ def bench_runners(
                 added, answered = queued[key]
                 messages = f"{added} / {answered}"
             versus = ratio(key, seeds[0]) if seeds else ""
-            if app.label:
-                versus = f"{versus} (vs the default scaffold)"
+            if app.label.endswith("as generated"):
+                versus = ""
+            elif app.label:
+                versus = f"{versus} (vs as generated)"
             elif seeds and seeds[0][0] != app.runner:  # taskiq, against arq
                 versus = f"{versus} (arq's queue endpoint)" if endpoint.kind == "bgtasks" else ""
             rows.append(

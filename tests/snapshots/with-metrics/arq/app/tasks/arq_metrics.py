@@ -78,7 +78,7 @@ def _number(value: float) -> str:
 async def exposition(client: Any, queues: list[dict[str, Any]]) -> str:
     """The text of one scrape: the counts in Redis (one round trip), and `queues` (the
     runner's queue_depths())."""
-    await store.aflush_enqueue_errors(client)  # this process's, if Redis was away
+    await store.aflush_counts(client)  # this process's, if Redis was away
     async with client.pipeline(transaction=False) as pipe:
         pipe.hgetall(store.COUNTS_KEY)
         pipe.hgetall(store.DURATIONS_KEY)

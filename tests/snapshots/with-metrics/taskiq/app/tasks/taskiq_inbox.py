@@ -501,64 +501,69 @@ async def board(client: Any) -> dict[str, Any]:
 
 
 _metrics_logger = logging.getLogger(f"{__name__}.metrics")
+# The web process's counts (tasks queued, enqueue errors) gather here and go to Redis
+# together every FLUSH_SECONDS, off the request's path: counting costs a request a
+# dict update, not a round trip. Kept until Redis takes them (Redis may be what
+# failed); a web process that dies loses at most the last FLUSH_SECONDS of them.
+FLUSH_SECONDS = 0.5
+_unsent: dict[tuple[str, str], int] = {}  # (hash key, field) -> count
+_flushing: set[asyncio.Task[None]] = set()
 
 
-async def acount_queued(client: Any, task: str) -> None:
-    """A task the API queued (the web process). The task is queued whatever Redis
-    answers here: a count that cannot be written is logged, never raised."""
-    try:
-        await client.hincrby(COUNTS_KEY, f"{task}{SEPARATOR}queued", 1)
-    except Exception:  # the answer stays 202: the task was queued
-        _metrics_logger.warning("could not count a queued task", exc_info=True)
-        return
-    if _unsent_errors:
-        await aflush_enqueue_errors(client)
+def count_queued(client: Any, task: str) -> None:
+    """A task the API queued (counted once it is queued; never raises)."""
+    _add(client, COUNTS_KEY, f"{task}{SEPARATOR}queued")
 
 
 def count_enqueue_failure(client: Any, status_code: int) -> None:
     """An enqueue the API refused with `status_code`: 503 (the broker or Redis is
-    unavailable, or the queue is full: "queue_full" when the route says so) or 504 (the
-    outcome is unknown); other codes are no enqueue error."""
+    unavailable; a full queue is told with count_enqueue_error) or 504 (the outcome is
+    unknown); other codes are no enqueue error."""
     reason = {503: "broker_unavailable", 504: "outcome_unknown"}.get(status_code)
     if reason is not None:
         count_enqueue_error(client, reason)
 
 
-# enqueue errors not counted in Redis yet: Redis may be what failed (it often is the
-# broker); this process adds them the next time Redis answers
-_unsent_errors: dict[str, int] = {}
-_flushing: set[asyncio.Task[None]] = set()
-
-
 def count_enqueue_error(client: Any, reason: str) -> None:
     """An enqueue the API answered with an error (`reason`: "broker_unavailable",
-    "outcome_unknown", "queue_full"): counted without delaying the answer."""
-    _unsent_errors[reason] = _unsent_errors.get(reason, 0) + 1
-    flushing = asyncio.get_running_loop().create_task(aflush_enqueue_errors(client))
-    _flushing.add(flushing)
-    flushing.add_done_callback(_flushing.discard)
+    "outcome_unknown", "queue_full")."""
+    _add(client, ENQUEUE_ERRORS_KEY, reason)
 
 
-async def aflush_enqueue_errors(client: Any) -> None:
-    """Add this process's uncounted enqueue errors to Redis; kept for later when Redis
-    does not answer."""
-    pending = dict(_unsent_errors)
+def _add(client: Any, key: str, field: str) -> None:
+    _unsent[(key, field)] = _unsent.get((key, field), 0) + 1
+    if not _flushing:  # one flush at a time, a little later
+        flushing = asyncio.get_running_loop().create_task(_flush_later(client))
+        _flushing.add(flushing)
+        flushing.add_done_callback(_flushing.discard)
+
+
+async def _flush_later(client: Any) -> None:
+    while _unsent:  # until Redis took them all (later calls add to the same flush)
+        await asyncio.sleep(FLUSH_SECONDS)
+        await aflush_counts(client)
+
+
+async def aflush_counts(client: Any) -> None:
+    """Add this process's unsent counts to Redis now (the scrape does, so it shows
+    them); kept for the next flush when Redis does not answer."""
+    pending = dict(_unsent)
     if not pending:
         return
     try:
         async with client.pipeline(transaction=True) as pipe:
-            for reason, count in pending.items():
-                pipe.hincrby(ENQUEUE_ERRORS_KEY, reason, count)
+            for (key, field), count in pending.items():
+                pipe.hincrby(key, field, count)
             await pipe.execute()
-    except Exception:  # still unsent: counted on a later try
-        _metrics_logger.warning("could not count enqueue errors yet", exc_info=True)
+    except Exception:  # still unsent: counted on a later flush
+        _metrics_logger.warning("could not write the counts yet", exc_info=True)
         return
-    for reason, count in pending.items():
-        left = _unsent_errors.get(reason, 0) - count
+    for entry, count in pending.items():
+        left = _unsent.get(entry, 0) - count
         if left > 0:
-            _unsent_errors[reason] = left
+            _unsent[entry] = left
         else:
-            _unsent_errors.pop(reason, None)
+            _unsent.pop(entry, None)
 
 
 # The Redis calls of async_client() (the `bgtasks failed` CLI, a replay outside the

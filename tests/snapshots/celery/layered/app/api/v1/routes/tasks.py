@@ -139,8 +139,10 @@ class TaskAccess:
 
 def task_access(request: Request) -> TaskAccess:
     """The action and task id of a request, from its method and path."""
-    path = request.url.path
-    if path.endswith("/dashboard") and request.method in ("GET", "HEAD"):
+    # the scope's path, not request.url: building the URL would cost every request
+    path = str(request.scope.get("path", ""))
+    reading = request.method in ("GET", "HEAD")
+    if path.endswith("/dashboard") and reading:
         return TaskAccess("dashboard.page", None)  # the page's shell: no data in it
     if path.endswith(("/dashboard/session", "/dashboard/data")):
         return TaskAccess("dashboard.read", None)  # signing in or out, the page's data
@@ -152,7 +154,7 @@ def task_access(request: Request) -> TaskAccess:
             "DELETE": "failed.discard",
         }
         return TaskAccess(methods.get(request.method, "failed.replay"), str(entry_id))
-    if request.method in ("GET", "HEAD") and request.url.path.endswith("/failed"):
+    if reading and path.endswith("/failed"):
         return TaskAccess("failed.read", None)  # the inbox's listing
     task_id = request.path_params.get("task_id")
     if task_id is None:

@@ -140,12 +140,14 @@ class TaskAccess:
 
 def task_access(request: Request) -> TaskAccess:
     """The action and task id of a request, from its method and path."""
-    path = request.url.path
-    if path.endswith("/dashboard") and request.method in ("GET", "HEAD"):
+    # the scope's path, not request.url: building the URL would cost every request
+    path = str(request.scope.get("path", ""))
+    reading = request.method in ("GET", "HEAD")
+    if path.endswith("/dashboard") and reading:
         return TaskAccess("dashboard.page", None)  # the page's shell: no data in it
     if path.endswith(("/dashboard/session", "/dashboard/data")):
         return TaskAccess("dashboard.read", None)  # signing in or out, the page's data
-    if request.url.path.endswith("/metrics") and request.method in ("GET", "HEAD"):
+    if path.endswith("/metrics") and reading:
         return TaskAccess("metrics.read", None)  # a Prometheus scrape
     entry_id = request.path_params.get("entry_id")
     if entry_id is not None:  # an inbox entry: the failed task's id
@@ -155,7 +157,7 @@ def task_access(request: Request) -> TaskAccess:
             "DELETE": "failed.discard",
         }
         return TaskAccess(methods.get(request.method, "failed.replay"), str(entry_id))
-    if request.method in ("GET", "HEAD") and request.url.path.endswith("/failed"):
+    if reading and path.endswith("/failed"):
         return TaskAccess("failed.read", None)  # the inbox's listing
     task_id = request.path_params.get("task_id")
     if task_id is None:
@@ -586,7 +588,7 @@ async def _enqueue(
         except fast_publish.OutcomeUnknown as exc:
             raise _unconfirmed(exc.task_id) from None
         if queued == task_id:
-            await celery_inbox.acount_queued(registry.async_client(), task.name)
+            celery_inbox.count_queued(registry.async_client(), task.name)
             status_url = _status_path(request, task_id)
             return TaskAccepted(task_id=task_id, status_url=status_url)
         # The key was claimed before: that task is the answer, nothing was queued now.

@@ -449,8 +449,7 @@ async def _enqueue(
             if isinstance(exc.__cause__, QueueFull):  # filled up meanwhile
                 raise queue_full(exc.__cause__.waiting) from None
             raise
-    async with redis_client() as redis:
-        await taskiq_inbox.acount_queued(redis, task.task_name)
+    taskiq_inbox.count_queued(redis_client(), task.task_name)
     return TaskAccepted(
         task_id=task_id, status="queued", status_url=_status_path(request, task_id)
     )
