@@ -338,7 +338,7 @@ def init(
     from bgtasks_gen.resolve import resolution_request, resolve
     from bgtasks_gen.scaffold import plan_init
     from bgtasks_gen.state import STATE_FILE
-    from bgtasks_gen.verify import project_interpreter, prove_written
+    from bgtasks_gen.verify import FAILED, PROVEN, Served, project_interpreter, prove_written
 
     root = resolve_project(project, project_option)
     overrides = Overrides(settings_module=settings_module, app_module=app_module)
@@ -394,11 +394,16 @@ def init(
 
         served = prove_written(planned[0].root, environment[0])
         console = err if as_json else out  # stdout holds the JSON document
-        if not served.failed:
+        broken = [feature for feature in served.features if feature.outcome != PROVEN]
+        if not served.failed and not broken:
             console.print(f"  [dim]note:[/dim] {escape(served.message)}")
+            for feature in served.features:
+                console.print(f"  [dim]note:[/dim] {feature.feature}: {escape(feature.message)}")
             if served.fix:
                 console.print(f"    [dim]next:[/dim] {escape(served.fix)}")
             raise
+        if not served.failed:  # the task routes work; a feature's route does not
+            served = Served(FAILED, f"{broken[0].feature}: {broken[0].message}", broken[0].fix)
         console.print(f"[bold red]not served[/bold red]: {escape(served.message)}")
         console.print(f"[dim]fix:[/dim] {escape(served.fix)}")
         console.print("[dim]the files stay written; `bgtasks doctor` checks again once fixed[/dim]")

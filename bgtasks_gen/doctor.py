@@ -866,6 +866,13 @@ class _Doctor:
         )
         status = FAIL if result.failed else PASS if result.outcome == PROVEN else SKIP
         self.add("served", status, mask_credentials(result.message), result.fix)
+        for feature in result.features:
+            self.add(
+                f"{feature.feature} route",
+                PASS if feature.outcome == PROVEN else FAIL,
+                mask_credentials(feature.message),
+                feature.fix,
+            )
 
     def schedules(self) -> None:
         """Static (the worker file's entries against the tasks file's definitions, as

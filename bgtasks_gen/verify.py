@@ -17,7 +17,7 @@ import os
 import secrets
 import shlex
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,26 @@ class ServeRequest:
     token_env: str | None  # the environment variable the API token is read from
     project_auth: str  # the app's own auth on the include ("" when none)
     timeout: float
+    # the features whose GET routes are asked too ("metrics", "dashboard")
+    features: tuple[str, ...] = ()
+
+
+# a feature's route, as the served app is asked for it: path suffix, and what its body
+# holds when it works (the metrics text names its first family; the page data lists queues)
+FEATURE_ROUTES = {
+    "metrics": ("/metrics", "bgtasks_tasks_total"),
+    "dashboard": ("/dashboard/data", '"queues"'),
+}
+
+
+@dataclass(frozen=True)
+class FeatureAnswer:
+    """One feature route asked of the served app: PROVEN or FAILED, with the fix."""
+
+    feature: str
+    outcome: str
+    message: str
+    fix: str = ""
 
 
 @dataclass(frozen=True)
@@ -51,6 +71,7 @@ class Served:
     outcome: str  # proven | failed | not proven
     message: str
     fix: str = ""
+    features: tuple[FeatureAnswer, ...] = ()
 
     @property
     def failed(self) -> bool:
@@ -75,6 +96,10 @@ def serve_request(project: StackProject, interpreter: Interpreter) -> ServeReque
     project_auth = ""
     if project.layout is not None:
         project_auth = dict(project.layout.app.include_keywords).get("dependencies", "")
+    recorded = project.state_layout.get("features", [])
+    features = tuple(
+        name for name in (recorded if isinstance(recorded, list) else []) if name in FEATURE_ROUTES
+    )
     return ServeRequest(
         python=str(interpreter.path),
         cwd=str(project.root),
@@ -86,6 +111,7 @@ def serve_request(project: StackProject, interpreter: Interpreter) -> ServeReque
         token_env=token_env,
         project_auth=project_auth,
         timeout=verify_timeout(),
+        features=features,
     )
 
 
@@ -103,6 +129,8 @@ def _serve_main(raw_request: str) -> None:
     import uuid
 
     request = json.loads(raw_request)
+    app: Any = None
+    router: Any = None
 
     def describe(error: BaseException) -> str:
         frames = traceback.extract_tb(error.__traceback__)
@@ -116,7 +144,21 @@ def _serve_main(raw_request: str) -> None:
     def failure(stage: str, error: BaseException) -> dict[str, Any]:
         return {"stage": stage, "error": describe(error), "missing": missing(error)}
 
+    def ask_feature(client: Any, suffix: str, headers: dict[str, str]) -> dict[str, Any]:
+        """GET the router's route ending in `suffix` where the app serves it."""
+        for route in getattr(router, "routes", []):
+            route_path = getattr(route, "path", "")
+            if route_path.endswith(suffix) and "GET" in (getattr(route, "methods", None) or ()):
+                try:
+                    path = app.url_path_for(route.name)
+                except Exception:  # noqa: BLE001 - not included where the app serves
+                    return {"path": ""}
+                response = client.get(path, headers=headers)
+                return {"path": path, "status": response.status_code, "text": response.text[:4000]}
+        return {"path": ""}
+
     def run() -> dict[str, Any]:
+        nonlocal app, router
         try:
             app = getattr(importlib.import_module(request["module"]), request["attribute"])
             if request["factory"]:
@@ -160,6 +202,10 @@ def _serve_main(raw_request: str) -> None:
                     except ValueError:
                         body = response.text[:300]
                     answer.update(status=response.status_code, body=body)
+                answer["features"] = {
+                    name: ask_feature(client, suffix, headers)
+                    for name, suffix in request["features"].items()
+                }
                 answer["stage"] = "served"
         except BaseException as error:  # noqa: BLE001
             answer["error"] = describe(error)
@@ -179,6 +225,7 @@ def _ask(request: ServeRequest, token: str) -> dict[str, Any] | Served:
         "factory": request.factory,
         "router_module": request.router_module,
         "token": token if request.token_env else "",
+        "features": {name: FEATURE_ROUTES[name][0] for name in request.features},
     }
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -222,12 +269,65 @@ def _ask(request: ServeRequest, token: str) -> dict[str, Any] | Served:
 def serve(request: ServeRequest, *, declared: frozenset[str] = frozenset()) -> Served:
     """Serve the app once and judge the answer. `declared`: the canonical names of the
     packages the project declares (a missing one means "not installed yet")."""
-    from bgtasks_gen.install_hint import distribution_for
-
     token = secrets.token_urlsafe(24)
     answer = _ask(request, token)
     if isinstance(answer, Served):
         return answer
+    judged = _judge(request, answer, declared)
+    return replace(judged, features=_feature_answers(request, answer))
+
+
+def _feature_answers(request: ServeRequest, answer: dict[str, Any]) -> tuple[FeatureAnswer, ...]:
+    """Each recorded feature's route as the served app answered it (none when the app
+    never got as far as serving)."""
+    asked = answer.get("features")
+    if not isinstance(asked, dict):
+        return ()
+    found: list[FeatureAnswer] = []
+    for name in request.features:
+        reply = asked.get(name) or {}
+        suffix, sign = FEATURE_ROUTES[name]
+        path, status, text = reply.get("path"), reply.get("status"), str(reply.get("text", ""))
+        if not path:
+            found.append(
+                FeatureAnswer(
+                    name,
+                    FAILED,
+                    f"the app serves no {suffix} route of {request.router_module}",
+                    f"`bgtasks check` names what is missing; `bgtasks update --with {name}` "
+                    "writes it again",
+                )
+            )
+        elif status == 200 and sign in text:
+            found.append(FeatureAnswer(name, PROVEN, f"GET {path} answered 200"))
+        elif status in (401, 403) and request.project_auth:
+            found.append(
+                FeatureAnswer(
+                    name,
+                    PROVEN,
+                    f"GET {path} answered {status} from the app's own auth "
+                    f"({request.project_auth})",
+                )
+            )
+        else:
+            found.append(
+                FeatureAnswer(
+                    name,
+                    FAILED,
+                    f"GET {path} answered {status}: {text[:200]}",
+                    "503: Redis does not answer (`bgtasks doctor` checks the broker); "
+                    "401/403: the token does not reach the access hook"
+                    if status in (401, 403, 503)
+                    else "look at the route and what it calls",
+                )
+            )
+    return tuple(found)
+
+
+def _judge(request: ServeRequest, answer: dict[str, Any], declared: frozenset[str]) -> Served:
+    """The status route's answer as a verdict on the whole app."""
+    from bgtasks_gen.install_hint import distribution_for
+
     target = f"{request.module}:{request.attribute}"
     stage = answer.get("stage")
     error = str(answer.get("error") or "")

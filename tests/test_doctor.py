@@ -484,3 +484,28 @@ def test_the_projects_own_venv_is_found(
     detail = checks["environment"]["detail"]
     assert detail.startswith(f"{project / '.venv/bin/python'} (Python 3."), detail
     assert ".venv/ in the project" in detail
+
+
+def test_each_recorded_feature_route_is_asked_of_the_served_app(
+    workdir: Path, celery_python: Path, redis_url: str, sink: SmtpSink, tmp_path: Path
+) -> None:
+    project = scaffold("layered", tmp_path, "--runner", "celery", "--with", "metrics")
+    env = celery_env(redis_url, sink)
+    code, checks = doctor_json(project, celery_python, env)
+    assert code == 0, checks
+    passed(checks, "served", "metrics route", "dashboard route")
+    assert checks["metrics route"]["detail"] == "GET /tasks/metrics answered 200"
+    assert checks["dashboard route"]["detail"] == "GET /tasks/dashboard/data answered 200"
+
+    # the metrics routes taken out of the router by hand: the task routes still serve
+    edit(
+        project / "app/api/v1/routes/tasks.py",
+        "metrics.metrics_routes(\n",
+        "(lambda *args, **kwargs: None)(\n",
+    )
+    code, checks = doctor_json(project, celery_python, env)
+    assert code == 1, checks
+    passed(checks, "served", "dashboard route")
+    check = failed(checks, "metrics route")
+    assert "serves no /metrics route" in check["detail"]
+    assert "bgtasks update --with metrics" in check["fix"]
