@@ -78,16 +78,21 @@ def render_runner(spec: RunnerSpec, context: Mapping[str, object]) -> dict[str, 
     """Run copier on the runner's template with every answer given; return the files it
     produced.
 
-    copier is imported here, not at module level: it costs about a quarter of a second
-    and only `init` needs it.
+    copier is imported here, not at module level, and only when the same render is not
+    in the cache (render_cache.py): importing it costs more than half a second.
     """
-    import copier
+    from bgtasks_gen.render_cache import cached_render, render_key
 
     _require_working_directory()
-    with (
-        _template_root(spec) as template,
-        tempfile.TemporaryDirectory(prefix="bgtasks-render-") as tmp,
-    ):
+    with _template_root(spec) as template:
+        key = render_key(template, spec.name, context)
+        return cached_render(key, lambda: _run_copier(template, context))
+
+
+def _run_copier(template: Path, context: Mapping[str, object]) -> dict[str, str]:
+    import copier
+
+    with tempfile.TemporaryDirectory(prefix="bgtasks-render-") as tmp:
         copier.run_copy(
             str(template),
             tmp,

@@ -4,6 +4,7 @@ import hashlib
 import os
 import shutil
 import sys
+import tempfile
 import types
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ EXAMPLES = REPO / "examples"
 # without it, except where a test sets the timeout itself (tests/test_resolve.py,
 # tests/e2e/test_init_proves_e2e.py)
 os.environ.setdefault("BGTASKS_RESOLVE_TIMEOUT", "0")
+# rendered templates are cached (render_cache.py): the suite's own cache, never the user's
+os.environ.setdefault("BGTASKS_CACHE_DIR", tempfile.mkdtemp(prefix="bgtasks-test-cache-"))
 
 # the snapshot trees hold scaffolded projects' own test files: data here, not tests
 collect_ignore = ["snapshots"]

@@ -84,14 +84,29 @@ def test_modules_that_only_mention_the_app_or_the_settings_are_never_parsed(
     assert (layout.app.module, layout.app.app_var) == ("app.main", "app")
     assert (layout.settings.module, layout.settings.access_name) == ("app.config", "get_settings")
     read = {path.relative_to(root).as_posix() for path in summarised}
-    # the included routers' modules are read to know where each router is defined
-    assert read == {
-        "app/main.py",
-        "app/config.py",
-        "app/routes/r0.py",
-        "app/routes/r1.py",
-        "app/routes/r2.py",
-    }
+    # each included router's module assigns `router = ...` in its text: not parsed either
+    assert read == {"app/main.py", "app/config.py"}
+    assert layout.routes_module == "app.routes"
+
+
+def test_a_router_re_exported_by_a_package_is_followed_to_its_module(
+    tmp_path: Path, summarised: list[Path]
+) -> None:
+    root = _project(tmp_path / "proj", routes=0)
+    write_tree(
+        root,
+        {
+            "app/api/__init__.py": "",
+            "app/api/v1/__init__.py": "from app.api.v1.items import router as router\n",
+            "app/api/v1/items.py": ROUTE.replace("{n}", "items"),
+            "app/main.py": "from fastapi import FastAPI\n\nfrom app.api import v1\n\n"
+            "app = FastAPI()\napp.include_router(v1.router)\n",
+        },
+    )
+    layout = discover(root.resolve())
+    assert layout.routes_module == "app.api.v1"
+    read = {path.relative_to(root.resolve()).as_posix() for path in summarised}
+    assert {"app/api/v1/__init__.py", "app/api/v1/items.py"} <= read
 
 
 def test_newer_syntax_nothing_needs_is_not_lowered(tmp_path: Path) -> None:

@@ -276,8 +276,10 @@ def _routes_module(
         if not_served_path(index.root, info.path):
             continue  # a mock app's includes say nothing about where routes live
         qualified = info.resolve(include.first)
-        located = index.locate(qualified)
-        module = located[0].name if located else (qualified if index.find(qualified) else None)
+        module = _assigned_in(index, qualified)
+        if module is None:  # a re-export, or a name bound another way: follow it
+            located = index.locate(qualified)
+            module = located[0].name if located else (qualified if index.find(qualified) else None)
         if module is None or "." not in module:
             continue
         parent = module.rpartition(".")[0]
@@ -292,6 +294,18 @@ def _routes_module(
         if candidate and not _collides(index, source_root, candidate):
             return candidate
     return f"{tasks_module}.api"
+
+
+def _assigned_in(index: ModuleIndex, qualified: str) -> str | None:
+    """The module of `pkg.mod.name` when that module assigns `name` at its top level
+    (`router = APIRouter(...)`), seen in its text: the common case needs no parse, and a
+    project with hundreds of route modules would otherwise summarise each."""
+    module, _, name = qualified.rpartition(".")
+    path = index.find(module) if module else None
+    if path is None or not name.isidentifier():
+        return None
+    assigned = re.compile(rf"^{re.escape(name)}[ \t]*(?::[^=\n]+)?=(?!=)", re.MULTILINE)
+    return module if assigned.search(index.text(path)) else None
 
 
 def _generated_settings(source_root: Path, root: Path, tasks_module: str) -> SettingsLayout:

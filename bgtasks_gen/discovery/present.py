@@ -177,7 +177,7 @@ def existing_runners(index: ModuleIndex) -> list[tuple[str, str]]:
 def other_task_systems(index: ModuleIndex) -> list[tuple[str, str]]:
     """(system, first file importing it) for dramatiq, taskiq, rq, faststream, ..."""
     seen: dict[str, str] = {}
-    for path in index.grep(OTHER_IMPORT):
+    for path in index.grep(OTHER_IMPORT, any_of=OTHER_SYSTEMS):
         for match in OTHER_IMPORT.finditer(index.text(path)):
             seen.setdefault(match.group(1), path.relative_to(index.root).as_posix())
     return sorted(seen.items())

@@ -127,7 +127,7 @@ class SettingsFinder:
                 # (nor marked read: a later round, with more names, looks again)
                 fresh = [
                     p
-                    for p in self.index.grep(pattern)
+                    for p in self.index.grep(pattern, any_of=names)
                     if str(p) not in read and derives_by_text(self.index.text(p), names)
                 ]
                 if not fresh:
@@ -192,7 +192,7 @@ class SettingsFinder:
         factories: dict[str, str] = {}  # qualified factory -> class
         modules = [
             self.index.load(p)
-            for p in self.index.grep(pattern)
+            for p in self.index.grep(pattern, any_of=names)
             if may_access_by_text(self.index.text(p), names)
         ]
         for info in modules:
@@ -235,7 +235,7 @@ class SettingsFinder:
             return []
         names = {f.rpartition(".")[2] for f in factories}
         pattern = re.compile(r"\b(" + "|".join(sorted(map(re.escape, names))) + r")\s*\(")
-        return self.index.grep(pattern)
+        return self.index.grep(pattern, any_of=names)
 
     def _returned_class(self, info: ModuleInfo, function: str) -> tuple[str, str] | None:
         """The settings class a function returns an instance of, and how that was seen."""
