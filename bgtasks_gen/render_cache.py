@@ -10,11 +10,11 @@ folder; it is only an optimisation: a cache that cannot be read or written is ig
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -74,15 +74,20 @@ def cached_render(key: str, render: Callable[[], dict[str, str]]) -> dict[str, s
         if isinstance(stored, dict) and all(isinstance(v, str) for v in stored.values()):
             os.utime(entry)  # recently used: kept longest
             return {str(k): v for k, v in stored.items()}
-    except (OSError, ValueError):
+    except FileNotFoundError:
         pass
+    except ValueError:
+        with contextlib.suppress(OSError):
+            entry.unlink()  # a write cut short: a JSON object never parses from half of one
+    except OSError:
+        pass  # an unreadable cache is a miss
     files = render()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
+        # created exclusively, not renamed into place: a reader of an entry still being
+        # written sees a miss, and a second writer of the same render steps aside
+        with entry.open("x", encoding="utf-8") as out:
             json.dump(files, out)
-        os.replace(temporary, entry)  # readers see a whole entry or none
         _prune(folder)
     except OSError:
         pass
