@@ -53,14 +53,18 @@ def render_key(template: Path, folder: str, context: Mapping[str, object]) -> st
     digest.update(filters.read_bytes())
     for package in ("copier", "jinja2"):
         digest.update(_installed(package).encode())
-    for path in sorted(template.rglob("*")):
-        rel = path.relative_to(template)
-        top = rel.parts[0]
-        if not path.is_file() or "__pycache__" in rel.parts:
-            continue
-        if top != folder and not top.startswith("_") and top != "copier.yml":
-            continue  # another runner's folder does not take part in this render
-        digest.update(rel.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    # copier.yml, the shared folders (_partials/...) and this runner's own: another
+    # runner's folder takes no part in this render, and is not even walked
+    taking_part = [
+        top
+        for top in sorted(template.iterdir())
+        if top.name in (folder, "copier.yml") or top.name.startswith("_")
+    ]
+    for top in taking_part:
+        for path in sorted(top.rglob("*")) if top.is_dir() else [top]:
+            rel = path.relative_to(template)
+            if path.is_file() and "__pycache__" not in rel.parts:
+                digest.update(rel.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     digest.update(json.dumps(context, sort_keys=True, default=repr).encode())
     return digest.hexdigest()
 
