@@ -101,7 +101,8 @@ WithFeatures = Annotated[
         help="Optional parts to add (repeatable or comma-separated), kept by later runs: "
         "k8s = Kubernetes manifests under deploy/k8s/ with KEDA autoscaling on the queue; "
         "dashboard = the task dashboard page (on by default at init for a queue runner); "
-        "metrics = a Prometheus route for the tasks and a Grafana dashboard.",
+        "metrics = a Prometheus route for the tasks and a Grafana dashboard; "
+        "otel = OpenTelemetry traces from the request through the queue to the task.",
     ),
 ]
 WithoutFeatures = Annotated[

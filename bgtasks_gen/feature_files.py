@@ -26,7 +26,11 @@ SKIPPED = (
 # where each feature writes, relative to the project root
 FOLDERS = {"k8s": "deploy/k8s", "metrics": "deploy/grafana"}
 # a feature made of the runner's own templates: the name its module ends with
-MODULE_SUFFIXES = {"dashboard": "_dashboard.py", "metrics": "_metrics.py"}
+MODULE_SUFFIXES = {
+    "dashboard": "_dashboard.py",
+    "metrics": "_metrics.py",
+    "otel": "/tracing.py",
+}
 
 
 def feature_files(

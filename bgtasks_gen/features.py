@@ -21,6 +21,17 @@ FEATURES: dict[str, str] = {
     "metrics": "a Prometheus route under the task router ({prefix}/metrics): tasks by "
     "state, run durations, queue depth and age, enqueue errors, counted across every "
     "worker and web process; a Grafana dashboard for them in deploy/grafana/",
+    "otel": "OpenTelemetry traces across the queue: the request, its enqueue, the task's "
+    "run and its SMTP send in one trace (W3C trace context carried with each message), "
+    "trace and span ids on log records; configured by the standard OTEL_* variables",
+}
+# the packages a feature adds to the project's dependencies
+FEATURE_PACKAGES: dict[str, tuple[str, ...]] = {
+    "otel": (
+        "opentelemetry-api>=1.30,<2",
+        "opentelemetry-sdk>=1.30,<2",
+        "opentelemetry-exporter-otlp-proto-http>=1.30,<2",
+    ),
 }
 # features that only make sense for a runner with a worker process
 WORKER_FEATURES = frozenset({"k8s", "dashboard", "metrics"})

@@ -28,7 +28,7 @@ from bgtasks_gen.discovery import (
 from bgtasks_gen.errors import BadInput, DiscoveryError
 from bgtasks_gen.feature_files import FOLDERS as FEATURE_FOLDERS
 from bgtasks_gen.feature_files import feature_files, owned_feature_files, owned_folder_files
-from bgtasks_gen.features import DEFAULT_FEATURES, choose_features
+from bgtasks_gen.features import DEFAULT_FEATURES, FEATURE_PACKAGES, choose_features
 from bgtasks_gen.mypy_config import plan_mypy_override
 from bgtasks_gen.nextsteps import (
     ENV_EXAMPLE,
@@ -465,6 +465,7 @@ def plan_init(
     context["api_shape"] = api_shape or ""
     context["with_dashboard"] = "dashboard" in features
     context["with_metrics"] = "metrics" in features
+    context["with_otel"] = "otel" in features
     # beside another queue runner's router on "/tasks", this one takes "/<runner>-tasks"
     set_up = [r for r in _list(state.get("runners")) if r != replaces]
     context["queue_prefix"] = router_prefix(spec.name, api_shape or "", set_up)
@@ -579,6 +580,8 @@ def plan_init(
     test_group: str | None = None
     if with_deps:
         wanted = list(spec.dependencies_for(broker))
+        for name in features:
+            wanted.extend(FEATURE_PACKAGES.get(name, ()))
         if layout.settings.generated and not any("pydantic-settings" in w for w in wanted):
             wanted.append("pydantic-settings>=2.0")
         uses_uvicorn = any("uvicorn " in text for text in run_files.values())
@@ -599,6 +602,15 @@ def plan_init(
         plan.notes.extend(deps.notes)
         dependency_steps = deps.next_steps
         _plan_mypy_override(plan, spec, layout, edited)
+    elif new_packages := _new_feature_packages(recorded_features, features):
+        # update: the runner's packages are there already, a feature's new ones are not
+        deps = plan_dependencies(root, new_packages, layout.source_root)
+        if deps.path is not None:
+            plan.changes.append(patched(root, deps.path, deps.old, deps.new))
+        for rel, (old, new) in deps.more.items():
+            plan.changes.append(patched(root, rel, old, new))
+        plan.notes.extend(deps.notes)
+        plan.notes.append(f"install the packages added for the features: {' '.join(new_packages)}")
 
     # 4. .env.example: a run file, with the variables named as the settings class reads them
     env_text = render_env_example(spec, layout_env_names(layout, fields), broker)
@@ -703,12 +715,29 @@ def _plan_features(
             "metrics: Prometheus scrapes GET <task prefix>/metrics with the API token as a "
             f"bearer token; import {FEATURE_FOLDERS['metrics']}/bgtasks-tasks.json in Grafana"
         )
+    if "otel" in features:
+        plan.notes.append(
+            "otel: traces export once OTEL_TRACES_EXPORTER is set (otlp, console); "
+            "OTEL_EXPORTER_OTLP_ENDPOINT says where, OTEL_SERVICE_NAME names the process "
+            "(web, worker or scheduler when unset)"
+        )
     for rel in _dropped_feature_files(state, recorded, features):
         for path in (rel, f"{BASE_DIR}/{rel}.base"):
             change = deleted(root, path, "its feature was taken out (--without)")
             if change is not None:
                 plan.changes.append(change)
     return files
+
+
+def _new_feature_packages(recorded: object, features: Sequence[str]) -> list[str]:
+    """The packages of the features this run adds (none recorded before)."""
+    had = {str(name) for name in recorded} if isinstance(recorded, list) else set()
+    return [
+        package
+        for name in features
+        if name not in had
+        for package in FEATURE_PACKAGES.get(name, ())
+    ]
 
 
 def _unedited(root: Path, rel: str) -> bool:

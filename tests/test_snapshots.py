@@ -64,7 +64,9 @@ def test_snapshot(
 
 
 # the opt-in features that change the generated code (k8s writes manifests only)
-FEATURE_CASES = [(runner, "metrics") for runner in ("celery", "arq", "taskiq")]
+FEATURE_CASES = [(runner, "metrics") for runner in ("celery", "arq", "taskiq")] + [
+    (runner, "otel") for runner in ("celery", "arq", "taskiq", "builtin")
+]
 
 
 @pytest.mark.parametrize(
