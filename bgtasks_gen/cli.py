@@ -569,38 +569,53 @@ def migrate(
     project: ProjectArgument = None,
     to: Annotated[
         str,
-        typer.Option("--to", help="The runner to move to (from arq: taskiq)."),
+        typer.Option(
+            "--to",
+            help="The runner to move to. The moves: arq -> taskiq, builtin -> celery, "
+            "builtin -> taskiq.",
+        ),
     ] = "taskiq",
+    api_shape: Annotated[
+        str,
+        typer.Option(
+            "--api-shape",
+            help="kept (default): the routes answer what the old runner's answered, so "
+            "clients change nothing; new: only the new runner's common task routes.",
+        ),
+    ] = "kept",
     dry_run: DryRun = False,
     check: Check = False,
     force: Annotated[
         bool,
         typer.Option(
             "--force",
-            help="Move even where arq's generated files or an added task's route/test were "
-            "edited: those edits go with the files.",
+            help="Move even where the old runner's generated files or an added task's "
+            "route/test were edited: those edits go with the files.",
         ),
     ] = False,
     as_json: Json = False,
     project_option: ProjectOption = None,
 ) -> None:
-    """Move a project scaffolded for arq onto taskiq, in one all-or-nothing write.
+    """Move a project onto another runner, in one all-or-nothing write: arq -> taskiq,
+    builtin -> celery, builtin -> taskiq.
 
-    The taskiq scaffold replaces arq's generated modules; its router keeps arq's paths
-    and response fields, so clients do not notice. Every task added with add-task comes
-    along (arguments, schedule, retries, timeout), and a body you edited is kept line for
-    line (arq's ctx["job_id"] and ctx["job_try"] become control.task_id and
-    control.tries). arq's settings field, processes and requirements go. What cannot be
-    carried safely is refused, naming the lines.
+    The new runner's scaffold replaces the old one's generated modules; the routes keep
+    answering what they answered (arq's paths and fields; builtin's paths and 202 body,
+    now with a task_id and status_url), so clients do not notice, unless --api-shape new.
+    Every task added with add-task comes along (arguments, schedule, retries, timeout),
+    and a body you edited is kept line for line (arq's ctx["job_id"]/ctx["job_try"]
+    become control.task_id/control.tries; builtin's process_notification moves as an
+    added task). The old runner's settings fields, processes and requirements go, as
+    bgtasks wrote them. What cannot be carried safely is refused, naming the lines.
 
-    Example: bgtasks migrate . --to taskiq --dry-run
+    Example: bgtasks migrate . --to celery --dry-run
     """
     from bgtasks_gen.migrate import plan_migrate
 
     root = resolve_project(project, project_option)
     _locked(
         root,
-        lambda: plan_migrate(root, to, force=force),
+        lambda: plan_migrate(root, to, force=force, api_shape=api_shape),
         dry_run=dry_run,
         check=check,
         as_json=as_json,

@@ -1,20 +1,22 @@
-"""`bgtasks migrate --to taskiq`: move a project scaffolded for arq onto taskiq.
+"""`bgtasks migrate --to RUNNER`: move a project onto another runner, in one plan.
 
-The move is one plan, written all or nothing like every other command:
-- the taskiq scaffold is planned as `init --runner taskiq` would plan it, with its router
-  answering the routes arq's did: the common surface for a project scaffolded with it
-  (`api_shape = "common"`), else arq's own (paths, field names: `api_shape = "arq"`), so
-  clients do not notice;
+The moves it knows: arq -> taskiq, builtin -> celery, builtin -> taskiq. What differs per
+runner moved off lives in bgtasks_gen/migrate_from/ (arq.py, builtin.py); this module is
+what every move shares, written all or nothing like every other command:
+- the target's scaffold is planned as `init --runner TARGET` would plan it (`replaces=`
+  the old runner), its router answering what the old one answered unless `--api-shape
+  new` (the source decides how: arq's router shape, or builtin's routes kept as a module);
 - every task `add-task` added is carried over with its options (arguments, schedule,
   retries, timeout); a body the user edited is kept line for line, only the signature
-  around it changes, and arq's `ctx["job_id"]`/`ctx["job_try"]` become the taskiq task's
-  `control.task_id`/`control.tries`;
-- arq's generated modules, its router include, its settings field, its run-file processes
-  and its requirements (arq and the redis<6 pin it forced) go away.
+  around it changes (the source translates what the target says otherwise);
+- the old runner's generated modules, its router include, its settings fields, its
+  run-file processes and its requirements go, each only as bgtasks wrote it;
+- the state file lists the target's files and tasks alone.
 
-What cannot be carried safely is refused before anything is planned, each with where it
-is: other uses of arq's `ctx` or its `Retry`, arq files edited outside the added tasks'
-bodies, code of the project's own importing the modules that go away.
+What cannot be carried safely is refused before anything is written, each problem with
+where it is: source-specific uses in edited bodies, old-runner files edited outside the
+added tasks' bodies (unless --force), code of the project's own importing the modules
+that go away.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import ast
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 from bgtasks_gen.addtask import (
@@ -38,58 +40,53 @@ from bgtasks_gen.addtask import (
     replay_tasks,
     request_from_state,
 )
-from bgtasks_gen.deps import _declared, canonical, requirement_name
+from bgtasks_gen.deps import _declared
 from bgtasks_gen.discovery import Overrides
 from bgtasks_gen.errors import BadInput, ConflictError
+from bgtasks_gen.migrate_from import (
+    API_SHAPES,
+    KEPT_SHAPE,
+    BodyContext,
+    Carried,
+    Source,
+    changed_lines,
+    function_named,
+    header_end,
+    known_moves,
+    source_for,
+)
 from bgtasks_gen.part_edits import edited_body
 from bgtasks_gen.patch.definitions import definition_code
 from bgtasks_gen.plan import Action, FileChange, Plan, check_python, deleted, patched, read_existing
-from bgtasks_gen.runfiles import COMPOSE_NAMES, without_processes, without_services
 from bgtasks_gen.runners import get_runner
 from bgtasks_gen.runners.base import RunnerSpec
 from bgtasks_gen.scaffold import FIELDS_HEADER, _fields_under_header, plan_init
 from bgtasks_gen.state import BASE_DIR, COMMON_API_SHAPE, STATE_FILE, render_state
 
 # (from, to): the moves bgtasks knows how to make
-MOVES = {("arq", "taskiq")}
-
-# arq's job context, as the taskiq task's `control` parameter says it
-CTX_KEYS = {"job_id": "control.task_id", "job_try": "control.tries"}
-
-# the processes arq's run files start: `arq <tasks module>.arq_worker.WorkerSettings`
-ARQ_WORKER = re.compile(r"\barq\s+\S*WorkerSettings\b")
-TASKIQ_WORKER = re.compile(r"\btaskiq\s+worker\b")
-# the note merge_compose leaves when the project's app service is reused as it is
-SAME_ENVIRONMENT_NOTE = "give it the same environment as the added services"
+MOVES = set(known_moves())
+# the header every generated task function of the queue runners ends with
+GENERATED_RETURNS = "-> dict[str, Any]:"
 
 
-@dataclass(frozen=True)
-class Carried:
-    """An added task on its way over: its state options, and its body when edited."""
-
-    name: str
-    options: Mapping[str, object]
-    body: list[str] | None  # the user's body lines, translated; None: not edited
-    # the body still opens with arq's generated docstring: taskiq's takes its place
-    generated_docstring: bool = False
-
-
-def plan_migrate(root: Path, to: str, *, force: bool = False) -> Plan:
+def plan_migrate(root: Path, to: str, *, force: bool = False, api_shape: str = KEPT_SHAPE) -> Plan:
     project = load_project(root)
-    source = project.spec
-    if source.name == to:
+    if project.spec.name == to:
         # a second run after a move (or one a crash stopped and recovery finished) is a
         # run with nothing left to do, like every other command's
         plan = Plan(project.root)
         plan.notes.append(f"this project already runs {to} ({STATE_FILE}): nothing to move")
         return plan
-    if (source.name, to) not in MOVES:
+    source = source_for(project.spec.name)
+    if source is None or to not in source.targets:
         moves = ", ".join(f"{a} -> {b}" for a, b in sorted(MOVES))
         raise BadInput(
-            f"bgtasks cannot move a {source.name} project to {to!r}",
+            f"bgtasks cannot move a {project.spec.name} project to {to!r}",
             f"the moves it knows: {moves}",
         )
-    runners = project.state.get("runners", [source.name])
+    if api_shape not in API_SHAPES:
+        raise BadInput(f"--api-shape {api_shape!r}", f"choose {' or '.join(API_SHAPES)}")
+    runners = project.state.get("runners", [project.spec.name])
     if isinstance(runners, list) and len(runners) > 1:
         raise BadInput(
             f"this project has several runners set up by bgtasks ({', '.join(map(str, runners))})",
@@ -99,31 +96,40 @@ def plan_migrate(root: Path, to: str, *, force: bool = False) -> Plan:
     added = {
         name: options
         for name, options in project.tasks.items()
-        if options.get("runner", source.name) == source.name
+        if options.get("runner", project.spec.name) == project.spec.name
     }
     problems: list[str] = []
     edits = _Edits(project)  # read once; a syntax error is one message, not a traceback
     tasks_text = edits.get(project.tasks_file) if added else ""
-    tasks_tree = ast.parse(tasks_text)
     snippets = {
         name: render_snippets(project, request_from_state(name, options))
         for name, options in added.items()
     }
     carried = [
-        _carry(project, tasks_text, tasks_tree, name, options, snippets[name]["task"], problems)
+        _carry(source, project, target, tasks_text, name, options, snippets[name]["task"], problems)
         for name, options in added.items()
     ]
-    _refuse_arq_edits(project, edits, snippets, problems, force)
-    _refuse_imports_of(project, problems)
-    if problems:
-        raise ConflictError(
-            f"{len(problems)} thing(s) cannot be carried over to {to} safely:\n  - "
-            + "\n  - ".join(problems),
-            "nothing was written; change them as said (or pass --force where it says so), "
-            "then run again",
-        )
+    if project.tasks_file in _owned(project):
+        for scaffold_task, generated in source.scaffold_tasks(project, edits, target, problems):
+            text = edits.old.get(project.tasks_file) or edits.get(project.tasks_file)
+            carried.insert(
+                0,
+                _carry(
+                    source,
+                    project,
+                    target,
+                    text,
+                    scaffold_task.name,
+                    scaffold_task.options,
+                    generated,
+                    problems,
+                    recorded=None,
+                ),
+            )
+    _refuse_source_edits(project, edits, snippets, problems, force)
 
     layout = project.layout
+    shape = source.kept_shape(project, api_shape)
     plan = plan_init(
         project.root,
         to,
@@ -132,32 +138,38 @@ def plan_migrate(root: Path, to: str, *, force: bool = False) -> Plan:
             settings_module=str(layout.get("settings") or "") or None,
             app_module=str(layout.get("app") or "") or None,
         ),
-        api_shape=_kept_shape(project),
-        own_run_file=_without_arq_processes,
+        api_shape=shape,
+        own_run_file=source.run_file,
         replaces=project.spec.name,
     )
-    taskiq_project = _moved_project(project, target, carried)
-    taskiq_tasks = {
-        task.name: render_snippets(taskiq_project, request_from_state(task.name, task.options))[
-            "task"
-        ]
+    moved = _moved_project(project, target, carried, shape)
+    target_tasks = {
+        task.name: render_snippets(moved, request_from_state(task.name, task.options))["task"]
         for task in carried
     }
-    _carry_into_files(plan, taskiq_project, carried, taskiq_tasks)
+    _carry_into_files(plan, moved, carried, target_tasks)
+    _overwrite_source_files(plan, project)
+    unowned = source.adjust(plan, project, moved, carried, api_shape, problems)
     gone = _removals(project, plan)
-    _take_out_arq_edits(plan, project, source, target)
-    plan.changes.extend(change for change in gone if change is not None)
-    _rewrite_state(plan, taskiq_project, taskiq_tasks, {c.path for c in gone if c is not None})
+    _refuse_imports_of(project, plan, target, problems)
+    if problems:
+        raise ConflictError(
+            f"{len(problems)} thing(s) cannot be carried over to {to} safely:\n  - "
+            + "\n  - ".join(problems),
+            "nothing was written; change them as said (or pass --force where it says so), "
+            "then run again",
+        )
+    _take_out_source_edits(plan, project, source, target, api_shape)
+    plan.changes.extend(gone)
+    removed = {c.path for c in gone} | unowned
+    _rewrite_state(plan, moved, target_tasks, removed)
     check_python(plan.changes)
     plan.notes.append(
-        f"routes keep {_shape_phrase(_kept_shape(project))} "
-        f'(`api_shape = "{_kept_shape(project)}"` in {STATE_FILE}); '
-        f"{len(carried)} added task(s) carried over"
+        f"routes keep {_shape_phrase(project, shape, api_shape)} "
+        f'(`api_shape = "{shape}"` in {STATE_FILE}); '
+        f"{len(carried)} task(s) carried over"
     )
-    plan.notes.append(
-        "jobs still queued in arq's Redis are not moved: stop queueing and let the arq "
-        "worker finish them before the taskiq worker replaces it"
-    )
+    plan.notes.extend(source.notes(project, target, api_shape))
     return plan
 
 
@@ -165,146 +177,73 @@ def plan_migrate(root: Path, to: str, *, force: bool = False) -> Plan:
 
 
 def _carry(
+    source: Source,
     project: Project,
+    target: RunnerSpec,
     text: str,
-    tree: ast.Module,
     name: str,
     options: Mapping[str, object],
     snippet: str,
     problems: list[str],
+    recorded: object = "state",
 ) -> Carried:
-    """Task `name` of the arq tasks module (`text`, parsed as `tree`) on its way over;
-    `snippet`: its function as add-task wrote it."""
+    """Task `name` of the old tasks module (`text`) on its way over; `snippet`: its
+    function as bgtasks wrote it. `recorded`: the hash add-task recorded ("state": read
+    it from the options; None: compare with `snippet`)."""
     rel = project.tasks_file
-    recorded = options.get("hash")
-    function = _function(tree, name)
+    if recorded == "state":
+        recorded = options.get("hash")
+    tree = ast.parse(text)
+    function = function_named(tree, name)
     if function is None:
         problems.append(f"task {name!r}: its function is gone from {rel}")
         return Carried(name, options, None)
     if not edited_body(text, name, str(recorded) if recorded else None, snippet):
         return Carried(name, options, None)
-    generated = _function(ast.parse(snippet), name)
+    generated = function_named(ast.parse(snippet), name)
     assert generated is not None
-    body = _translated_body(text, rel, function, generated, problems)
-    if body is None:
-        return Carried(name, options, None)
-    docstring = ast.get_docstring(function, clean=False)
-    if docstring is not None and docstring == ast.get_docstring(generated, clean=False):
-        first = _header_end(function)
-        end = function.body[0].end_lineno or first
-        return Carried(name, options, body[end - first :], generated_docstring=True)
-    return Carried(name, options, body)
-
-
-def _function(tree: ast.Module, name: str) -> ast.AsyncFunctionDef | ast.FunctionDef | None:
-    for node in tree.body:
-        if isinstance(node, ast.AsyncFunctionDef | ast.FunctionDef) and node.name == name:
-            return node
-    return None
-
-
-def _header_end(function: ast.AsyncFunctionDef | ast.FunctionDef) -> int:
-    """The last line of the `def ...:` header (1-based)."""
-    ends = [function.lineno]
-    arguments = function.args
-    for node in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]:
-        ends.append(node.end_lineno or node.lineno)
-    if function.returns is not None:
-        ends.append(function.returns.end_lineno or function.returns.lineno)
-    return max(ends)
-
-
-def _translated_body(
-    text: str,
-    rel: str,
-    function: ast.AsyncFunctionDef | ast.FunctionDef,
-    written: ast.AsyncFunctionDef | ast.FunctionDef,
-    problems: list[str],
-) -> list[str] | None:
-    """The edited body's lines (`function`, of `text`) with arq's job context spelled the
-    taskiq way; a problem per line that uses arq in a way taskiq has no equivalent for.
-    `written`: the function as add-task wrote it."""
-    name = function.name
-    if ast.dump(function.args) != ast.dump(written.args):
+    if ast.dump(function.args) != ast.dump(generated.args):
         problems.append(
-            f"task {name!r} ({rel}:{function.lineno}): its arguments changed since add-task "
+            f"task {name!r} ({rel}:{function.lineno}): its arguments changed since bgtasks "
             "wrote them; the route and the state file still say the old ones (restore them, "
             "or `add-task --force` it with the new ones first)"
         )
-        return None
-    lines = text.splitlines(keepends=True)
-    first = _header_end(function)
+        return Carried(name, options, None)
+    first = header_end(function)
     if function.body[0].lineno <= first:
         problems.append(f"task {name!r} ({rel}:{function.lineno}): its body is on the def line")
-        return None
-    context = function.args.args[0].arg if function.args.args else "ctx"
-    replacements: list[tuple[int, int, int, str]] = []  # line, start, end (bytes), text
-    seen: set[int] = set()
-    parents = {
-        id(child): node for node in ast.walk(function) for child in ast.iter_child_nodes(node)
-    }
-    for node in ast.walk(function):
-        if not isinstance(node, ast.Name) or node.lineno <= first:
-            continue
-        where = f"{rel}:{node.lineno}: `{lines[node.lineno - 1].strip()}`"
-        if node.id == context:
-            parent = parents.get(id(node))
-            key = _ctx_key(parent, node)
-            if key is None:
-                if node.lineno not in seen:
-                    problems.append(
-                        f"task {name!r}, {where}: uses arq's `{context}` beyond "
-                        f"{', '.join(repr(k) for k in CTX_KEYS)}; taskiq has no job context "
-                        "(use the project's own clients, or the `control` parameter)"
-                    )
-                    seen.add(node.lineno)
-                continue
-            assert isinstance(parent, ast.Subscript)
-            if parent.end_lineno != parent.lineno or parent.end_col_offset is None:
-                problems.append(f"task {name!r}, {where}: `{context}[...]` spans lines")
-                continue
-            replacements.append(
-                (parent.lineno, parent.col_offset, parent.end_col_offset, CTX_KEYS[key])
-            )
-        elif node.id == "Retry":
-            problems.append(
-                f"task {name!r}, {where}: raises arq's Retry; raise TransientError instead "
-                "(taskiq retries it with backoff)"
-            )
-    body = lines[first : function.end_lineno]
-    for line, start, end, new in sorted(replacements, reverse=True):
-        raw = body[line - first - 1].encode("utf-8")
-        body[line - first - 1] = (raw[:start] + new.encode() + raw[end:]).decode("utf-8")
-    return body
+        return Carried(name, options, None)
+    lines = text.splitlines(keepends=True)
+    context = BodyContext(name, rel, lines, function, first, target)
+    body = source.translate_body(context, problems)
+    if body is None:
+        return Carried(name, options, None)
+    returns, plain = source.carried_header(function, text)
+    docstring = ast.get_docstring(function, clean=False)
+    if docstring is not None and docstring == ast.get_docstring(generated, clean=False):
+        end = function.body[0].end_lineno or first
+        carried = Carried(name, options, body[end - first :], generated_docstring=True)
+    else:
+        carried = Carried(name, options, body)
+    return replace(carried, returns=returns, plain=plain)
 
 
-def _ctx_key(parent: ast.AST | None, node: ast.Name) -> str | None:
-    """'job_id' for `ctx["job_id"]` (read, not written), None for any other use."""
-    if not (isinstance(parent, ast.Subscript) and parent.value is node):
-        return None
-    if not isinstance(parent.ctx, ast.Load):
-        return None
-    key = parent.slice
-    if isinstance(key, ast.Constant) and isinstance(key.value, str) and key.value in CTX_KEYS:
-        return key.value
-    return None
-
-
-def _refuse_arq_edits(
+def _refuse_source_edits(
     project: Project,
     edits: _Edits,
     snippets: Mapping[str, Mapping[str, str]],
     problems: list[str],
     force: bool,
 ) -> None:
-    """Take the added tasks (`snippets`: each one's parts) out of the arq files as they
-    are (`edits`); each generated file that then differs from its pristine copy is a
-    problem (unless --force): those edits would be lost with the file."""
+    """Take the added tasks (`snippets`: each one's parts) out of the old runner's files
+    as they are (`edits`); each generated file that then differs from its pristine copy
+    is a problem (unless --force): those edits would be lost with the file."""
+    name_of = project.spec.name
     for name, parts in snippets.items():
         if not force:
             edited = [p for p in _edited_parts(project, edits, name, parts) if "body" not in p]
             problems.extend(
-                f"task {name!r}: {part} was edited; migrate writes taskiq's instead "
+                f"task {name!r}: {part} was edited; migrate writes the new runner's instead "
                 "(pass --force to let your edit go)"
                 for part in edited
             )
@@ -320,22 +259,10 @@ def _refuse_arq_edits(
             problems.append(f"{rel}: no pristine copy in {BASE_DIR} to compare it with (--force)")
         elif now != base:
             problems.append(
-                f"{rel}: {_changed_lines(base, now)} changed since bgtasks generated it, and "
-                "the file goes away in the move (carry the change over by hand afterwards, "
-                "then pass --force)"
+                f"{rel}: {changed_lines(base, now)} changed since bgtasks generated it "
+                f"for {name_of}, and the file goes or is rewritten in the move (carry the "
+                "change over by hand afterwards, then pass --force)"
             )
-
-
-def _changed_lines(old: str, new: str) -> str:
-    import difflib
-
-    spans = []
-    matcher = difflib.SequenceMatcher(a=old.splitlines(), b=new.splitlines(), autojunk=False)
-    for tag, _, _, first, last in matcher.get_opcodes():
-        if tag != "equal":
-            spans.append(f"{first + 1}" if last <= first + 1 else f"{first + 1}-{last}")
-    shown = ", ".join(spans[:4]) + (", ..." if len(spans) > 4 else "")
-    return f"line(s) {shown}" if spans else "its line endings"
 
 
 def _owned(project: Project) -> set[str]:
@@ -354,10 +281,14 @@ def _module_name(project: Project, rel: str) -> str | None:
     return ".".join(parts)
 
 
-def _refuse_imports_of(project: Project, problems: list[str]) -> None:
+def _refuse_imports_of(
+    project: Project, plan: Plan, target: RunnerSpec, problems: list[str]
+) -> None:
     """Code of the project's own that imports a module going away would break."""
     owned = _owned(project)
-    leaving = {m for rel in owned if (m := _module_name(project, rel))}
+    staying = {c.path for c in plan.changes if not c.removes}
+    leaving = {m for rel in owned - staying if (m := _module_name(project, rel))}
+    old, new = project.spec.name, target.name
     app_rel = _app_file(project)
     root = project.root
     skip = {".venv", "venv", ".venvs", ".git", ".bgtasks", "node_modules", "__pycache__"}
@@ -378,7 +309,7 @@ def _refuse_imports_of(project: Project, problems: list[str]) -> None:
                 if imported in leaving:
                     problems.append(
                         f"{rel}:{getattr(node, 'lineno', 0)} imports {imported}, which "
-                        "goes away with arq (move that code onto the taskiq modules first)"
+                        f"goes away with {old} (move that code onto {new}'s modules first)"
                     )
 
 
@@ -412,30 +343,22 @@ def _app_file(project: Project) -> str | None:
 # -- the plan, adjusted
 
 
-def _kept_shape(project: Project) -> str:
-    """The HTTP surface the moved router answers with: the one the source project's
-    router answers with (the common one, or else the source runner's own)."""
-    return str(project.layout.get("api_shape") or "") or project.spec.name
-
-
-def _shape_phrase(shape: str) -> str:
+def _shape_phrase(project: Project, shape: str, api_shape: str) -> str:
+    if project.spec.name == "builtin":
+        if api_shape == KEPT_SHAPE:
+            return "builtin's paths and answers, and the ones every queue runner shares"
+        return "only the paths and fields every queue runner shares"
     if shape == COMMON_API_SHAPE:
         return "the paths and fields every queue runner shares"
     return f"{shape}'s paths and fields"
 
 
-def _without_arq_processes(path: str, text: str) -> str:
-    if PurePosixPath(path).name == "Procfile":
-        return without_processes(text, ARQ_WORKER)
-    # the heading comment of a compose file arq's init wrote names its worker
-    text = text.replace("and an arq worker (generated", "and taskiq's processes (generated", 1)
-    return without_services(text, ARQ_WORKER)
-
-
-def _moved_project(project: Project, target: RunnerSpec, carried: list[Carried]) -> Project:
-    """The project as taskiq's: the same layout, routes in arq's shape, the tasks carried."""
+def _moved_project(
+    project: Project, target: RunnerSpec, carried: list[Carried], shape: str
+) -> Project:
+    """The project as the target's: the same layout, routes in `shape`, the tasks carried."""
     tasks = {c.name: {**c.options, "runner": target.name} for c in carried}
-    layout = {**project.layout, "api_shape": _kept_shape(project)}
+    layout = {**project.layout, "api_shape": shape}
     runners = project.state.get("runners", [project.spec.name])
     runners = [
         target.name if r == project.spec.name else r
@@ -454,9 +377,9 @@ def _moved_project(project: Project, target: RunnerSpec, carried: list[Carried])
 def _carry_into_files(
     plan: Plan, project: Project, carried: list[Carried], written_tasks: Mapping[str, str]
 ) -> None:
-    """Put the carried tasks into the freshly planned taskiq files, as `init` run again
-    replays added tasks, then the edited bodies in place of the generated ones
-    (`written_tasks`: each task's taskiq function as add-task writes it)."""
+    """Put the carried tasks into the freshly planned files, as `init` run again replays
+    added tasks, then the edited bodies in place of the generated ones (`written_tasks`:
+    each task's function on the target as add-task writes it)."""
     if not carried:
         return
     created = {c.path: c for c in plan.changes if c.action is Action.CREATE}
@@ -467,12 +390,12 @@ def _carry_into_files(
         if task.body is None:
             continue
         snippet = written_tasks[task.name]
-        written = _function(ast.parse(snippet), task.name)
+        written = function_named(ast.parse(snippet), task.name)
         assert written is not None
         lines = snippet.splitlines(keepends=True)
-        header = lines[: _header_end(written)]
+        header = _header(lines[: header_end(written)], task)
         if task.generated_docstring and ast.get_docstring(written) is not None:
-            header += lines[_header_end(written) : written.body[0].end_lineno]
+            header += lines[header_end(written) : written.body[0].end_lineno]
         current = definition_code(grown[rel], [task.name])
         assert current is not None
         new = "".join(header + task.body)
@@ -482,106 +405,96 @@ def _carry_into_files(
             plan.changes[index] = FileChange(change.path, Action.CREATE, None, grown[change.path])
 
 
-def _removals(project: Project, plan: Plan) -> list[FileChange | None]:
-    """arq's generated files and their pristine copies, unless taskiq writes them too."""
+def _header(lines: list[str], task: Carried) -> list[str]:
+    """The target's `def` header for a carried body: a plain def where the body was one,
+    with the body's own return annotation where the source says so."""
+    lines = list(lines)
+    for index, line in enumerate(lines):
+        if task.plain and line.lstrip().startswith("async def "):
+            lines[index] = line.replace("async def ", "def ", 1)
+    if task.returns is not None and lines and f" {GENERATED_RETURNS}" in lines[-1]:
+        arrow = f" -> {task.returns}:" if task.returns else ":"
+        lines[-1] = lines[-1].replace(f" {GENERATED_RETURNS}", arrow)
+    return lines
+
+
+def _overwrite_source_files(plan: Plan, project: Project) -> None:
+    """A file the old runner's init wrote that the target writes too (taskiq's auth.py
+    in builtin's place) is the target's now: its edits were refused (or let go with
+    --force) above, so it is replaced, not a conflict."""
+    owned = _owned(project)
+    for index, change in enumerate(plan.changes):
+        path = change.path.removeprefix(f"{BASE_DIR}/").removesuffix(".base")
+        if change.action is Action.CONFLICT and path in owned:
+            plan.changes[index] = replace(change, action=Action.OVERWRITE, note="")
+
+
+def _removals(project: Project, plan: Plan) -> list[FileChange]:
+    """The old runner's generated files and their pristine copies, unless the target
+    writes them too."""
     kept = {c.path for c in plan.changes}
-    # a package arq's init created stays one while taskiq's modules live in it
+    # a package the old init created stays one while the target's modules live in it
     folders = {str(PurePosixPath(rel).parent) for rel in kept}
     gone = []
-    for rel in sorted(_owned(project) - kept):
+    note = f"{project.spec.name}'s, replaced by the new runner's"
+    for rel in sorted(_owned(project)):
         if PurePosixPath(rel).name == "__init__.py" and str(PurePosixPath(rel).parent) in folders:
             continue
-        gone.append(deleted(project.root, rel, "arq's, replaced by taskiq's"))
-        gone.append(deleted(project.root, f"{BASE_DIR}/{rel}.base"))
-    return gone
+        if rel not in kept:
+            gone.append(deleted(project.root, rel, note))
+        base = f"{BASE_DIR}/{rel}.base"
+        if base not in kept:
+            gone.append(deleted(project.root, base))
+    return [change for change in gone if change is not None]
 
 
-def _take_out_arq_edits(
-    plan: Plan, project: Project, source: RunnerSpec, target: RunnerSpec
+def _take_out_source_edits(
+    plan: Plan, project: Project, source: Source, target: RunnerSpec, api_shape: str
 ) -> None:
-    """Out of the planned app, settings, requirements and .env.example: what arq's init
-    put there that taskiq does not use."""
-    alias = f"{source.router_file}_router"
-    fields = {f.key for f in source.settings_fields} - {f.key for f in target.settings_fields}
+    """Out of the planned app, settings, requirements and .env.example: what the old
+    runner's init put there that the target does not use."""
+    old = project.spec
+    alias = f"{old.router_file}_router"
+    fields = {f.key for f in old.settings_fields} - {f.key for f in target.settings_fields}
     broker = str(project.layout.get("broker") or "redis")
-    wanted = {canonical(requirement_name(r)) for r in target.dependencies_for(broker)}
-    # arq, and the redis<6 pin it forced (taskiq-redis brings the redis it needs)
-    dropped = [r for r in source.dependencies if canonical(requirement_name(r)) not in wanted]
+    dropped = source.dropped_requirements(target, broker)
     app_rel = _app_file(project)
     settings = str(project.layout.get("settings", "")).partition(":")
     source_root = project.root / str(project.layout.get("source_root", "."))
     deps_path = _declared(project.root, source_root)[0]
     deps_rel = deps_path.relative_to(project.root).as_posix() if deps_path else None
-    if deps_rel and not any(c.path == deps_rel for c in plan.changes):
+    if dropped and deps_rel and not any(c.path == deps_rel for c in plan.changes):
         text = read_existing(project.root, deps_rel) or ""
         plan.changes.append(patched(project.root, deps_rel, text, text))
+    keep_include = source.keeps_include(api_shape)
     for index, change in enumerate(plan.changes):
         if change.action not in (Action.PATCH, Action.IDENTICAL):
             continue
         new = change.new
-        if change.path == app_rel:
-            new = _without_include(new, alias, change.path)
-        if change.path.endswith(".py") and f"# {FIELDS_HEADER}" in new:
+        if change.path == app_rel and not keep_include:
+            new = _without_include(new, alias, change.path, old.name)
+        if fields and change.path.endswith(".py") and f"# {FIELDS_HEADER}" in new:
             new = _without_fields(new, settings[2], fields)
-        if change.path == deps_rel:
+        if dropped and change.path == deps_rel:
             new = _without_requirements(new, dropped)
-        if PurePosixPath(change.path).name in COMPOSE_NAMES:
-            new, done = _web_environment_for_taskiq(new)
-            if done:
-                plan.notes[:] = [n for n in plan.notes if SAME_ENVIRONMENT_NOTE not in n]
-        if PurePosixPath(change.path).name == ".env.example":
+        if PurePosixPath(change.path).name == ".env.example" and fields:
             names = {f.upper() for f in fields}
             new = "".join(
                 line
                 for line in new.splitlines(keepends=True)
                 if not any(line.split("=")[0].strip().upper().endswith(n) for n in names)
             )
-            # the group heading arq's fields had: the variables under it are taskiq's now
-            named = {f.comment for f in source.settings_fields if source.name in f.comment}
+        if PurePosixPath(change.path).name == ".env.example":
+            # the group heading the old runner's fields had: the variables are the target's
+            named = {f.comment for f in old.settings_fields if old.name in f.comment}
             for group in named:
                 new = new.replace(f"# {group}\n", "# Background tasks\n")
         if new != change.new:
             plan.changes[index] = patched(plan.root, change.path, change.old or "", new)
 
 
-def _web_environment_for_taskiq(text: str) -> tuple[str, bool]:
-    """The compose file with arq's generated web service given what the added taskiq
-    worker's environment has and its own lacks (taskiq's broker URL: the app queues
-    there now). Only in the block arq's template writes (`environment: &environment`,
-    a `NAME: value` a line), and only if the file then reads as meant; otherwise the
-    text as it is and the note merge_compose left. Returns (text, whether changed)."""
-    import yaml
-
-    services = (yaml.safe_load(text) or {}).get("services") or {}
-    web = services.get("web")
-    worker = next(
-        (
-            service
-            for service in services.values()
-            if isinstance(service, dict) and TASKIQ_WORKER.search(str(service.get("command")))
-        ),
-        None,
-    )
-    if not isinstance(web, dict) or not isinstance(worker, dict):
-        return text, False
-    have, want = web.get("environment"), worker.get("environment")
-    if not isinstance(have, dict) or not isinstance(want, dict):
-        return text, False
-    missing = {name: value for name, value in want.items() if name not in have}
-    block = re.search(r"(?m)^ +environment: &environment\r?\n(?P<inner> +)\S", text)
-    if not missing or block is None:
-        return text, False
-    newline = "\r\n" if "\r\n" in text else "\n"
-    lines = "".join(f"{block['inner']}{name}: {value}{newline}" for name, value in missing.items())
-    new = text[: block.start("inner")] + lines + text[block.start("inner") :]
-    after = (yaml.safe_load(new) or {}).get("services", {}).get("web", {}).get("environment")
-    if not isinstance(after, dict) or any(after.get(k) != v for k, v in missing.items()):
-        return text, False
-    return new, True
-
-
-def _without_include(text: str, alias: str, rel: str) -> str:
-    """The app module without the import of arq's router and its include_router call."""
+def _without_include(text: str, alias: str, rel: str, runner: str) -> str:
+    """The app module without the import of the old router and its include_router call."""
     tree = ast.parse(text)
     drop: set[int] = set()
     for node in ast.walk(tree):
@@ -601,7 +514,7 @@ def _without_include(text: str, alias: str, rel: str) -> str:
     kept = "".join(line for number, line in enumerate(lines, 1) if number not in drop)
     if re.search(rf"\b{re.escape(alias)}\b", kept):
         raise ConflictError(
-            f"{rel} uses arq's router ({alias}) beyond the import and include bgtasks wrote",
+            f"{rel} uses {runner}'s router ({alias}) beyond the import and include bgtasks wrote",
             "take those uses out by hand, then run again; nothing was written",
         )
     return kept
@@ -644,8 +557,8 @@ def _without_requirements(text: str, requirements: list[str]) -> str:
 def _rewrite_state(
     plan: Plan, project: Project, written_tasks: Mapping[str, str], removed: set[str]
 ) -> None:
-    """The state file as taskiq's alone: its files, its tasks (`project.tasks`) with the
-    hashes of their functions as add-task writes them (`written_tasks`)."""
+    """The state file as the target's alone: its files, its tasks (`project.tasks`) with
+    the hashes of their functions as add-task writes them (`written_tasks`)."""
     for index, change in enumerate(plan.changes):
         if change.path != STATE_FILE:
             continue

@@ -186,9 +186,9 @@ def test_refuses_when_the_projects_own_code_imports_an_arq_module(tmp_path: Path
 def test_refuses_other_moves(tmp_path: Path) -> None:
     project = tmp_path / "layered"
     shutil.copytree(EXAMPLES / "layered", project)
-    assert invoke("init", str(project), "--runner", "builtin")[0] == 0
-    code, output = invoke("migrate", str(project), "--to", "taskiq")
-    assert code == 2 and "arq -> taskiq" in output, output
+    assert invoke("init", str(project), "--runner", "celery")[0] == 0
+    code, output = invoke("migrate", str(project), "--to", "arq")
+    assert code == 2 and "arq -> taskiq" in output and "builtin -> celery" in output, output
 
 
 def test_a_second_init_does_not_take_its_own_code_for_another_system(tmp_path: Path) -> None:

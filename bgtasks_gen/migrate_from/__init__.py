@@ -1,0 +1,161 @@
+"""What `bgtasks migrate` does differently per runner a project moves off.
+
+The shared pipeline (bgtasks_gen/migrate.py) loads the project, carries the added tasks,
+plans the target's scaffold as `init` would, takes the old runner's files and edits out
+and rewrites the state file. A `Source` says what only its runner needs: which moves it
+knows, how an edited task body is said on the target, what it leaves behind that the
+target does not use, and what its clients keep calling.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from bgtasks_gen.addtask import Project, _Edits
+from bgtasks_gen.plan import Plan
+from bgtasks_gen.runners.base import RunnerSpec
+
+# what `--api-shape` takes: the routes the old runner answered (clients change nothing),
+# or only the target's own
+KEPT_SHAPE = "kept"
+NEW_SHAPE = "new"
+API_SHAPES = (KEPT_SHAPE, NEW_SHAPE)
+
+
+@dataclass(frozen=True)
+class Carried:
+    """A task on its way over: its state options, and its body when edited."""
+
+    name: str
+    options: Mapping[str, object]
+    body: list[str] | None  # the user's body lines, translated; None: not edited
+    # the body still opens with the generated docstring: the target's takes its place
+    generated_docstring: bool = False
+    # the return annotation the user's function has, as written, when the target's
+    # header must take it ("": none); None keeps the target's
+    returns: str | None = None
+    # a plain `def` carried onto a runner whose generated task is `async def`
+    plain: bool = False
+
+
+@dataclass(frozen=True)
+class BodyContext:
+    """Where an edited body stands: the task, its module and the lines of its body."""
+
+    name: str
+    rel: str  # the module, relative to the project
+    lines: list[str]  # every line of the module
+    function: ast.AsyncFunctionDef | ast.FunctionDef
+    first: int  # the last line of the def header (1-based)
+    target: RunnerSpec
+
+    def where(self, line: int) -> str:
+        return f"{self.rel}:{line}: `{self.lines[line - 1].strip()}`"
+
+
+class Source:
+    """A runner bgtasks can move a project off; subclasses say what differs."""
+
+    name = ""
+    targets: tuple[str, ...] = ()
+
+    def translate_body(self, body: BodyContext, problems: list[str]) -> list[str] | None:
+        """The body's lines as the target says them (a problem per line it cannot say);
+        None when it cannot be carried at all."""
+        raise NotImplementedError
+
+    def carried_header(
+        self, function: ast.AsyncFunctionDef | ast.FunctionDef, text: str
+    ) -> tuple[str | None, bool]:
+        """For an edited body of `function` (in `text`): the return annotation the
+        target's header takes (None: its own) and whether it stays a plain def."""
+        return None, False
+
+    def scaffold_tasks(
+        self, project: Project, edits: _Edits, target: RunnerSpec, problems: list[str]
+    ) -> list[tuple[Carried, str]]:
+        """Tasks of the old scaffold (not added by add-task) that move as added tasks,
+        each with the code of its function as generated; `edits` gets them back as
+        generated, so the file check that follows sees only other edits."""
+        return []
+
+    def kept_shape(self, project: Project, api_shape: str) -> str:
+        """The api_shape the target's router is planned with."""
+        raise NotImplementedError
+
+    def run_file(self, path: str, text: str) -> str:
+        """The project's Procfile or compose file without the old runner's processes."""
+        return text
+
+    def dropped_requirements(self, target: RunnerSpec, broker: str) -> list[str]:
+        """The old runner's requirements, as bgtasks wrote them, that go."""
+        return []
+
+    def keeps_include(self, api_shape: str) -> bool:
+        """Whether the old router's include stays in the app (it serves the kept routes)."""
+        return False
+
+    def adjust(
+        self,
+        plan: Plan,
+        project: Project,
+        moved: Project,
+        carried: list[Carried],
+        api_shape: str,
+        problems: list[str],
+    ) -> set[str]:
+        """Source-specific changes to the planned move; the paths written that are not
+        bgtasks' to own afterwards (the state file does not list them)."""
+        return set()
+
+    def notes(self, project: Project, target: RunnerSpec, api_shape: str) -> list[str]:
+        return []
+
+
+def function_named(tree: ast.Module, name: str) -> ast.AsyncFunctionDef | ast.FunctionDef | None:
+    for node in tree.body:
+        if isinstance(node, ast.AsyncFunctionDef | ast.FunctionDef) and node.name == name:
+            return node
+    return None
+
+
+def header_end(function: ast.AsyncFunctionDef | ast.FunctionDef) -> int:
+    """The last line of the `def ...:` header (1-based)."""
+    ends = [function.lineno]
+    arguments = function.args
+    for node in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]:
+        ends.append(node.end_lineno or node.lineno)
+    if function.returns is not None:
+        ends.append(function.returns.end_lineno or function.returns.lineno)
+    return max(ends)
+
+
+def changed_lines(old: str, new: str) -> str:
+    """ "line(s) 3, 7-9" of `new` that differ from `old`."""
+    spans = []
+    matcher = difflib.SequenceMatcher(a=old.splitlines(), b=new.splitlines(), autojunk=False)
+    for tag, _, _, first, last in matcher.get_opcodes():
+        if tag != "equal":
+            spans.append(f"{first + 1}" if last <= first + 1 else f"{first + 1}-{last}")
+    shown = ", ".join(spans[:4]) + (", ..." if len(spans) > 4 else "")
+    return f"line(s) {shown}" if spans else "its line endings"
+
+
+def source_for(runner: str) -> Source | None:
+    from bgtasks_gen.migrate_from.arq import ArqSource
+    from bgtasks_gen.migrate_from.builtin import BuiltinSource
+
+    sources: dict[str, Source] = {s.name: s for s in (ArqSource(), BuiltinSource())}
+    return sources.get(runner)
+
+
+def known_moves() -> list[tuple[str, str]]:
+    moves: list[tuple[str, str]] = []
+    for runner in ("arq", "builtin"):
+        source = source_for(runner)
+        assert source is not None
+        moves.extend((runner, target) for target in source.targets)
+    return sorted(moves)
