@@ -506,8 +506,12 @@ _metrics_logger = logging.getLogger(f"{__name__}.metrics")
 # dict update, not a round trip. Kept until Redis takes them (Redis may be what
 # failed); a web process that dies loses at most the last FLUSH_SECONDS of them.
 FLUSH_SECONDS = 0.5
+# while Redis is down a flush is tried less and less often, up to this (a scrape still
+# flushes at once), and the outage is logged once, not every try
+FLUSH_BACKOFF_MAX_SECONDS = 10.0
 _unsent: dict[tuple[str, str], int] = {}  # (hash key, field) -> count
 _flushing: set[asyncio.Task[None]] = set()
+_flush_failing = False
 
 
 def count_queued(client: Any, task: str) -> None:
@@ -539,31 +543,40 @@ def _add(client: Any, key: str, field: str) -> None:
 
 
 async def _flush_later(client: Any) -> None:
+    delay = FLUSH_SECONDS
     while _unsent:  # until Redis took them all (later calls add to the same flush)
-        await asyncio.sleep(FLUSH_SECONDS)
-        await aflush_counts(client)
+        await asyncio.sleep(delay)
+        written = await aflush_counts(client)
+        delay = FLUSH_SECONDS if written else min(delay * 2, FLUSH_BACKOFF_MAX_SECONDS)
 
 
-async def aflush_counts(client: Any) -> None:
+async def aflush_counts(client: Any) -> bool:
     """Add this process's unsent counts to Redis now (the scrape does, so it shows
-    them); kept for the next flush when Redis does not answer."""
+    them); kept for the next flush when Redis does not answer (False)."""
+    global _flush_failing
     pending = dict(_unsent)
     if not pending:
-        return
+        return True
     try:
         async with client.pipeline(transaction=True) as pipe:
             for (key, field), count in pending.items():
                 pipe.hincrby(key, field, count)
             await pipe.execute()
     except Exception:  # still unsent: counted on a later flush
-        _metrics_logger.warning("could not write the counts yet", exc_info=True)
-        return
+        if not _flush_failing:
+            _metrics_logger.warning("could not write the counts yet", exc_info=True)
+        _flush_failing = True
+        return False
+    if _flush_failing:
+        _metrics_logger.info("counts written again")
+        _flush_failing = False
     for entry, count in pending.items():
         left = _unsent.get(entry, 0) - count
         if left > 0:
             _unsent[entry] = left
         else:
             _unsent.pop(entry, None)
+    return True
 
 
 # The Redis calls of async_client() (the `bgtasks failed` CLI, a replay outside the
