@@ -101,6 +101,32 @@ def add_filters(environment: Environment) -> None:
     """Give a jinja2 environment the filters the templates use."""
     environment.filters["py"] = python_literal
     environment.filters["py_text"] = python_text
+    environment.filters["import_order"] = import_order
+
+
+def import_order(lines: list[str]) -> list[str]:
+    """Import statements (a wrapped `from m import (...)` is one item) in the order ruff's
+    isort rules keep them within a section: plain `import` first, then by module, then,
+    for several statements from one module, by the first name each imports."""
+    return sorted(lines, key=_import_key)
+
+
+def _import_key(line: str) -> tuple[int, str, str, tuple[int, str]]:
+    words = line.replace("(", " ").replace(",", " ").split()
+    module = words[1]
+    first_name = words[3] if words[0] == "from" and len(words) > 3 else ""
+    return (0 if words[0] == "import" else 1, module.lower(), module, _member_key(first_name))
+
+
+def _member_key(name: str) -> tuple[int, str]:
+    # ruff's order-by-type: CONSTANTS, then Classes, then everything else
+    if name.isupper() and len(name) > 1:
+        kind = 0
+    elif name[:1].isupper():
+        kind = 1
+    else:
+        kind = 2
+    return (kind, name.lower())
 
 
 def is_identifier(name: str) -> bool:

@@ -28,7 +28,7 @@ from bgtasks_gen.patch.settings_fields import NewField, add_settings_fields
 from bgtasks_gen.render import render_runner
 from bgtasks_gen.runners import get_runner
 from bgtasks_gen.scaffold import choose_fields, template_context
-from bgtasks_gen.template_filters import is_identifier, python_literal, python_text
+from bgtasks_gen.template_filters import import_order, is_identifier, python_literal, python_text
 from tests.conftest import EXAMPLES, invoke, tree_hashes
 
 # `os` and `system` in mathematical sans-serif letters: Python reads them as `os` and
@@ -345,3 +345,35 @@ def test_a_settings_field_default_is_one_expression_or_refused() -> None:
         add_settings_fields(source, "Settings", [smuggled], "Background tasks")
     with pytest.raises(PatchError):
         add_settings_fields(source, "Settings", [NewField("ｏｓ", "str", '""')], "Background tasks")
+
+
+def test_import_order_sorts_statements_of_one_module_by_their_first_name() -> None:
+    """Ruff keeps `from m import a as b` apart from `from m import (c, d)` and orders them
+    by the first name imported; a plain text sort puts the wrapped one first."""
+    wrapped = "from acme.tasks import (\n    celery_inbox,\n    tracing,\n)"
+    aliased = "from acme.tasks import celery_dashboard as dashboard"
+    lines = [
+        "from acme.tasks.celery_app import app",
+        wrapped,
+        "import acme.settings",
+        aliased,
+        "from acme.tasks import tasks as celery_tasks",
+        "from Acme.core import Settings",
+    ]
+    assert import_order(lines) == [
+        "import acme.settings",
+        "from Acme.core import Settings",
+        aliased,
+        wrapped,
+        "from acme.tasks import tasks as celery_tasks",
+        "from acme.tasks.celery_app import app",
+    ]
+
+
+def test_import_order_puts_constants_then_classes_then_functions_first() -> None:
+    lines = ["from m import helper", "from m import Model", "from m import LIMIT"]
+    assert import_order(lines) == [
+        "from m import LIMIT",
+        "from m import Model",
+        "from m import helper",
+    ]
