@@ -102,7 +102,8 @@ WithFeatures = Annotated[
         "k8s = Kubernetes manifests under deploy/k8s/ with KEDA autoscaling on the queue; "
         "dashboard = the task dashboard page (on by default at init for a queue runner); "
         "metrics = a Prometheus route for the tasks and a Grafana dashboard; "
-        "otel = OpenTelemetry traces from the request through the queue to the task.",
+        "otel = OpenTelemetry traces from the request through the queue to the task; "
+        "sentry = errors to Sentry from the web process and the workers (sentry_dsn setting).",
     ),
 ]
 WithoutFeatures = Annotated[

@@ -30,6 +30,7 @@ MODULE_SUFFIXES = {
     "dashboard": "_dashboard.py",
     "metrics": "_metrics.py",
     "otel": "/tracing.py",
+    "sentry": "/error_reporting.py",
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from bgtasks_gen.errors import BadInput
+from bgtasks_gen.runners.base import SettingsField
 
 # name -> what it adds, as `--help` and errors say it
 FEATURES: dict[str, str] = {
@@ -24,6 +25,8 @@ FEATURES: dict[str, str] = {
     "otel": "OpenTelemetry traces across the queue: the request, its enqueue, the task's "
     "run and its SMTP send in one trace (W3C trace context carried with each message), "
     "trace and span ids on log records; configured by the standard OTEL_* variables",
+    "sentry": "errors to Sentry from the web process and the workers, each task's tagged "
+    "with its name and id, its arguments never sent; on once the sentry_dsn setting is set",
 }
 # the packages a feature adds to the project's dependencies
 FEATURE_PACKAGES: dict[str, tuple[str, ...]] = {
@@ -32,11 +35,32 @@ FEATURE_PACKAGES: dict[str, tuple[str, ...]] = {
         "opentelemetry-sdk>=1.30,<2",
         "opentelemetry-exporter-otlp-proto-http>=1.30,<2",
     ),
+    "sentry": ("sentry-sdk>=2,<3",),
+}
+# the settings fields a feature reads, patched into the project's settings class like
+# the runner's own (the project's spelling and env prefix); they stay when it goes
+FEATURE_FIELDS: dict[str, tuple[SettingsField, ...]] = {
+    # empty: error reporting is off
+    "sentry": (
+        SettingsField(
+            "sentry_dsn",
+            "str",
+            '""',
+            (),
+            "Error reporting (background tasks)",
+            optional=True,  # an existing `SENTRY_DSN: str | None = None` serves
+        ),
+    ),
 }
 # features that only make sense for a runner with a worker process
 WORKER_FEATURES = frozenset({"k8s", "dashboard", "metrics"})
 # on at init unless --without names them (update keeps what the project has)
 DEFAULT_FEATURES = ("dashboard",)
+
+
+def feature_fields(features: Iterable[str]) -> tuple[SettingsField, ...]:
+    """The settings fields the chosen features read, in the order they are chosen."""
+    return tuple(field for name in features for field in FEATURE_FIELDS.get(name, ()))
 
 
 def split_names(values: Iterable[str]) -> list[str]:

@@ -28,7 +28,12 @@ from bgtasks_gen.discovery import (
 from bgtasks_gen.errors import BadInput, DiscoveryError
 from bgtasks_gen.feature_files import FOLDERS as FEATURE_FOLDERS
 from bgtasks_gen.feature_files import feature_files, owned_feature_files, owned_folder_files
-from bgtasks_gen.features import DEFAULT_FEATURES, FEATURE_PACKAGES, choose_features
+from bgtasks_gen.features import (
+    DEFAULT_FEATURES,
+    FEATURE_PACKAGES,
+    choose_features,
+    feature_fields,
+)
 from bgtasks_gen.mypy_config import plan_mypy_override
 from bgtasks_gen.nextsteps import (
     ENV_EXAMPLE,
@@ -400,6 +405,9 @@ def plan_init(
         if merge is None and not replaces and spec.name not in _list(state.get("runners"))
         else (),
     )
+    if extra_fields := feature_fields(features):
+        # a feature's settings fields are patched in, spelled and reused like the runner's
+        spec = replace(spec, settings_fields=(*spec.settings_fields, *extra_fields))
     state_files = state.get("files", {})
     owned = set(state_files) if isinstance(state_files, dict) else set()
     _refuse_existing_runner(spec, present, owned)
@@ -466,6 +474,7 @@ def plan_init(
     context["with_dashboard"] = "dashboard" in features
     context["with_metrics"] = "metrics" in features
     context["with_otel"] = "otel" in features
+    context["with_sentry"] = "sentry" in features
     # beside another queue runner's router on "/tasks", this one takes "/<runner>-tasks"
     set_up = [r for r in _list(state.get("runners")) if r != replaces]
     context["queue_prefix"] = router_prefix(spec.name, api_shape or "", set_up)
@@ -720,6 +729,11 @@ def _plan_features(
             "otel: traces export once OTEL_TRACES_EXPORTER is set (otlp, console); "
             "OTEL_EXPORTER_OTLP_ENDPOINT says where, OTEL_SERVICE_NAME names the process "
             "(web, worker or scheduler when unset)"
+        )
+    if "sentry" in features:
+        plan.notes.append(
+            "sentry: errors are reported once the sentry_dsn setting is a DSN (empty: off); "
+            "SENTRY_ENVIRONMENT and SENTRY_RELEASE name the environment and the release"
         )
     for rel in _dropped_feature_files(state, recorded, features):
         for path in (rel, f"{BASE_DIR}/{rel}.base"):

@@ -64,9 +64,11 @@ def test_snapshot(
 
 
 # the opt-in features that change the generated code (k8s writes manifests only)
-FEATURE_CASES = [(runner, "metrics") for runner in ("celery", "arq", "taskiq")] + [
-    (runner, "otel") for runner in ("celery", "arq", "taskiq", "builtin")
-]
+FEATURE_CASES = (
+    [(runner, "metrics") for runner in ("celery", "arq", "taskiq")]
+    + [(runner, "otel") for runner in ("celery", "arq", "taskiq", "builtin")]
+    + [(runner, "sentry") for runner in ("celery", "arq", "taskiq", "builtin")]
+)
 
 
 @pytest.mark.parametrize(
