@@ -41,6 +41,12 @@ machine is itself the bottleneck (the ratio to the ceiling then says little).
         [--runner taskiq] [--no-outage] [--no-rabbitmq]
 
 The outage cases run for arq and celery only.
+
+`--with otel,metrics` adds one variant per runner with both features on, its queue
+endpoint measured against the app as generated. Its spans are exported as a deployment
+would export them (OTEL_TRACES_EXPORTER=otlp, OTLP over HTTP, the SDK's default batching)
+to a receiver the bench starts in a process of its own, which answers 200 to every
+POST /v1/traces and counts the spans it got: the export's cost is in the figures.
 """
 
 from __future__ import annotations
@@ -219,6 +225,82 @@ async def queue_email(
 SEEDS.update(celery=CELERY_SEED, arq=ARQ_SEED)
 
 
+# The OTLP/HTTP receiver of the otel variants, run in a runner environment (it has the
+# OpenTelemetry protobuf classes to count spans with); GET /count answers the totals.
+OTLP_RECEIVER = """
+import json
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+totals = {"posts": 0, "spans": 0}
+
+
+class Receiver(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path == "/v1/traces":
+            request = ExportTraceServiceRequest.FromString(body)
+            totals["posts"] += 1
+            totals["spans"] += sum(
+                len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans
+            )
+        self.answer(b"")
+
+    def do_GET(self):
+        self.answer(json.dumps(totals).encode())
+
+    def answer(self, body):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Receiver).serve_forever()
+"""
+EXPORTER_NOTE = "OTLP/HTTP export to a local receiver"
+
+
+@dataclass(frozen=True)
+class Receiver:
+    endpoint: str  # what OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set to
+    port: int
+
+    def totals(self) -> dict[str, int]:
+        answer: dict[str, int] = httpx.get(f"http://127.0.0.1:{self.port}/count").json()
+        return answer
+
+
+@contextlib.contextmanager
+def otlp_receiver() -> Iterator[Receiver]:
+    """An OTLP/HTTP receiver on a free port, in a process of its own."""
+    port = free_port()
+    python = REPO / ".venvs" / "celery" / "bin" / "python"
+    receiver = subprocess.Popen(
+        [str(python), "-c", OTLP_RECEIVER, str(port)], start_new_session=True
+    )
+    try:
+        wait_port(port)
+        yield Receiver(f"http://127.0.0.1:{port}/v1/traces", port)
+    finally:
+        os.killpg(receiver.pid, signal.SIGTERM)
+        receiver.wait(timeout=20)
+
+
+def otel_environment(receiver: Receiver) -> dict[str, str]:
+    """The OTEL_* variables of a deployment exporting over OTLP/HTTP (SDK defaults for
+    batching, sampling and timeouts)."""
+    return {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
+    }
+
+
 def redis_cli(port: int, *args: str) -> str:
     return subprocess.run(
         ["redis-cli", "-p", str(port), *args],
@@ -391,6 +473,7 @@ class App:
     clients_before: int = 0
     clients_after: int = 0
     label: str = ""  # a variant's name in the table (e.g. "arq --without dashboard")
+    receiver: Receiver | None = None  # where its spans go (an otel variant)
 
     @property
     def name(self) -> str:
@@ -405,11 +488,12 @@ def bench_runners(
     workdir: Path,
     without: list[str] | None = None,
     with_: list[str] | None = None,
-) -> list[str]:
+) -> tuple[list[str], list[str]]:
     """Every runner's app served at once; the turns go through all their endpoints. Each
-    feature in `without` (`with_`) adds, per runner, the same app scaffolded without
-    (with) it, measured on the queue endpoints in the same turns: a before/after in one
-    run."""
+    feature in `without` (`with_`: a name, or names joined by commas for one variant with
+    all of them) adds, per runner, the same app scaffolded without (with) it, measured on
+    the queue endpoints in the same turns: a before/after in one run. Returns the table's
+    rows and the notes on the otel variants' exports."""
     with contextlib.ExitStack() as stack:
         apps = []
         variants: list[tuple[str, tuple[str, ...], str]] = [(r, (), "") for r in runners]
@@ -425,11 +509,16 @@ def bench_runners(
             folder.mkdir()
             python, project = prepare(runner, folder, *init_args)
             redis_port, env = stack.enter_context(private_redis(project))
+            receiver = None
+            if "--with" in init_args and "otel" in init_args[-1].split(","):
+                receiver = stack.enter_context(otlp_receiver())
+                env = {**env, **otel_environment(receiver)}
+                label = f"{label} ({EXPORTER_NOTE})"
             server = stack.enter_context(serve(python, project, env))
             endpoints = ENDPOINTS[runner]
             if label:
                 endpoints = [e for e in endpoints if e.kind == "bgtasks"]
-            apps.append(App(runner, server, redis_port, endpoints, label=label))
+            apps.append(App(runner, server, redis_port, endpoints, label=label, receiver=receiver))
         # warm up every endpoint until each threadpool thread has its connections
         for app in apps:
             for endpoint in app.endpoints:
@@ -455,6 +544,19 @@ def bench_runners(
                     queued[key] = (old[0] + added, old[1] + result.answered)
         for app in apps:
             app.clients_after = connected_clients(app.redis_port)
+        notes = []
+        if any(app.receiver for app in apps):
+            time.sleep(6)  # the SDK's batch processor exports every 5 s
+        for app in apps:
+            if app.receiver is None:
+                continue
+            totals = app.receiver.totals()
+            answered = sum(f.answered for e in app.endpoints for f in runs[(app.name, e.label)])
+            notes.append(
+                f"{app.name}: OTEL_TRACES_EXPORTER=otlp to {app.receiver.endpoint}; "
+                f"{totals['spans']} spans received in {totals['posts']} POSTs, for "
+                f"{answered} measured requests (warm-up included in the spans)"
+            )
 
     def ratio(one: tuple[str, str], other: tuple[str, str]) -> str:
         pairs = zip(runs[one], runs[other], strict=True)
@@ -492,7 +594,7 @@ def bench_runners(
                 f"| {' / '.join(ratio(key, noop) for noop in noops)} "
                 f"| {versus} | {app.clients_before} -> {app.clients_after} | {messages} |"
             )
-    return rows
+    return rows, notes
 
 
 @contextlib.contextmanager
@@ -624,7 +726,8 @@ def main() -> None:
         action="append",
         metavar="FEATURE",
         help="also measure each runner's queue endpoints scaffolded with FEATURE "
-        "(e.g. metrics), in the same turns",
+        "(e.g. metrics; otel,metrics for one variant with both, exporting over OTLP to a "
+        "local receiver), in the same turns",
     )
     parser.add_argument(
         "--without",
@@ -635,9 +738,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     runners = args.runner or sorted(ENDPOINTS)
-    rows, outages, rabbit = [], [], []
+    outages: list[str] = []
+    rabbit: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows = bench_runners(
+        rows, notes = bench_runners(
             runners,
             args.seconds,
             args.concurrency,
@@ -666,6 +770,10 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows + rabbit:
         print(row)
+    if notes:
+        print("\notel variants, spans exported with the SDK's default batching:")
+        for note in notes:
+            print(f"- {note}")
     if outages:
         print(
             f"\n### Broker unusable: /health under {args.concurrency} requests in flight, "

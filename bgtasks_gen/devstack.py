@@ -14,6 +14,10 @@ is a crash of the stack, and the SMTP sink runs in this process.
 The processes that import the task code (the worker, beat, the scheduler) are restarted
 when a `*.py` file of the tasks or routes package changes (dev_watch.py), as uvicorn's
 --reload restarts the web app: a new task is known to the worker once it is saved.
+
+A project with `--with otel` and no OTEL_TRACES_EXPORTER of the user's exports with the
+console exporter, and the spans the processes print are shown as traces, one line per
+span (dev_spans.py), instead of as the exporter's JSON.
 """
 
 from __future__ import annotations
@@ -42,6 +46,12 @@ from types import FrameType
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
+from bgtasks_gen.dev_spans import (
+    SpanReader,
+    TraceBoard,
+    console_environment,
+    wants_console,
+)
 from bgtasks_gen.dev_watch import ChangeWatcher
 from bgtasks_gen.doctor import (
     AMQP_SCHEMES,
@@ -79,6 +89,7 @@ SINK_BODY_LINES = 3
 REDIS_URL_KEYS = ("celery_broker_url", "celery_result_backend", "taskiq_broker_url", "redis_url")
 DEV_PREFIX = "dev"
 SINK_PREFIX = "smtp"
+SPANS_PREFIX = "spans"
 DEV_SENDER = "bgtasks-dev@localhost"
 LOCK_INSTALLS = {"uv.lock": "uv sync", "poetry.lock": "poetry install", "pdm.lock": "pdm install"}
 FLOWER_PORT = 5555
@@ -118,6 +129,7 @@ class StackPlan:
     notes: list[str] = field(default_factory=list)
     workdir: Path | None = None  # private Redis data, beat's schedule: removed at exit
     watched: list[Path] = field(default_factory=list)  # the task code: see ProcessSpec.reloads
+    show_spans: bool = False  # the processes print spans (console exporter): shown as traces
 
     def banner(self) -> str:
         """The first line: where everything is."""
@@ -384,6 +396,13 @@ def plan_stack(
         workdir=workdir,
     )
     env = process_environment(project, planner.overrides)
+    if wants_console(project.state_layout.get("features"), env):
+        env.update(console_environment(env))
+        plan.show_spans = True
+        plan.notes.append(
+            "traces: each finished trace is shown below, one line per span "
+            "(OTEL_TRACES_EXPORTER=console; set OTEL_TRACES_EXPORTER to export elsewhere)"
+        )
     binary = redis_server_binary()
     if redis_port and binary is not None and workdir is not None:
         plan.redis_url = f"redis://{LOCALHOST}:{redis_port}"
@@ -523,7 +542,7 @@ class _Stack:
 
         self.plan = plan
         self.message = Message
-        names = [p.name for p in plan.processes] + [DEV_PREFIX, SINK_PREFIX]
+        names = [p.name for p in plan.processes] + [DEV_PREFIX, SINK_PREFIX, SPANS_PREFIX]
         self.printer = Printer(output, width=max(len(n) for n in names))
         self.colours = get_colours()
         self.sink_colour = next(self.colours)
@@ -535,6 +554,8 @@ class _Stack:
         self.signals_told = 0
         self.failure = ""  # what went wrong, "" while nothing did
         self.watcher = ChangeWatcher(plan.watched) if plan.watched else None
+        self.traces = TraceBoard() if plan.show_spans else None
+        self.span_readers: dict[str, SpanReader] = {}
 
     # output and events ---------------------------------------------------------------
     def say(self, text: str, name: str = DEV_PREFIX, colour: str | None = None) -> None:
@@ -545,6 +566,7 @@ class _Stack:
         """Print what arrives and record starts and exits, for about `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while True:
+            self.show_traces(self.traces.due(time.monotonic()) if self.traces else [])
             while self.signals_told < len(self.signals):
                 name = self.signals[self.signals_told]
                 self.signals_told += 1
@@ -562,13 +584,19 @@ class _Stack:
 
     def handle(self, message: Any) -> None:
         child = self.children.get(message.name)
-        if message.type == "line":
+        if message.type == "line" and self.traces is not None and child is not None:
+            for line in self.span_reader(message.name).feed(message.data.decode(errors="replace")):
+                self.printer.write(message._replace(data=line.encode()))
+        elif message.type == "line":
             self.printer.write(message)
         elif message.type == "start" and child is not None:
             child.pid = int(message.data["pid"])
             self.say(f"{message.name} started (pid {child.pid})")
         elif message.type == "stop" and child is not None:
             child.returncode = int(message.data["returncode"])
+            held = self.span_readers.pop(message.name, None)
+            for line in held.flush() if held else []:
+                self.printer.write(message._replace(type="line", data=line.encode()))
             if self.signals or self.failure or child.restarting:
                 self.say(f"{message.name} stopped (exit code {child.returncode})")
             elif child.reloaded:
@@ -580,6 +608,21 @@ class _Stack:
             else:
                 self.failure = f"{message.name} exited with code {child.returncode}"
                 self.say(f"{self.failure}: stopping the others")
+
+    def span_reader(self, name: str) -> SpanReader:
+        traces = self.traces
+        assert traces is not None
+        if name not in self.span_readers:
+            self.span_readers[name] = SpanReader(
+                name, lambda span: traces.add(span, time.monotonic())
+            )
+        return self.span_readers[name]
+
+    def show_traces(self, lines: list[str]) -> None:
+        for line in lines:
+            self.printer.write(
+                self.message("line", line + "\n", datetime.datetime.now(), SPANS_PREFIX, None)
+            )
 
     def drain(self) -> None:
         while True:
@@ -736,6 +779,8 @@ class _Stack:
         left = self.stop(others)
         left += self.stop([c for c in self.children.values() if c.spec.name == "redis"])
         self.drain()
+        if self.traces is not None:
+            self.show_traces(self.traces.flush())
         for child in left:
             self.say(f"{child.spec.name} (pid {child.pid}) could not be stopped")
         if left or self.failure:

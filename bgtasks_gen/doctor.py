@@ -13,7 +13,7 @@ import os
 import socket
 import ssl
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 from bgtasks_gen.errors import BgtasksError
 from bgtasks_gen.project_env import (
+    MASK,
     Interpreter,
     StackProject,
     find_interpreter,
@@ -28,6 +29,7 @@ from bgtasks_gen.project_env import (
     mask_credentials,
     mask_url,
     process_environment,
+    read_dotenv,
     run_probe,
     script_of,
     setting_sources,
@@ -274,6 +276,200 @@ def _receive(sock: socket.socket, size: int) -> bytes:
     return data
 
 
+# -- features: where their output goes -------------------------------------------------------
+
+
+# OTEL_TRACES_EXPORTER names the tracing module (templates/_partials/tracing.py.jinja)
+# takes without an extra package; any other must be an installed entry point
+BUILT_IN_EXPORTERS = ("otlp", "console", "none")
+OTLP_HTTP_DEFAULT = "http://localhost:4318"
+OTLP_GRPC_DEFAULT = "http://localhost:4317"
+TRACES_PATH = "v1/traces"
+# the settings field of `--with sentry`, spelled in the project's case
+SENTRY_FIELD = "sentry_dsn"
+
+
+def exporter_names(environ: Mapping[str, str]) -> list[str]:
+    """OTEL_TRACES_EXPORTER as the tracing module splits it, `none` dropped."""
+    names = environ.get("OTEL_TRACES_EXPORTER", "")
+    chosen = [name.strip().lower() for name in names.split(",") if name.strip()]
+    return [name for name in chosen if name != "none"]
+
+
+def otlp_endpoint(environ: Mapping[str, str]) -> tuple[str, str]:
+    """(protocol, URL) the OTLP exporter sends spans to, resolved as the installed
+    exporter resolves it: the traces endpoint as given, else the base endpoint with
+    /v1/traces, else the SDK's default."""
+    protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
+    )
+    if protocol.strip() == "grpc":
+        endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
+        return "grpc", endpoint or OTLP_GRPC_DEFAULT
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if endpoint:
+        return "http", endpoint
+    base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or OTLP_HTTP_DEFAULT
+    return "http", f"{base.removesuffix('/')}/{TRACES_PATH}"
+
+
+def _endpoint_address(url: str) -> tuple[str, int]:
+    """host and port of an http(s) URL (a gRPC endpoint may omit the scheme);
+    ServiceDown when the URL names neither."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ServiceDown("not an http:// or https:// URL")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ServiceDown("the URL's port is not a number") from None
+    return parts.hostname, port
+
+
+def otel_exporter_check(
+    environ: Mapping[str, str], installed_exporters: Iterable[str] = ()
+) -> Check:
+    """Where the traces go, read from the OTEL_* variables the processes inherit;
+    `installed_exporters` are the exporter entry points of the project's interpreter."""
+    name = "otel exporter"
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return Check(name, SKIP, "OTEL_SDK_DISABLED=true: no tracing is set up")
+    exporters = exporter_names(environ)
+    if not exporters:
+        return Check(
+            name,
+            SKIP,
+            "nothing is exported: set OTEL_TRACES_EXPORTER=otlp (with "
+            "OTEL_EXPORTER_OTLP_ENDPOINT) or console",
+        )
+    unknown = [
+        exporter
+        for exporter in exporters
+        if exporter not in BUILT_IN_EXPORTERS and exporter not in installed_exporters
+    ]
+    if unknown:
+        accepted = sorted({*BUILT_IN_EXPORTERS, *installed_exporters} - {"otlp_proto_http"})
+        return Check(
+            name,
+            FAIL,
+            f"OTEL_TRACES_EXPORTER names {', '.join(unknown)}, which is not an installed "
+            "exporter: its spans are dropped",
+            f"set OTEL_TRACES_EXPORTER to one of: {', '.join(accepted)}",
+        )
+    found = []
+    for exporter in exporters:
+        if exporter != "otlp":
+            found.append(f"{exporter} exporter")
+            continue
+        protocol, url = otlp_endpoint(environ)
+        try:
+            tcp_reachable(*_endpoint_address(url))
+        except ServiceDown as down:
+            return Check(
+                name,
+                FAIL,
+                f"OTLP ({protocol}) endpoint {mask_url(url)}: {down}",
+                "start the collector there, or point OTEL_EXPORTER_OTLP_ENDPOINT (or "
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) at one that runs",
+            )
+        found.append(f"OTLP ({protocol}) to {mask_url(url)}, which accepts connections")
+    return Check(name, PASS, "; ".join(found))
+
+
+def _dsn_problem(dsn: str) -> str | None:
+    """What keeps `dsn` from being a Sentry DSN (scheme://publickey@host[:port]/project-id),
+    said without quoting its key; None when it is one."""
+    try:
+        parts = urlsplit(dsn)
+        _ = parts.port  # ValueError for a port that is not a number
+    except ValueError:
+        return "its port is not a number"
+    if parts.scheme not in ("http", "https"):
+        shown = parts.scheme if parts.scheme and "@" not in parts.scheme else "none"
+        return f"its scheme is {shown}, not http or https"
+    if "@" not in parts.netloc or not parts.username:
+        return "it has no public key (scheme://KEY@host/project-id)"
+    if not parts.hostname:
+        return "it has no host"
+    project_id = parts.path.rstrip("/").rpartition("/")[2]
+    if not project_id:
+        return "it has no project id (the number after the host)"
+    if not project_id.isdigit():
+        return "its project id (the path's last part) is not a number"
+    return None
+
+
+def sentry_dsn_check(dsn: str | None, env_name: str) -> Check:
+    """The DSN's shape, then whether its host accepts a TCP connection; the key is never
+    shown."""
+    name = "sentry dsn"
+    dsn = (dsn or "").strip()
+    if not dsn:
+        return Check(name, SKIP, f"events are not sent: set {env_name}")
+    problem = _dsn_problem(dsn)
+    if problem is not None:
+        return Check(
+            name,
+            FAIL,
+            f"{env_name} is not a Sentry DSN: {problem}",
+            f"copy the DSN from the Sentry project's Client Keys page into {env_name}",
+        )
+    parts = urlsplit(dsn)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    shown = parts._replace(netloc=f"{MASK}@{parts.netloc.rpartition('@')[2]}").geturl()
+    try:
+        tcp_reachable(host, port)
+    except ServiceDown as down:
+        return Check(
+            name,
+            FAIL,
+            f"{shown}: {down}",
+            f"check the host in {env_name}, and that this machine may reach {host}:{port}",
+        )
+    return Check(name, PASS, f"{shown}: {host}:{port} accepts connections")
+
+
+EXPORTERS_MARKER = "BGTASKS-EXPORTERS:"
+
+
+def _exporters_main(_unused: str) -> None:
+    """Run in the project's interpreter (sent by script_of): the names of the installed
+    OpenTelemetry trace exporters."""
+    import json
+    import sys
+    from importlib.metadata import entry_points
+
+    names = sorted({point.name for point in entry_points(group="opentelemetry_traces_exporter")})
+    sys.stdout.write("BGTASKS-EXPORTERS:" + json.dumps(names) + "\n")
+
+
+def installed_exporters(python: Path, cwd: Path, env: Mapping[str, str]) -> list[str]:
+    """The exporter entry points of the project's interpreter (none when it cannot say)."""
+    import json
+    import subprocess
+
+    command = [str(python), "-c", script_of(_exporters_main), ""]
+    try:
+        result = subprocess.run(
+            command,
+            cwd=cwd,
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            timeout=PACKAGES_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    for line in reversed(result.stdout.splitlines()):
+        if line.startswith(EXPORTERS_MARKER):
+            return [str(name) for name in json.loads(line.removeprefix(EXPORTERS_MARKER))]
+    return []
+
+
 # -- processes ---------------------------------------------------------------------------
 
 
@@ -369,9 +565,36 @@ def runner_requirements(project: StackProject) -> dict[str, Any]:
     pins win: celery 5.6 beside arq), else as bgtasks would add them."""
     from bgtasks_gen.deps import declared_requirements
 
-    wanted = _requirement_names(list(project.spec.dependencies_for(project.broker)))
+    wanted = _requirement_names(
+        [*project.spec.dependencies_for(project.broker), *feature_requirements(project)]
+    )
     declared = _requirement_names(declared_requirements(project.root, project.source_root))
     return {name: declared.get(name, requirement) for name, requirement in wanted.items()}
+
+
+def recorded_features(project: StackProject) -> list[str]:
+    recorded = project.state_layout.get("features", [])
+    return [str(name) for name in recorded] if isinstance(recorded, list) else []
+
+
+def feature_requirements(project: StackProject) -> list[str]:
+    """The packages the project's recorded features add (features.FEATURE_PACKAGES)."""
+    from bgtasks_gen.features import FEATURE_PACKAGES
+
+    return [
+        requirement
+        for name in recorded_features(project)
+        for requirement in FEATURE_PACKAGES.get(name, ())
+    ]
+
+
+def sentry_field(project: StackProject) -> str | None:
+    """The settings class's sentry_dsn attribute, as the project spells it."""
+    if project.layout is None:
+        return None
+    return next(
+        (name for name in project.layout.settings.fields if name.lower() == SENTRY_FIELD), None
+    )
 
 
 def distributions_to_probe(project: StackProject) -> list[str]:
@@ -567,6 +790,21 @@ class _Doctor:
                 return source.value
         return None
 
+    def setting(self, attribute: str) -> str | None:
+        """A settings attribute outside the runner's fields, read as value() reads one."""
+        values = self.live.get("settings", {}).get("values", {})
+        if attribute in values:
+            value = values[attribute]
+            return None if value is None else str(value)
+        for source in setting_sources(self.project, self.environ):
+            if source.attribute == attribute:
+                return source.value
+        return None
+
+    def feature_fields(self) -> list[str]:
+        field = sentry_field(self.project) if "sentry" in recorded_features(self.project) else None
+        return [field] if field else []
+
     def run(self) -> Diagnosis:
         error = self.project.discovery_error
         if error is not None:
@@ -577,6 +815,7 @@ class _Doctor:
         self.settings()
         self.api_token()
         self.services()
+        self.feature_outputs()
         if self.interpreter is not None:
             self.code_checks()
             self.served()
@@ -634,7 +873,7 @@ class _Doctor:
                 "module": settings.access_module,
                 "attribute": settings.access_name,
                 "call": settings.access_kind != "instance",
-                "fields": sorted(project.fields.values()),
+                "fields": sorted({*project.fields.values(), *self.feature_fields()}),
             }
         if "celery-inspect" in project.spec.capabilities:
             request["celery"] = project.worker_module
@@ -805,6 +1044,51 @@ class _Doctor:
             )
         else:
             self.add("smtp", PASS, f"{host}:{port} accepts connections")
+
+    def feature_outputs(self) -> None:
+        """Where each recorded feature sends what it collects: the traces' exporter, the
+        errors' Sentry DSN."""
+        features = recorded_features(self.project)
+        if "otel" in features:
+            self.otel_exporter()
+        if "sentry" in features:
+            field = sentry_field(self.project)
+            if field is None:
+                self.add(
+                    "sentry dsn",
+                    FAIL,
+                    f"the sentry feature is recorded, and {self.project.settings.class_name} "
+                    f"has no {SENTRY_FIELD} field"
+                    if self.project.layout is not None
+                    else "the settings class could not be read (see project)",
+                    "run `bgtasks update` to add it",
+                )
+            else:
+                env_name = self.project.settings.env_name(field)
+                self.checks.append(sentry_dsn_check(self.setting(field), env_name))
+
+    def otel_exporter(self) -> None:
+        # the tracing module reads os.environ, never .env: the processes bgtasks starts
+        # inherit the environment doctor runs in
+        environ = self.environ
+        plugins: list[str] = []
+        if self.interpreter is not None and any(
+            name not in BUILT_IN_EXPORTERS for name in exporter_names(environ)
+        ):
+            plugins = installed_exporters(
+                self.interpreter.path, self.project.root, process_environment(self.project)
+            )
+        check = otel_exporter_check(environ, plugins)
+        in_dotenv = "OTEL_TRACES_EXPORTER" in read_dotenv(self.project.root)
+        if check.status == SKIP and in_dotenv and "OTEL_TRACES_EXPORTER" not in environ:
+            check = Check(
+                check.name,
+                SKIP,
+                check.detail + " (.env sets it, and the OTEL_* variables are read from the "
+                "process environment only)",
+                "export it, or set it in the environment the processes start with",
+            )
+        self.checks.append(check)
 
     def code_checks(self) -> None:
         project = self.project
