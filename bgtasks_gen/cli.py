@@ -573,7 +573,7 @@ def migrate(
         typer.Option(
             "--to",
             help="The runner to move to. The moves: arq -> taskiq, builtin -> celery, "
-            "builtin -> taskiq.",
+            "builtin -> taskiq, celery -> taskiq.",
         ),
     ] = "taskiq",
     api_shape: Annotated[
@@ -598,16 +598,17 @@ def migrate(
     project_option: ProjectOption = None,
 ) -> None:
     """Move a project onto another runner, in one all-or-nothing write: arq -> taskiq,
-    builtin -> celery, builtin -> taskiq.
+    celery -> taskiq, builtin -> celery, builtin -> taskiq.
 
     The new runner's scaffold replaces the old one's generated modules; the routes keep
     answering what they answered (arq's paths and fields; builtin's paths and 202 body,
     now with a task_id and status_url), so clients do not notice, unless --api-shape new.
     Every task added with add-task comes along (arguments, schedule, retries, timeout),
-    and a body you edited is kept line for line (arq's ctx["job_id"]/ctx["job_try"]
-    become control.task_id/control.tries; builtin's process_notification moves as an
-    added task). The old runner's settings fields, processes and requirements go, as
-    bgtasks wrote them. What cannot be carried safely is refused, naming the lines.
+    and a body you edited is kept line for line (arq's ctx["job_id"]/ctx["job_try"] and
+    Celery's self.request.id/self.request.retries become control.task_id/control.tries;
+    builtin's process_notification moves as an added task). The old runner's settings
+    fields, processes and requirements go, as bgtasks wrote them. What cannot be carried
+    safely is refused, naming the lines.
 
     Example: bgtasks migrate . --to celery --dry-run
     """

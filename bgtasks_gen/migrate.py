@@ -1,8 +1,9 @@
 """`bgtasks migrate --to RUNNER`: move a project onto another runner, in one plan.
 
-The moves it knows: arq -> taskiq, builtin -> celery, builtin -> taskiq. What differs per
-runner moved off lives in bgtasks_gen/migrate_from/ (arq.py, builtin.py); this module is
-what every move shares, written all or nothing like every other command:
+The moves it knows: arq -> taskiq, builtin -> celery, builtin -> taskiq, celery -> taskiq.
+What differs per runner moved off lives in bgtasks_gen/migrate_from/ (arq.py, builtin.py,
+celery.py); this module is what every move shares, written all or nothing like every
+other command:
 - the target's scaffold is planned as `init --runner TARGET` would plan it (`replaces=`
   the old runner), its router answering what the old one answered unless `--api-shape
   new` (the source decides how: arq's router shape, or builtin's routes kept as a module);

@@ -147,14 +147,15 @@ def changed_lines(old: str, new: str) -> str:
 def source_for(runner: str) -> Source | None:
     from bgtasks_gen.migrate_from.arq import ArqSource
     from bgtasks_gen.migrate_from.builtin import BuiltinSource
+    from bgtasks_gen.migrate_from.celery import CelerySource
 
-    sources: dict[str, Source] = {s.name: s for s in (ArqSource(), BuiltinSource())}
+    sources: dict[str, Source] = {s.name: s for s in (ArqSource(), BuiltinSource(), CelerySource())}
     return sources.get(runner)
 
 
 def known_moves() -> list[tuple[str, str]]:
     moves: list[tuple[str, str]] = []
-    for runner in ("arq", "builtin"):
+    for runner in ("arq", "builtin", "celery"):
         source = source_for(runner)
         assert source is not None
         moves.extend((runner, target) for target in source.targets)
