@@ -599,6 +599,11 @@ def plan_remove_task(root: Path, name: str, *, force: bool = False) -> Plan:
     project = load_project(root)
     tasks = project.tasks
     if name not in tasks:
+        # a task `bgtasks adopt` wrote: its calls go back to add_task (adopt/removal.py)
+        from bgtasks_gen.adopt.removal import adopted_records, plan_remove_adopted
+
+        if name in adopted_records(project):
+            return plan_remove_adopted(project, name, force=force)
         known = ", ".join(sorted(tasks)) or "none"
         raise BadInput(
             f"task {name!r} was not added by `bgtasks add-task` (added tasks: {known})",

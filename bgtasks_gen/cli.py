@@ -477,7 +477,8 @@ def remove_task(
     name: Annotated[
         str,
         typer.Argument(
-            help="A task added by `bgtasks add-task`.", autocompletion=_complete_task_names
+            help="A task added by `bgtasks add-task` or `bgtasks adopt`.",
+            autocompletion=_complete_task_names,
         ),
     ],
     project: ProjectArgument = None,

@@ -40,7 +40,7 @@ def adopt(
     project_option: ProjectOption = None,
 ) -> None:
     """Move the project's own `background_tasks.add_task(func, ...)` calls onto the queue
-    worker (celery or taskiq): each function becomes a task of the runner in
+    worker (celery, arq or taskiq): each function becomes a task of the runner in
     <tasks package>/adopted.py, and each call queues it instead (awaited in an async
     route, a bounded blocking call in a plain one; 503 when the broker is down). Calls
     that cannot move are left exactly as they are, each listed with the reason and the

@@ -442,7 +442,7 @@ def test_a_later_run_adds_only_the_new_tasks(project: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("other", ["builtin", "arq"])
+@pytest.mark.parametrize("other", ["builtin"])
 def test_runners_without_a_queue_worker_to_move_to_are_refused(tmp_path: Path, other: str) -> None:
     project = tmp_path / other
     shutil.copytree(FIXTURE, project)
@@ -451,7 +451,7 @@ def test_runners_without_a_queue_worker_to_move_to_are_refused(tmp_path: Path, o
     code, output = adopt(project)
     assert code == 2
     assert f"this project's runner is {other}" in output
-    assert ("migrate --to taskiq" if other == "arq" else "--runner celery") in output
+    assert "--runner celery" in output
     assert tree(project) == before
 
 

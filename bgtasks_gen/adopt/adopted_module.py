@@ -36,7 +36,8 @@ class Wiring:
 
     `hook`: how the worker comes to import the adopted module: "include" adds it to the
     `include=[...]` of the Celery app (worker_file), "import" imports it from the tasks
-    module the worker command names (tasks_file)."""
+    module the worker command names (tasks_file), "functions" spreads the module's
+    FUNCTIONS into the `functions` list of arq's WorkerSettings (worker_file)."""
 
     call: RunnerCall
     hook: str
@@ -47,6 +48,8 @@ class Wiring:
 WIRINGS = {
     "celery": Wiring(RunnerCall(async_wrapper=False), "include", ("fast_publish.py",)),
     "taskiq": Wiring(RunnerCall(async_wrapper=True), "import", ("taskiq_app.py",)),
+    # arq's worker takes coroutine functions only: every task is an `async def`
+    "arq": Wiring(RunnerCall(async_wrapper=True), "functions", ("pool.py",)),
 }
 
 

@@ -7,7 +7,9 @@ plans, in memory and all at once (a Plan: written all or nothing, or shown with
   (adopted_module.py), one per function however many routes call it;
 - the call replaced by the enqueue of that task (rewrite.py);
 - the worker's hook, so the worker imports the adopted module;
-- the task recorded in .bgtasks.toml, under [adopted.<task>].
+- the task recorded in .bgtasks.toml, under [adopted.<task>], with what `remove-task`
+  needs to undo it (undo.py): each call as it was, its enqueue's digest, the import
+  of its function that went, and the digest of the task's code.
 
 A call the scan refused, or one this cannot rewrite (its value is used, its arguments
 do not fit the function, an annotation cannot be written back), is left byte for byte
@@ -19,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from bgtasks_gen.addtask import Project, load_project, restart_hint
@@ -36,12 +38,25 @@ from bgtasks_gen.adopt.adopted_module import (
     render_task,
     with_tasks,
 )
-from bgtasks_gen.adopt.imports import add_import, free_local_name, imported_as, prune_imports
+from bgtasks_gen.adopt.imports import (
+    add_import,
+    free_local_name,
+    import_binding,
+    imported_as,
+    prune_imports,
+)
 from bgtasks_gen.adopt.rewrite import EXPRESSION, Position, QueuedCall, locate_calls, rewrite_calls
 from bgtasks_gen.adopt.scan import AddTaskCall, Target, scan_project
 from bgtasks_gen.adopt.style import AdoptStyle
 from bgtasks_gen.adopt.task_code import NotWritable, queue_name, task_code, task_name
-from bgtasks_gen.adopt.worker_hook import HOOK_COMMENT, include_module
+from bgtasks_gen.adopt.undo import (
+    DIGEST_KEY,
+    CallUndo,
+    add_call_record,
+    call_digest,
+    task_digest,
+)
+from bgtasks_gen.adopt.worker_hook import HOOK_COMMENT, include_module, spread_functions
 from bgtasks_gen.discovery.layout import first_party_names
 from bgtasks_gen.errors import BadInput, ConflictError
 from bgtasks_gen.modules import SKIPPED_DIRS
@@ -63,6 +78,7 @@ class Moved:
     queue_name: str
     enqueue: str  # how the route queues it now, e.g. "await adopted.enqueue"
     new_task: bool  # False: a task an earlier adopt (or another call) wrote
+    undo: CallUndo | None = None  # how to put the call back (set once it is rewritten)
 
     def to_dict(self) -> dict[str, object]:
         target = self.call.target
@@ -103,6 +119,7 @@ class Adoption:
     runner: str
     moved: list[Moved] = field(default_factory=list)
     left: list[Left] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)  # new task -> its code's digest
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -119,19 +136,14 @@ def wiring_for(project: Project) -> Wiring:
         return WIRINGS[name]
     if name == "builtin":
         hint = (
-            "set up a queue runner first, e.g. `bgtasks init --runner celery` (or taskiq), "
-            "then run `bgtasks adopt` again"
+            "set up a queue runner first, e.g. `bgtasks init --runner celery` (or arq, "
+            "taskiq), then run `bgtasks adopt` again"
         )
     else:
-        hint = (
-            f"adopt moves calls to celery or taskiq only; for an {name} project, "
-            "`bgtasks migrate --to taskiq` first"
-            if name == "arq"
-            else "adopt moves calls to celery or taskiq only"
-        )
+        hint = "adopt moves calls to celery, arq or taskiq only"
     raise BadInput(
         f"this project's runner is {name}: `bgtasks adopt` moves BackgroundTasks jobs onto "
-        "a celery or taskiq worker; nothing was written",
+        "a celery, arq or taskiq worker; nothing was written",
         hint,
     )
 
@@ -260,6 +272,11 @@ def plan_adopt(root: Path) -> Adoption:
         snippets = [style.generated(module_rel, snippet) for snippet in tasks.snippets]
         base = old_module if old_module is not None else style.generated(module_rel, header)
         new_module = with_tasks(base, snippets)
+        adoption.digests = {
+            moved.task: task_digest(new_module, moved.task)
+            for moved in adoption.moved
+            if moved.new_task
+        }
         changes.append(
             generated(project.root, module_rel, new_module, force=False)
             if old_module is None
@@ -268,12 +285,14 @@ def plan_adopt(root: Path) -> Adoption:
     module_dotted = f"{tasks_module}.{MODULE_NAME}"
     for rel, (text, rewrites) in sorted(edits.items()):
         local = imported_as(text, tasks_module, MODULE_NAME) or free_local_name(text, MODULE_NAME)
-        new = rewrite_calls(text, rewrites, local, rel)
+        written: dict[Position, tuple[str, str]] = {}
+        new = rewrite_calls(text, rewrites, local, rel, written)
         # a function imported only for the calls that moved: its import would be unused,
         # unless another module imports it from this one
         named = {r.callable_source.split(".")[0] for r in rewrites}
         kept = _imported_from(project.root, rel, named)
         new = prune_imports(new, named - kept)
+        _note_undo(adoption, rel, text, new, written)
         adoption.plan.notes += [
             f"{rel}: `{name}` stays imported (another module reads it from there), though "
             "the module does not use it any more"
@@ -292,6 +311,28 @@ def plan_adopt(root: Path) -> Adoption:
     adoption.plan.notes.append(restart_hint(spec, scheduled=False))
     adoption.plan.notes += _helper_notes(adoption, spec.name)
     return adoption
+
+
+def _note_undo(
+    adoption: Adoption,
+    rel: str,
+    old: str,
+    new: str,
+    written: Mapping[Position, tuple[str, str]],
+) -> None:
+    """Give each call of `rel` that moved what `remove-task` needs to put it back: the
+    call as it was, the enqueue that replaced it, and the import of its function when
+    adopt dropped it."""
+    for index, moved in enumerate(adoption.moved):
+        call = moved.call
+        if call.file != rel or _position(call) not in written:
+            continue
+        original, queued = written[_position(call)]
+        head = call.callable_source.split(".")[0]
+        gone = import_binding(new, head) is None
+        binding = (import_binding(old, head) or "") if gone else ""
+        undo = CallUndo(rel, original, call_digest(queued), binding)
+        adoption.moved[index] = replace(moved, undo=undo)
 
 
 def _imported_from(root: Path, rel: str, names: set[str]) -> set[str]:
@@ -377,6 +418,22 @@ def _hook(
 ) -> FileChange | None:
     """The worker's import of the adopted module, None when it is there already."""
     tasks_module = str(project.layout["tasks_module"])
+    if wiring.hook == "functions" and project.worker_file is not None:
+        rel = project.worker_file
+        text = _required(project, rel)
+        local = imported_as(text, tasks_module, MODULE_NAME) or MODULE_NAME
+        new, state = spread_functions(text, local)
+        if state == "missing":
+            raise BadInput(
+                f"{rel} has no `functions = [...]` list in its WorkerSettings: the adopted "
+                "tasks are registered there",
+                f"bring it back with `bgtasks update --restore {rel}`; nothing was written",
+            )
+        if state == "present":
+            return None
+        if imported_as(new, tasks_module, MODULE_NAME) is None:
+            new = add_import(new, tasks_module, MODULE_NAME, local)
+        return patched(project.root, rel, text, style.edited(rel, text, new))
     if wiring.hook == "include" and project.worker_file is not None:
         rel = project.worker_file
         text = _required(project, rel)
@@ -411,14 +468,24 @@ def _state_change(project: Project, adoption: Adoption) -> FileChange:
         if isinstance(recorded, dict)
         else {}
     )
+    started: set[str] = set()  # tasks this run wrote, their record begun
     for moved in adoption.moved:
         target = moved.call.target
-        if target is not None:
-            records[moved.task] = {
-                "source": target.qualified,
-                "runner": project.spec.name,
-                "queue_name": moved.queue_name,
-            }
+        if target is None:
+            continue
+        fresh = moved.new_task and moved.task not in started
+        started.add(moved.task)
+        record = {} if fresh else records.get(moved.task, {})
+        record |= {
+            "source": target.qualified,
+            "runner": project.spec.name,
+            "queue_name": moved.queue_name,
+        }
+        if moved.task in adoption.digests:
+            record[DIGEST_KEY] = adoption.digests[moved.task]
+        if moved.undo is not None:
+            add_call_record(record, moved.undo)
+        records[moved.task] = record
     files = project.state.get("files", {})
     runners = project.state.get("runners", [project.spec.name])
     text = render_state(
@@ -434,11 +501,12 @@ def _state_change(project: Project, adoption: Adoption) -> FileChange:
 
 def _helper_notes(adoption: Adoption, runner: str) -> list[str]:
     """A plain function that is not a route now queues with a blocking call: on taskiq
-    that call must run in FastAPI's threadpool (a def route or dependency calling it)."""
+    and arq that call must run in FastAPI's threadpool (a def route or dependency
+    calling it)."""
     notes = []
     for moved in adoption.moved:
         call = moved.call
-        if call.route_decorator or call.route_is_async or runner != "taskiq":
+        if call.route_decorator or call.route_is_async or runner not in ("taskiq", "arq"):
             continue
         notes.append(
             f"{call.file}:{call.line}: `{call.route}` is not a route; it now queues with "

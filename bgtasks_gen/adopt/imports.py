@@ -170,11 +170,16 @@ def free_local_name(text: str, name: str) -> str:
     return candidate
 
 
-def _sort_key(found: cst.Import | cst.ImportFrom) -> tuple[int, str]:
-    """isort's order inside a section: `import x` lines first, then `from x import`."""
+SortKey = tuple[int, str, tuple[int, str]]
+
+
+def _sort_key(found: cst.Import | cst.ImportFrom) -> SortKey:
+    """isort's order inside a section: `import x` lines first, then `from x import`, by
+    module, then (lines of one module apart: aliased ones) by their first name."""
     if isinstance(found, cst.Import):
-        return 0, dotted_name(found.names[0].name).lower()
-    return 1, dotted_name(found.module).lower()
+        return 0, dotted_name(found.names[0].name).lower(), (0, "")
+    first = "" if isinstance(found.names, cst.ImportStar) else dotted_name(found.names[0].name)
+    return 1, dotted_name(found.module).lower(), _member_key(first)
 
 
 def _member_key(name: str) -> tuple[int, str]:
@@ -220,9 +225,22 @@ def add_import(text: str, package: str, name: str, local: str, comment: str = ""
         body=[cst.ImportFrom(module=_dotted_node(package), names=[alias])],
         trailing_whitespace=trailing,
     )
+    return _placed(module, line, (1, package.lower(), _member_key(name)), package)
+
+
+def _placed(module: cst.Module, line: cst.SimpleStatementLine, ours: SortKey, package: str) -> str:
+    """The module with the import `line` (sort key `ours`, of `package`) placed as isort
+    would: among the imports of the same top-level package, else before the relative
+    imports, else after the last import at the top."""
+    body: list[cst.SimpleStatementLine | cst.BaseCompoundStatement] = list(module.body)
+    start = 1 if body and _is_docstring(body[0]) else 0
+    block: list[int] = []
+    for index in range(start, len(body)):
+        if _import_of(body[index]) is None:
+            break
+        block.append(index)
     top = package.split(".")[0]
-    ours = (1, package.lower())
-    same_package: list[tuple[int, tuple[int, str]]] = []  # (index, its sort key)
+    same_package: list[tuple[int, SortKey]] = []  # (index, its sort key)
     relative = []
     for index in block:
         found = _import_of(body[index])
@@ -311,3 +329,54 @@ def _with_member(
         )
         aliases[-1] = aliases[-1].with_changes(comma=closing)
     return statement.with_changes(body=[found.with_changes(names=aliases)])
+
+
+def import_binding(text: str, local: str) -> str | None:
+    """The top-level import that binds `local`, as one statement of its own
+    (`from app.jobs import send_welcome`, `import app.jobs`), or None when no import
+    does: what `remove-task` adds back when it puts a call to that name back."""
+    for statement in cst.parse_module(text).body:
+        found = _import_of(statement)
+        if found is None or isinstance(found.names, cst.ImportStar):
+            continue
+        for alias in found.names:
+            if _local(alias) != local:
+                continue
+            name = dotted_name(alias.name)
+            asname = alias.asname
+            suffix = (
+                f" as {asname.name.value}"
+                if asname is not None and isinstance(asname.name, cst.Name)
+                else ""
+            )
+            if isinstance(found, cst.Import):
+                return f"import {name}{suffix}"
+            dots = "." * len(found.relative)
+            return f"from {dots}{dotted_name(found.module)} import {name}{suffix}"
+    return None
+
+
+def add_statement(text: str, statement: str) -> str:
+    """`text` with an import statement import_binding gave, placed as isort would: a
+    relative one last, after a blank line when the imports above are not relative."""
+    parsed = cst.parse_statement(statement + "\n")
+    assert isinstance(parsed, cst.SimpleStatementLine)
+    found = _import_of(parsed)
+    assert found is not None and not isinstance(found.names, cst.ImportStar)
+    module = cst.parse_module(text)
+    if isinstance(found, cst.Import):
+        package = dotted_name(found.names[0].name)
+        return _placed(module, parsed, _sort_key(found), package)
+    if not found.relative:
+        alias = found.names[0]
+        name = dotted_name(alias.name)
+        return add_import(text, dotted_name(found.module), name, _local(alias))
+    body = list(module.body)
+    at = 1 if body and _is_docstring(body[0]) else 0
+    while at < len(body) and _import_of(body[at]) is not None:
+        at += 1
+    above = _import_of(body[at - 1]) if at else None
+    if not (isinstance(above, cst.ImportFrom) and above.relative):
+        parsed = parsed.with_changes(leading_lines=[cst.EmptyLine()])
+    body.insert(at, parsed)
+    return module.with_changes(body=body).code

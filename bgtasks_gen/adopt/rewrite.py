@@ -91,6 +91,7 @@ class _Replacer(cst.CSTTransformer):
         self.calls = calls
         self.module_name = module_name
         self.replaced: set[Position] = set()
+        self.written: dict[Position, tuple[str, str]] = {}  # -> (the call, its enqueue)
 
     def leave_Expr(self, original_node: cst.Expr, updated_node: cst.Expr) -> cst.Expr:
         value = original_node.value
@@ -111,6 +112,8 @@ class _Replacer(cst.CSTTransformer):
         expression: cst.BaseExpression = (
             cst.Await(expression=new_call) if queued.awaited else new_call
         )
+        code = cst.Module(body=[]).code_for_node
+        self.written[key] = (code(value), code(expression))
         return updated_node.with_changes(value=expression)
 
 
@@ -149,9 +152,17 @@ def _queued_call(call: cst.Call, queued: QueuedCall, module_name: str) -> cst.Ca
     )
 
 
-def rewrite_calls(text: str, calls: Sequence[QueuedCall], module_name: str, rel: str) -> str:
+def rewrite_calls(
+    text: str,
+    calls: Sequence[QueuedCall],
+    module_name: str,
+    rel: str,
+    written: dict[Position, tuple[str, str]] | None = None,
+) -> str:
     """`text` with each call replaced; a call no longer where the scan found it (the file
-    changed in between) is a conflict, and nothing is written."""
+    changed in between) is a conflict, and nothing is written. `written`, when given,
+    gets each call's source and the source of the enqueue that replaced it (what
+    `remove-task` needs to put the call back)."""
     by_position = {call.position: call for call in calls}
     replacer = _Replacer(by_position, module_name)
     module = MetadataWrapper(cst.parse_module(text), unsafe_skip_copy=True).visit(replacer)
@@ -162,4 +173,6 @@ def rewrite_calls(text: str, calls: Sequence[QueuedCall], module_name: str, rel:
             f"{rel}:{line}: the add_task call found there changed while adopt read the project",
             "nothing was written; run `bgtasks adopt` again",
         )
+    if written is not None:
+        written.update(replacer.written)
     return module.code

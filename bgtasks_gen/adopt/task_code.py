@@ -32,7 +32,9 @@ from bgtasks_gen.adopt.scan import Target, TargetParam, TypeRef
 # import sections, in isort's order
 STDLIB, THIRD_PARTY, FIRST_PARTY = 0, 1, 2
 # the wrapper's own local names: a project name imported under one of them is aliased
-BODY_NAMES = frozenset({"arguments", "positional", "key", "asyncio", "Literal", "TypeAdapter"})
+BODY_NAMES = frozenset(
+    {"arguments", "positional", "key", "ctx", "asyncio", "Literal", "TypeAdapter"}
+)
 TASK_PREFIX = "adopted_"
 QUEUE_PREFIX = "adopted."  # the task's name on the queue: "adopted.<module>.<function>"
 
@@ -188,8 +190,9 @@ def _rebuilt(ref: TypeRef, value: str, names: _Names, pydantic_v1: bool) -> str:
 class RunnerCall:
     """How a runner's task runs the project's function.
 
-    `async_wrapper`: every task is an `async def` (taskiq): it awaits an async function
-    and runs a plain one in a thread (asyncio.to_thread), so the worker's event loop
+    `async_wrapper`: every task is an `async def` (taskiq, and arq, whose worker refuses
+    anything but a coroutine function): it awaits an async function and runs a plain
+    one in a thread (asyncio.to_thread), so the worker's event loop, its other jobs
     and the task's time limit go on meanwhile. Otherwise every task is a plain def
     (celery, whose worker has no event loop) that runs an async function with
     asyncio.run."""
