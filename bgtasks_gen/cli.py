@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
     from bgtasks_gen.plan import Plan
-    from bgtasks_gen.project_env import Interpreter
 
 EXIT_CODES = (
     "Exit codes: 0 done or nothing to do; 1 a conflict stopped the run (a file changed "
@@ -335,48 +334,31 @@ def init(
     Example: bgtasks init . --runner celery --dry-run
     """
     from bgtasks_gen.discovery import Overrides
-    from bgtasks_gen.errors import BadInput
-    from bgtasks_gen.nextsteps import with_doctor_step
-    from bgtasks_gen.resolve import resolution_request, resolve
-    from bgtasks_gen.scaffold import plan_init
+    from bgtasks_gen.init_pipeline import InitRequest, Prepared, prepare
     from bgtasks_gen.state import STATE_FILE
-    from bgtasks_gen.verify import FAILED, PROVEN, Served, project_interpreter, prove_written
+    from bgtasks_gen.verify import FAILED, PROVEN, Served, prove_written
 
     root = resolve_project(project, project_option)
-    overrides = Overrides(settings_module=settings_module, app_module=app_module)
     scaffolded = (root / STATE_FILE).is_file()
-    proving = not (no_verify or check)
-    planned: list[Plan] = []
-    environment: list[Interpreter] = []
+    request = InitRequest(
+        root,
+        runner.value,
+        broker=broker,
+        overrides=Overrides(settings_module=settings_module, app_module=app_module),
+        force=force,
+        with_deps=not no_deps,
+        with_features=with_features or (),
+        without_features=without_features or (),
+        prove=not (no_verify or check),
+        writes=not dry_run,
+        python=python,
+    )
+    prepared: list[Prepared] = []
 
     def build() -> Plan:
-        # discover -> plan -> resolve -> (write, in _finish) -> serve, below
-        plan = plan_init(
-            root,
-            runner.value,
-            broker=broker,
-            overrides=overrides,
-            force=force,
-            with_deps=not no_deps,
-            with_features=with_features or (),
-            without_features=without_features or (),
-        )
-        planned.append(plan)
-        if not (proving and plan.writes):
-            return plan
-        if not no_deps:
-            verdict = resolve(resolution_request(plan))
-            if verdict.refuses:
-                raise BadInput(verdict.message, verdict.hint)
-            if verdict.message:
-                plan.notes.append(verdict.message)
-        if not dry_run:
-            found = project_interpreter(plan.root, python)
-            if found is None:
-                plan.next_steps = with_doctor_step(plan.next_steps)
-            else:
-                environment.append(found)
-        return plan
+        # discover -> plan -> resolve here; write in _finish; verify below
+        prepared.append(prepare(request))
+        return prepared[0].plan
 
     try:
         _locked(
@@ -388,13 +370,13 @@ def init(
             check_failed=UP_TO_DATE if scaffolded else "the project is not scaffolded yet",
         )
     except typer.Exit as done:
-        if done.exit_code != 0 or not (planned and environment and planned[0].writes):
+        if done.exit_code != 0 or not prepared or not prepared[0].interpreter:
             raise
         from rich.markup import escape
 
         from bgtasks_gen.report import err, out
 
-        served = prove_written(planned[0].root, environment[0])
+        served = prove_written(prepared[0].plan.root, prepared[0].interpreter)
         console = err if as_json else out  # stdout holds the JSON document
         broken = [feature for feature in served.features if feature.outcome != PROVEN]
         if not served.failed and not broken:

@@ -1,10 +1,16 @@
-"""`init`: discover the project, render the runner's templates, patch, and plan it all."""
+"""Stage 2 of `init` and `update`: the plan, all in memory.
+
+discover (init_discover.py) -> plan (here: plan_init) -> resolve (resolve.py) -> write
+(apply.py) -> verify (verify.py); init_pipeline.py runs them in that order. plan_init
+reads as its steps: the generated files, the edits of the project's settings and app,
+the packages, .env.example, the state file.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import libcst as cst
@@ -17,23 +23,12 @@ from bgtasks_gen.deps import (
     plan_dependencies,
     plan_test_dependencies,
 )
-from bgtasks_gen.discovery import (
-    Overrides,
-    ProjectLayout,
-    SettingsLayout,
-    discover,
-    present_runners,
-    project_index,
-)
-from bgtasks_gen.errors import BadInput, DiscoveryError
+from bgtasks_gen.discovery import Overrides, ProjectLayout, SettingsLayout
+from bgtasks_gen.errors import BadInput
 from bgtasks_gen.feature_files import FOLDERS as FEATURE_FOLDERS
 from bgtasks_gen.feature_files import feature_files, owned_feature_files, owned_folder_files
-from bgtasks_gen.features import (
-    DEFAULT_FEATURES,
-    FEATURE_PACKAGES,
-    choose_features,
-    feature_fields,
-)
+from bgtasks_gen.features import FEATURE_PACKAGES
+from bgtasks_gen.init_discover import Discovered, discover_init, listed
 from bgtasks_gen.mypy_config import plan_mypy_override
 from bgtasks_gen.nextsteps import (
     ENV_EXAMPLE,
@@ -59,7 +54,7 @@ from bgtasks_gen.plan import (
 from bgtasks_gen.render import render_runner
 from bgtasks_gen.ruff_style import ProjectStyle
 from bgtasks_gen.runfiles import build_value
-from bgtasks_gen.runners import available_runners, call_hook, get_runner, runner_names
+from bgtasks_gen.runners import call_hook, runner_names
 from bgtasks_gen.runners.base import RunnerSpec, SettingsField, TemplateInputs
 from bgtasks_gen.state import (
     BASE_DIR,
@@ -321,21 +316,6 @@ def _package_inits(layout: ProjectLayout, files: Mapping[str, str]) -> dict[str,
     return inits
 
 
-def _refuse_existing_runner(
-    spec: RunnerSpec, runners: list[tuple[str, str]], owned: set[str]
-) -> None:
-    present = {runner for runner, where in runners if where.partition(":")[0] not in owned}
-    for runner, where in runners:
-        if runner == spec.name and where.partition(":")[0] not in owned:
-            # suggest only a runner this project would accept
-            others = [r for r in runner_names() if r not in present | {runner}]
-            raise DiscoveryError(
-                f"this project already has a {runner} setup at {where}",
-                "bgtasks adds a runner only to projects that do not have it yet; keep yours, "
-                f"or add another one (--runner {others[0]})",
-            )
-
-
 def _own_settings(
     spec: RunnerSpec, layout: ProjectLayout, fields: list[FieldChoice], broker: str
 ) -> list[dict[str, str]]:
@@ -378,91 +358,73 @@ def plan_init(
     in (`migrate` takes out those of the runner it replaces). The optional features
     (features.py) are those recorded for this runner, plus `with_features`, minus
     `without_features`. `replaces` names the runner a `migrate` takes out."""
-    spec = get_runner(runner)
-    known = list(dict.fromkeys(b for s in available_runners() for b in s.brokers))
-    if broker not in known:
-        raise BadInput(f"unknown broker {broker!r}", f"choose {' or '.join(known)}")
-    if broker not in spec.brokers:
-        takers = [s.name for s in available_runners() if broker in s.brokers]
-        raise BadInput(f"--broker {broker} only applies to the {' and '.join(takers)} runner")
-    # runners already there are the first thing to say: before any settings or app question
-    index = project_index(root)
-    present, others = present_runners(root, index)
-    state = read_state(root.resolve())
-    # features carry over to every later run, a migrate's new runner included
-    recorded_layout = state.get("layout", {})
-    recorded_features = (
-        recorded_layout.get("features", []) if isinstance(recorded_layout, dict) else []
+    found = discover_init(
+        root,
+        runner,
+        broker=broker,
+        overrides=overrides,
+        merge=merge,
+        replaces=replaces,
+        with_features=with_features,
+        without_features=without_features,
     )
-    features = choose_features(
-        [str(name) for name in recorded_features] if isinstance(recorded_features, list) else [],
-        with_features,
-        without_features,
-        runner=spec.name,
-        # the first init of this runner (not update, not a re-run, not migrate's
-        # carried set) starts with the defaults
-        defaults=DEFAULT_FEATURES
-        if merge is None and not replaces and spec.name not in _list(state.get("runners"))
-        else (),
+    fields = choose_fields(found.spec, found.layout)
+    context = _init_context(found, fields, broker, api_shape, replaces)
+    plan = Plan(found.root)
+    notes = list(found.notes)  # said last, after what each step notes
+    # 1. the generated files and the run files (Procfile, compose)
+    rendered = _plan_generated(plan, found, context, merge, force, own_run_file, notes)
+    # 2. the user's settings class and app, edited in place (possibly the same file)
+    _plan_project_edits(plan, found, fields, context, broker, rendered.style, notes)
+    # 3. the packages in the file(s) the project installs from
+    installs = (
+        _plan_dependency_edits(plan, found, broker, rendered.run_files)
+        if with_deps
+        else _plan_feature_packages(plan, found)
     )
-    if extra_fields := feature_fields(features):
-        # a feature's settings fields are patched in, spelled and reused like the runner's
-        spec = replace(spec, settings_fields=(*spec.settings_fields, *extra_fields))
-    state_files = state.get("files", {})
-    owned = set(state_files) if isinstance(state_files, dict) else set()
-    _refuse_existing_runner(spec, present, owned)
-    layout = discover(root, overrides, index)
-    moved_off = ""
-    if spec.lifespan_module and layout.app.mounted_in and not (overrides and overrides.app_module):
-        # Starlette never runs a mounted sub-app's lifespan, where this runner's connections
-        # live: its router goes on the app that mounts the project's API sub-app
-        moved_off = f"{layout.app.module}:{layout.app.app_var}"
-        outer = replace(overrides or Overrides(), app_module=layout.app.mounted_in)
-        layout = discover(root, outer, index)
-    root = layout.root
-    if layout.settings.pydantic_v1:
-        # the generated request validation (header checks after decoding encoded words,
-        # finite numbers, errors without the input) is written for pydantic 2, every runner
-        raise BadInput(
-            f"the generated routes need pydantic 2, and this project uses pydantic 1 "
-            f"({layout.settings.found_by})",
-            "move the project to pydantic 2 and pydantic-settings 2 first "
-            "(`from pydantic_settings import BaseSettings`), then run again",
-        )
-    if spec.min_python and layout.legacy_typing and spec.min_python > (3, 9):
-        # legacy_typing: the project's requires-python still allows Python 3.9 or older
-        needed = ".".join(map(str, spec.min_python))
-        fitting = [s.name for s in available_runners() if s.min_python is None]
-        raise BadInput(
-            f"the {spec.name} runner's packages need Python {needed}+, and this project's "
-            "requires-python still allows an older Python",
-            f"raise requires-python to >={needed} first, or use --runner {' or '.join(fitting)}",
-        )
-    if spec.lifespan_module and layout.app.mounted_in:
-        raise DiscoveryError(
-            f"the {spec.name} router would go on {layout.app.module}:{layout.app.app_var}, a "
-            f"sub-app that {layout.app.mounted_in} mounts, but it needs the app's lifespan "
-            f"to run {spec.lifespan_module}.lifespan (the runner's connections) and "
-            "Starlette never runs a mounted sub-app's lifespan",
-            f"include it on the main app instead: --app-module {layout.app.mounted_in}",
-        )
-    plan_notes = list(layout.notes)
-    if moved_off:
-        plan_notes.append(
-            f"the project's routers are on {moved_off}, a mounted sub-app whose lifespan "
-            f"Starlette never runs: the {spec.name} router (its connections live in the "
-            f"lifespan) is included on {layout.app.module}:{layout.app.app_var} instead, "
-            "without the sub-app's prefix and dependencies; the router's own token check guards it"
-        )
-    plan_notes += [
-        f"{system} is already here ({where}): bgtasks adds {spec.name} beside it, it does not "
-        "move your tasks"
-        for system, where in others
-        if where.partition(":")[0] not in owned  # not bgtasks' own generated code
-    ]
+    # 4. .env.example: a run file, with the variables named as the settings class reads them
+    env_text = render_env_example(found.spec, layout_env_names(found.layout, fields), broker)
+    plan.changes.append(_env_example_change(plan.root, env_text, rendered.first_time, notes))
+    # 5. the state file: everything later commands need to know
+    api_prefix = _plan_state(
+        plan, found, rendered.pristine, broker, context, merge, force, replaces
+    )
 
-    fields = choose_fields(spec, layout)
-    context = template_context(spec, layout, fields, broker)
+    check_python(plan.changes)
+    if merge is None:
+        spec = found.spec
+        plan.next_steps = build_steps(
+            plan.root,
+            spec,
+            call_hook(
+                spec,
+                "next_steps",
+                lambda: spec.next_steps({**context, "tests_dir": found.layout.tests_dir}),
+            ),
+            test_group=installs.test_group,
+            test_packages=TEST_REQUIREMENTS,
+            dependency_file=installs.dependency_file,
+            env_example=True,
+            other_steps=installs.steps,
+            access={**context, "api_prefix": api_prefix},
+        )
+    plan.notes.extend(notes)
+    plan.notes.append(f"settings: {found.layout.settings.found_by}")
+    plan.notes.append(f"app: {found.layout.app.served}, {found.layout.app.found_by}")
+    return plan
+
+
+def _init_context(
+    found: Discovered,
+    fields: list[FieldChoice],
+    broker: str,
+    api_shape: str | None,
+    replaces: str,
+) -> dict[str, object]:
+    """The templates' answers: the project's names, the runner's facts, the API shape
+    and the features."""
+    spec, state = found.spec, found.state
+    context = template_context(spec, found.layout, fields, broker)
     if api_shape is None and str(state.get("runner")) == spec.name:
         # the same runner again: the surface it was scaffolded with (none recorded: the
         # runner's own, as before the common one existed), so clients keep working
@@ -471,17 +433,34 @@ def plan_init(
     elif api_shape is None and spec.name != "builtin":
         api_shape = COMMON_API_SHAPE
     context["api_shape"] = api_shape or ""
-    context["with_dashboard"] = "dashboard" in features
-    context["with_metrics"] = "metrics" in features
-    context["with_otel"] = "otel" in features
-    context["with_sentry"] = "sentry" in features
+    for feature in ("dashboard", "metrics", "otel", "sentry"):
+        context[f"with_{feature}"] = feature in found.features
     # beside another queue runner's router on "/tasks", this one takes "/<runner>-tasks"
-    set_up = [r for r in _list(state.get("runners")) if r != replaces]
+    set_up = [r for r in listed(state.get("runners")) if r != replaces]
     context["queue_prefix"] = router_prefix(spec.name, api_shape or "", set_up)
-    context_extra = {"tests_dir": layout.tests_dir}
-    plan = Plan(root)
+    return context
 
-    # 1. the generated files
+
+@dataclass(frozen=True)
+class _Rendered:
+    """What the generated-files step leaves for the later ones."""
+
+    pristine: dict[str, str]  # the files as rendered, before any added task
+    run_files: dict[str, str]  # Procfile, compose file, ... as rendered
+    style: ProjectStyle
+    first_time: bool  # this runner was not set up before
+
+
+def _plan_generated(
+    plan: Plan,
+    found: Discovered,
+    context: dict[str, object],
+    merge: str | None,
+    force: bool,
+    own_run_file: Callable[[str, str], str] | None,
+    notes: list[str],
+) -> _Rendered:
+    root, spec, layout, state = plan.root, found.spec, found.layout, found.state
     rendered = render_runner(spec, context)
     run_files = {path[4:]: text for path, text in rendered.items() if path.startswith("run/")}
     files = {
@@ -498,24 +477,36 @@ def plan_init(
         from bgtasks_gen.addtask import load_project, replay_tasks
 
         files = style.apply_all(replay_tasks(load_project(root), files, as_on_disk=True))
-    plan_notes.extend(style.notes)
+    notes.extend(style.notes)
     if merge is None:
         for rel in sorted(files):
             plan.changes.append(generated(root, rel, files[rel], force=force))
     else:
         plan.changes.extend(_merged(root, state, files, merge == "markers"))
-    first_time = spec.name not in _list(state.get("runners"))
-    plan.changes.extend(
-        _run_file_changes(root, spec, run_files, first_time, plan_notes, own_run_file)
-    )
+    first_time = spec.name not in listed(state.get("runners"))
+    plan.changes.extend(_run_file_changes(root, spec, run_files, first_time, notes, own_run_file))
     for rel in sorted(pristine):
         base = f"{BASE_DIR}/{rel}.base"
         if merge is None:
             plan.changes.append(generated(root, base, pristine[rel], force=force))
         else:
             plan.changes.append(patched(root, base, read_existing(root, base) or "", pristine[rel]))
+    return _Rendered(pristine, run_files, style, first_time)
 
-    # 2. the user's settings class and app, edited in place (possibly the same file)
+
+def _plan_project_edits(
+    plan: Plan,
+    found: Discovered,
+    fields: list[FieldChoice],
+    context: Mapping[str, object],
+    broker: str,
+    style: ProjectStyle,
+    notes: list[str],
+) -> None:
+    """The settings fields into the project's settings class, the router into its app
+    (the way it includes its own), and on a FastAPI without router lifespans the
+    runner's lifespan into the app's FastAPI(...) call."""
+    root, spec, layout = plan.root, found.spec, found.layout
     edits: dict[str, str] = {}
     originals: dict[str, str] = {}
 
@@ -559,7 +550,7 @@ def plan_init(
         from bgtasks_gen.patch.lifespan import add_lifespan
 
         evidence = read_dependency_truth(root, layout.source_root).evidence("fastapi")
-        plan_notes.append(
+        notes.append(
             f"the project's FastAPI is pinned below {ROUTER_LIFESPANS} or may resolve "
             f"below it ({evidence}): no router lifespans, so the {spec.lifespan_module} "
             "module's lifespan is added to the app's FastAPI(...) call"
@@ -582,54 +573,77 @@ def plan_init(
             new = BOM + new
         plan.changes.append(patched(root, rel, old, new))
 
-    # 3. the runner's packages in the project's dependency list, the scaffold's test
-    # packages in its test/dev group
-    dependency_steps: list[str] = []
+
+@dataclass(frozen=True)
+class _Installs:
+    """Where the packages went, for the next steps."""
+
     dependency_file: str | None = None
     test_group: str | None = None
-    if with_deps:
-        wanted = list(spec.dependencies_for(broker))
-        for name in features:
-            wanted.extend(FEATURE_PACKAGES.get(name, ()))
-        if layout.settings.generated and not any("pydantic-settings" in w for w in wanted):
-            wanted.append("pydantic-settings>=2.0")
-        uses_uvicorn = any("uvicorn " in text for text in run_files.values())
-        deps = plan_dependencies(root, wanted, layout.source_root, uses_uvicorn=uses_uvicorn)
-        edited = {deps.path: deps.new} if deps.path is not None else {}
-        edited.update({rel: new for rel, (_, new) in deps.more.items()})
-        tests_deps = plan_test_dependencies(root, edited)
-        test_group = tests_deps.group
-        if tests_deps.path is not None:
-            if tests_deps.path not in edited:
-                plan.changes.append(patched(root, tests_deps.path, tests_deps.old, tests_deps.new))
-            edited[tests_deps.path] = tests_deps.new
+    steps: tuple[str, ...] = ()
+
+
+def _plan_dependency_edits(
+    plan: Plan, found: Discovered, broker: str, run_files: Mapping[str, str]
+) -> _Installs:
+    """The runner's and the features' packages in every file the project installs from,
+    the scaffold's test packages in its test/dev group, mypy told of untyped packages."""
+    root, spec, layout = plan.root, found.spec, found.layout
+    wanted = list(spec.dependencies_for(broker))
+    for name in found.features:
+        wanted.extend(FEATURE_PACKAGES.get(name, ()))
+    if layout.settings.generated and not any("pydantic-settings" in w for w in wanted):
+        wanted.append("pydantic-settings>=2.0")
+    uses_uvicorn = any("uvicorn " in text for text in run_files.values())
+    deps = plan_dependencies(root, wanted, layout.source_root, uses_uvicorn=uses_uvicorn)
+    edited = {deps.path: deps.new} if deps.path is not None else {}
+    edited.update({rel: new for rel, (_, new) in deps.more.items()})
+    tests_deps = plan_test_dependencies(root, edited)
+    if tests_deps.path is not None:
+        if tests_deps.path not in edited:
+            plan.changes.append(patched(root, tests_deps.path, tests_deps.old, tests_deps.new))
+        edited[tests_deps.path] = tests_deps.new
+    if deps.path is not None:
+        plan.changes.append(patched(root, deps.path, deps.old, edited[deps.path]))
+    for rel, (old, _) in deps.more.items():  # every further file an install uses
+        plan.changes.append(patched(root, rel, old, edited[rel]))
+    plan.notes.extend(deps.notes)
+    _plan_mypy_override(plan, spec, layout, edited)
+    return _Installs(deps.path, tests_deps.group, tuple(deps.next_steps))
+
+
+def _plan_feature_packages(plan: Plan, found: Discovered) -> _Installs:
+    """update (--no-deps): the runner's packages are there already; a feature's new ones
+    are added all the same."""
+    new_packages = _new_feature_packages(found.recorded_features, found.features)
+    if new_packages:
+        deps = plan_dependencies(plan.root, new_packages, found.layout.source_root)
         if deps.path is not None:
-            dependency_file = deps.path
-            plan.changes.append(patched(root, deps.path, deps.old, edited[deps.path]))
-        for rel, (old, _) in deps.more.items():  # every further file an install uses
-            plan.changes.append(patched(root, rel, old, edited[rel]))
-        plan.notes.extend(deps.notes)
-        dependency_steps = deps.next_steps
-        _plan_mypy_override(plan, spec, layout, edited)
-    elif new_packages := _new_feature_packages(recorded_features, features):
-        # update: the runner's packages are there already, a feature's new ones are not
-        deps = plan_dependencies(root, new_packages, layout.source_root)
-        if deps.path is not None:
-            plan.changes.append(patched(root, deps.path, deps.old, deps.new))
+            plan.changes.append(patched(plan.root, deps.path, deps.old, deps.new))
         for rel, (old, new) in deps.more.items():
-            plan.changes.append(patched(root, rel, old, new))
+            plan.changes.append(patched(plan.root, rel, old, new))
         plan.notes.extend(deps.notes)
         plan.notes.append(f"install the packages added for the features: {' '.join(new_packages)}")
+    return _Installs()
 
-    # 4. .env.example: a run file, with the variables named as the settings class reads them
-    env_text = render_env_example(spec, layout_env_names(layout, fields), broker)
-    plan.changes.append(_env_example_change(root, env_text, first_time, plan_notes))
 
-    # 5. the state file: everything later commands need to know
-    runners = [r for r in _list(state.get("runners")) if r != spec.name] + [spec.name]
-    all_files = {k: v for k, v in owned_hashes(state).items()}
+def _plan_state(
+    plan: Plan,
+    found: Discovered,
+    pristine: Mapping[str, str],
+    broker: str,
+    context: Mapping[str, object],
+    merge: str | None,
+    force: bool,
+    replaces: str,
+) -> str:
+    """The state file (and the features' files, whose text depends on it); returns the
+    path prefix the router is served under, for every later command's URLs."""
+    root, spec, layout, state = plan.root, found.spec, found.layout, found.state
+    runners = [r for r in listed(state.get("runners")) if r != spec.name] + [spec.name]
+    all_files = dict(owned_hashes(state))
     all_files.update({rel: digest(text) for rel, text in pristine.items()})
-    state_layout = {
+    state_layout: dict[str, object] = {
         "tasks_module": layout.tasks_module,
         "routes_module": layout.routes_module,
         "settings": f"{layout.settings.module}:{layout.settings.class_name}",
@@ -640,25 +654,27 @@ def plan_init(
         "legacy_typing": layout.legacy_typing,
         "broker": broker,
     }
-    if api_shape:
-        state_layout["api_shape"] = api_shape
-    if features:
-        state_layout["features"] = list(features)
-    # the path the router is served under, for every later command's URLs
+    if context["api_shape"]:
+        state_layout["api_shape"] = context["api_shape"]
+    if found.features:
+        state_layout["features"] = list(found.features)
     api_prefix = served_prefix(layout.app.include_keywords, layout.settings.field_types)
     if api_prefix:
         state_layout["api_prefix"] = api_prefix
     tasks = state.get("tasks")
     tasks = tasks if isinstance(tasks, dict) else None
-    # `bgtasks adopt`'s records, for the runner they were adopted onto
+    # `bgtasks adopt`'s records, for the runner they were adopted onto (a migrate's
+    # new runner has none)
     adopted = state.get("adopted") if not replaces else None
     adopted = adopted if isinstance(adopted, dict) else None
     state_text = render_state(runners, state_layout, all_files, tasks, adopted)
-    extra = _plan_features(root, plan, state_text, features, recorded_features, state, merge)
+    extra = _plan_features(
+        root, plan, state_text, found.features, found.recorded_features, state, merge
+    )
     if extra:
         all_files.update({rel: digest(text) for rel, text in extra.items()})
         state_text = render_state(runners, state_layout, all_files, tasks, adopted)
-    for rel in _dropped_feature_files(state, recorded_features, features):
+    for rel in _dropped_feature_files(state, found.recorded_features, found.features):
         all_files.pop(rel, None)
         state_text = render_state(runners, state_layout, all_files, tasks, adopted)
     old_state = read_existing(root, STATE_FILE)
@@ -667,24 +683,7 @@ def plan_init(
     plan.changes.append(patched(root, STATE_FILE, old_state or "", state_text))
     if old_state is None:
         plan.changes[-1] = generated(root, STATE_FILE, state_text, force=force)
-
-    check_python(plan.changes)
-    if merge is None:
-        plan.next_steps = build_steps(
-            root,
-            spec,
-            call_hook(spec, "next_steps", lambda: spec.next_steps({**context, **context_extra})),
-            test_group=test_group,
-            test_packages=TEST_REQUIREMENTS,
-            dependency_file=dependency_file,
-            env_example=True,
-            other_steps=dependency_steps,
-            access={**context, "api_prefix": api_prefix},
-        )
-    plan.notes.extend(plan_notes)
-    plan.notes.append(f"settings: {layout.settings.found_by}")
-    plan.notes.append(f"app: {layout.app.served}, {layout.app.found_by}")
-    return plan
+    return api_prefix
 
 
 def _plan_features(
@@ -692,7 +691,7 @@ def _plan_features(
     plan: Plan,
     state_text: str,
     features: Sequence[str],
-    recorded: object,
+    recorded: Sequence[str],
     state: Mapping[str, object],
     merge: str | None,
 ) -> dict[str, str]:
@@ -743,9 +742,9 @@ def _plan_features(
     return files
 
 
-def _new_feature_packages(recorded: object, features: Sequence[str]) -> list[str]:
+def _new_feature_packages(recorded: Sequence[str], features: Sequence[str]) -> list[str]:
     """The packages of the features this run adds (none recorded before)."""
-    had = {str(name) for name in recorded} if isinstance(recorded, list) else set()
+    had = set(recorded)
     return [
         package
         for name in features
@@ -768,9 +767,9 @@ def _feature_file_change(root: Path, rel: str, new: str) -> FileChange:
 
 
 def _dropped_feature_files(
-    state: Mapping[str, object], recorded: object, features: Sequence[str]
+    state: Mapping[str, object], recorded: Sequence[str], features: Sequence[str]
 ) -> list[str]:
-    had = {str(name) for name in recorded} if isinstance(recorded, list) else set()
+    had = set(recorded)
     owned = owned_hashes(state)
     dropped = [
         rel for name in sorted(had - set(features)) for rel in owned_feature_files(owned, name)
@@ -1070,10 +1069,6 @@ def _fields_under_header(source: str) -> set[str]:
 
 def _new_field(field: SettingsField, name: str, broker: str) -> NewField:
     return NewField(name=name, annotation=field.annotation, default=field.default_for(broker))
-
-
-def _list(value: object) -> list[str]:
-    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 def owned_hashes(state: Mapping[str, object]) -> dict[str, str]:
