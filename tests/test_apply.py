@@ -239,6 +239,10 @@ def test_the_cli_exits_1_when_a_file_changes_between_plan_and_write(
 # -- signals, through a real process
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_between_two_writes_leaves_the_project_as_before(
     example,
@@ -255,6 +259,10 @@ def test_interrupt_between_two_writes_leaves_the_project_as_before(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as a terminal delivers it: a test run started in the background of a
+        # non-interactive shell passes SIGINT on ignored, and Python then never raises
+        # KeyboardInterrupt
+        preexec_fn=_default_sigint,
     )
     try:
         deadline = time.monotonic() + 30
