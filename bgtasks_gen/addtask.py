@@ -115,7 +115,9 @@ def load_project(root: Path) -> Project:
     return Project(root.resolve(), state, spec, layout)
 
 
-def _snippet_context(project: Project, request: TaskRequest) -> dict[str, object]:
+def _snippet_context(
+    project: Project, request: TaskRequest, planned: Mapping[str, str] | None = None
+) -> dict[str, object]:
     from bgtasks_gen.template_filters import require_dotted
 
     words = request.name.split("_")
@@ -148,20 +150,31 @@ def _snippet_context(project: Project, request: TaskRequest) -> dict[str, object
         else [],
         # a test module that finds the router's served prefix itself (a project
         # scaffolded before it did gets the bare path its tests use)
-        "served_paths": "\ndef served(" in (read_existing(project.root, project.test_file) or ""),
+        # (the planned one when the module is not written yet: `migrate` onto arq)
+        "served_paths": "\ndef served(" in _test_module(project, planned),
         "beat_schedule": celery_schedule(request) if scheduled else "",
     }
 
 
+def _test_module(project: Project, planned: Mapping[str, str] | None) -> str:
+    on_disk = read_existing(project.root, project.test_file)
+    return on_disk if on_disk is not None else (planned or {}).get(project.test_file, "")
+
+
 def render_snippets(
-    project: Project, request: TaskRequest, *, styled: bool = True
+    project: Project,
+    request: TaskRequest,
+    *,
+    styled: bool = True,
+    planned: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """{part: code} for the parts this task has: task, route, test, schedule.
 
     `styled`: the definitions in the project's own ruff style (ruff_style.py), as they
     stand in its modules once inserted, so that what add-task records and later compares
     (remove-task, migrate) is what the files hold. A replay restyles whole modules after
-    inserting, so it asks for them unstyled (one ruff run per module, not per part)."""
+    inserting, so it asks for them unstyled (one ruff run per module, not per part).
+    `planned`: modules planned but not written yet, read where the disk has none."""
     import jinja2
 
     from bgtasks_gen.template_filters import add_filters
@@ -174,7 +187,7 @@ def render_snippets(
         autoescape=False,
     )
     add_filters(env)
-    context = _snippet_context(project, request)
+    context = _snippet_context(project, request, planned)
     parts = ["task", "test"] + (["route"] if request.route else [])
     if (request.cron or request.every) and project.spec.schedule_kind in ENTRY_KINDS + (
         "external",
@@ -565,7 +578,12 @@ def replay_tasks(
     user filled in is theirs, not a difference from the scaffold), where it is there."""
     edits = _Edits(project, files)
     added = [
-        (name, render_snippets(project, request_from_state(name, options), styled=False))
+        (
+            name,
+            render_snippets(
+                project, request_from_state(name, options), styled=False, planned=files
+            ),
+        )
         for name, options in sorted(project.tasks.items(), key=_added_order)
         if options.get("runner", project.spec.name) == project.spec.name
     ]

@@ -555,8 +555,8 @@ def migrate(
         str,
         typer.Option(
             "--to",
-            help="The runner to move to. The moves: arq -> taskiq, builtin -> celery, "
-            "builtin -> taskiq, celery -> taskiq.",
+            help="The runner to move to. The moves: arq -> taskiq, builtin -> arq, "
+            "builtin -> celery, builtin -> taskiq, celery -> taskiq.",
         ),
     ] = "taskiq",
     api_shape: Annotated[
@@ -581,7 +581,7 @@ def migrate(
     project_option: ProjectOption = None,
 ) -> None:
     """Move a project onto another runner, in one all-or-nothing write: arq -> taskiq,
-    celery -> taskiq, builtin -> celery, builtin -> taskiq.
+    celery -> taskiq, builtin -> arq, builtin -> celery, builtin -> taskiq.
 
     The new runner's scaffold replaces the old one's generated modules; the routes keep
     answering what they answered (arq's paths and fields; builtin's paths and 202 body,
@@ -589,7 +589,8 @@ def migrate(
     Every task added with add-task comes along (arguments, schedule, retries, timeout),
     and a body you edited is kept line for line (arq's ctx["job_id"]/ctx["job_try"] and
     Celery's self.request.id/self.request.retries become control.task_id/control.tries;
-    builtin's process_notification moves as an added task). The old runner's settings
+    builtin's process_notification moves as an added task; a plain-def body onto arq
+    runs in a thread). The old runner's settings
     fields, processes and requirements go, as bgtasks wrote them. What cannot be carried
     safely is refused, naming the lines.
 

@@ -1,6 +1,7 @@
 """`bgtasks migrate --to RUNNER`: move a project onto another runner, in one plan.
 
-The moves it knows: arq -> taskiq, builtin -> celery, builtin -> taskiq, celery -> taskiq.
+The moves it knows: arq -> taskiq, builtin -> arq, builtin -> celery, builtin -> taskiq,
+celery -> taskiq.
 What differs per runner moved off lives in bgtasks_gen/migrate_from/ (arq.py, builtin.py,
 celery.py); this module is what every move shares, written all or nothing like every
 other command:
@@ -9,7 +10,8 @@ other command:
   new` (the source decides how: arq's router shape, or builtin's routes kept as a module);
 - every task `add-task` added is carried over with its options (arguments, schedule,
   retries, timeout); a body the user edited is kept line for line, only the signature
-  around it changes (the source translates what the target says otherwise);
+  around it changes (the source translates what the target says otherwise; a plain
+  body onto arq goes into a private function the task awaits in a thread);
 - the old runner's generated modules, its router include, its settings fields, its
   run-file processes and its requirements go, each only as bgtasks wrote it;
 - the state file lists the target's files and tasks alone.
@@ -25,7 +27,7 @@ from __future__ import annotations
 import ast
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
@@ -41,11 +43,13 @@ from bgtasks_gen.addtask import (
     replay_tasks,
     request_from_state,
 )
+from bgtasks_gen.adopt.task_code import awaited_in_thread
 from bgtasks_gen.deps import _declared
 from bgtasks_gen.discovery import Overrides
 from bgtasks_gen.errors import BadInput, ConflictError
 from bgtasks_gen.migrate_from import (
     API_SHAPES,
+    COROUTINES_ONLY,
     KEPT_SHAPE,
     BodyContext,
     Carried,
@@ -58,6 +62,7 @@ from bgtasks_gen.migrate_from import (
 )
 from bgtasks_gen.part_edits import edited_body
 from bgtasks_gen.patch.definitions import definition_code
+from bgtasks_gen.patch.lifespan import LINE_LENGTH
 from bgtasks_gen.plan import Action, FileChange, Plan, check_python, deleted, patched, read_existing
 from bgtasks_gen.runners import get_runner
 from bgtasks_gen.runners.base import RunnerSpec
@@ -220,13 +225,16 @@ def _carry(
     if body is None:
         return Carried(name, options, None)
     returns, plain = source.carried_header(function, text)
+    thread_header: tuple[str, ...] = ()
+    if plain and target.name in COROUTINES_ONLY:
+        thread_header, plain = tuple(lines[function.lineno - 1 : first]), False
     docstring = ast.get_docstring(function, clean=False)
     if docstring is not None and docstring == ast.get_docstring(generated, clean=False):
         end = function.body[0].end_lineno or first
         carried = Carried(name, options, body[end - first :], generated_docstring=True)
     else:
         carried = Carried(name, options, body)
-    return replace(carried, returns=returns, plain=plain)
+    return replace(carried, returns=returns, plain=plain, thread_header=thread_header)
 
 
 def _refuse_source_edits(
@@ -385,7 +393,8 @@ def _carry_into_files(
         return
     created = {c.path: c for c in plan.changes if c.action is Action.CREATE}
     files = {rel: change.new for rel, change in created.items()}
-    grown = _project_style(project).apply_all(replay_tasks(project, files))
+    style = _project_style(project)
+    grown = style.apply_all(replay_tasks(project, files))
     rel = project.tasks_file
     for task in carried:
         if task.body is None:
@@ -395,11 +404,14 @@ def _carry_into_files(
         assert written is not None
         lines = snippet.splitlines(keepends=True)
         header = _header(lines[: header_end(written)], task)
-        if task.generated_docstring and ast.get_docstring(written) is not None:
-            header += lines[header_end(written) : written.body[0].end_lineno]
+        if task.thread_header:
+            new = _in_thread(task, header, lambda text: style.apply(rel, text))
+        else:
+            if task.generated_docstring and ast.get_docstring(written) is not None:
+                header += lines[header_end(written) : written.body[0].end_lineno]
+            new = "".join(header + task.body)
         current = definition_code(grown[rel], [task.name])
         assert current is not None
-        new = "".join(header + task.body)
         grown[rel] = grown[rel].replace(current, new if new.endswith("\n") else new + "\n", 1)
     for index, change in enumerate(plan.changes):
         if change.path in grown and change.path in created and grown[change.path] != change.new:
@@ -417,6 +429,41 @@ def _header(lines: list[str], task: Carried) -> list[str]:
         arrow = f" -> {task.returns}:" if task.returns else ":"
         lines[-1] = lines[-1].replace(f" {GENERATED_RETURNS}", arrow)
     return lines
+
+
+def _in_thread(task: Carried, header: list[str], styled: Callable[[str], str]) -> str:
+    """A plain body on a runner of coroutine functions only: line for line in a private
+    function of the user's own header, which the task (`header`, the target's) awaits
+    in a thread, so the worker's event loop runs on as Starlette's did. Only bgtasks'
+    lines take the project's style (`styled`): the body stays as written."""
+    assert task.body is not None
+    helper = f"_{task.name}_sync"
+    header_text = "".join(task.thread_header)
+    own = re.sub(rf"\bdef\s+{task.name}\b", f"def {helper}", header_text, count=1)
+    node = function_named(ast.parse(own + "    pass\n"), helper)
+    assert node is not None
+    arguments = node.args
+    passed = [a.arg for a in [*arguments.posonlyargs, *arguments.args]]
+    passed += [f"{a.arg}={a.arg}" for a in arguments.kwonlyargs]
+    call = awaited_in_thread(helper, *passed)
+    statement = call if task.returns == "None" else f"return {call}"
+    if len(statement) + 4 > LINE_LENGTH:  # exploded as ruff's default style writes it
+        head = statement.partition("(")[0]
+        statement = f"{head}(\n" + "".join(f"        {p},\n" for p in [helper, *passed]) + "    )"
+    docstring = '"""Runs the function above in a thread, off the worker\'s event loop."""'
+    text = styled(f"{own}    pass\n\n\n{''.join(header)}    {docstring}\n    {statement}\n")
+    tree, lines = ast.parse(text), text.splitlines(keepends=True)
+    own_node, task_node = function_named(tree, helper), function_named(tree, task.name)
+    assert own_node is not None and task_node is not None
+    body = "".join(task.body)
+    return "".join(
+        [
+            *lines[own_node.lineno - 1 : header_end(own_node)],
+            body if body.endswith("\n") else body + "\n",
+            "\n\n",
+            *lines[task_node.lineno - 1 : task_node.end_lineno],
+        ]
+    )
 
 
 def _overwrite_source_files(plan: Plan, project: Project) -> None:

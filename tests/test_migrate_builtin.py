@@ -1,6 +1,6 @@
 """`bgtasks migrate --to celery|taskiq` from a builtin scaffold: what moves, what goes,
-what is refused (in process; tests/e2e/test_migrate_builtin_e2e.py runs the moved
-project on real workers)."""
+what is refused (in process; tests/test_migrate_builtin_arq.py has the move to arq,
+tests/e2e/test_migrate_builtin_e2e.py runs the moved project on real workers)."""
 
 from __future__ import annotations
 
@@ -222,8 +222,10 @@ def test_refuses_when_the_projects_own_code_imports_a_builtin_module(tmp_path: P
 
 def test_refuses_moves_it_does_not_know(tmp_path: Path) -> None:
     project = _builtin_project(tmp_path)
-    code, output = invoke("migrate", str(project), "--to", "arq")
-    assert code == 2 and "builtin -> celery" in output and "builtin -> taskiq" in output
+    code, output = invoke("migrate", str(project), "--to", "dramatiq")
+    assert code == 2, output
+    for move in ("builtin -> arq", "builtin -> celery", "builtin -> taskiq"):
+        assert move in output, move
     code, output = invoke("migrate", str(project), "--to", "celery", "--api-shape", "old")
     assert code == 2 and "kept or new" in output, output
 

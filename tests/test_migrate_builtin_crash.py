@@ -1,5 +1,6 @@
-"""SIGKILL at every rename of `migrate --to celery|taskiq` from a builtin scaffold: the next
-run ends in exactly the tree an uninterrupted move leaves (the harness of test_crash.py).
+"""SIGKILL at every rename of `migrate --to arq|celery|taskiq` from a builtin scaffold: the
+next run ends in exactly the tree an uninterrupted move leaves (the harness of
+test_crash.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tests.test_crash import (
 
 MOVES = {
     target: Command(lambda p, t=target: ["migrate", str(p), "--to", t], initialised_with="builtin")
-    for target in ("celery", "taskiq")
+    for target in ("arq", "celery", "taskiq")
 }
 
 

@@ -200,6 +200,12 @@ class RunnerCall:
     async_wrapper: bool
 
 
+def awaited_in_thread(function: str, *passed: str) -> str:
+    """An async task's call of a plain function: in a thread, off the worker's event loop
+    (`asyncio` imported by the module). `migrate` onto arq says it the same way."""
+    return f"await asyncio.to_thread({', '.join([function, *passed])})"
+
+
 @dataclass(frozen=True)
 class TaskCode:
     """What the task snippet renders: its names and its body."""
@@ -251,7 +257,7 @@ def task_code(
         call = f"await {call}"
     elif runner.async_wrapper:
         names.library(STDLIB, "asyncio")
-        call = f"await asyncio.to_thread({function}, {passed})"
+        call = awaited_in_thread(function, passed)
     elif target.is_async:
         names.library(STDLIB, "asyncio")
         call = f"asyncio.run({call})"

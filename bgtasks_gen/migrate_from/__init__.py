@@ -23,6 +23,9 @@ from bgtasks_gen.runners.base import RunnerSpec
 KEPT_SHAPE = "kept"
 NEW_SHAPE = "new"
 API_SHAPES = (KEPT_SHAPE, NEW_SHAPE)
+# runners whose worker runs coroutine functions only: a plain `def` body carried onto one
+# runs in a thread (Carried.thread_header)
+COROUTINES_ONLY = frozenset({"arq"})
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,9 @@ class Carried:
     returns: str | None = None
     # a plain `def` carried onto a runner whose generated task is `async def`
     plain: bool = False
+    # a plain `def` onto a runner of COROUTINES_ONLY: the body goes into a module-level
+    # function with this header (the user's own `def` lines), awaited in a thread
+    thread_header: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ runner each becomes a task of the worker:
 - an added task is carried with its options; an edited body line for line, under the
   target's signature with the user's own return annotation (a body that returns nothing
   stays so), and as a plain `def` on taskiq when it was one (taskiq runs it in its
-  thread pool, as Starlette ran it). Celery and arq run no `async def` body of the other
-  kind: refused naming the line.
+  thread pool, as Starlette ran it). arq runs coroutine functions only: a plain body
+  goes into a private function beside the task, which awaits it in a thread. Celery
+  runs no `async def` body: refused naming the line.
 - the scaffold's process_notification has no counterpart on the queue runners: it moves
   as an added task (`user_id`, `message`), its body kept when edited.
 - a name the body uses that the target's tasks module does not define (an import the
@@ -56,25 +57,18 @@ RECIPIENT_CHECK = {"celery": "mailer", "taskiq": "taskiq_tasks", "arq": "arq_tas
 
 class BuiltinSource(Source):
     name = "builtin"
-    targets = ("celery", "taskiq")
+    targets = ("arq", "celery", "taskiq")
 
     def __init__(self) -> None:
         # the edited bodies seen, checked against the target's module once it is planned
         self._bodies: list[BodyContext] = []
 
     def translate_body(self, body: BodyContext, problems: list[str]) -> list[str] | None:
-        function, target = body.function, body.target
-        is_async = isinstance(function, ast.AsyncFunctionDef)
-        if is_async and target.name == "celery":
+        function = body.function
+        if isinstance(function, ast.AsyncFunctionDef) and body.target.name == "celery":
             problems.append(
                 f"task {body.name!r}, {body.where(function.lineno)}: an `async def`; "
                 "celery runs plain functions (make it a plain def first)"
-            )
-            return None
-        if not is_async and target.name == "arq":
-            problems.append(
-                f"task {body.name!r}, {body.where(function.lineno)}: a plain def; arq "
-                "runs `async def` tasks only (make it async first, or move to taskiq)"
             )
             return None
         self._bodies.append(body)
@@ -224,6 +218,7 @@ def kept_routes(project: Project, moved: Project, tasks: list[Carried]) -> str:
     tasks_module = str(project.layout["tasks_module"])
     queue_module = f"{routes}.{target.router_file}"
     legacy = bool(project.layout.get("legacy_typing", False))
+    article = "an" if target.name[:1] in "aeiou" else "a"
     first_party = sorted(
         [
             f"from {routes} import {target.router_file} as queue",
@@ -244,9 +239,10 @@ def kept_routes(project: Project, moved: Project, tasks: list[Carried]) -> str:
     )
     return f'''"""The routes the builtin scaffold answered, kept by `bgtasks migrate` so that its
 clients keep working: the same paths, request bodies and 202 answer (`status`, `detail`,
-`duplicate`). Each now queues a {target.name} task through the task router's route
-({queue_module}), with its checks (access, body limits, email rate, Idempotency-Key), and
-the answer adds the task's `task_id` and `status_url` (GET it for the outcome).
+`duplicate`). Each now queues {article} {target.name} task through the task router's route,
+with its checks (access, body limits, email rate, Idempotency-Key), and the answer adds
+the task's `task_id` and `status_url` (GET it for the outcome). The task router:
+{queue_module}.
 
 Written once by the move, yours from then on: delete this module and its include_router
 once no client calls these paths; the task router serves the same tasks under its own

@@ -1,4 +1,4 @@
-"""`bgtasks migrate --to celery|taskiq` from a builtin scaffold, end to end.
+"""`bgtasks migrate --to arq|celery|taskiq` from a builtin scaffold, end to end.
 
 The `layered` example is scaffolded with `--runner builtin` and grown by add-task (resize
 with arguments, whose body is then edited to return a distinctive result and log a
@@ -7,7 +7,8 @@ the move. Then, per target, the moved project runs for real: a private redis-ser
 the target's worker, uvicorn and an SMTP sink. Every route the builtin app had
 (POST /notifications/send-email, /process, /resize, /ping) still answers 202 with its
 `detail`, now with the `task_id` of a task the worker runs: the status route shows each
-complete, resize with the edited body's result, and the emails reach the sink.
+complete, resize with the edited body's result, and the emails reach the sink. (On arq,
+which runs coroutine functions only, the edited plain body runs in a thread.)
 """
 
 from __future__ import annotations
@@ -49,21 +50,29 @@ APP = "app.main:app"
 BUILTIN_TASKS = "app/tasks/notifications.py"
 WAIT_SECONDS = 60
 MARKER = "resize-edited-by-hand"
-# resize after the user's edit: its own result, a log line the worker prints
+# resize after the user's edit: its own result, a log line the worker prints (a warning:
+# arq's worker configures only its own loggers, Python's last resort prints warnings)
 EDITED_RESIZE = f'''def resize(
     width: int,
     name: str,
 ) -> dict[str, object]:
     """Runs after the response that queued it. Replace the body with your work."""
-    logger.info("{MARKER} %s", name)
+    logger.warning("{MARKER} %s", name)
     return {{"width": width * 3, "name": name[::-1], "edited": True}}
 '''
-TASKS_MODULE = {"celery": "app/tasks/tasks.py", "taskiq": "app/tasks/taskiq_tasks.py"}
+TASKS_MODULE = {
+    "arq": "app/tasks/arq_tasks.py",
+    "celery": "app/tasks/tasks.py",
+    "taskiq": "app/tasks/taskiq_tasks.py",
+}
 ACCEPTED = {"status", "detail", "duplicate", "task_id", "status_url"}
 
 
 def _worker_command(runner: str, python: Path) -> tuple[list[str], str]:
     """The target's worker for the moved project, and what its log says once ready."""
+    if runner == "arq":
+        worker = [str(python.parent / "arq"), "app.tasks.arq_worker.WorkerSettings"]
+        return worker, "Starting worker"
     if runner == "celery":
         argv = ["-m", "celery", "-A", "app.tasks.celery_app", "worker", "-P", "prefork"]
         argv += ["-c", "1", "--loglevel=info", "--without-mingle", "--without-gossip"]
@@ -75,6 +84,7 @@ def _worker_command(runner: str, python: Path) -> tuple[list[str], str]:
 
 def _settings(runner: str, redis_url: str, sink: SmtpSink) -> dict[str, str]:
     queue = {
+        "arq": {"REDIS_URL": redis_url},
         "celery": {"CELERY_BROKER_URL": redis_url, "CELERY_RESULT_BACKEND": redis_url},
         "taskiq": {"REDIS_URL": redis_url, "TASKIQ_BROKER_URL": redis_url},
     }[runner]
@@ -140,7 +150,7 @@ class Stack:
         return found
 
 
-@pytest.fixture(scope="module", params=["celery", "taskiq"])
+@pytest.fixture(scope="module", params=["arq", "celery", "taskiq"])
 def moved(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Moved:
     runner: str = request.param
     python = runner_python(runner)  # fail (CI) or skip before the slow part
@@ -215,16 +225,25 @@ def test_the_project_now_runs_the_target_without_builtin(moved: Moved) -> None:
 
 def test_the_edited_body_is_carried_line_for_line(moved: Moved) -> None:
     source = (moved.project / TASKS_MODULE[moved.runner]).read_text()
-    (node,) = (
-        n
-        for n in ast.walk(ast.parse(source))
-        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == "resize"
-    )
-    # a plain def stays one (taskiq runs it in its thread pool), with its own annotation
+    functions = {
+        n.name: n
+        for n in ast.parse(source).body
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+    # a plain def stays one, with its own annotation: the task itself on celery and taskiq
+    # (taskiq runs it in its thread pool), on arq (coroutines only) a private function
+    # the task awaits in a thread
+    node = functions["_resize_sync" if moved.runner == "arq" else "resize"]
     assert isinstance(node, ast.FunctionDef)
-    body = source.splitlines()[node.body[1].lineno - 1 : node.end_lineno]
+    body = source.splitlines()[node.end_lineno - 2 : node.end_lineno]
     assert body == EDITED_RESIZE.splitlines()[-2:]
     assert node.returns is not None and ast.unparse(node.returns) == "dict[str, object]"
+    if moved.runner == "arq":
+        task = functions["resize"]
+        assert isinstance(task, ast.AsyncFunctionDef)
+        assert task.returns is not None and ast.unparse(task.returns) == "dict[str, object]"
+        call = "return await asyncio.to_thread(_resize_sync, width, name)"
+        assert ast.unparse(task.body[-1]) == call
 
 
 def test_the_moved_project_passes_ruff(moved: Moved) -> None:

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.e2e
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # "arq>taskiq": scaffolded for arq, then moved with `bgtasks migrate --to taskiq`
-RUNNERS = ["celery", "arq", "builtin", "taskiq", "arq>taskiq"]
+# ("builtin>arq" likewise: its edited plain body runs in a thread on arq)
+RUNNERS = ["celery", "arq", "builtin", "taskiq", "arq>taskiq", "builtin>arq"]
 # rule families a careful project selects; TRY003 (messages written at the raise) is left
 # out: FastAPI's own HTTPException(detail=...) idiom is exactly that
 STRICT_CONFIG = """
@@ -73,7 +74,15 @@ def _project(tmp_path: Path, runner: str, config: str) -> Path:
     bgtasks = [sys.executable, "-m", "bgtasks_gen"]
     _run([*bgtasks, "init", str(project), "--runner", first], project)
     add_task(project, "resize_image", "--arg", "image_id:int", "--arg", "scale:float")
-    if moved_to:
+    if first == "builtin" and moved_to:
+        # an edited plain body: on arq, a private function the task awaits in a thread
+        tasks = project / "app/tasks/notifications.py"
+        marker = "ran with %d argument(s)"
+        text = tasks.read_text()
+        assert marker in text, text
+        tasks.write_text(text.replace(marker, "edited: %d argument(s)", 1))
+        _run([*bgtasks, "migrate", str(project), "--to", moved_to], project)
+    elif moved_to:
         # an edited body, with arq's job context in it, carried over as it is
         tasks = project / "app/tasks/arq_tasks.py"
         text = tasks.read_text()
