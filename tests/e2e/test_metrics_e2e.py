@@ -11,6 +11,7 @@ back. The route is the hook's like every other: 401 without the token.
 from __future__ import annotations
 
 import re
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -124,6 +125,10 @@ def test_two_workers_and_two_web_processes_count_once(stack: DashboardStack) -> 
     depth = [k for k in first if k[0] == "bgtasks_queue_depth"]
     assert depth and all(first[k] == 0 for k in depth), depth
     assert samples  # the wait saw them too
+    # the scrape as a reader sees it (pytest -s)
+    for key in sorted(first, key=str):
+        if not key[0].endswith("_bucket"):
+            print(key, first[key], file=sys.stderr)
 
 
 def test_an_enqueue_refused_while_redis_is_down_is_counted(stack: DashboardStack) -> None:
