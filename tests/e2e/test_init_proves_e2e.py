@@ -139,3 +139,89 @@ def test_doctor_runs_the_same_served_check(tmp_path: Path) -> None:
     served = checks["served"]
     assert served["status"] == "pass", served
     assert "answered 404 with the app's lifespans running" in served["detail"], served
+
+
+def _served(output: str) -> bool:
+    flat = " ".join(output.split())
+    return "served: GET /tasks/status/" in flat and "answered 404 with the app's lifespans" in flat
+
+
+def test_a_lock_below_router_lifespans_gets_the_app_lifespan_and_answers_404(
+    tmp_path: Path,
+) -> None:
+    # uv.lock pins FastAPI 0.112.1 (router lifespans came in 0.112.2) while the declared
+    # floor allows newer: the lock decides, the lifespan goes on the app's FastAPI(...)
+    # call, and the app served in an environment with that very FastAPI answers 404 on
+    # the status route (a router lifespan that never runs would make it 503 forever)
+    python = runner_python("oldfastapi")
+    project = _project(tmp_path)
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('"fastapi>=0.115"', '"fastapi>=0.112.1"'))
+    (project / "uv.lock").write_text(
+        'version = 1\n\n[[package]]\nname = "fastapi"\nversion = "0.112.1"\n'
+        'source = { registry = "https://pypi.org/simple" }\n'
+    )
+    with redis_server(tmp_path) as redis_url:
+        code, output = _init(
+            project, "--runner", "arq", "--python", str(python), env={"REDIS_URL": redis_url}
+        )
+    assert code == 0, output
+    flat = " ".join(output.split())
+    assert "uv.lock pins fastapi 0.112.1" in flat, output
+    assert "lifespan=" in (project / "app" / "main.py").read_text()
+    assert RESOLVED in output, output
+    assert _served(output), output
+
+
+def test_a_requirements_driven_project_gets_its_requirements_file_edited(
+    tmp_path: Path,
+) -> None:
+    # the Dockerfile installs requirements.txt: that file gets the packages, resolved by
+    # pip as that install would see them; the pyproject list nobody installs stays as is
+    project = _project(tmp_path)
+    pyproject_before = (project / "pyproject.toml").read_text()
+    (project / "requirements.txt").write_text(
+        "fastapi>=0.115\npydantic-settings>=2.0\nuvicorn>=0.30\n"
+    )
+    (project / "Dockerfile").write_text(
+        "FROM python:3.11-slim\nWORKDIR /srv\nCOPY requirements.txt .\n"
+        "RUN pip install --no-cache-dir -r requirements.txt\nCOPY . .\n"
+        'CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0"]\n'
+    )
+    code, output = _init(project, "--runner", "celery")
+    assert code == 0, output
+    assert RESOLVED in output, output
+    requirements = (project / "requirements.txt").read_text()
+    assert "celery[redis]" in requirements, requirements
+    assert (project / "pyproject.toml").read_text() == pyproject_before
+
+
+def test_dramatiq_with_redis_below_6_beside_celery_is_refused_naming_both(
+    tmp_path: Path,
+) -> None:
+    # dramatiq 1.17's [redis] extra holds redis-py below 6 (1.18 lifted it); celery 5.7's
+    # kombu needs 6.4 or later: no pin rule sees a cap that comes with another package,
+    # pip does, and init refuses before writing, naming the two requirements
+    project = _project(tmp_path, "dramatiq[redis]==1.17.1")
+    before = _tree(project)
+    code, output = _init(project, "--runner", "celery")
+    flat = " ".join(output.split())
+    assert code == 2, output
+    assert "celery[redis]>=5.7,<5.8 (added by bgtasks)" in flat, output
+    assert "dramatiq[redis]==1.17.1 (declared in pyproject.toml)" in flat, output
+    assert "another runner" in flat and "--no-deps" in flat, output
+    assert _tree(project) == before, "nothing is written"
+
+
+def test_the_projects_own_venv_is_found_and_the_app_served_at_the_end_of_init(
+    tmp_path: Path,
+) -> None:
+    # no --python: init finds PROJECT/.venv (here the arq environment, linked in)
+    environment = runner_python("arq").parent.parent
+    project = _project(tmp_path)
+    (project / ".venv").symlink_to(environment, target_is_directory=True)
+    with redis_server(tmp_path) as redis_url:
+        code, output = _init(project, "--runner", "arq", env={"REDIS_URL": redis_url})
+    assert code == 0, output
+    assert _served(output), output
+    assert "then `bgtasks doctor` serves the app" not in output, output
