@@ -554,6 +554,40 @@ _IMPORT = re.compile(
 )
 
 
+# an absolute import's first name: `from config import x`, `import config.db`
+TOP_LEVEL_IMPORT = re.compile(r"^[ \t]*(?:from|import)[ \t]+([A-Za-z_]\w*)", re.MULTILINE)
+# run files whose commands may change into a source folder first
+RUN_FILE_NAMES = ("Dockerfile", "Makefile", "Procfile", "justfile")
+RUN_FILE_SUFFIXES = (".sh", ".yml", ".yaml", ".dockerfile")
+# `cd backend &&`, `--app-dir backend` (not a Dockerfile's WORKDIR: `WORKDIR /app` then
+# `COPY . /app` names the project root, not a folder in it)
+RUN_FOLDER = re.compile(
+    r"(?:\bcd[ \t]+|--app-dir[ \t=]+)(?:\./)?([A-Za-z_]\w*)/?(?=[\s;&\"']|$)", re.MULTILINE
+)
+
+
+def _run_file_folders(root: Path) -> set[str]:
+    """The folder names the project's run files change into before running Python."""
+    found: set[str] = set()
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return found
+    for name in names:
+        if not (
+            name in RUN_FILE_NAMES
+            or name.startswith("Dockerfile")
+            or name.endswith(RUN_FILE_SUFFIXES)
+        ):
+            continue
+        try:
+            text = (root / name).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        found.update(RUN_FOLDER.findall(text))
+    return found
+
+
 class ModuleIndex:
     """Maps dotted module names to files under the project and summarises them on demand."""
 
@@ -571,6 +605,7 @@ class ModuleIndex:
         self._walked: set[str] = set()  # folders os.walk listed
         self._file_names: set[str] = set()  # the .py files it listed in them
         self._packages: set[str] = set()  # of those, the ones with an __init__.py
+        self._run_from_folders: frozenset[str] | None = None
         self.source_roots = self._source_roots(root)
 
     def _source_roots(self, root: Path) -> list[Path]:
@@ -589,6 +624,47 @@ class ModuleIndex:
                 seen.add(top)
                 roots.append(Path(top))
         return roots
+
+    def _run_from(self) -> frozenset[str]:
+        """Plain folders (no __init__.py) directly under the root that are put on sys.path
+        by how the project runs, by evidence: a run file says `cd DIR &&` or `--app-dir
+        DIR`, or the folder's modules import each other
+        by top-level names (`from config import settings` beside config.py, with no
+        `config` at the root), which only works with the folder itself on sys.path."""
+        if self._run_from_folders is None:
+            root = str(self.root)
+            try:
+                names = os.listdir(root)
+            except OSError:
+                names = []
+            plain = {
+                name
+                for name in names
+                if name.isidentifier()
+                and name != "src"
+                and name not in SKIPPED_DIRS
+                and os.path.isdir(os.path.join(root, name))
+                and not self.is_package(os.path.join(root, name))
+            }
+            said = _run_file_folders(self.root) & plain
+            self._run_from_folders = frozenset(
+                said | {name for name in plain - said if self._imports_siblings(name)}
+            )
+        return self._run_from_folders
+
+    def _imports_siblings(self, folder: str) -> bool:
+        base = os.path.join(str(self.root), folder)
+        for path in self.python_files():
+            if os.path.dirname(str(path)) != base:
+                continue
+            for name in TOP_LEVEL_IMPORT.findall(self.text(path)):
+                beside = os.path.join(base, name)
+                at_root = os.path.join(str(self.root), name)
+                if (os.path.isfile(beside + ".py") or os.path.isdir(beside)) and not (
+                    os.path.isfile(at_root + ".py") or os.path.isdir(at_root)
+                ):
+                    return True
+        return False
 
     def python_files(self) -> list[Path]:
         """Every .py file of the project's own code, skipping environments and tests."""
@@ -666,9 +742,14 @@ class ModuleIndex:
         parts = [path.stem] if path.name != "__init__.py" else []
         if packages:
             parts = [os.path.basename(f) for f in reversed(folders[: packages[-1] + 1])] + parts
-        elif len(folders) == 1 and rel[0] != "src" and rel[0].isidentifier():
-            # a plain folder with a name no import can spell (`my-service/`) is put on
-            # sys.path itself (`WORKDIR`, `cd`): its modules are top-level
+        elif (
+            len(folders) == 1
+            and rel[0] != "src"
+            and rel[0].isidentifier()
+            and rel[0] not in self._run_from()
+        ):
+            # a plain folder with a name no import can spell (`my-service/`), or one the
+            # project is run from, is put on sys.path itself: its modules are top-level
             parts.insert(0, rel[0])
         name = ".".join(parts)
         self._names[path] = name

@@ -355,6 +355,61 @@ def test_a_hyphenated_source_folder_is_the_import_root(tmp_path: Path) -> None:
     assert "--app-dir my-service" in (project / "Procfile").read_text()
 
 
+# a plain folder with a name an import could spell: put on sys.path by how the project
+# runs (`cd backend && uvicorn main:app`), or evidently so (its modules import each other
+# by top-level names); with neither, it stays part of the dotted name
+PLAIN_FOLDER = {
+    "pyproject.toml": "[project]\nname = 'x'\nversion = '0'\ndependencies = ['fastapi']\n",
+    "backend/main.py": "from fastapi import FastAPI\n\napp = FastAPI()\n",
+    "backend/config.py": SETTINGS,
+}
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"Makefile": "run:\n\tcd backend && uvicorn main:app --reload\n"}, "main:app"),
+        ({"Procfile": "web: uvicorn main:app --app-dir backend\n"}, "main:app"),
+        (
+            {
+                "backend/main.py": "from fastapi import FastAPI\n\nfrom config import settings\n"
+                "\napp = FastAPI(title=settings.name)\n"
+            },
+            "main:app",
+        ),
+        (
+            {
+                "Dockerfile": 'FROM python:3.12\nWORKDIR /backend\nCMD ["uvicorn", "backend.main:app"]\n'
+            },
+            "backend.main:app",
+        ),
+        ({}, "backend.main:app"),
+    ],
+    ids=[
+        "cd-in-makefile",
+        "app-dir-in-procfile",
+        "sibling-imports",
+        "workdir-is-no-evidence",
+        "no-evidence",
+    ],
+)
+def test_a_plain_folder_the_project_runs_from_is_the_import_root(
+    tmp_path: Path, extra: dict[str, str], expected: str
+) -> None:
+    project = write_tree(tmp_path, {**PLAIN_FOLDER, **extra})
+    layout = discover(project)
+    assert layout.app.served == expected
+    top_level = expected == "main:app"
+    assert layout.source_root == (project / "backend" if top_level else project)
+    assert layout.tasks_module == ("tasks" if top_level else "backend.tasks")
+    if top_level:
+        code, output = invoke("init", str(project), "--runner", "arq", "--no-verify")
+        assert code == 0, output
+        main = (project / "backend/main.py").read_text()
+        assert "from backend." not in main, main  # imports as the app is run
+        assert (project / "backend/tasks/arq_worker.py").is_file()
+
+
 # 6. a routes module of the project's own under the generated file's name -----------------
 def test_the_projects_own_tasks_routes_are_never_forced_over(tmp_path: Path) -> None:
     files = {
