@@ -10,6 +10,7 @@ target does not use, and what its clients keep calling.
 from __future__ import annotations
 
 import ast
+import builtins
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -166,3 +167,63 @@ def known_moves() -> list[tuple[str, str]]:
         assert source is not None
         moves.extend((runner, target) for target in source.targets)
     return sorted(moves)
+
+
+def undefined_names(plan: Plan, moved: Project, bodies: list[BodyContext], fix: str) -> list[str]:
+    """A problem for each name an edited body uses that the target's planned tasks module
+    does not define (nor the body itself, nor Python's builtins): it would fail with
+    NameError on the worker. `fix` says what to do first."""
+    module = next((c.new for c in plan.changes if c.path == moved.tasks_file), "")
+    defined = _module_names(ast.parse(module)) | set(dir(builtins))
+    problems = []
+    for body in bodies:
+        own = _local_names(body.function)
+        seen: set[str] = set()
+        for node in ast.walk(body.function):
+            if (
+                isinstance(node, ast.Name)
+                and isinstance(node.ctx, ast.Load)
+                and node.lineno > body.first
+                and node.id not in own | defined | seen
+            ):
+                seen.add(node.id)
+                problems.append(
+                    f"task {body.name!r}, {body.where(node.lineno)}: uses `{node.id}`, "
+                    f"which {moved.spec.name}'s tasks module ({moved.tasks_file}) does not "
+                    f"define ({fix} first)"
+                )
+    return problems
+
+
+def _module_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((a.asname or a.name).partition(".")[0] for a in node.names)
+        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+    return names
+
+
+def _local_names(function: ast.AsyncFunctionDef | ast.FunctionDef) -> set[str]:
+    """The names the function binds itself: parameters, assignments, imports, loops..."""
+    names = {a.arg for a in ast.walk(function.args) if isinstance(a, ast.arg)}
+    for node in ast.walk(function):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
+            names.add(node.id)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((a.asname or a.name).partition(".")[0] for a in node.names)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names.add(node.name)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.Global | ast.Nonlocal):
+            names.update(node.names)
+        elif isinstance(node, ast.MatchAs | ast.MatchStar) and node.name:
+            names.add(node.name)
+    return names

@@ -23,7 +23,6 @@ user's from then on (the state file does not list it).
 from __future__ import annotations
 
 import ast
-import builtins
 from collections.abc import Mapping
 from pathlib import PurePosixPath
 
@@ -33,6 +32,7 @@ from bgtasks_gen.migrate_from import (
     BodyContext,
     Carried,
     Source,
+    undefined_names,
 )
 from bgtasks_gen.patch.definitions import definition_code
 from bgtasks_gen.plan import Action, FileChange, Plan, read_existing
@@ -140,24 +140,7 @@ class BuiltinSource(Source):
     def _refuse_undefined_names(self, plan: Plan, moved: Project, problems: list[str]) -> None:
         """A body that uses a name the target's tasks module does not define would fail
         with NameError on the worker."""
-        module = next((c.new for c in plan.changes if c.path == moved.tasks_file), "")
-        defined = _module_names(ast.parse(module)) | set(dir(builtins))
-        for body in self._bodies:
-            own = _local_names(body.function)
-            seen: set[str] = set()
-            for node in ast.walk(body.function):
-                if (
-                    isinstance(node, ast.Name)
-                    and isinstance(node.ctx, ast.Load)
-                    and node.lineno > body.first
-                    and node.id not in own | defined | seen
-                ):
-                    seen.add(node.id)
-                    problems.append(
-                        f"task {body.name!r}, {body.where(node.lineno)}: uses `{node.id}`, "
-                        f"which {moved.spec.name}'s tasks module ({moved.tasks_file}) does not "
-                        "define (import it inside the function first)"
-                    )
+        problems += undefined_names(plan, moved, self._bodies, "import it inside the function")
 
     def notes(self, project: Project, target: RunnerSpec, api_shape: str) -> list[str]:
         notes = [
@@ -172,40 +155,6 @@ class BuiltinSource(Source):
                 "(`--api-shape new` moves without it)"
             )
         return notes
-
-
-def _module_names(tree: ast.Module) -> set[str]:
-    names: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            names.add(node.name)
-        elif isinstance(node, ast.Import | ast.ImportFrom):
-            names.update((a.asname or a.name).partition(".")[0] for a in node.names)
-        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
-            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
-                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
-    return names
-
-
-def _local_names(function: ast.AsyncFunctionDef | ast.FunctionDef) -> set[str]:
-    """The names the function binds itself: parameters, assignments, imports, loops..."""
-    names = {a.arg for a in ast.walk(function.args) if isinstance(a, ast.arg)}
-    for node in ast.walk(function):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
-            names.add(node.id)
-        elif isinstance(node, ast.Import | ast.ImportFrom):
-            names.update((a.asname or a.name).partition(".")[0] for a in node.names)
-        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            names.add(node.name)
-        elif isinstance(node, ast.ExceptHandler) and node.name:
-            names.add(node.name)
-        elif isinstance(node, ast.arg):
-            names.add(node.arg)
-        elif isinstance(node, ast.Global | ast.Nonlocal):
-            names.update(node.names)
-        elif isinstance(node, ast.MatchAs | ast.MatchStar) and node.name:
-            names.add(node.name)
-    return names
 
 
 # -- the kept routes

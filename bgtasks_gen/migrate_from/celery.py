@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import ast
-import builtins
 import re
 from pathlib import PurePosixPath
 
@@ -26,9 +25,8 @@ from bgtasks_gen.addtask import Project, _project_style
 from bgtasks_gen.api_surface import client_changes_line
 from bgtasks_gen.deps import canonical, requirement_name
 from bgtasks_gen.errors import BadInput
-from bgtasks_gen.migrate_from import NEW_SHAPE, BodyContext, Carried, Source
+from bgtasks_gen.migrate_from import NEW_SHAPE, BodyContext, Carried, Source, undefined_names
 from bgtasks_gen.migrate_from.arq import SAME_ENVIRONMENT_NOTE, _web_environment_for_taskiq
-from bgtasks_gen.migrate_from.builtin import _local_names, _module_names
 from bgtasks_gen.plan import Action, Plan, patched
 from bgtasks_gen.runfiles import COMPOSE_NAMES, without_processes, without_services
 from bgtasks_gen.runners.base import RunnerSpec
@@ -199,24 +197,8 @@ class CelerySource(Source):
     def _refuse_undefined_names(self, plan: Plan, moved: Project, problems: list[str]) -> None:
         """A body using a name celery's tasks module had and taskiq's has not would fail
         with NameError on the worker."""
-        module = next((c.new for c in plan.changes if c.path == moved.tasks_file), "")
-        defined = _module_names(ast.parse(module)) | set(dir(builtins))
-        for body in self._bodies:
-            own = _local_names(body.function)
-            seen: set[str] = set()
-            for node in ast.walk(body.function):
-                if (
-                    isinstance(node, ast.Name)
-                    and isinstance(node.ctx, ast.Load)
-                    and node.lineno > body.first
-                    and node.id not in own | defined | seen
-                ):
-                    seen.add(node.id)
-                    problems.append(
-                        f"task {body.name!r}, {body.where(node.lineno)}: uses `{node.id}`, "
-                        f"which taskiq's tasks module ({moved.tasks_file}) does not define "
-                        "(import it inside the function, or say it the taskiq way, first)"
-                    )
+        fix = "import it inside the function, or say it the taskiq way"
+        problems += undefined_names(plan, moved, self._bodies, fix)
 
     def notes(self, project: Project, target: RunnerSpec, api_shape: str) -> list[str]:
         return [

@@ -6,6 +6,7 @@ when CI=true, so CI can never go green by skipping.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import json
@@ -363,3 +364,18 @@ def openapi_routes(python: Path, project: Path, target: str) -> set[tuple[str, s
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return {(path, method) for path, method in json.loads(result.stdout)}
+
+
+def edit_task_body(path: Path, function: str, lines: list[str]) -> None:
+    """Replace what follows `function`'s docstring, as a user editing the task would."""
+    source = path.read_text()
+    (node,) = (
+        n
+        for n in ast.walk(ast.parse(source))
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == function
+    )
+    first, end = node.body[1].lineno, node.body[-1].end_lineno
+    assert end is not None
+    text = source.splitlines(keepends=True)
+    text[first - 1 : end] = [line + "\n" for line in lines]
+    path.write_text("".join(text))

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import tree_hashes
 from tests.e2e.harness import (
     AUTH,
     Proc,
@@ -99,14 +100,6 @@ def _settings(runner: str, redis_url: str, sink: SmtpSink) -> dict[str, str]:
     }
 
 
-def tree(project: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(project)): p.read_bytes()
-        for p in sorted(project.rglob("*"))
-        if p.is_file() and "__pycache__" not in p.parts
-    }
-
-
 @dataclass
 class Moved:
     runner: str
@@ -173,10 +166,10 @@ def moved(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     state = tomllib.loads((project / ".bgtasks.toml").read_text())
     assert state["runner"] == "builtin"
 
-    before = tree(project)
+    before = tree_hashes(project)
     dry = bgtasks(project, "migrate", "--to", runner, "--dry-run")
     assert dry.returncode == 0, dry.stdout + dry.stderr
-    assert tree(project) == before, "--dry-run wrote something"
+    assert tree_hashes(project) == before, "--dry-run wrote something"
     result = bgtasks(project, "migrate", "--to", runner)
     assert result.returncode == 0, result.stdout + result.stderr
     return Moved(runner, project, builtin_routes, sorted(state["files"]), result.stdout)
@@ -322,9 +315,9 @@ def test_list_shows_the_carried_tasks(moved: Moved) -> None:
 
 
 def test_migrate_again_has_nothing_to_do(moved: Moved) -> None:
-    before = tree(moved.project)
+    before = tree_hashes(moved.project)
     again = bgtasks(moved.project, "migrate", "--to", moved.runner)
     message = again.stdout + again.stderr
     assert again.returncode == 0, message
     assert "nothing to move" in message, message
-    assert tree(moved.project) == before
+    assert tree_hashes(moved.project) == before

@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import tree_hashes
 from tests.e2e.harness import (
     API_TOKEN,
     AUTH,
@@ -38,6 +39,7 @@ from tests.e2e.harness import (
     SmtpSink,
     add_task,
     bgtasks,
+    edit_task_body,
     missing,
     port_open,
     redis_server,
@@ -172,29 +174,6 @@ class Stack:
         return body
 
 
-def edit_body(path: Path, function: str, lines: list[str]) -> None:
-    """Replace what follows `function`'s docstring, as a user editing the task would."""
-    source = path.read_text()
-    (node,) = (
-        n
-        for n in ast.walk(ast.parse(source))
-        if isinstance(n, ast.FunctionDef) and n.name == function
-    )
-    first, end = node.body[1].lineno, node.body[-1].end_lineno
-    assert end is not None
-    text = source.splitlines(keepends=True)
-    text[first - 1 : end] = [line + "\n" for line in lines]
-    path.write_text("".join(text))
-
-
-def tree(project: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(project)): p.read_bytes()
-        for p in sorted(project.rglob("*"))
-        if p.is_file() and "__pycache__" not in p.parts
-    }
-
-
 @pytest.fixture(scope="module")
 def moved(tmp_path_factory: pytest.TempPathFactory) -> Moved:
     celery_python = runner_python("celery")
@@ -203,15 +182,15 @@ def moved(tmp_path_factory: pytest.TempPathFactory) -> Moved:
     add_task(project, "ping")
     add_task(project, "resize", "--arg", "width:int", "--arg", "name:str")
     add_task(project, "tick", "--every", str(EVERY))
-    edit_body(project / CELERY_TASKS, "resize", EDITED_BODY)
+    edit_task_body(project / CELERY_TASKS, "resize", EDITED_BODY)
     celery_api = openapi(celery_python, project)
     state = tomllib.loads((project / ".bgtasks.toml").read_text())
     assert state["runner"] == "celery" and state["layout"]["api_shape"] == "common"
 
-    before = tree(project)
+    before = tree_hashes(project)
     dry = bgtasks(project, "migrate", "--to", "taskiq", "--dry-run")
     assert dry.returncode == 0, dry.stdout + dry.stderr
-    assert tree(project) == before, "--dry-run wrote something"
+    assert tree_hashes(project) == before, "--dry-run wrote something"
 
     result = bgtasks(project, "migrate", "--to", "taskiq")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -422,12 +401,12 @@ def test_the_scheduler_fires_tick_once_per_period(stack: Stack) -> None:
 
 
 def test_migrate_again_has_nothing_to_do(moved: Moved) -> None:
-    before = tree(moved.project)
+    before = tree_hashes(moved.project)
     again = bgtasks(moved.project, "migrate", "--to", "taskiq")
     message = again.stdout + again.stderr
     assert again.returncode == 0, message
     assert "already runs taskiq" in message and "nothing to move" in message, message
-    assert tree(moved.project) == before
+    assert tree_hashes(moved.project) == before
 
 
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
@@ -455,7 +434,7 @@ def test_a_rabbitmq_project_moves_onto_taskiqs_rabbitmq_broker(tmp_path: Path) -
     python = runner_python("taskiq")
     project = scaffold("layered", tmp_path, "--runner", "celery", "--broker", "rabbitmq")
     add_task(project, "resize", "--arg", "width:int", "--arg", "name:str")
-    edit_body(project / CELERY_TASKS, "resize", EDITED_BODY)
+    edit_task_body(project / CELERY_TASKS, "resize", EDITED_BODY)
     result = bgtasks(project, "migrate", "--to", "taskiq")
     assert result.returncode == 0, result.stdout + result.stderr
     state = tomllib.loads((project / ".bgtasks.toml").read_text())

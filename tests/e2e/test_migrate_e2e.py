@@ -25,12 +25,14 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import tree_hashes
 from tests.e2e.harness import (
     AUTH,
     Proc,
     SmtpSink,
     add_task,
     bgtasks,
+    edit_task_body,
     openapi_routes,
     redis_server,
     runner_python,
@@ -112,29 +114,6 @@ class Stack:
         return body
 
 
-def edit_body(path: Path, function: str, lines: list[str]) -> None:
-    """Replace what follows `function`'s docstring, as a user editing the task would."""
-    source = path.read_text()
-    (node,) = (
-        n
-        for n in ast.walk(ast.parse(source))
-        if isinstance(n, ast.AsyncFunctionDef) and n.name == function
-    )
-    first, end = node.body[1].lineno, node.body[-1].end_lineno
-    assert end is not None
-    text = source.splitlines(keepends=True)
-    text[first - 1 : end] = [line + "\n" for line in lines]
-    path.write_text("".join(text))
-
-
-def tree(project: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(project)): p.read_bytes()
-        for p in sorted(project.rglob("*"))
-        if p.is_file() and "__pycache__" not in p.parts
-    }
-
-
 @pytest.fixture(scope="module")
 def moved(tmp_path_factory: pytest.TempPathFactory) -> Moved:
     arq_python = runner_python("arq")
@@ -143,15 +122,15 @@ def moved(tmp_path_factory: pytest.TempPathFactory) -> Moved:
     add_task(project, "ping")
     add_task(project, "resize", "--arg", "width:int", "--arg", "name:str")
     add_task(project, "tick", "--every", str(EVERY))
-    edit_body(project / ARQ_TASKS, "resize", EDITED_BODY)
+    edit_task_body(project / ARQ_TASKS, "resize", EDITED_BODY)
     arq_routes = openapi_routes(arq_python, project, APP)
     state = tomllib.loads((project / ".bgtasks.toml").read_text())
     assert state["runner"] == "arq"
 
-    before = tree(project)
+    before = tree_hashes(project)
     dry = bgtasks(project, "migrate", "--to", "taskiq", "--dry-run")
     assert dry.returncode == 0, dry.stdout + dry.stderr
-    assert tree(project) == before, "--dry-run wrote something"
+    assert tree_hashes(project) == before, "--dry-run wrote something"
 
     result = bgtasks(project, "migrate", "--to", "taskiq")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -327,10 +306,10 @@ def test_the_scheduler_fires_tick_every_5_seconds(stack: Stack) -> None:
 
 
 def test_migrate_again_has_nothing_to_do(moved: Moved) -> None:
-    before = tree(moved.project)
+    before = tree_hashes(moved.project)
     again = bgtasks(moved.project, "migrate", "--to", "taskiq")
     message = again.stdout + again.stderr
     assert "already runs taskiq" in message and "nothing to move" in message, message
-    assert tree(moved.project) == before
+    assert tree_hashes(moved.project) == before
     # like every command run twice (or after a crash recovery finished the move): exit 0
     assert again.returncode == 0, f"exit {again.returncode}: {message}"
