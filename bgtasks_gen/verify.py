@@ -7,7 +7,8 @@ the generated status route for an id nobody issued, with a bearer token the sett
 class reads from the environment. The generated handler answers 404 with its own body:
 that proves the router is included, the token reaches the auth hook, the lifespans ran
 and the broker answered. A 404 from the route table, a 503, a 500, an import error or a
-lifespan that fails is a failure, with its cause and the fix.
+lifespan that fails (at startup or at shutdown) is a failure, with its cause and the fix;
+the app's own route answering in its place (one of the same name) proves nothing.
 """
 
 from __future__ import annotations
@@ -53,6 +54,19 @@ class ServeRequest:
 FEATURE_ROUTES = {
     "metrics": ("/metrics", "bgtasks_tasks_total"),
     "dashboard": ("/dashboard/data", '"queues"'),
+}
+
+
+# a 401/403 although the token is set: the hook reads another variable
+TOKEN_FIX = (
+    "check that the settings field behind the access hook reads the variable the token is "
+    "set in (env_prefix, alias, case_sensitive)"
+)
+# what a feature route's failing answer asks of the user
+FEATURE_FIXES = {
+    503: "Redis does not answer (`bgtasks doctor` checks the broker)",
+    401: TOKEN_FIX,
+    403: TOKEN_FIX,
 }
 
 
@@ -123,7 +137,10 @@ def _serve_main(raw_request: str) -> None:
     the standard library and the project's own packages only."""
     import contextlib
     import importlib
+    import inspect
     import json
+    import logging
+    import logging.handlers
     import sys
     import traceback
     import uuid
@@ -153,9 +170,22 @@ def _serve_main(raw_request: str) -> None:
                     path = app.url_path_for(route.name)
                 except Exception:  # noqa: BLE001 - not included where the app serves
                     return {"path": ""}
-                response = client.get(path, headers=headers)
+                try:
+                    response = client.get(path, headers=headers)
+                except BaseException as error:  # noqa: BLE001 - its verdict, not the status route's
+                    return {"path": path, "error": describe(error)}
                 return {"path": path, "status": response.status_code, "text": response.text[:4000]}
         return {"path": ""}
+
+    answered: list[Any] = []
+
+    async def noting(scope: Any, receive: Any, send: Any) -> None:
+        """The app, noting the endpoint that answered each request (routers write it into
+        the scope): url_path_for finds routes by name, and the app's own route of the
+        status route's name would take the path it gives."""
+        await app(scope, receive, send)
+        if scope["type"] == "http":
+            answered.append(scope.get("endpoint"))
 
     def run() -> dict[str, Any]:
         nonlocal app, router
@@ -192,8 +222,13 @@ def _serve_main(raw_request: str) -> None:
             "path": path if status else "",
         }
         headers = {"Authorization": f"Bearer {request['token']}"} if request["token"] else {}
+        # what the app logs while it serves: the generated code names a 503's cause there
+        # (the broker does not answer, or its lifespan is not running)
+        logs = logging.handlers.BufferingHandler(10_000)
+        logs.setLevel(logging.WARNING)
+        logging.getLogger().addHandler(logs)
         try:
-            with TestClient(app) as client:
+            with TestClient(noting) as client:
                 answer["stage"] = "request"
                 if answer["path"]:
                     response = client.get(answer["path"], headers=headers)
@@ -202,13 +237,29 @@ def _serve_main(raw_request: str) -> None:
                     except ValueError:
                         body = response.text[:300]
                     answer.update(status=response.status_code, body=body)
+                    # a route's endpoint is its function; a mount's is its app (that
+                    # answered only when no route of it matched: the route table's 404)
+                    endpoint = answered[-1] if answered else None
+                    if inspect.isroutine(endpoint) and endpoint is not status[0].endpoint:
+                        qualname = getattr(endpoint, "__qualname__", repr(endpoint))
+                        module = getattr(endpoint, "__module__", "")
+                        answer["answered_by"] = f"{module}.{qualname}"
                 answer["features"] = {
                     name: ask_feature(client, suffix, headers)
                     for name, suffix in request["features"].items()
                 }
-                answer["stage"] = "served"
+                answer["stage"] = "shutdown"
+            answer["stage"] = "served"
         except BaseException as error:  # noqa: BLE001
             answer["error"] = describe(error)
+        finally:
+            logging.getLogger().removeHandler(logs)
+        logged = []
+        for record in logs.buffer[-3:]:
+            with contextlib.suppress(Exception):  # a record whose arguments do not format
+                logged.append(record.getMessage()[:300])
+        if logged:
+            answer["logged"] = logged
         return answer
 
     with contextlib.redirect_stdout(sys.stderr):
@@ -288,6 +339,7 @@ def _feature_answers(request: ServeRequest, answer: dict[str, Any]) -> tuple[Fea
         reply = asked.get(name) or {}
         suffix, sign = FEATURE_ROUTES[name]
         path, status, text = reply.get("path"), reply.get("status"), str(reply.get("text", ""))
+        raised = reply.get("error")
         if not path:
             found.append(
                 FeatureAnswer(
@@ -296,6 +348,15 @@ def _feature_answers(request: ServeRequest, answer: dict[str, Any]) -> tuple[Fea
                     f"the app serves no {suffix} route of {request.router_module}",
                     f"`bgtasks check` names what is missing; `bgtasks update --with {name}` "
                     "writes it again",
+                )
+            )
+        elif raised:
+            found.append(
+                FeatureAnswer(
+                    name,
+                    FAILED,
+                    f"GET {path} raised (500): {raised}",
+                    "fix the error above in the route or what it calls",
                 )
             )
         elif status == 200 and sign in text:
@@ -315,10 +376,7 @@ def _feature_answers(request: ServeRequest, answer: dict[str, Any]) -> tuple[Fea
                     name,
                     FAILED,
                     f"GET {path} answered {status}: {text[:200]}",
-                    "503: Redis does not answer (`bgtasks doctor` checks the broker); "
-                    "401/403: the token does not reach the access hook"
-                    if status in (401, 403, 503)
-                    else "look at the route and what it calls",
+                    FEATURE_FIXES.get(int(status or 0), "look at the route and what it calls"),
                 )
             )
     return tuple(found)
@@ -359,8 +417,21 @@ def _judge(request: ServeRequest, answer: dict[str, Any], declared: frozenset[st
         return Served(
             FAILED,
             f"the app {target} does not start: its lifespans fail: {error}",
-            "the services the settings name must answer (`bgtasks doctor` checks each; "
+            "fix what the lifespan raised (where the error says); a connection error means a "
+            "service the settings name does not answer (`bgtasks doctor` checks each; "
             "`bgtasks dev` starts a local Redis)",
+        )
+    if stage == "shutdown":
+        # it served, then a lifespan's cleanup raised: uvicorn would log it on every stop
+        served = _judge(request, {**answer, "stage": "served"}, declared)
+        if served.failed:
+            return served
+        return Served(
+            FAILED,
+            f"{served.message.removeprefix('served: ')}; then the app's lifespans fail at "
+            f"shutdown: {error}",
+            "fix what the lifespan's cleanup raised (where the error says): connections "
+            "it leaves open are never closed",
         )
     if stage == "request":
         return Served(
@@ -386,6 +457,16 @@ def _judge(request: ServeRequest, answer: dict[str, Any], declared: frozenset[st
     body = answer.get("body")
     detail = body.get("detail") if isinstance(body, dict) else body
     call = f"GET {path}"
+    if answer.get("answered_by"):
+        return Served(
+            NOT_PROVEN,
+            f"not proven: {call} reached {answer['answered_by']} (it answered {status}), not "
+            f"the status route of {request.router_module}: the app has a route of the same "
+            "name, and url_path_for gave its path",
+            "`bgtasks check` says whether the router is included; give the app's own route "
+            "another name (its function name, or name=...) so that `bgtasks doctor` can ask "
+            "the generated one",
+        )
     if status == 404 and detail != ROUTE_TABLE_404:
         return Served(PROVEN, f"served: {call} answered 404 with the app's lifespans running")
     if status == 404:
@@ -407,15 +488,28 @@ def _judge(request: ServeRequest, answer: dict[str, Any], declared: frozenset[st
             FAILED,
             f"{call} answered {status} with {request.token_env} set: the auth hook does "
             f"not read the token from {request.token_env}",
-            "check that the settings field behind it reads that variable "
-            "(env_prefix, alias, case_sensitive)",
+            TOKEN_FIX,
         )
     if status == 503:
+        logged = " | ".join(str(line) for line in answer.get("logged") or ())
+        said = f"; the app logged: {logged[:400]}" if logged else ""
+        if "lifespan" in logged:
+            # the generated code says so when the pool its lifespan opens is not there
+            return Served(
+                FAILED,
+                f"{call} answered 503 ({detail}): the runner's lifespan did not run in the "
+                f"app that serves the route{said}",
+                "include the generated router in the app uvicorn serves, not in a mounted "
+                "sub-app (Starlette never runs a mounted app's lifespans); a FastAPI that "
+                "predates router lifespans needs the generated lifespan in "
+                "FastAPI(lifespan=...)",
+            )
         return Served(
             FAILED,
-            f"{call} answered 503: the task queue is unreachable ({detail})",
+            f"{call} answered 503 ({detail}): the task queue is unreachable{said}",
             "start the broker the settings name, or point its URL at one that runs "
-            "(`bgtasks doctor` checks it; `bgtasks dev` starts a local Redis)",
+            "(`bgtasks doctor` checks it; `bgtasks dev` starts a local Redis); if it runs, "
+            "the runner's lifespan did not run: include the router in the app uvicorn serves",
         )
     return Served(
         FAILED,
