@@ -62,6 +62,12 @@ def _dump(data: dict[str, Any], indent: int) -> str:
         def ignore_aliases(self, data: Any) -> bool:
             return True
 
+        def represent_none(self, data: None) -> yaml.ScalarNode:
+            # `KEY:`, as compose files write a variable passed through from the shell or .env
+            return self.represent_scalar("tag:yaml.org,2002:null", "")
+
+    Dumper.add_representer(type(None), Dumper.represent_none)
+
     text: str = yaml.dump(data, Dumper=Dumper, indent=indent, sort_keys=False, width=200)
     return text
 
@@ -170,6 +176,7 @@ def merge_compose(theirs: str, ours: str, runner: str, path: str = "compose.yaml
     if isinstance(joined.get("networks"), dict):
         # the names only: the app's own addresses and aliases are not the services' to share
         joined["networks"] = list(joined["networks"])
+    app_environment = _environment(app_settings.get("environment"))
     additions: dict[str, Any] = {}
     for name, service in wanted.items():
         if name in ("redis", "rabbitmq") and name in hosts:
@@ -177,6 +184,7 @@ def merge_compose(theirs: str, ours: str, runner: str, path: str = "compose.yaml
         if name == "web" and app_service:
             continue  # the project's own app service serves
         new_name = name if name not in services else f"{runner}-{name}"
+        runs_the_app = "build" in service  # the project's own code (not flower, a broker)
         service = {key: value for key, value in service.items() if key != "volumes"}
         if "build" in service and (build is not None or image is not None):
             # the image the project already builds for its app, in the same place
@@ -192,7 +200,12 @@ def merge_compose(theirs: str, ours: str, runner: str, path: str = "compose.yaml
             **service,
             **{k: joined[k] for k in wanted_keys if k in joined and k not in service},
         }
-        additions[new_name] = _rehost(service, hosts, services)
+        service = _rehost(service, hosts, services)
+        if runs_the_app and isinstance(service.get("environment"), dict):
+            service["environment"] = _app_environment(
+                service["environment"], app_environment, env_file="env_file" in joined
+            )
+        additions[new_name] = service
     if not additions:
         return merged
     lines = theirs.splitlines(keepends=True)
@@ -238,6 +251,34 @@ def merge_compose(theirs: str, ours: str, runner: str, path: str = "compose.yaml
     return merged
 
 
+def _environment(value: object) -> dict[str, Any]:
+    """A service's `environment:` as a mapping, from either of the forms Compose reads
+    (`KEY: value`, or a list of `KEY=value` and bare `KEY`)."""
+    if isinstance(value, dict):
+        return {str(key): item for key, item in value.items()}
+    if isinstance(value, list):
+        pairs = (str(entry).partition("=") for entry in value)
+        return {key: (item if equals else None) for key, equals, item in pairs}
+    return {}
+
+
+def _app_environment(
+    ours: dict[str, Any], apps: dict[str, Any], *, env_file: bool
+) -> dict[str, Any]:
+    """The environment of an added service that runs the project's code (a worker, beat,
+    the scheduler): it reads the same settings class as the app service, so it gets the
+    app's own `environment:` entries as they are (its database, its SMTP server), and
+    where both set a variable the app's value wins: the worker must consume from the
+    broker the app publishes to. Ours fills in the rest: the broker's URL, and the
+    settings passed through from the shell or the .env Compose reads (`KEY:` with no
+    value: unset there, the variable stays unset and the settings class's default holds;
+    `${KEY}` would set it empty, which an int or bool field refuses). With an env_file
+    those pass-throughs go: the file sets them, and some Compose versions let an unset
+    pass-through remove a variable the env_file sets."""
+    kept = {key: value for key, value in ours.items() if value is not None or not env_file}
+    return {**kept, **apps}
+
+
 def _rehost(
     service: dict[str, Any], hosts: dict[str, str], theirs: dict[str, Any]
 ) -> dict[str, Any]:
@@ -247,7 +288,9 @@ def _rehost(
     env = result.get("environment")
     if isinstance(env, dict):
         result["environment"] = {
-            key: _replace_host(str(value), hosts) for key, value in env.items()
+            # a pass-through (no value) stays one; numbers and true/false as written
+            key: _replace_host(value, hosts) if isinstance(value, str) else value
+            for key, value in env.items()
         }
     depends = result.get("depends_on")
     if isinstance(depends, dict):

@@ -9,6 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from bgtasks_gen.cli import app
+from bgtasks_gen.runfiles import merge_compose
 from bgtasks_gen.runners import available_runners
 from tests.conftest import is_subsequence
 
@@ -155,6 +156,114 @@ def test_added_services_join_the_apps_networks_and_env_file(example) -> None:  #
         # the network names only: the app's own address is not shared
         assert services[name]["networks"] == ["backend", "public"], services[name]
         assert services[name]["env_file"] == [".env"], services[name]
+        # the settings come from the file: nothing passed through that could unset them
+        assert None not in services[name]["environment"].values(), services[name]
     # the Redis added beside the app is reachable on its networks; the settings are not its
     assert services["redis"]["networks"] == ["backend", "public"]
     assert "env_file" not in services["redis"]
+
+
+def _prefixed(project: Path) -> Path:
+    """The example with its settings read from SHOP_-prefixed variables."""
+    config = project / "app/core/config.py"
+    text = config.read_text()
+    config.write_text(text.replace('extra="ignore"', 'extra="ignore", env_prefix="SHOP_"'))
+    return project
+
+
+# the app service configures the settings itself (list form), one value from the shell
+APP_ENVIRONMENT_COMPOSE = """services:
+  api:
+    build: .
+    command: uvicorn app.main:app --host 0.0.0.0
+    environment:
+      - SHOP_DATABASE_URL=postgresql://db/shop
+      - SHOP_SMTP_HOST=mail.example.com
+      - SHOP_SMTP_PASSWORD
+  cache:
+    image: redis:7
+"""
+
+
+def test_the_worker_gets_the_apps_own_environment(example) -> None:  # type: ignore[no-untyped-def]
+    project = _prefixed(example("layered"))
+    (project / "compose.yaml").write_text(APP_ENVIRONMENT_COMPOSE)
+    result = cli.invoke(app, ["init", str(project), "--runner", "celery"])
+    assert result.exit_code == 0, result.output
+    services = yaml.safe_load((project / "compose.yaml").read_text())["services"]
+    for name in ("worker", "beat"):
+        environment = services[name]["environment"]
+        # the settings the app service sets, as it sets them (SMTP_PASSWORD from the shell)
+        assert environment["SHOP_DATABASE_URL"] == "postgresql://db/shop", environment
+        assert environment["SHOP_SMTP_HOST"] == "mail.example.com", environment
+        assert "SHOP_SMTP_PASSWORD" in environment and environment["SHOP_SMTP_PASSWORD"] is None
+        # the broker, named as the settings class reads it, on the project's Redis
+        assert environment["SHOP_CELERY_BROKER_URL"] == "redis://cache:6379/0", environment
+        assert "CELERY_BROKER_URL" not in environment
+        assert "env_file" not in services[name]
+    # flower runs its own image, not the project's settings
+    assert "SHOP_DATABASE_URL" not in services["flower"]["environment"]
+
+
+@pytest.mark.parametrize("runner", QUEUE_RUNNERS)
+def test_without_an_env_file_the_worker_gets_the_smtp_settings(runner: str, example) -> None:  # type: ignore[no-untyped-def]
+    project = _prefixed(example("layered"))
+    (project / "compose.yaml").write_text(
+        "services:\n  api:\n    build: .\n    command: uvicorn app.main:app\n"
+    )
+    result = cli.invoke(app, ["init", str(project), "--runner", runner])
+    assert result.exit_code == 0, result.output
+    text = (project / "compose.yaml").read_text()
+    worker = yaml.safe_load(text)["services"]["worker"]
+    smtp = ("HOST", "PORT", "USER", "PASSWORD", "STARTTLS")
+    for name in [f"SHOP_SMTP_{part}" for part in smtp] + ["SHOP_EMAIL_FROM"]:
+        # passed through from the shell or .env: unset there, the settings' default holds
+        assert name in worker["environment"] and worker["environment"][name] is None, name
+        assert f"\n      {name}:\n" in text, "written as compose files write a pass-through"
+    broker = {"celery": "SHOP_CELERY_BROKER_URL", "arq": "SHOP_REDIS_URL"}
+    url = worker["environment"][broker.get(runner, "SHOP_TASKIQ_BROKER_URL")]
+    assert url.startswith("redis://redis:6379/"), worker
+    # the .env.example lists the same names
+    example_env = (project / ".env.example").read_text()
+    assert "\nSHOP_SMTP_HOST=" in example_env and "\nSHOP_EMAIL_FROM=" in example_env
+
+
+# what the rendered compose templates give the worker: the broker's URL, and settings passed
+# through from the shell or .env (no value)
+OURS = """services:
+  redis:
+    image: redis:8-alpine
+  worker:
+    build: .
+    command: celery -A app.tasks.celery_app worker
+    environment:
+      SHOP_CELERY_BROKER_URL: redis://redis:6379/0
+      SHOP_SMTP_HOST:
+      SHOP_SMTP_PORT:
+    depends_on:
+      redis:
+        condition: service_healthy
+"""
+
+
+def test_pass_through_settings_stay_unset_and_the_apps_values_win() -> None:
+    theirs = APP_ENVIRONMENT_COMPOSE.replace(
+        "      - SHOP_SMTP_PASSWORD\n", "      - SHOP_CELERY_BROKER_URL=redis://cache:6379/5\n"
+    )
+    merged = merge_compose(theirs, OURS, "celery")
+    environment = yaml.safe_load(merged.text)["services"]["worker"]["environment"]
+    assert environment == {
+        "SHOP_CELERY_BROKER_URL": "redis://cache:6379/5",  # where the app publishes
+        "SHOP_SMTP_HOST": "mail.example.com",
+        "SHOP_SMTP_PORT": None,
+        "SHOP_DATABASE_URL": "postgresql://db/shop",
+    }
+    assert "\n      SHOP_SMTP_PORT:\n" in merged.text, "a pass-through, not `null`"
+
+
+def test_with_an_env_file_the_pass_throughs_go() -> None:
+    merged = merge_compose(NETWORKED_COMPOSE, OURS, "celery")
+    worker = yaml.safe_load(merged.text)["services"]["worker"]
+    assert worker["env_file"] == [".env"]
+    # the file sets them: an unset pass-through could remove them (some Compose versions)
+    assert worker["environment"] == {"SHOP_CELERY_BROKER_URL": "redis://redis:6379/0"}

@@ -167,7 +167,11 @@ def _web_environment_for_taskiq(text: str) -> tuple[str, bool]:
     if not missing or block is None:
         return text, False
     newline = "\r\n" if "\r\n" in text else "\n"
-    lines = "".join(f"{block['inner']}{name}: {value}{newline}" for name, value in missing.items())
+    lines = "".join(
+        # a pass-through (no value) is written as one, never as the text None
+        f"{block['inner']}{name}:{'' if value is None else f' {value}'}{newline}"
+        for name, value in missing.items()
+    )
     new = text[: block.start("inner")] + lines + text[block.start("inner") :]
     after = (yaml.safe_load(new) or {}).get("services", {}).get("web", {}).get("environment")
     if not isinstance(after, dict) or any(after.get(k) != v for k, v in missing.items()):

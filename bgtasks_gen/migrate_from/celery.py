@@ -55,7 +55,7 @@ COMPOSE_HEADING = (
     ("# Scale workers (`--scale worker=3`); a second beat only stands by (beat lock).\n", ""),
 )
 
-# the celery variables in the web service's environment of celery's compose file
+# the celery variables in a service's environment of celery's compose file
 CELERY_WEB_VARIABLES = re.compile(r"(?m)^      CELERY_(?:BROKER_URL|RESULT_BACKEND): \S+\n")
 # celery's group in .env.example, its variables going with the fields
 ENV_GROUP = re.compile(
@@ -180,8 +180,9 @@ class CelerySource(Source):
                 new, done = _web_environment_for_taskiq(new)
                 if done:
                     plan.notes[:] = [n for n in plan.notes if SAME_ENVIRONMENT_NOTE not in n]
-                    # the web service reads taskiq's variables now, given it just above
-                    new = CELERY_WEB_VARIABLES.sub("", new, count=2)
+                    # the web service reads taskiq's variables now, given it just above;
+                    # taskiq's worker and scheduler took the web's environment when added
+                    new = CELERY_WEB_VARIABLES.sub("", new)
             elif PurePosixPath(change.path).name == ".env.example":
                 new = ENV_GROUP.sub("", new, count=1)
             elif change.path.endswith(".py") and f"# {FIELDS_HEADER}" in new:
