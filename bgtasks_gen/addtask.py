@@ -41,7 +41,7 @@ from bgtasks_gen.ruff_style import ProjectStyle
 from bgtasks_gen.runners import available_runners, get_runner, runner_names
 from bgtasks_gen.runners.base import RunnerSpec
 from bgtasks_gen.schedules import arq_cron_kwargs, celery_schedule
-from bgtasks_gen.state import STATE_FILE, read_state, render_state
+from bgtasks_gen.state import STATE_FILE, read_state, render_state, scaffolded_spec
 from bgtasks_gen.task_request import (
     TaskArg,
     TaskRequest,
@@ -105,13 +105,13 @@ def load_project(root: Path) -> Project:
             f"run `bgtasks init {root} --runner RUNNER` first "
             f"(RUNNER: {', '.join(runner_names())})",
         )
-    spec = get_runner(str(state["runner"]))
     layout = state.get("layout", {})
     if not isinstance(layout, dict) or "tasks_module" not in layout:
         raise BadInput(
             f"{root / STATE_FILE} has no [layout] table with tasks_module",
             f"restore it from version control, or run `bgtasks init {root}` again",
         )
+    spec = scaffolded_spec(get_runner(str(state["runner"])), layout)
     return Project(root.resolve(), state, spec, layout)
 
 

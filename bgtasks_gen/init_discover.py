@@ -27,7 +27,7 @@ from bgtasks_gen.errors import BadInput, DiscoveryError
 from bgtasks_gen.features import DEFAULT_FEATURES, choose_features, feature_fields
 from bgtasks_gen.runners import available_runners, get_runner, runner_names
 from bgtasks_gen.runners.base import RunnerSpec
-from bgtasks_gen.state import read_state
+from bgtasks_gen.state import read_state, scaffolded_spec
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,10 @@ def discover_init(
         outer = replace(overrides or Overrides(), app_module=layout.app.mounted_in)
         layout = discover(root, outer, index)
     _refuse_unservable(spec, layout)
+    spec, router_note = _router_file(spec, layout, state, owned)
     notes = list(layout.notes)
+    if router_note:
+        notes.append(router_note)
     if moved_off:
         notes.append(
             f"the project's routers are on {moved_off}, a mounted sub-app whose lifespan "
@@ -120,6 +123,58 @@ def discover_init(
         recorded_features=tuple(recorded),
         notes=notes,
     )
+
+
+def _router_file(
+    spec: RunnerSpec, layout: ProjectLayout, state: Mapping[str, object], owned: frozenset[str]
+) -> tuple[RunnerSpec, str]:
+    """The spec with the router module this project gets, and the note that says why when
+    it is not the runner's own name. A runner set up before keeps the name it was given
+    (the state file's); otherwise a module of the project's own under the runner's name
+    (`tasks.py` beside its other routers) is left alone and the router takes another
+    name (_fallback_router_file): that module is never a conflict to force over."""
+    if str(state.get("runner")) == spec.name:
+        recorded = state.get("layout", {})
+        return scaffolded_spec(spec, recorded if isinstance(recorded, dict) else {}), ""
+    folder = layout.module_path(layout.routes_module)
+    taken = _taken_by(layout, folder, spec.router_file, owned)
+    if not taken:
+        return spec, ""
+    fallback = _fallback_router_file(spec)
+    also_taken = _taken_by(layout, folder, fallback, owned)
+    if also_taken:
+        raise BadInput(
+            f"the {spec.name} router has no free name in {layout.routes_module}: {taken}, "
+            f"and {also_taken}",
+            "set [tool.bgtasks] routes-module in pyproject.toml to another package for the "
+            "generated routes, or rename one of them; nothing was written",
+        )
+    chosen = (folder / f"{fallback}.py").as_posix()
+    return replace(spec, router_file=fallback), f"{taken}: the {spec.name} router is {chosen}"
+
+
+def _taken_by(layout: ProjectLayout, folder: Path, name: str, owned: frozenset[str]) -> str:
+    """What has the module name `name` in the routes `folder` already, said as a note
+    says it; "" when it is free or the router bgtasks wrote there."""
+    dotted = f"{layout.routes_module}.{name}"
+    if layout.tasks_module == dotted or layout.tasks_module.startswith(f"{dotted}."):
+        return f"{dotted} is the tasks package"  # generated in the same run
+    module = (folder / f"{name}.py").as_posix()
+    if module in owned:
+        return ""
+    if (layout.root / module).exists():
+        return f"{module} is yours"
+    # a package is imported in place of a module of its name beside it
+    package = (folder / name).as_posix()
+    return f"{package}/ is yours" if (layout.root / package).is_dir() else ""
+
+
+def _fallback_router_file(spec: RunnerSpec) -> str:
+    """The router's name when the runner's own is taken: the runner's name in front
+    (celery_tasks), or bgtasks' when the name starts with the runner's already
+    (bgtasks_arq_tasks)."""
+    prefix = "bgtasks" if spec.router_file.startswith(f"{spec.name}_") else spec.name
+    return f"{prefix}_{spec.router_file}"
 
 
 def _check_broker(spec: RunnerSpec, broker: str) -> None:

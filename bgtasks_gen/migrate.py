@@ -67,7 +67,14 @@ from bgtasks_gen.plan import Action, FileChange, Plan, check_python, deleted, pa
 from bgtasks_gen.runners import get_runner
 from bgtasks_gen.runners.base import RunnerSpec
 from bgtasks_gen.scaffold import FIELDS_HEADER, _fields_under_header, plan_init
-from bgtasks_gen.state import BASE_DIR, COMMON_API_SHAPE, STATE_FILE, render_state
+from bgtasks_gen.state import (
+    BASE_DIR,
+    COMMON_API_SHAPE,
+    ROUTER_FILE,
+    STATE_FILE,
+    render_state,
+    scaffolded_spec,
+)
 
 # (from, to): the moves bgtasks knows how to make
 MOVES = set(known_moves())
@@ -148,7 +155,7 @@ def plan_migrate(root: Path, to: str, *, force: bool = False, api_shape: str = K
         own_run_file=source.run_file,
         replaces=project.spec.name,
     )
-    moved = _moved_project(project, target, carried, shape)
+    moved = _moved_project(project, target, carried, shape, _planned_layout(plan))
     target_tasks = {
         task.name: render_snippets(moved, request_from_state(task.name, task.options))["task"]
         for task in carried
@@ -362,12 +369,26 @@ def _shape_phrase(project: Project, shape: str, api_shape: str) -> str:
     return f"{shape}'s paths and fields"
 
 
+def _planned_layout(plan: Plan) -> dict[str, object]:
+    """The [layout] of the state file the target's init planned."""
+    state = next(c.new for c in plan.changes if c.path == STATE_FILE)
+    return dict(tomllib.loads(state).get("layout", {}))
+
+
 def _moved_project(
-    project: Project, target: RunnerSpec, carried: list[Carried], shape: str
+    project: Project,
+    target: RunnerSpec,
+    carried: list[Carried],
+    shape: str,
+    planned: Mapping[str, object],
 ) -> Project:
-    """The project as the target's: the same layout, routes in `shape`, the tasks carried."""
+    """The project as the target's: the same layout, routes in `shape`, the router under
+    the name the target's init chose (`planned`: its [layout]), the tasks carried."""
     tasks = {c.name: {**c.options, "runner": target.name} for c in carried}
-    layout = {**project.layout, "api_shape": shape}
+    layout = {k: v for k, v in project.layout.items() if k != ROUTER_FILE}
+    layout["api_shape"] = shape
+    if ROUTER_FILE in planned:
+        layout[ROUTER_FILE] = planned[ROUTER_FILE]
     runners = project.state.get("runners", [project.spec.name])
     runners = [
         target.name if r == project.spec.name else r
@@ -380,7 +401,7 @@ def _moved_project(
         "layout": layout,
         "tasks": tasks,
     }
-    return Project(project.root, state, target, layout)
+    return Project(project.root, state, scaffolded_spec(target, layout), layout)
 
 
 def _carry_into_files(

@@ -54,11 +54,12 @@ from bgtasks_gen.plan import (
 from bgtasks_gen.render import render_runner
 from bgtasks_gen.ruff_style import ProjectStyle
 from bgtasks_gen.runfiles import build_value
-from bgtasks_gen.runners import call_hook, runner_names
+from bgtasks_gen.runners import call_hook, get_runner, runner_names
 from bgtasks_gen.runners.base import RunnerSpec, SettingsField, TemplateInputs
 from bgtasks_gen.state import (
     BASE_DIR,
     COMMON_API_SHAPE,
+    ROUTER_FILE,
     STATE_FILE,
     digest,
     read_state,
@@ -196,6 +197,8 @@ def template_context(
         "package": layout.package,
         "tasks_module": layout.tasks_module,
         "routes_module": layout.routes_module,
+        # the router's module in routes_module (the generated tests import it)
+        "router_module": spec.router_file,
         "settings_import": layout.settings.import_line,
         "settings_expr": layout.settings.expression,
         "app_import": layout.app.import_line,
@@ -461,7 +464,7 @@ def _plan_generated(
     notes: list[str],
 ) -> _Rendered:
     root, spec, layout, state = plan.root, found.spec, found.layout, found.state
-    rendered = render_runner(spec, context)
+    rendered = _router_renamed(spec, render_runner(spec, context))
     run_files = {path[4:]: text for path, text in rendered.items() if path.startswith("run/")}
     files = {
         _output_path(layout, path): text
@@ -492,6 +495,18 @@ def _plan_generated(
         else:
             plan.changes.append(patched(root, base, read_existing(root, base) or "", pristine[rel]))
     return _Rendered(pristine, run_files, style, first_time)
+
+
+def _runners_own_router(spec: RunnerSpec) -> str:
+    """The router's module name as the runner's templates write it."""
+    return get_runner(spec.name).router_file
+
+
+def _router_renamed(spec: RunnerSpec, rendered: Mapping[str, str]) -> dict[str, str]:
+    """The rendered files with the router under the name chosen for this project
+    (init_discover: another when a module of the project's has the runner's own)."""
+    own, chosen = (f"routes/{name}.py" for name in (_runners_own_router(spec), spec.router_file))
+    return {chosen if path == own else path: text for path, text in rendered.items()}
 
 
 def _plan_project_edits(
@@ -656,6 +671,9 @@ def _plan_state(
     }
     if context["api_shape"]:
         state_layout["api_shape"] = context["api_shape"]
+    if spec.router_file != _runners_own_router(spec):
+        # recorded only then: the state files of projects with the runner's name stay as they are
+        state_layout[ROUTER_FILE] = spec.router_file
     if found.features:
         state_layout["features"] = list(found.features)
     api_prefix = served_prefix(layout.app.include_keywords, layout.settings.field_types)

@@ -15,11 +15,15 @@ import keyword
 import re
 import tomllib
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from bgtasks_gen import __version__
 from bgtasks_gen.errors import BadInput
+
+if TYPE_CHECKING:
+    from bgtasks_gen.runners.base import RunnerSpec
 
 STATE_FILE = ".bgtasks.toml"
 BASE_DIR = ".bgtasks/base"  # pristine copies of the generated files, for `update`
@@ -40,6 +44,21 @@ BROKERS = ("redis", "rabbitmq")
 # the HTTP surface new scaffolds of every queue runner answer with (the same paths, verbs,
 # bodies and field names); a project scaffolded before it keeps its runner's own shape
 COMMON_API_SHAPE = "common"
+
+
+# [layout] key: the router's module when init could not give it the runner's own name
+# (a module of the project's has it); absent when it is the runner's own
+ROUTER_FILE = "router_file"
+
+
+def scaffolded_spec(spec: RunnerSpec, layout: Mapping[str, object]) -> RunnerSpec:
+    """`spec` as the project scaffolded with it uses it: the router module under the name
+    its state's `layout` records. Every command that loads a scaffolded project reads the
+    runner's spec through here, so all of them find the same router."""
+    recorded = layout.get(ROUTER_FILE)
+    if isinstance(recorded, str) and recorded and recorded != spec.router_file:
+        return replace(spec, router_file=recorded)
+    return spec
 
 
 def _brokers() -> tuple[str, ...]:
@@ -323,13 +342,17 @@ class _StateCheck:
             for index, value in enumerate(self.array("layout.features", layout["features"], 32)):
                 if self.text(f"layout.features[{index}]", value) not in FEATURES:
                     self.refuse(f"layout.features[{index}]", "is not a feature bgtasks knows")
+        if ROUTER_FILE in layout:
+            key = f"layout.{ROUTER_FILE}"
+            if len(self.dotted(key, layout[ROUTER_FILE])) != 1:
+                self.refuse(key, "must be a module name without dots")
         known = {"source_root", "tests_dir", "tasks_module", "routes_module", "settings", "app"}
-        known |= {"pydantic_v1", "legacy_typing", "broker", "api_shape", "features"}
+        known |= {"pydantic_v1", "legacy_typing", "broker", "api_shape", "features", ROUTER_FILE}
         for key, value in layout.items():
             if key not in known:
                 self.scalar(f"layout.{key}", value)
         # the files later commands edit, found from the layout, must stay inside too
-        spec = get_runner(runner)
+        spec = scaffolded_spec(get_runner(runner), layout)
         generated = [f"{tests}/{spec.test_file}"]
         generated.append(f"{folders['tasks_module']}/{spec.tasks_file}")
         generated.append(f"{folders['routes_module']}/{spec.router_file}.py")

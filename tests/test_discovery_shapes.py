@@ -1,7 +1,8 @@
 """Discovery on shapes real projects have: runners set up without the usual names, an app
 built in one module and served from another (or in a class method), a console script
-serving it, an API sub-app carrying its auth, settings a factory builds, a source folder
-that is not a package, and a routes module of the project's own under a generated name."""
+serving it, an API sub-app carrying its auth, settings a factory builds, and a source
+folder that is not a package (a routes module of the project's own under the router's
+name: test_router_name_collision.py)."""
 
 from __future__ import annotations
 
@@ -379,7 +380,9 @@ PLAIN_FOLDER = {
         ),
         (
             {
-                "Dockerfile": 'FROM python:3.12\nWORKDIR /backend\nCMD ["uvicorn", "backend.main:app"]\n'
+                "Dockerfile": (
+                    'FROM python:3.12\nWORKDIR /backend\nCMD ["uvicorn", "backend.main:app"]\n'
+                )
             },
             "backend.main:app",
         ),
@@ -408,33 +411,6 @@ def test_a_plain_folder_the_project_runs_from_is_the_import_root(
         main = (project / "backend/main.py").read_text()
         assert "from backend." not in main, main  # imports as the app is run
         assert (project / "backend/tasks/arq_worker.py").is_file()
-
-
-# 6. a routes module of the project's own under the generated file's name -----------------
-def test_the_projects_own_tasks_routes_are_never_forced_over(tmp_path: Path) -> None:
-    files = {
-        **BASE,
-        "svc/routers/__init__.py": "",
-        "svc/routers/tasks.py": ROUTER + "\n# the project's own\n",
-        "svc/routers/items.py": ROUTER,
-        "svc/main.py": MAIN + "\nfrom svc.routers import items, tasks  # noqa: E402\n\n"
-        "app.include_router(items.router)\napp.include_router(tasks.router)\n",
-    }
-    project = write_tree(tmp_path, files)
-    code, output = invoke("init", str(project), "--runner", "celery")
-    assert code == 1, output
-    assert "yours, not written by bgtasks" in output and "routes-module" in output
-    assert "--force" not in output
-    assert "the project's own" in (project / "svc/routers/tasks.py").read_text()
-    code, output = invoke("init", str(project), "--runner", "celery", "--dry-run", "--json")
-    conflicts = [f for f in json.loads(output)["files"] if f["action"] == "conflict"]
-    assert [f["path"] for f in conflicts] == ["svc/routers/tasks.py"]
-    assert "--force" not in conflicts[0]["note"]
-    (project / "pyproject.toml").write_text('[tool.bgtasks]\nroutes-module = "svc.jobs_api"\n')
-    code, output = invoke("init", str(project), "--runner", "celery")
-    assert code == 0, output
-    assert (project / "svc/jobs_api/tasks.py").is_file()
-    assert "the project's own" in (project / "svc/routers/tasks.py").read_text()
 
 
 # the patched apps import, in the arq environment ------------------------------------------
