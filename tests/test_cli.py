@@ -75,18 +75,21 @@ def test_check_reports_pending_changes_with_exit_1(example) -> None:  # type: ig
 
 
 def test_conflict_is_refused_and_nothing_is_written(example) -> None:  # type: ignore[no-untyped-def]
+    # a file of the project's own where a generated one goes (the router would take
+    # another name: test_router_name_collision.py; a test module takes none)
     project = example("layered")
-    mine = project / "app/api/v1/routes/notifications.py"
-    mine.write_text("# my own notifications router\n")
+    mine = project / "tests/test_bgtasks_builtin.py"
+    mine.parent.mkdir(exist_ok=True)
+    mine.write_text("# my own tests of this name\n")
     before = tree_hashes(project)
     code, output = invoke("init", str(project), "--runner", "builtin")
-    assert code == 1
-    assert "conflict" in output and "app/api/v1/routes/notifications.py" in output
+    assert code == 1, output
+    assert "conflict" in output and "tests/test_bgtasks_builtin.py" in output
     assert tree_hashes(project) == before
     code, output = invoke("init", str(project), "--runner", "builtin", "--force")
     assert code == 0, output
     assert "overwrite" in output
-    assert "BackgroundTasks" in mine.read_text()
+    assert "def test_" in mine.read_text()
 
 
 def test_an_existing_tasks_package_is_not_reused(example) -> None:  # type: ignore[no-untyped-def]
