@@ -26,12 +26,13 @@ from bgtasks_gen.project_env import (
     StackProject,
     find_interpreter,
     load_stack_project,
+    marked_answer,
     mask_credentials,
     mask_url,
     process_environment,
     read_dotenv,
     run_probe,
-    script_of,
+    run_script,
     setting_sources,
 )
 
@@ -448,26 +449,14 @@ def _exporters_main(_unused: str) -> None:
 
 def installed_exporters(python: Path, cwd: Path, env: Mapping[str, str]) -> list[str]:
     """The exporter entry points of the project's interpreter (none when it cannot say)."""
-    import json
     import subprocess
 
-    command = [str(python), "-c", script_of(_exporters_main), ""]
     try:
-        result = subprocess.run(
-            command,
-            cwd=cwd,
-            env=dict(env),
-            capture_output=True,
-            text=True,
-            timeout=PACKAGES_TIMEOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        result = run_script(python, _exporters_main, "", cwd=cwd, env=env, timeout=PACKAGES_TIMEOUT)
     except (OSError, subprocess.TimeoutExpired):
         return []
-    for line in reversed(result.stdout.splitlines()):
-        if line.startswith(EXPORTERS_MARKER):
-            return [str(name) for name in json.loads(line.removeprefix(EXPORTERS_MARKER))]
-    return []
+    names = marked_answer(result.stdout, EXPORTERS_MARKER)
+    return [str(name) for name in names] if names is not None else []
 
 
 # -- processes ---------------------------------------------------------------------------
@@ -733,28 +722,19 @@ def ask_fast_publish(
     python: Path, module: str, cwd: Path, env: Mapping[str, str]
 ) -> dict[str, Any]:
     """{"reason": text or None}, or {"error": ..., "fix": ...} when it cannot be asked."""
-    import json
     import subprocess
 
-    command = [str(python), "-c", script_of(_fast_publish_main), module]
     try:
-        result = subprocess.run(
-            command,
-            cwd=cwd,
-            env=dict(env),
-            capture_output=True,
-            text=True,
-            timeout=IMPORT_TIMEOUT,
-            stdin=subprocess.DEVNULL,
+        result = run_script(
+            python, _fast_publish_main, module, cwd=cwd, env=env, timeout=IMPORT_TIMEOUT
         )
     except subprocess.TimeoutExpired:
         return {"error": f"no answer within {IMPORT_TIMEOUT:.0f} s", "fix": None}
     except OSError as error:
         return {"error": str(error), "fix": "check --python"}
-    for line in reversed(result.stdout.splitlines()):
-        if line.startswith(FAST_PUBLISH_MARKER):
-            answer: dict[str, Any] = json.loads(line.removeprefix(FAST_PUBLISH_MARKER))
-            return answer
+    answer: dict[str, Any] | None = marked_answer(result.stdout, FAST_PUBLISH_MARKER)
+    if answer is not None:
+        return answer
     last = (result.stderr.strip().splitlines() or ["no output"])[-1]
     return {"error": last, "fix": None}
 

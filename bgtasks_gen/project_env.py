@@ -512,6 +512,37 @@ def script_of(main: Callable[[str], None]) -> str:
     )
 
 
+def run_script(
+    python: Path,
+    main: Callable[[str], None],
+    argument: str,
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    timeout: float,
+) -> subprocess.CompletedProcess[str]:
+    """Run `main` (sent by script_of) in the project's interpreter with `argument`; an
+    OSError or subprocess.TimeoutExpired is the caller's to say in its own words."""
+    return subprocess.run(
+        [str(python), "-c", script_of(main), argument],
+        cwd=cwd,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def marked_answer(stdout: str, marker: str) -> Any:
+    """The JSON a script printed after `marker` on its last such line (the project's own
+    code may print too), None when it printed none."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(marker):
+            return json.loads(line.removeprefix(marker))
+    return None
+
+
 def run_probe(
     interpreter: Interpreter,
     request: Mapping[str, object],
@@ -521,16 +552,9 @@ def run_probe(
     timeout: float,
 ) -> dict[str, Any]:
     """Ask the project's interpreter; ProbeFailed when it cannot answer in time."""
-    command = [str(interpreter.path), "-c", script_of(_probe_main), json.dumps(request)]
     try:
-        result = subprocess.run(
-            command,
-            cwd=cwd,
-            env=dict(env),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
+        result = run_script(
+            interpreter.path, _probe_main, json.dumps(request), cwd=cwd, env=env, timeout=timeout
         )
     except subprocess.TimeoutExpired:
         raise ProbeFailed(
@@ -539,10 +563,9 @@ def run_probe(
         ) from None
     except OSError as error:
         raise ProbeFailed(f"{interpreter.path} cannot run: {error}", "check --python") from None
-    for line in reversed(result.stdout.splitlines()):
-        if line.startswith(PROBE_MARKER):
-            answer: dict[str, Any] = json.loads(line.removeprefix(PROBE_MARKER))
-            return answer
+    answer: dict[str, Any] | None = marked_answer(result.stdout, PROBE_MARKER)
+    if answer is not None:
+        return answer
     last = (result.stderr.strip().splitlines() or ["no output"])[-1]
     raise ProbeFailed(
         f"{interpreter.path} could not run bgtasks' probe (exit {result.returncode}): {last}",
