@@ -27,25 +27,20 @@ class _Include(cst.CSTTransformer):
         self.state = "missing"  # "added", "present", or "missing" (no such list)
 
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.Call:
-        if dotted_name(original_node.func).split(".")[-1] != "Celery":
+        found = _include_list(original_node, updated_node)
+        if found is None:
             return updated_node
+        index, arg, listed = found
+        strings = [e.value for e in listed.elements if isinstance(e.value, cst.SimpleString)]
+        if any(s.evaluated_value == self.dotted for s in strings):
+            self.state = "present"
+            return updated_node
+        quote = strings[-1].quote if strings else '"'
+        new = cst.Element(value=cst.SimpleString(f"{quote}{self.dotted}{quote}"))
         args = list(updated_node.args)
-        for index, arg in enumerate(args):
-            if arg.keyword is None or arg.keyword.value != "include":
-                continue
-            if not isinstance(arg.value, cst.List):
-                return updated_node
-            listed = arg.value
-            strings = [e.value for e in listed.elements if isinstance(e.value, cst.SimpleString)]
-            if any(s.evaluated_value == self.dotted for s in strings):
-                self.state = "present"
-                return updated_node
-            quote = strings[-1].quote if strings else '"'
-            new = cst.Element(value=cst.SimpleString(f"{quote}{self.dotted}{quote}"))
-            args[index] = arg.with_changes(value=_appended(listed, new))
-            self.state = "added"
-            return updated_node.with_changes(args=args)
-        return updated_node
+        args[index] = arg.with_changes(value=_appended(listed, new))
+        self.state = "added"
+        return updated_node.with_changes(args=args)
 
 
 def _appended(listed: cst.List, new: cst.BaseElement) -> cst.List:
@@ -88,21 +83,28 @@ class _Exclude(cst.CSTTransformer):
         self.removed = False
 
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.Call:
-        if dotted_name(original_node.func).split(".")[-1] != "Celery":
+        found = _include_list(original_node, updated_node)
+        if found is None:
             return updated_node
-        args = list(updated_node.args)
-        for index, arg in enumerate(args):
-            if arg.keyword is None or arg.keyword.value != "include":
-                continue
-            if not isinstance(arg.value, cst.List):
-                return updated_node
-            listed = arg.value
-            for position, element in enumerate(listed.elements):
-                if _is_string(element, self.dotted):
-                    args[index] = arg.with_changes(value=_without(listed, position))
-                    self.removed = True
-                    return updated_node.with_changes(args=args)
+        index, arg, listed = found
+        for position, element in enumerate(listed.elements):
+            if _is_string(element, self.dotted):
+                args = list(updated_node.args)
+                args[index] = arg.with_changes(value=_without(listed, position))
+                self.removed = True
+                return updated_node.with_changes(args=args)
         return updated_node
+
+
+def _include_list(original: cst.Call, updated: cst.Call) -> tuple[int, cst.Arg, cst.List] | None:
+    """The `include=[...]` argument of a `Celery(...)` call (its position, the argument,
+    its list), None when the call is another's or the first `include` is no list literal."""
+    if dotted_name(original.func).split(".")[-1] != "Celery":
+        return None
+    for index, arg in enumerate(updated.args):
+        if arg.keyword is not None and arg.keyword.value == "include":
+            return (index, arg, arg.value) if isinstance(arg.value, cst.List) else None
+    return None
 
 
 def exclude_module(text: str, dotted: str) -> tuple[str, bool]:
